@@ -1,0 +1,492 @@
+/* cpu.c — vCPUs on pCPUs: loading, requests serviced in KVM's order on entry,
+ * remote flushes with IPIs, vendor flush primitives (VMX INVEPT/INVVPID, SVM
+ * TLB_CONTROL / ASIDs), and guest accesses through TLB, paging-structure caches
+ * and the hardware walker, with the checker at the end of every access. */
+#include <string.h>
+#include "vm.h"
+
+static inline struct pcpu *pc_of(struct tdp_vm *vm, struct vcpu *v) { return &vm->pcpus[v->pcpu]; }
+
+u64 cpu_eptp(struct tdp_vm *vm, u32 root_frame)
+{
+	/* construct_eptp(): WB, page-walk length, A/D enable, root HPA (§5.4). */
+	return (MT_WB) | ((u64)(vm->cfg.levels - 1) << 3) | ((u64)(vm->cfg.ad ? 1 : 0) << 6) |
+	       (hostmem_pfn(&vm->mem, root_frame) << 12);
+}
+
+static u64 vcpu_ctx_key(struct tdp_vm *vm, struct vcpu *v)
+{
+	if (vm->cfg.arch == TDP_SVM)
+		return tlb_ctx_key_asid(v->asid);
+	struct tdp_root *r = tdp_mmu_find_root(vm, v->root_id);
+	return tlb_ctx_key_ept(r ? hostmem_pfn(&vm->mem, r->frame) : 0);
+}
+
+int cpu_context_of(struct tdp_vm *vm, struct vcpu *v)
+{
+	return tlb_ctx(&pc_of(vm, v)->tlb, vcpu_ctx_key(vm, v));
+}
+
+/* ---------------------------------------------------------------- requests, remote flush */
+
+void kvm_make_all_cpus_request(struct tdp_vm *vm, u32 req)
+{
+	/* Set the request everywhere; vCPUs in guest mode go IN_GUEST -> EXITING
+	 * and get an IPI (the request has WAIT semantics, §5.2). */
+	for (int i = 0; i < vm->cfg.nvcpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+		v->requests |= req;
+		if (v->mode == TDP_IN_GUEST) {
+			v->mode = TDP_EXITING_GUEST;
+			vm->stats[ST_ipis]++;
+			vm->stats[ST_vm_exits]++;
+			vm_cost(vm, vm->costs.ipi + vm->costs.vm_exit);
+			vm_trace(vm, TR_IPI, req, (u64)i, (u64)v->pcpu, 0);
+		}
+	}
+}
+
+void kvm_flush_remote_tlbs(struct tdp_vm *vm)
+{
+	vm->stats[ST_remote_tlb_flush_requests]++;
+	kvm_make_all_cpus_request(vm, TDP_REQ_TLB_FLUSH);
+	vm->stats[ST_remote_tlb_flush]++;
+	vm_trace(vm, TR_REMOTE_FLUSH, 0, 0, 0, 0);
+}
+
+void kvm_flush_remote_tlbs_range(struct tdp_vm *vm, u64 gfn, u64 npages)
+{
+	if (!vm->pol.precise_range_flush) {
+		/* Bare metal: a ranged flush is a full remote flush (§5.2). */
+		kvm_flush_remote_tlbs(vm);
+		return;
+	}
+	/* Hyper-V style: the hypervisor below flushes the GPA range on every
+	 * pCPU, without requests or IPIs. [MODEL CHOICE] every context. */
+	vm->stats[ST_remote_tlb_flush_requests]++;
+	vm->stats[ST_range_flushes]++;
+	for (int p = 0; p < vm->cfg.npcpus; p++)
+		tlb_flush_range(&vm->pcpus[p].tlb, gfn, npages);
+	vm_cost(vm, vm->costs.flush_range_page * (npages > 4096 ? 4096 : npages));
+	vm_trace(vm, TR_RANGE_FLUSH, 0, gfn, npages, 0);
+}
+
+/* ---------------------------------------------------------------- vendor primitives */
+
+static void invept_single(struct tdp_vm *vm, int p, u64 eptp)
+{
+	struct tlb *t = &vm->pcpus[p].tlb;
+	int c = tlb_ctx_find(t, tlb_ctx_key_ept((eptp & SPTE_PFN_MASK) >> 12));
+
+	if (c >= 0)
+		tlb_flush_ctx(t, c);
+	vm->stats[ST_invept_single]++;
+	vm_cost(vm, vm->costs.flush_current);
+	vm_trace(vm, TR_VENDOR_FLUSH, 1, (u64)p, (eptp & SPTE_PFN_MASK) >> 12, 0);
+}
+
+static void invept_global(struct tdp_vm *vm, int p)
+{
+	tlb_flush_all(&vm->pcpus[p].tlb);
+	vm->stats[ST_invept_global]++;
+	vm_cost(vm, vm->costs.flush_all);
+	vm_trace(vm, TR_VENDOR_FLUSH, 2, (u64)p, 0, 0);
+}
+
+static void svm_flush_tlb_asid(struct tdp_vm *vm, struct vcpu *v)
+{
+	/* svm_flush_tlb_asid(): TLB_CONTROL_FLUSH_ASID with FlushByAsid, otherwise
+	 * a new ASID at the next VMRUN. */
+	if (vm->cfg.flush_by_asid) {
+		if (v->tlb_control != 1)
+			v->tlb_control = 3;
+	} else {
+		v->asid_generation--;
+	}
+}
+
+void vendor_flush_tlb_current(struct tdp_vm *vm, struct vcpu *v)
+{
+	vm->stats[ST_flush_current]++;
+	if (vm->cfg.arch == TDP_SVM) {
+		svm_flush_tlb_asid(vm, v);
+		return;
+	}
+	struct tdp_root *r = tdp_mmu_find_root(vm, v->root_id);
+	if (!r || v->pcpu < 0)
+		return; /* no valid root: nothing to flush */
+	invept_single(vm, v->pcpu, cpu_eptp(vm, r->frame));
+}
+
+void vendor_flush_tlb_all(struct tdp_vm *vm, struct vcpu *v)
+{
+	vm->stats[ST_flush_all]++;
+	if (vm->cfg.arch == TDP_SVM) {
+		svm_flush_tlb_asid(vm, v);
+		return;
+	}
+	if (v->pcpu >= 0)
+		invept_global(vm, v->pcpu);
+}
+
+void vendor_flush_tlb_guest(struct tdp_vm *vm, struct vcpu *v)
+{
+	vm->stats[ST_flush_guest]++;
+	if (vm->cfg.arch == TDP_SVM) {
+		svm_flush_tlb_asid(vm, v);
+		return;
+	}
+	/* INVVPID single-context: linear and combined mappings only; the
+	 * guest-physical mappings this model caches are untouched (§3.2). */
+	vm->stats[ST_invvpid]++;
+	vm_cost(vm, vm->costs.flush_current);
+}
+
+/* pre_svm_run() / new_asid(): hand out ASIDs per pCPU within a generation;
+ * running out bumps the generation and flushes every ASID (§5.3). */
+static void svm_new_asid(struct tdp_vm *vm, struct pcpu *pc, struct vcpu *v)
+{
+	if (pc->next_asid > pc->max_asid) {
+		pc->asid_generation++;
+		pc->next_asid = pc->min_asid;
+		v->tlb_control = 1; /* TLB_CONTROL_FLUSH_ALL_ASID */
+		vm->stats[ST_asid_generation_bumps]++;
+	}
+	v->asid = pc->next_asid++;
+	v->asid_generation = pc->asid_generation;
+	vm->stats[ST_asid_new]++;
+	vm_trace(vm, TR_NEW_ASID, 0, (u64)v->id, v->asid, pc->asid_generation);
+}
+
+static void svm_pre_run(struct tdp_vm *vm, struct vcpu *v)
+{
+	struct pcpu *pc = pc_of(vm, v);
+
+	if (v->vmcs_cpu != v->pcpu) {
+		/* A VMCB that last ran elsewhere gets a fresh ASID here. */
+		if (vm->pol.flush_on_migrate)
+			v->asid_generation = 0;
+		if (v->vmcs_cpu >= 0)
+			vm->stats[ST_vcpu_migrations]++;
+		v->vmcs_cpu = v->pcpu;
+	}
+	if (v->asid_generation != pc->asid_generation)
+		svm_new_asid(vm, pc, v);
+	/* TLB_CONTROL acts at VMRUN, then goes back to DO_NOTHING. */
+	struct tlb *t = &pc->tlb;
+	if (v->tlb_control == 1) {
+		tlb_flush_all(t);
+		vm->stats[ST_tlb_control_flush_all]++;
+		vm_cost(vm, vm->costs.flush_all);
+		vm_trace(vm, TR_VENDOR_FLUSH, 3, (u64)v->pcpu, 0, 0);
+	} else if (v->tlb_control == 3 || v->tlb_control == 7) {
+		int c = tlb_ctx_find(t, tlb_ctx_key_asid(v->asid));
+		if (c >= 0)
+			tlb_flush_ctx(t, c);
+		vm->stats[ST_tlb_control_flush_asid]++;
+		vm_cost(vm, vm->costs.flush_current);
+		vm_trace(vm, TR_VENDOR_FLUSH, 4, (u64)v->pcpu, v->asid, 0);
+	}
+	v->tlb_control = 0;
+}
+
+/* vcpu_enter_guest(): service requests in KVM's order (§5.1), reload the MMU
+ * (loading a root always flushes the current context), then enter. */
+static int vcpu_enter(struct tdp_vm *vm, struct vcpu *v)
+{
+	struct pcpu *pc = pc_of(vm, v);
+
+	if (v->requests & TDP_REQ_MMU_FREE_OBSOLETE_ROOTS) {
+		v->requests &= ~TDP_REQ_MMU_FREE_OBSOLETE_ROOTS;
+		struct tdp_root *r = tdp_mmu_find_root(vm, v->root_id);
+		if (v->root_id && (!r || r->invalid)) {
+			tdp_mmu_put_root_internal(vm, v->root_id, true);
+			v->root_id = 0;
+		}
+	}
+	v->requests &= ~TDP_REQ_LOAD_MMU_PGD;
+	if (v->requests & TDP_REQ_TLB_FLUSH) {
+		/* kvm_vcpu_flush_tlb_all(): also covers a pending FLUSH_CURRENT. */
+		v->requests &= ~(TDP_REQ_TLB_FLUSH | TDP_REQ_TLB_FLUSH_CURRENT);
+		vm->stats[ST_tlb_flush]++;
+		if (vm->pol.remote_flush_all_contexts)
+			vendor_flush_tlb_all(vm, v);
+		else
+			vendor_flush_tlb_current(vm, v); /* B16 */
+	}
+	if (v->requests & TDP_REQ_TLB_FLUSH_CURRENT) {
+		v->requests &= ~TDP_REQ_TLB_FLUSH_CURRENT;
+		vendor_flush_tlb_current(vm, v);
+	}
+	if (v->requests & TDP_REQ_TLB_FLUSH_GUEST) {
+		v->requests &= ~TDP_REQ_TLB_FLUSH_GUEST;
+		vendor_flush_tlb_guest(vm, v);
+	}
+	if (!v->root_id) {
+		/* kvm_mmu_reload() -> kvm_mmu_load(): alloc or reuse, load, flush. */
+		u32 id;
+		int r = tdp_mmu_get_vcpu_root(vm, 0, 0, &id);
+		if (r)
+			return vm_err(vm, r, "no frame left for vcpu %d's root (frame_limit reached)", v->id);
+		v->root_id = id;
+		if (vm->pol.flush_on_root_load)
+			vendor_flush_tlb_current(vm, v);
+	}
+	if (vm->cfg.arch == TDP_SVM)
+		svm_pre_run(vm, v);
+	int c = cpu_context_of(vm, v);
+	if (c < 0)
+		return vm_err(vm, TDP_ENOMEM, "out of host memory for a TLB context");
+	pc->cur_ctx = c;
+	pc->vcpu = v->id;
+	v->mode = TDP_IN_GUEST;
+	vm->stats[ST_vm_entries]++;
+	vm_cost(vm, vm->costs.vm_entry);
+	return 0;
+}
+
+void cpu_vcpu_exit(struct tdp_vm *vm, struct vcpu *v)
+{
+	if (v->mode == TDP_IN_GUEST) {
+		vm->stats[ST_vm_exits]++;
+		vm_cost(vm, vm->costs.vm_exit);
+	}
+	if (v->mode != TDP_OUTSIDE_GUEST && v->pcpu >= 0 && vm->pcpus[v->pcpu].vcpu == v->id)
+		vm->pcpus[v->pcpu].vcpu = -1;
+	v->mode = TDP_OUTSIDE_GUEST;
+}
+
+int cpu_vcpu_run(struct tdp_vm *vm, int vcpu, int pcpu)
+{
+	struct vcpu *v = &vm->vcpus[vcpu];
+	struct pcpu *pc = &vm->pcpus[pcpu];
+
+	if (v->mode == TDP_EXITING_GUEST) {
+		/* A kicked vCPU re-enters where it is, servicing its requests,
+		 * before anything else happens to it. */
+		int r = vcpu_enter(vm, v);
+		if (r)
+			return r;
+	}
+	cpu_vcpu_exit(vm, v);
+	if (pc->vcpu >= 0 && pc->vcpu != vcpu)
+		cpu_vcpu_exit(vm, &vm->vcpus[pc->vcpu]); /* preempted by the scheduler */
+	v->pcpu = pcpu;
+	if (vm->cfg.arch == TDP_VMX && v->vmcs_cpu != pcpu) {
+		/* vmx_vcpu_load_vmcs(): a VMCS not loaded here flushes every
+		 * EPTP/VPID context (the pCPU may hold stale entries). */
+		if (vm->pol.flush_on_migrate)
+			v->requests |= TDP_REQ_TLB_FLUSH;
+		if (v->vmcs_cpu >= 0)
+			vm->stats[ST_vcpu_migrations]++;
+		v->vmcs_cpu = pcpu;
+	}
+	return vcpu_enter(vm, v);
+}
+
+/* ---------------------------------------------------------------- guest accesses */
+
+static int engine_read(void *ctx, u64 hpa, u64 *val)
+{
+	struct tdp_vm *vm = ctx;
+	u32 f = hostmem_frame_of(&vm->mem, hpa >> 12);
+
+	/* [MODEL CHOICE] guest data is not modelled: a frame that is not a table
+	 * (or was never one) reads as zeroes, i.e. a not-present entry. */
+	if (f == NO_FRAME || f >= vm->mem.nchunks * ARENA_CHUNK_FRAMES || !vm->mem.chunks[f / ARENA_CHUNK_FRAMES] ||
+	    vm->mem.frames[f].state == FRAME_GUEST) {
+		*val = 0;
+		return 0;
+	}
+	*val = vm->mem.chunks[f / ARENA_CHUNK_FRAMES][(size_t)(f % ARENA_CHUNK_FRAMES) * 512 + ((hpa & 0xfff) >> 3)];
+	return 0;
+}
+
+static void engine_write(struct tdp_vm *vm, u64 hpa, u64 old, u64 nw)
+{
+	u32 f = hostmem_frame_of(&vm->mem, hpa >> 12);
+
+	if (f == NO_FRAME || (vm->mem.frames[f].state != FRAME_TABLE && vm->mem.frames[f].state != FRAME_RCU))
+		return;
+	u64 *p = hostmem_table(&vm->mem, f) + ((hpa & 0xfff) >> 3);
+	if (*p == old) /* a locked read-modify-write */
+		*p = nw;
+}
+
+static unsigned need_perm(struct tdp_vm *vm, int access)
+{
+	switch (access) {
+	case TDP_ACC_READ: return PERM_R;
+	case TDP_ACC_WRITE: return PERM_W;
+	case TDP_ACC_EXEC: return PERM_X;
+	default: return vm->cfg.mbec ? PERM_XU : PERM_X;
+	}
+}
+
+/* The checker: compare the translation a guest access used with the truth. */
+static int check_translation(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, u64 pfn,
+			     int level, u64 tag, u64 batch_index)
+{
+	u64 gfn = gpa >> 12;
+	struct memslot *s = vm_slot_of(vm, gfn);
+	u64 expected = s ? vm_gfn_to_pfn(vm, s, gfn) : NO_PFN;
+
+	if (pfn != expected) {
+		u32 f = hostmem_frame_of(&vm->mem, pfn);
+		int st = f == NO_FRAME ? 0 : vm->mem.frames[f].state;
+		vm_report(vm, TDP_V_USE_AFTER_FREE, v, gpa, tag, pfn, expected, access, level, st, batch_index);
+		return 1;
+	}
+	if (access == TDP_ACC_WRITE) {
+		if (!vm_gfn_writable(vm, s, gfn)) {
+			vm_report(vm, TDP_V_STALE_WRITE, v, gpa, tag, pfn, expected, access, level, 0, batch_index);
+			return 1;
+		}
+		if ((s->flags & TDP_SLOT_DIRTY_LOG) && !vm_gfn_is_dirty(s, gfn)) {
+			vm_report(vm, TDP_V_LOST_DIRTY, v, gpa, tag, pfn, expected, access, level, 0, batch_index);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+int tdp_mmu_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int access);
+
+#define MAX_FAULT_RETRIES 8
+
+int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct tdp_access_result *out,
+	       u64 batch_index)
+{
+	struct pcpu *pc;
+	u64 gfn = gpa >> 12;
+	unsigned need = need_perm(vm, access);
+	bool is_write = access == TDP_ACC_WRITE;
+	bool ad = vm->cfg.arch == TDP_SVM || vm->cfg.ad;
+	size_t nviol_before = vm->nviol;
+
+	memset(out, 0, sizeof(*out));
+	if (v->mode == TDP_EXITING_GUEST) {
+		/* Kicked by a request: re-enter on the same pCPU, servicing it. */
+		int r = vcpu_enter(vm, v);
+		if (r)
+			return r;
+	}
+	pc = pc_of(vm, v);
+	vm->stats[ST_accesses]++;
+	struct walk_mem mem = {engine_read, vm};
+	for (int tries = 0; tries < MAX_FAULT_RETRIES; tries++) {
+		int ctx = pc->cur_ctx;
+		struct tlb_ent *e;
+		u64 tag = pc->tlb.ctx[ctx].key & ((1ull << 62) - 1);
+		int hit = tlb_lookup(&pc->tlb, ctx, gfn, &e);
+		if (hit) {
+			bool permitted = (e->perms & need) != 0;
+			if (permitted && !(is_write && ad && !e->dirty)) {
+				u64 off = gfn & (pages_per_level(e->level) - 1);
+				vm->stats[hit == 1 ? ST_tlb_hits_l1 : ST_tlb_hits_l2]++;
+				vm_cost(vm, vm->costs.tlb_hit);
+				out->tlb_hit = hit;
+				out->hpa = ((e->pfn + off) << 12) | (gpa & 0xfff);
+				check_translation(vm, v, gpa, access, e->pfn + off, e->level, tag, batch_index);
+				goto done;
+			}
+			if (!permitted) {
+				/* The cached entry denies the access: an EPT violation /
+				 * #NPF from the TLB, which drops the entry (§3.3). */
+				vm->stats[ST_tlb_hits_l1]++;
+				tlb_flush_gfn_ctx(&pc->tlb, ctx, gfn);
+				struct tdp_root *root = tdp_mmu_find_root(vm, v->root_id);
+				out->faults++;
+				int r = tdp_mmu_page_fault(vm, root, gfn, access);
+				if (r == RET_PF_EMULATE) {
+					out->outcome = TDP_OUT_MMIO;
+					goto done;
+				}
+				if (r == RET_PF_NOMEM)
+					return vm_err(vm, TDP_ENOMEM, "frame pool exhausted while handling a fault on gpa 0x%llx", (unsigned long long)gpa);
+				continue;
+			}
+			/* A write through an entry that has not recorded D re-walks to set it. */
+		}
+		vm->stats[ST_tlb_misses]++;
+		vm_cost(vm, vm->costs.tlb_miss);
+		struct tdp_root *root = tdp_mmu_find_root(vm, v->root_id);
+		u64 table = hostmem_pfn(&vm->mem, root->frame) << 12;
+		int level = root->level;
+		unsigned perms = PERM_ALL;
+		struct tlb_ent *psc = tlb_psc_lookup(&pc->tlb, ctx, gfn, root->level);
+		bool stale_reported = false;
+		if (psc) {
+			vm->stats[ST_psc_hits_l2 + psc->level - 2]++;
+			u32 f = hostmem_frame_of(&vm->mem, psc->pfn);
+			if (f == NO_FRAME || vm->mem.frames[f].gen != psc->gen || vm->mem.frames[f].sp_unlinked ||
+			    vm->mem.frames[f].state != FRAME_TABLE) {
+				int st = f == NO_FRAME ? 0 : vm->mem.frames[f].state;
+				vm_report(vm, TDP_V_STALE_PAGE_TABLE, v, gpa, tag, psc->pfn, NO_PFN, access,
+					  psc->level, st, batch_index);
+				stale_reported = true;
+			}
+			table = psc->pfn << 12;
+			level = psc->level - 1;
+			perms = psc->perms;
+		}
+		struct tdp_walk_result w;
+		walk_gpa(&vm->hw, &mem, table, level, perms, gpa, access, &w);
+		vm->stats[ST_walks]++;
+		vm->stats[ST_walk_refs] += (u64)w.refs;
+		vm_cost(vm, vm->costs.walk_ref * (u64)w.refs);
+		out->walk_refs += w.refs;
+		if (w.status == TDP_WALK_OK) {
+			for (int k = 0; k < w.nad; k++)
+				engine_write(vm, w.ad_addr[k], w.ad_old[k], w.ad_new[k]);
+			vm->stats[ST_ad_updates] += (u64)w.nad;
+			/* Fill the paging-structure caches with every non-leaf entry used. */
+			unsigned acc = perms;
+			for (int i = 0; i < w.nentries - 1; i++) {
+				int lv = level - i;
+				u64 ent = w.entries[i];
+				acc &= spte_hw_perms(&vm->masks, ent);
+				u64 child = (ent & SPTE_PFN_MASK) >> 12;
+				u32 cf = hostmem_frame_of(&vm->mem, child);
+				if (tlb_psc_fill(&pc->tlb, ctx, gfn, lv, child, acc, cf == NO_FRAME ? 0 : vm->mem.frames[cf].gen))
+					return vm_err(vm, TDP_ENOMEM, "out of host memory for the paging-structure cache");
+				vm->stats[ST_psc_fills]++;
+			}
+			u64 leafpfn = ((w.hpa >> 12) & ~(pages_per_level(w.level) - 1));
+			int dirty = !ad || is_write || (w.entries[w.nentries - 1] & vm->masks.dirty);
+			if (tlb_fill(&pc->tlb, ctx, gfn, w.level, leafpfn, w.perms, dirty))
+				return vm_err(vm, TDP_ENOMEM, "out of host memory for the TLB");
+			vm->stats[ST_tlb_fills]++;
+			out->hpa = w.hpa;
+			if (!stale_reported)
+				check_translation(vm, v, gpa, access, w.hpa >> 12, w.level, tag, batch_index);
+			goto done;
+		}
+		/* EPT violation / misconfiguration, #NPF. */
+		u64 last = w.nentries ? w.entries[w.nentries - 1] : 0;
+		tlb_flush_gfn_ctx(&pc->tlb, ctx, gfn);
+		if (w.status == TDP_WALK_MISCONFIG || (w.status == TDP_WALK_NPF && (w.error_code & 8))) {
+			/* KVM's MMIO SPTE: emulate without a full fault (§1.4). */
+			if (is_mmio_spte(&vm->masks, last)) {
+				out->outcome = TDP_OUT_MMIO;
+				goto done;
+			}
+		}
+		out->faults++;
+		int r = tdp_mmu_page_fault(vm, root, gfn, access);
+		if (r == RET_PF_EMULATE) {
+			out->outcome = TDP_OUT_MMIO;
+			goto done;
+		}
+		if (r == RET_PF_NOMEM)
+			return vm_err(vm, TDP_ENOMEM, "frame pool exhausted while handling a fault on gpa 0x%llx", (unsigned long long)gpa);
+	}
+	/* Liveness: the fault kept retrying (e.g. a root invalidated without the
+	 * FREE_OBSOLETE_ROOTS request, or B19's permanent retry). */
+	out->outcome = TDP_OUT_LIVELOCK;
+	vm_report(vm, TDP_V_LIVELOCK, v, gpa, 0, NO_PFN, NO_PFN, access, 0, 0, batch_index);
+done:
+	if (vm->nviol > nviol_before)
+		out->violation = (int)vm->nviol;
+	return 0;
+}

@@ -1,0 +1,47 @@
+/* cpu.h — physical CPUs (their TLBs, SVM ASID allocator) and vCPUs (mode, requests,
+ * current root, VMCS/VMCB placement), KVM's flush requests and vendor flush
+ * primitives (kvm-tdp-mmu.md §5; x86-translation.md §3–§4). */
+#ifndef TDPFAST_CPU_H
+#define TDPFAST_CPU_H
+#include "tlb.h"
+
+struct tdp_vm;
+
+struct vcpu {
+	int id;
+	int mode;             /* enum tdp_vcpu_mode */
+	int pcpu;             /* where it is loaded (-1: nowhere yet) */
+	int vmcs_cpu;         /* loaded_vmcs->cpu / current_vmcb->cpu (-1: never) */
+	u32 root_id;          /* mmu->root (0: INVALID_PAGE) */
+	u32 requests;
+	u32 asid;             /* SVM: vmcb->control.asid */
+	u64 asid_generation;  /* SVM: vmcb's asid_generation */
+	u32 vpid;             /* VMX */
+	int tlb_control;      /* SVM: VMCB TLB_CONTROL for the next VMRUN */
+};
+
+struct pcpu {
+	struct tlb tlb;
+	int vcpu;             /* vCPU in guest mode here (-1: none) */
+	int cur_ctx;          /* TLB context of that vCPU's current root */
+	u64 asid_generation;  /* SVM: sd->asid_generation */
+	u32 next_asid, min_asid, max_asid;
+};
+
+/* Remote flushes (virt/kvm/kvm_main.c). */
+void kvm_flush_remote_tlbs(struct tdp_vm *vm);
+void kvm_flush_remote_tlbs_range(struct tdp_vm *vm, u64 gfn, u64 npages);
+void kvm_make_all_cpus_request(struct tdp_vm *vm, u32 req);
+/* Vendor primitives on the pCPU the vCPU is loaded on. */
+void vendor_flush_tlb_current(struct tdp_vm *vm, struct vcpu *v);
+void vendor_flush_tlb_all(struct tdp_vm *vm, struct vcpu *v);
+void vendor_flush_tlb_guest(struct tdp_vm *vm, struct vcpu *v);
+
+int cpu_vcpu_run(struct tdp_vm *vm, int vcpu, int pcpu);
+void cpu_vcpu_exit(struct tdp_vm *vm, struct vcpu *v);
+int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct tdp_access_result *out,
+	       u64 batch_index);
+u64 cpu_eptp(struct tdp_vm *vm, u32 root_frame);
+int cpu_context_of(struct tdp_vm *vm, struct vcpu *v);
+
+#endif

@@ -1,0 +1,63 @@
+/* hostmem.h — host physical frames: a pool of 4 KiB frames for page tables and
+ * guest pages, with a generation per frame (bumped on free), LIFO reuse, RCU-style
+ * deferred freeing and an optional frame limit. */
+#ifndef TDPFAST_HOSTMEM_H
+#define TDPFAST_HOSTMEM_H
+#include <stddef.h>
+#include "spte.h"
+
+enum frame_state {
+	FRAME_UNUSED = 0, /* never handed out */
+	FRAME_FREE,       /* on the free stack */
+	FRAME_TABLE,      /* a TDP page-table page (struct kvm_mmu_page) */
+	FRAME_GUEST,      /* backs a guest page */
+	FRAME_RCU,        /* unlinked/released, waiting for the grace period */
+};
+
+#define NO_FRAME 0xffffffffu
+#define ARENA_CHUNK_FRAMES 512u
+
+/* Metadata of one pool frame; the sp_* fields describe a page-table page. */
+struct frame {
+	u32 gen;        /* bumped every time the frame returns to the pool */
+	u8 state;
+	u8 sp_level;    /* level of the entries in this table */
+	u8 sp_unlinked; /* removed from its tree (handle_removed_pt ran) */
+	u8 sp_nx;       /* nx_huge_page_disallowed: on the possible-NX list */
+	u32 sp_root;    /* id of the root this table belongs to */
+	u32 parent;     /* frame of the parent table, NO_FRAME for roots */
+	u64 sp_gfn;     /* base gfn covered by the table */
+	u64 owner_gfn;  /* FRAME_GUEST: the gfn it backs */
+};
+
+struct hostmem {
+	u64 base_pfn;        /* pool frame i has host pfn base_pfn + i */
+	u32 limit;           /* max frames handed out at once (0 = none) */
+	u32 nframes;         /* frames ever touched (indices < nframes are valid) */
+	u32 cap;
+	struct frame *frames;
+	u64 **chunks;        /* table contents, ARENA_CHUNK_FRAMES frames per chunk */
+	u32 nchunks;
+	u32 *free_stack;     /* LIFO: top is the next frame handed out */
+	u32 nfree;
+	u32 *rcu;            /* frames waiting for the grace period, in free order */
+	u32 nrcu, rcu_cap;
+	u32 in_use;          /* TABLE + GUEST + RCU */
+	u64 grace_periods;
+	u64 frames_freed;
+};
+
+int hostmem_init(struct hostmem *h, u64 base_pfn, u32 limit);
+void hostmem_destroy(struct hostmem *h);
+/* Frames that can still be handed out (respecting the limit). */
+u64 hostmem_available(const struct hostmem *h);
+u32 hostmem_alloc(struct hostmem *h, int state); /* NO_FRAME when exhausted */
+void hostmem_free_now(struct hostmem *h, u32 f);
+void hostmem_free_rcu(struct hostmem *h, u32 f); /* call_rcu() */
+void hostmem_synchronize_rcu(struct hostmem *h); /* end of a grace period */
+u64 *hostmem_table(struct hostmem *h, u32 f);
+static inline u64 hostmem_pfn(const struct hostmem *h, u32 f) { return h->base_pfn + f; }
+/* Pool frame index of a host pfn, NO_FRAME if outside the pool. */
+u32 hostmem_frame_of(const struct hostmem *h, u64 pfn);
+
+#endif

@@ -1,0 +1,189 @@
+/* spte.c — building and editing SPTEs exactly as KVM's mmu/spte.c does for TDP. */
+#include "spte.h"
+
+void spte_masks_init(struct spte_masks *m, int fmt, bool ad)
+{
+	*m = (struct spte_masks){0};
+	m->fmt = fmt;
+	if (fmt == FMT_EPT) {
+		/* kvm_mmu_set_ept_masks(): user = R, x = X, no nx; present mask is
+		 * SVE (+R without exec-only support, which every TDP-capable CPU we
+		 * model has); A/D only when EPT A/D is enabled. */
+		m->ad = ad;
+		m->present = EPT_SVE;
+		m->user = EPT_R;
+		m->x = EPT_X;
+		m->nx = 0;
+		m->accessed = ad ? EPT_A : 0;
+		m->dirty = ad ? EPT_D : 0;
+		m->host_writable = EPT_HOST_WRITABLE;
+		m->mmu_writable = EPT_MMU_WRITABLE;
+		m->memtype = (MT_WB << EPT_MT_SHIFT) | EPT_IPAT;
+		m->acc_track = EPT_R | EPT_W | EPT_X;
+		/* MMIO: W|X without R is an EPT misconfiguration (§1.2). */
+		m->mmio_value = EPT_W | EPT_X;
+		m->mmio_mask = EPT_R | EPT_W | EPT_X | EPT_SVE;
+	} else {
+		/* kvm_mmu_reset_all_pte_masks(): NPT always has hardware A/D. */
+		m->ad = true;
+		m->present = NPT_P;
+		m->user = NPT_U;
+		m->x = 0;
+		m->nx = NPT_NX;
+		m->accessed = NPT_A;
+		m->dirty = NPT_D;
+		m->host_writable = NPT_HOST_WRITABLE;
+		m->mmu_writable = NPT_MMU_WRITABLE;
+		m->memtype = 0;
+		m->acc_track = 0;
+		/* MMIO: reserved physical-address bit 51 with P set (§1.3). */
+		m->mmio_value = (1ull << 51) | NPT_P;
+		m->mmio_mask = (1ull << 51) | NPT_P;
+	}
+}
+
+bool is_mmio_spte(const struct spte_masks *m, u64 s)
+{
+	return (s & m->mmio_mask) == m->mmio_value && !is_shadow_present_pte(s);
+}
+
+bool spte_ad_enabled(u64 s) { return ((s >> SPTE_TDP_AD_SHIFT) & 3) == 0; }
+bool is_writable_pte(u64 s) { return (s & SPTE_W) != 0; }
+bool is_mmu_writable_spte(const struct spte_masks *m, u64 s) { return (s & m->mmu_writable) != 0; }
+
+bool is_access_tracked_spte(const struct spte_masks *m, u64 s)
+{
+	/* An AD-disabled shadow-present SPTE whose RWX bits were stripped. */
+	return m->fmt == FMT_EPT && is_shadow_present_pte(s) && !spte_ad_enabled(s) &&
+	       (s & m->acc_track) == 0;
+}
+
+bool spte_is_accessed(const struct spte_masks *m, u64 s)
+{
+	if (m->fmt == FMT_EPT && !spte_ad_enabled(s))
+		return !is_access_tracked_spte(m, s);
+	return (s & m->accessed) != 0;
+}
+
+bool spte_is_dirty(const struct spte_masks *m, u64 s)
+{
+	if (m->fmt == FMT_EPT && !spte_ad_enabled(s))
+		return is_writable_pte(s);
+	return (s & m->dirty) != 0;
+}
+
+u64 make_leaf_spte(const struct spte_masks *m, u64 pfn, int level, unsigned acc,
+		   bool host_writable, bool write_fault, bool prefetch)
+{
+	(void)write_fault;
+	u64 s = SPTE_MMU_PRESENT | m->present | m->memtype;
+	bool ad = m->fmt == FMT_NPT || m->ad;
+
+	if (!ad)
+		s |= SPTE_TDP_AD_DISABLED;
+	if (acc & ACC_USER)
+		s |= m->user;
+	if (acc & ACC_EXEC)
+		s |= m->x;
+	else
+		s |= m->nx;
+	if (level > 1)
+		s |= SPTE_PS;
+	if (ad && !prefetch)
+		s |= m->accessed;
+	if (host_writable)
+		s |= m->host_writable;
+	else
+		acc &= ~ACC_WRITE; /* a read-only host mapping never yields W */
+	if (acc & ACC_WRITE) {
+		s |= SPTE_W | m->mmu_writable;
+		/* make_spte(): D is set eagerly on every writable SPTE. */
+		if (ad)
+			s |= m->dirty;
+	}
+	s |= (pfn << 12) & SPTE_PFN_MASK;
+	return s;
+}
+
+u64 make_nonleaf_spte(const struct spte_masks *m, u64 table_pfn)
+{
+	/* Non-leaf: present | W | U | X | A (A eagerly, so hardware never writes it). */
+	u64 s = SPTE_MMU_PRESENT | m->present | SPTE_W | m->user | m->x;
+
+	if (m->fmt == FMT_NPT || m->ad)
+		s |= m->accessed;
+	else
+		s |= SPTE_TDP_AD_DISABLED;
+	return s | ((table_pfn << 12) & SPTE_PFN_MASK);
+}
+
+u64 make_mmio_spte(const struct spte_masks *m, u64 gfn, u32 gen)
+{
+	/* §1.4: 19 generation bits in SPTE bits 3-10 (8 low bits) and 52-62 (11 high bits).
+	 * For NPT bit 51 is the reserved-bit marker, so the gfn must stay below it. */
+	u64 s = m->mmio_value | SHADOW_NONPRESENT_VALUE;
+
+	s |= ((u64)(gen & 0xff)) << 3;
+	s |= ((u64)((gen >> 8) & 0x7ff)) << 52;
+	s |= (gfn << 12) & 0x0007fffffffff000ull;
+	return s;
+}
+
+u64 make_small_spte(const struct spte_masks *m, u64 huge, int huge_level, int index)
+{
+	int child = huge_level - 1;
+	u64 s = huge;
+
+	(void)m;
+	s &= ~SPTE_PFN_MASK;
+	s |= (huge & SPTE_PFN_MASK) + (((u64)index * pages_per_level(child)) << 12);
+	if (child == 1)
+		s &= ~SPTE_PS;
+	return s;
+}
+
+u64 make_huge_spte(const struct spte_masks *m, u64 small, int level)
+{
+	u64 mask = (pages_per_level(level) << 12) - 1;
+	(void)m;
+	return (small & ~(mask & SPTE_PFN_MASK)) | SPTE_PS;
+}
+
+u64 mark_spte_for_access_track(const struct spte_masks *m, u64 s)
+{
+	/* §1.1: save R and X at bit 54/56, clear RWX (W is not saved). */
+	u64 saved = s & (EPT_R | EPT_X);
+
+	if (m->fmt != FMT_EPT || spte_ad_enabled(s))
+		return s & ~m->accessed;
+	if (is_access_tracked_spte(m, s))
+		return s;
+	s &= ~m->acc_track;
+	s |= saved << SPTE_ACC_TRACK_SAVED_SHIFT;
+	return s;
+}
+
+u64 restore_acc_track_spte(const struct spte_masks *m, u64 s)
+{
+	u64 saved = (s >> SPTE_ACC_TRACK_SAVED_SHIFT) & (EPT_R | EPT_X);
+
+	(void)m;
+	s &= ~((EPT_R | EPT_X) << SPTE_ACC_TRACK_SAVED_SHIFT);
+	return s | saved;
+}
+
+bool leaf_spte_change_needs_tlb_flush(const struct spte_masks *m, u64 old, u64 new)
+{
+	/* KVM: a flush is required iff MMU-writable goes 1 -> 0. */
+	return is_mmu_writable_spte(m, old) && !is_mmu_writable_spte(m, new);
+}
+
+unsigned spte_hw_perms(const struct spte_masks *m, u64 s)
+{
+	if (m->fmt == FMT_EPT)
+		return (unsigned)((s & 7) | (((s >> 10) & 1) << 3));
+	if (!(s & NPT_P) || !(s & NPT_U))
+		return 0;
+	/* NPT: readable when present (and U, always for KVM), exec unless NX. */
+	return 1u | ((s & NPT_W) ? 2u : 0u) | ((s & NPT_NX) ? 0u : 4u | 8u);
+}

@@ -1,0 +1,1005 @@
+/* tdp_mmu.c — KVM's TDP MMU (kvm-tdp-mmu.md §1–§4, §6). Function names follow
+ * mmu/tdp_mmu.c; the flush contract of each writer is stated where it is defined. */
+#include <stdlib.h>
+#include <string.h>
+#include "vm.h"
+
+static inline u64 *table_of(struct tdp_vm *vm, u32 f) { return hostmem_table(&vm->mem, f); }
+static inline u64 min_u64(u64 a, u64 b) { return a < b ? a : b; }
+
+/* ------------------------------------------------------------------ pages */
+
+static u32 tdp_mmu_alloc_sp(struct tdp_vm *vm, int level, u64 gfn, u32 root_id, u32 parent)
+{
+	u32 f = hostmem_alloc(&vm->mem, FRAME_TABLE);
+	u64 *t;
+
+	if (f == NO_FRAME)
+		return NO_FRAME;
+	t = table_of(vm, f);
+	if (!t) {
+		vm->mem.frames[f].state = FRAME_FREE;
+		vm->mem.free_stack[vm->mem.nfree++] = f;
+		vm->mem.in_use--;
+		return NO_FRAME;
+	}
+	/* Page tables start out SHADOW_NONPRESENT_VALUE-filled (v6.10+). */
+	for (int i = 0; i < 512; i++)
+		t[i] = SHADOW_NONPRESENT_VALUE;
+	struct frame *fr = &vm->mem.frames[f];
+	fr->sp_level = (u8)level;
+	fr->sp_gfn = gfn;
+	fr->sp_root = root_id;
+	fr->parent = parent;
+	vm->stats[ST_tables_allocated]++;
+	vm->stats[ST_mmu_pages]++;
+	return f;
+}
+
+static void untrack_possible_nx(struct tdp_vm *vm, u32 f)
+{
+	for (u32 i = 0; i < vm->nnx; i++) {
+		if (vm->nx_list[i] == f) {
+			memmove(&vm->nx_list[i], &vm->nx_list[i + 1], (vm->nnx - i - 1) * sizeof(u32));
+			vm->nnx--;
+			break;
+		}
+	}
+	vm->mem.frames[f].sp_nx = 0;
+	vm->stats[ST_nx_lpage_splits] = vm->nnx;
+}
+
+static int track_possible_nx(struct tdp_vm *vm, u32 f)
+{
+	if (vm->nnx == vm->nx_cap) {
+		u32 ncap = vm->nx_cap ? vm->nx_cap * 2 : 64;
+		u32 *n = realloc(vm->nx_list, ncap * sizeof(u32));
+		if (!n)
+			return -1;
+		vm->nx_list = n;
+		vm->nx_cap = ncap;
+	}
+	vm->nx_list[vm->nnx++] = f;
+	vm->mem.frames[f].sp_nx = 1;
+	vm->stats[ST_nx_lpage_splits] = vm->nnx;
+	return 0;
+}
+
+static void handle_removed_pt(struct tdp_vm *vm, u32 f, bool shared);
+
+static void account_leaf(struct tdp_vm *vm, int level, int delta)
+{
+	static const int st[4] = {0, ST_pages_4k, ST_pages_2m, ST_pages_1g};
+	if (level >= 1 && level <= 3)
+		vm->stats[st[level]] += (u64)(int64_t)delta;
+}
+
+/* handle_changed_spte(): bookkeeping for every change made through the TDP MMU
+ * helpers; recurses into an unlinked child table. No flush here. */
+static void handle_changed_spte(struct tdp_vm *vm, u64 gfn, u64 old, u64 new, int level, bool shared)
+{
+	bool was_present = is_shadow_present_pte(old), is_present = is_shadow_present_pte(new);
+	bool was_leaf = was_present && is_last_spte(old, level);
+	bool is_leaf = is_present && is_last_spte(new, level);
+
+	if (old == new)
+		return;
+	vm->stats[ST_spte_writes]++;
+	vm->stats[ST_spte_changed_l1 + level - 1]++;
+	vm_cost(vm, vm->costs.spte_write);
+	vm_trace(vm, TR_SPTE_CHANGED, (u32)level, gfn, old, new);
+	if (was_leaf)
+		account_leaf(vm, level, -1);
+	if (is_leaf)
+		account_leaf(vm, level, +1);
+	if (was_present && !was_leaf && (is_leaf || !is_present || spte_to_pfn(old) != spte_to_pfn(new))) {
+		u32 child = spte_to_child_frame(&vm->mem, old, level);
+		if (child != NO_FRAME && !vm->mem.frames[child].sp_unlinked)
+			handle_removed_pt(vm, child, shared);
+	}
+}
+
+/* handle_removed_pt(): freeze all 512 entries of an unlinked table (so a racing
+ * fault retries), process each child, and free the page through RCU. The flush
+ * is the caller's (since v5.18); B6-era kernels flushed here, see removed_pt_flush. */
+static void handle_removed_pt(struct tdp_vm *vm, u32 f, bool shared)
+{
+	struct frame *fr = &vm->mem.frames[f];
+	int level = fr->sp_level;
+	u64 base = fr->sp_gfn, span = pages_per_level(level);
+	u64 *t = table_of(vm, f);
+
+	fr->sp_unlinked = 1;
+	vm->stats[ST_tables_unlinked]++;
+	vm->stats[ST_mmu_shadow_zapped]++;
+	vm->stats[ST_mmu_pages]--;
+	if (fr->sp_nx)
+		untrack_possible_nx(vm, f);
+	for (int i = 0; i < 512; i++) {
+		u64 old = t[i];
+		if (!shared && !is_shadow_present_pte(old))
+			continue;
+		if (is_frozen_spte(old))
+			continue; /* owned by a racing writer */
+		t[i] = FROZEN_SPTE;
+		handle_changed_spte(vm, base + (u64)i * span, old, FROZEN_SPTE, level, shared);
+	}
+	if (vm->pol.removed_pt_flush == 1)
+		kvm_flush_remote_tlbs_range(vm, base, 512 * span);
+	else if (vm->pol.removed_pt_flush == 2)
+		/* B6: the loop variable's final gfn (the last child) as the base. */
+		kvm_flush_remote_tlbs_range(vm, base + 511 * span, 512 * span);
+	hostmem_free_rcu(&vm->mem, f);
+}
+
+/* ------------------------------------------------------------------ writers */
+
+/* tdp_mmu_set_spte(): exclusive (write lock) writer. No flush: the caller
+ * accumulates "flush needed". */
+static void tdp_mmu_iter_set_spte(struct tdp_vm *vm, struct tdp_iter *it, u64 new)
+{
+	u64 old = it->old_spte;
+
+	*it->sptep = new;
+	it->old_spte = new;
+	handle_changed_spte(vm, it->gfn, old, new, it->level, false);
+}
+
+/* tdp_mmu_set_spte_atomic(): shared (read lock) writer, CMPXCHG against the
+ * snapshot; -1 (EBUSY) and a refreshed snapshot if the SPTE changed. No flush. */
+static int tdp_mmu_set_spte_atomic(struct tdp_vm *vm, struct tdp_iter *it, u64 new)
+{
+	u64 old = it->old_spte;
+
+	if (*it->sptep != old || is_frozen_spte(old)) {
+		it->old_spte = *it->sptep;
+		return -1;
+	}
+	*it->sptep = new;
+	handle_changed_spte(vm, it->gfn, old, new, it->level, true);
+	return 0;
+}
+
+/* tdp_mmu_zap_spte_atomic(): freeze, flush (gfn, level), then clear. Because it
+ * flushes for itself, shared-mode zaps never report "flush needed". */
+static int tdp_mmu_zap_spte_atomic(struct tdp_vm *vm, struct tdp_iter *it)
+{
+	u64 old = it->old_spte;
+
+	if (*it->sptep != old || is_frozen_spte(old)) {
+		it->old_spte = *it->sptep;
+		return -1;
+	}
+	*it->sptep = FROZEN_SPTE;
+	if (vm->pol.shared_zap_flush)
+		kvm_flush_remote_tlbs_range(vm, it->gfn, pages_per_level(it->level));
+	*it->sptep = SHADOW_NONPRESENT_VALUE;
+	it->old_spte = SHADOW_NONPRESENT_VALUE;
+	handle_changed_spte(vm, it->gfn, old, SHADOW_NONPRESENT_VALUE, it->level, true);
+	return 0;
+}
+
+/* tdp_mmu_iter_cond_resched(): yield only after forward progress; a pending
+ * flush is done first (unless the policy drops that rule), then RCU is left,
+ * so a grace period can end while the walker is away. */
+static bool tdp_mmu_iter_cond_resched(struct tdp_vm *vm, struct tdp_iter *it, bool *flush)
+{
+	if (it->next_last_level_gfn == it->yielded_gfn)
+		return false;
+	if (!vm_need_resched(vm))
+		return false;
+	if (*flush && vm->pol.flush_before_yield) {
+		kvm_flush_remote_tlbs(vm);
+		*flush = false;
+	}
+	vm->stats[ST_iter_yields]++;
+	vm_trace(vm, TR_YIELD, (u32)it->level, it->next_last_level_gfn, *flush, 0);
+	vm_rcu_quiescent(vm, true);
+	it->yielded = true;
+	return true;
+}
+
+static void iter_start(struct tdp_vm *vm, struct tdp_iter *it, struct tdp_root *root, int min_level, u64 start)
+{
+	it->skip_after_restart = vm->pol.iter_skip_after_yield != 0;
+	tdp_iter_start(it, &vm->mem, root->frame, root->level, min_level, start);
+}
+
+#define for_each_tdp_pte_min_level(vm, it, root, min_level, start, end) \
+	for (iter_start(vm, &(it), root, min_level, start); (it).valid && (it).gfn < (end); tdp_iter_next(&(it)))
+
+static inline void visited(struct tdp_vm *vm, int level)
+{
+	vm->stats[ST_iter_visited_l1 + level - 1]++;
+}
+
+/* ------------------------------------------------------------------ roots */
+
+struct tdp_root *tdp_mmu_find_root(struct tdp_vm *vm, u32 id)
+{
+	for (int i = 0; i < vm->nroots; i++)
+		if (vm->roots[i].id == id)
+			return &vm->roots[i];
+	return NULL;
+}
+
+void tdp_mmu_get_root(struct tdp_root *r) { r->refcount++; }
+
+/* kvm_tdp_mmu_alloc_root(): reuse a valid root of the same role, else allocate
+ * one with refcount 2 (the vCPU's and the TDP MMU's own, v6.4+) or 1 (v5.17). */
+int tdp_mmu_get_vcpu_root(struct tdp_vm *vm, int as_id, int guest_mode, u32 *root_id)
+{
+	for (int i = vm->nroots - 1; i >= 0; i--) {
+		struct tdp_root *r = &vm->roots[i];
+		if (!r->invalid && r->as_id == as_id && r->guest_mode == guest_mode && r->refcount > 0) {
+			r->refcount++;
+			*root_id = r->id;
+			return 0;
+		}
+	}
+	if (vm->nroots == vm->roots_cap) {
+		int ncap = vm->roots_cap ? vm->roots_cap * 2 : 8;
+		struct tdp_root *n = realloc(vm->roots, (size_t)ncap * sizeof(*n));
+		if (!n)
+			return TDP_ENOMEM;
+		vm->roots = n;
+		vm->roots_cap = ncap;
+	}
+	u32 id = vm->next_root_id;
+	u32 f = tdp_mmu_alloc_sp(vm, vm->cfg.levels, 0, id, NO_FRAME);
+	if (f == NO_FRAME)
+		return TDP_ENOMEM;
+	vm->next_root_id++;
+	vm->roots[vm->nroots++] = (struct tdp_root){
+		.id = id, .frame = f, .level = vm->cfg.levels, .as_id = as_id,
+		.guest_mode = guest_mode,
+		.refcount = vm->pol.root_lifetime == TDP_ROOT_PRESERVE ? 2 : 1};
+	vm->stats[ST_roots_allocated]++;
+	vm_trace(vm, TR_ROOT_ALLOC, 0, id, hostmem_pfn(&vm->mem, f), 0);
+	*root_id = id;
+	return 0;
+}
+
+static void zap_root_passes(struct tdp_vm *vm, struct tdp_root *root, bool shared, bool can_yield);
+
+/* kvm_tdp_mmu_put_root(). v6.6+: at zero the (invalid, already zapped) root is
+ * unlinked and freed via RCU, with no flush (deferred to the next root load /
+ * migration). v5.17: the last put zaps the whole root, ignoring "flush needed". */
+void tdp_mmu_put_root_internal(struct tdp_vm *vm, u32 id, bool shared)
+{
+	struct tdp_root *r = tdp_mmu_find_root(vm, id);
+	int idx;
+
+	if (!r || --r->refcount > 0)
+		return;
+	vm_trace(vm, TR_ROOT_PUT, 0, id, hostmem_pfn(&vm->mem, r->frame), 0);
+	/* Whatever is still mapped goes now (v5.17: the whole root; v6.6+: a
+	 * root that was invalidated but not zapped yet), without a flush. */
+	zap_root_passes(vm, r, shared, false);
+	r = tdp_mmu_find_root(vm, id);
+	idx = (int)(r - vm->roots);
+	u32 f = r->frame;
+	vm->mem.frames[f].sp_unlinked = 1;
+	vm->stats[ST_mmu_pages]--;
+	memmove(&vm->roots[idx], &vm->roots[idx + 1], (size_t)(vm->nroots - idx - 1) * sizeof(*r));
+	vm->nroots--;
+	vm->stats[ST_roots_freed]++;
+	hostmem_free_rcu(&vm->mem, f);
+	vm_trace(vm, TR_ROOT_FREE, 0, id, hostmem_pfn(&vm->mem, f), 0);
+	if (vm->pol.flush_on_put_root)
+		kvm_flush_remote_tlbs(vm);
+}
+
+/* kvm_tdp_mmu_invalidate_all_roots(). In the v5.17 lifetime the invalidation
+ * takes a reference so the root survives until zap_invalidated_roots. */
+void tdp_mmu_invalidate_roots(struct tdp_vm *vm)
+{
+	for (int i = 0; i < vm->nroots; i++) {
+		struct tdp_root *r = &vm->roots[i];
+		if (r->invalid)
+			continue;
+		r->invalid = true;
+		r->scheduled = true;
+		if (vm->pol.root_lifetime == TDP_ROOT_ZAP_ON_LAST_PUT)
+			r->refcount++;
+	}
+}
+
+/* Snapshot of root ids, newest first (list_add_rcu adds at the head). */
+static int root_ids(struct tdp_vm *vm, u32 *ids, int max)
+{
+	int n = 0;
+	for (int i = vm->nroots - 1; i >= 0 && n < max; i--)
+		ids[n++] = vm->roots[i].id;
+	return n;
+}
+
+#define MAX_ROOTS_WALK 256
+
+/* kvm_tdp_mmu_zap_invalidated_roots(): zap each scheduled root in full, with NO
+ * TLB flush (the deferred-flush argument of the seed thread), then drop the TDP
+ * MMU's reference. */
+void tdp_mmu_zap_invalidated(struct tdp_vm *vm, bool shared)
+{
+	u32 ids[MAX_ROOTS_WALK];
+	int n = root_ids(vm, ids, MAX_ROOTS_WALK);
+
+	for (int i = 0; i < n; i++) {
+		struct tdp_root *r = tdp_mmu_find_root(vm, ids[i]);
+		if (!r || !r->scheduled)
+			continue;
+		r->scheduled = false;
+		zap_root_passes(vm, r, shared, true);
+		tdp_mmu_put_root_internal(vm, ids[i], shared);
+	}
+}
+
+/* kvm_mmu_zap_all_fast(): invalidate every root and ask every vCPU to drop its
+ * obsolete root in the same critical section, then zap the invalid roots before
+ * returning. No flush: vCPUs flush when they load their next root. */
+void kvm_mmu_zap_all_fast(struct tdp_vm *vm)
+{
+	vm->memslots_gen++;
+	tdp_mmu_invalidate_roots(vm);
+	kvm_make_all_cpus_request(vm, TDP_REQ_MMU_FREE_OBSOLETE_ROOTS);
+	tdp_mmu_zap_invalidated(vm, true);
+}
+
+/* ------------------------------------------------------------------ zaps */
+
+/* __tdp_mmu_zap_root() pass: zap present entries at exactly zap_level. */
+static void zap_root_pass(struct tdp_vm *vm, struct tdp_root *root, bool shared, int zap_level, bool can_yield)
+{
+	struct tdp_iter it;
+	bool flush = false;
+	u64 end = vm_max_gfn(vm);
+
+	for_each_tdp_pte_min_level(vm, it, root, zap_level, 0, end) {
+retry:
+		if (can_yield && tdp_mmu_iter_cond_resched(vm, &it, &flush))
+			continue;
+		visited(vm, it.level);
+		if (!is_shadow_present_pte(it.old_spte))
+			continue;
+		if (it.level > zap_level)
+			continue;
+		if (is_last_spte(it.old_spte, it.level))
+			vm->stats[ST_zapped_leaf_l1 + it.level - 1]++;
+		else
+			vm->stats[ST_zapped_nonleaf]++;
+		if (!shared)
+			tdp_mmu_iter_set_spte(vm, &it, SHADOW_NONPRESENT_VALUE);
+		else if (tdp_mmu_set_spte_atomic(vm, &it, SHADOW_NONPRESENT_VALUE))
+			goto retry;
+	}
+}
+
+/* tdp_mmu_zap_root(): passes of decreasing granularity (4K, 2M, 1G, root level;
+ * ~v6.9+) so that each freed subtree is small. Never flushes. */
+static void zap_root_passes(struct tdp_vm *vm, struct tdp_root *root, bool shared, bool can_yield)
+{
+	u32 id = root->id;
+	int passes[4] = {1, 2, 3, root->level};
+
+	for (int p = 0; p < 4; p++) {
+		root = tdp_mmu_find_root(vm, id);
+		if (!root)
+			return;
+		zap_root_pass(vm, root, shared, passes[p], can_yield);
+	}
+}
+
+void tdp_mmu_zap_whole_root(struct tdp_vm *vm, struct tdp_root *root, bool shared)
+{
+	zap_root_passes(vm, root, shared, true);
+}
+
+/* tdp_mmu_zap_leafs(): leaf-only range zap. Exclusive mode: plain writes, and
+ * "flush needed" only for a valid root. Shared mode: the atomic zap, which
+ * flushes by itself, so it never reports a flush. */
+static bool tdp_mmu_zap_leafs(struct tdp_vm *vm, struct tdp_root *root, u64 start, u64 end,
+			      bool can_yield, bool flush, bool shared)
+{
+	struct tdp_iter it;
+
+	end = min_u64(end, vm_max_gfn(vm));
+	for_each_tdp_pte_min_level(vm, it, root, 1, start, end) {
+retry:
+		if (can_yield && tdp_mmu_iter_cond_resched(vm, &it, &flush))
+			continue;
+		visited(vm, it.level);
+		if (!is_shadow_present_pte(it.old_spte) || !is_last_spte(it.old_spte, it.level))
+			continue;
+		if (shared) {
+			if (tdp_mmu_zap_spte_atomic(vm, &it))
+				goto retry;
+		} else {
+			tdp_mmu_iter_set_spte(vm, &it, SHADOW_NONPRESENT_VALUE);
+			if (!root->invalid)
+				flush = true;
+		}
+		vm->stats[ST_zapped_leaf_l1 + it.level - 1]++;
+	}
+	return flush;
+}
+
+/* kvm_tdp_mmu_zap_leafs() (valid roots) / kvm_tdp_mmu_unmap_gfn_range() (all
+ * roots). The pending flush is threaded through every root so a yield in a
+ * later root flushes what an earlier root zapped (the fix for B1). */
+bool tdp_mmu_zap_leafs_all(struct tdp_vm *vm, u64 start, u64 end, int which, bool shared, bool flush)
+{
+	u32 ids[MAX_ROOTS_WALK];
+	int n = root_ids(vm, ids, MAX_ROOTS_WALK);
+
+	for (int i = 0; i < n; i++) {
+		struct tdp_root *r = tdp_mmu_find_root(vm, ids[i]);
+		if (!r || (which == ROOTS_VALID && r->invalid))
+			continue;
+		tdp_mmu_get_root(r); /* yield-safe root iteration holds a reference */
+		if (vm->pol.per_root_flush_reset)
+			flush |= tdp_mmu_zap_leafs(vm, r, start, end, true, false, shared);
+		else
+			flush = tdp_mmu_zap_leafs(vm, r, start, end, true, flush, shared);
+		tdp_mmu_put_root_internal(vm, ids[i], shared);
+	}
+	return flush;
+}
+
+/* kvm_tdp_mmu_zap_sp(): zap the parent SPTE of a table; the subtree goes through
+ * handle_removed_pt. Returns "caller must flush". */
+bool tdp_mmu_zap_sp_frame(struct tdp_vm *vm, u32 f)
+{
+	struct frame *fr = &vm->mem.frames[f];
+	int plevel = fr->sp_level + 1;
+	u32 parent = fr->parent;
+	u64 *sptep, old;
+
+	if (parent == NO_FRAME)
+		return false;
+	sptep = table_of(vm, parent) + spte_index(fr->sp_gfn, plevel);
+	old = *sptep;
+	if (!is_shadow_present_pte(old) || spte_to_child_frame(&vm->mem, old, plevel) != f)
+		return false;
+	*sptep = SHADOW_NONPRESENT_VALUE;
+	vm->stats[ST_zapped_nonleaf]++;
+	handle_changed_spte(vm, fr->sp_gfn, old, SHADOW_NONPRESENT_VALUE, plevel, false);
+	return true;
+}
+
+static bool subtree_has_leaf(struct tdp_vm *vm, u32 f)
+{
+	u64 *t = table_of(vm, f);
+	int level = vm->mem.frames[f].sp_level;
+
+	for (int i = 0; i < 512; i++) {
+		if (!is_shadow_present_pte(t[i]))
+			continue;
+		if (is_last_spte(t[i], level))
+			return true;
+		u32 c = spte_to_child_frame(&vm->mem, t[i], level);
+		if (c != NO_FRAME && subtree_has_leaf(vm, c))
+			return true;
+	}
+	return false;
+}
+
+/* kvm_recover_nx_huge_pages(): zap a batch of possible-NX tables; flush before
+ * every yield and at the end (B4: the pending flush was overwritten, not OR-ed;
+ * v5.12's zap_sp returned whether the table's range still had leaves). */
+int tdp_mmu_recover_nx(struct tdp_vm *vm, int count, int *zapped)
+{
+	bool flush = false;
+	int done = 0;
+
+	if (count <= 0)
+		count = vm->pol.nx_recovery_ratio > 0 ? (int)((vm->nnx + (u32)vm->pol.nx_recovery_ratio - 1) / (u32)vm->pol.nx_recovery_ratio) : 0;
+	for (; count > 0 && vm->nnx; count--) {
+		u32 f = vm->nx_list[0];
+		struct memslot *s = vm_slot_of(vm, vm->mem.frames[f].sp_gfn);
+		if (s && (s->flags & TDP_SLOT_DIRTY_LOG)) {
+			untrack_possible_nx(vm, f);
+			continue;
+		}
+		if (vm->pol.nx_recovery_flush_assign) {
+			bool had = subtree_has_leaf(vm, f);
+			tdp_mmu_zap_sp_frame(vm, f);
+			flush = had;
+		} else {
+			flush |= tdp_mmu_zap_sp_frame(vm, f);
+		}
+		if (vm->mem.frames[f].sp_nx)
+			untrack_possible_nx(vm, f);
+		done++;
+		if (vm_need_resched(vm)) {
+			if (flush)
+				kvm_flush_remote_tlbs(vm);
+			flush = false;
+			vm_rcu_quiescent(vm, true);
+		}
+	}
+	if (flush)
+		kvm_flush_remote_tlbs(vm);
+	*zapped = done;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ dirty logging, aging */
+
+/* wrprot_gfn_range(): clear W on leaves >= min_level (MMU-writable kept, so the
+ * fast path can re-grant). Yields without flushing; the caller flushes. */
+static bool wrprot_gfn_range(struct tdp_vm *vm, struct tdp_root *root, u64 start, u64 end, int min_level)
+{
+	struct tdp_iter it;
+	bool spte_set = false, flush = false;
+
+	for_each_tdp_pte_min_level(vm, it, root, min_level, start, end) {
+retry:
+		if (tdp_mmu_iter_cond_resched(vm, &it, &flush))
+			continue;
+		visited(vm, it.level);
+		if (!is_shadow_present_pte(it.old_spte) || !is_last_spte(it.old_spte, it.level) ||
+		    !(it.old_spte & SPTE_W))
+			continue;
+		if (tdp_mmu_set_spte_atomic(vm, &it, it.old_spte & ~SPTE_W))
+			goto retry;
+		spte_set = true;
+	}
+	return spte_set;
+}
+
+bool tdp_mmu_wrprot(struct tdp_vm *vm, u64 start, u64 end, int min_level)
+{
+	u32 ids[MAX_ROOTS_WALK];
+	int n = root_ids(vm, ids, MAX_ROOTS_WALK);
+	bool set = false;
+
+	for (int i = 0; i < n; i++) {
+		struct tdp_root *r = tdp_mmu_find_root(vm, ids[i]);
+		if (!r || r->invalid)
+			continue;
+		tdp_mmu_get_root(r);
+		set |= wrprot_gfn_range(vm, r, start, end, min_level);
+		tdp_mmu_put_root_internal(vm, ids[i], true);
+	}
+	return set;
+}
+
+/* clear_dirty_gfn_range(): clear D (A/D on) or W (A/D off) on 4K..huge leaves. */
+bool tdp_mmu_clear_dirty(struct tdp_vm *vm, u64 start, u64 end)
+{
+	u32 ids[MAX_ROOTS_WALK];
+	int n = root_ids(vm, ids, MAX_ROOTS_WALK);
+	bool set = false;
+	u64 dbit = vm->masks.ad ? vm->masks.dirty : SPTE_W;
+
+	for (int i = 0; i < n; i++) {
+		struct tdp_root *r = tdp_mmu_find_root(vm, ids[i]);
+		struct tdp_iter it;
+		bool flush = false;
+		if (!r || r->invalid)
+			continue;
+		tdp_mmu_get_root(r);
+		for_each_tdp_pte_min_level(vm, it, r, 1, start, end) {
+retry:
+			if (tdp_mmu_iter_cond_resched(vm, &it, &flush))
+				continue;
+			visited(vm, it.level);
+			if (!is_shadow_present_pte(it.old_spte) || !is_last_spte(it.old_spte, it.level) ||
+			    !(it.old_spte & dbit))
+				continue;
+			if (tdp_mmu_set_spte_atomic(vm, &it, it.old_spte & ~dbit))
+				goto retry;
+			set = true;
+		}
+		tdp_mmu_put_root_internal(vm, ids[i], true);
+	}
+	return set;
+}
+
+/* kvm_tdp_mmu_age_gfn_range(): clear A (A/D on) or access-track the SPTE (A/D
+ * off), on every root of the address space. Not through handle_changed_spte,
+ * and never a flush (x86 elides it, ~v6.13). */
+bool tdp_mmu_age(struct tdp_vm *vm, u64 start, u64 end)
+{
+	bool young = false;
+
+	for (int i = vm->nroots - 1; i >= 0; i--) {
+		struct tdp_root *r = &vm->roots[i];
+		struct tdp_iter it;
+		for_each_tdp_pte_min_level(vm, it, r, 1, start, end) {
+			visited(vm, it.level);
+			if (!is_shadow_present_pte(it.old_spte) || !is_last_spte(it.old_spte, it.level))
+				continue;
+			if (!spte_is_accessed(&vm->masks, it.old_spte))
+				continue;
+			young = true;
+			u64 nw = mark_spte_for_access_track(&vm->masks, it.old_spte);
+			if (nw != it.old_spte) {
+				*it.sptep = nw;
+				it.old_spte = nw;
+				vm->stats[ST_spte_writes]++;
+				vm_cost(vm, vm->costs.spte_write);
+				vm_trace(vm, TR_SPTE_CHANGED, (u32)it.level, it.gfn, it.old_spte, nw);
+			}
+		}
+	}
+	return young;
+}
+
+/* kvm_tdp_mmu_write_protect_gfn(): clear W and MMU-writable (gfn write
+ * tracking). The caller flushes if anything changed. */
+bool tdp_mmu_write_protect_gfn(struct tdp_vm *vm, u64 gfn)
+{
+	bool set = false;
+
+	for (int i = vm->nroots - 1; i >= 0; i--) {
+		struct tdp_root *r = &vm->roots[i];
+		struct tdp_iter it;
+		if (r->invalid)
+			continue;
+		for_each_tdp_pte_min_level(vm, it, r, 1, gfn, gfn + 1) {
+			visited(vm, it.level);
+			if (!is_shadow_present_pte(it.old_spte) || !is_last_spte(it.old_spte, it.level))
+				continue;
+			u64 nw = it.old_spte & ~(SPTE_W | vm->masks.mmu_writable);
+			if (nw == it.old_spte)
+				continue;
+			tdp_mmu_iter_set_spte(vm, &it, nw);
+			set = true;
+		}
+	}
+	return set;
+}
+
+/* ------------------------------------------------------------------ split / recover */
+
+/* tdp_mmu_split_huge_page(): fill a child table with make_small_spte() and link
+ * it over the huge leaf. No flush: the translations are identical. */
+static int split_huge_page(struct tdp_vm *vm, struct tdp_iter *it, struct tdp_root *root, bool shared,
+			   bool nx_disallowed)
+{
+	u32 f = tdp_mmu_alloc_sp(vm, it->level - 1, it->gfn, root->id, tdp_iter_frame(it));
+	u64 *t;
+
+	if (f == NO_FRAME)
+		return TDP_ENOMEM;
+	t = table_of(vm, f);
+	for (int i = 0; i < 512; i++)
+		t[i] = make_small_spte(&vm->masks, it->old_spte, it->level, i);
+	if (vm->pol.nx_huge_pages && it->level - 1 == 1)
+		for (int i = 0; i < 512; i++)
+			t[i] = (t[i] & ~vm->masks.nx) | vm->masks.x; /* 4K children are executable again */
+	account_leaf(vm, it->level - 1, 512);
+	u64 nw = make_nonleaf_spte(&vm->masks, hostmem_pfn(&vm->mem, f));
+	if (shared) {
+		if (tdp_mmu_set_spte_atomic(vm, it, nw)) {
+			account_leaf(vm, it->level - 1, -512);
+			vm->mem.frames[f].sp_unlinked = 1;
+			vm->stats[ST_mmu_pages]--;
+			hostmem_free_now(&vm->mem, f);
+			return -1;
+		}
+	} else {
+		tdp_mmu_iter_set_spte(vm, it, nw);
+	}
+	if (nx_disallowed)
+		track_possible_nx(vm, f);
+	vm->stats[ST_huge_pages_split]++;
+	return 0;
+}
+
+int tdp_mmu_split(struct tdp_vm *vm, u64 start, u64 end, int target_level)
+{
+	u32 ids[MAX_ROOTS_WALK];
+	int n = root_ids(vm, ids, MAX_ROOTS_WALK);
+
+	for (int i = 0; i < n; i++) {
+		struct tdp_root *r = tdp_mmu_find_root(vm, ids[i]);
+		struct tdp_iter it;
+		bool flush = false;
+		if (!r || r->invalid)
+			continue;
+		tdp_mmu_get_root(r);
+		for_each_tdp_pte_min_level(vm, it, r, target_level + 1, start, end) {
+retry:
+			if (tdp_mmu_iter_cond_resched(vm, &it, &flush))
+				continue;
+			visited(vm, it.level);
+			if (!is_shadow_present_pte(it.old_spte) || !is_large_pte(it.old_spte))
+				continue;
+			int rc = split_huge_page(vm, &it, r, true, false);
+			if (rc == TDP_ENOMEM) {
+				tdp_mmu_put_root_internal(vm, ids[i], true);
+				return TDP_ENOMEM;
+			}
+			if (rc)
+				goto retry;
+		}
+		tdp_mmu_put_root_internal(vm, ids[i], true);
+	}
+	return 0;
+}
+
+/* recover_huge_pages_range() (~v6.13+): CMPXCHG a huge SPTE built from a child
+ * leaf over a table whose range may now be mapped huge; flush if anything
+ * changed, before yielding and at the end (done by the caller). */
+bool tdp_mmu_recover_huge(struct tdp_vm *vm, u64 start, u64 end)
+{
+	u32 ids[MAX_ROOTS_WALK];
+	int n = root_ids(vm, ids, MAX_ROOTS_WALK);
+	bool flush = false;
+
+	for (int i = 0; i < n; i++) {
+		struct tdp_root *r = tdp_mmu_find_root(vm, ids[i]);
+		struct tdp_iter it;
+		if (!r || r->invalid)
+			continue;
+		tdp_mmu_get_root(r);
+		for_each_tdp_pte_min_level(vm, it, r, 2, start, end) {
+retry:
+			if (tdp_mmu_iter_cond_resched(vm, &it, &flush))
+				continue;
+			visited(vm, it.level);
+			if (it.level > 3 || !is_shadow_present_pte(it.old_spte) || is_last_spte(it.old_spte, it.level))
+				continue;
+			struct memslot *s = vm_slot_of(vm, it.gfn);
+			if (!s || vm_max_mapping_level(vm, s, it.gfn) < it.level)
+				continue;
+			/* Find a present leaf below to build the huge SPTE from. */
+			u32 c = spte_to_child_frame(&vm->mem, it.old_spte, it.level);
+			u64 leaf = 0;
+			int lv = it.level - 1;
+			while (c != NO_FRAME) {
+				u64 *t = table_of(vm, c);
+				u64 found = 0;
+				for (int k = 0; k < 512; k++)
+					if (is_shadow_present_pte(t[k])) {
+						found = t[k];
+						break;
+					}
+				if (!found)
+					break;
+				if (is_last_spte(found, lv)) {
+					leaf = found;
+					break;
+				}
+				c = spte_to_child_frame(&vm->mem, found, lv);
+				lv--;
+			}
+			if (!leaf)
+				continue;
+			u64 pfn = vm_gfn_to_pfn(vm, s, it.gfn);
+			u64 huge = make_huge_spte(&vm->masks, leaf, it.level);
+			huge = (huge & ~SPTE_PFN_MASK) | ((pfn << 12) & SPTE_PFN_MASK);
+			if (vm->pol.nx_huge_pages)
+				huge = (huge & ~vm->masks.x) | vm->masks.nx;
+			if (tdp_mmu_set_spte_atomic(vm, &it, huge))
+				goto retry;
+			vm->stats[ST_huge_pages_recovered]++;
+			flush = true;
+		}
+		tdp_mmu_put_root_internal(vm, ids[i], true);
+	}
+	return flush;
+}
+
+/* ------------------------------------------------------------------ fault path */
+
+u64 tdp_mmu_lookup(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int *level, u64 **sptep)
+{
+	u32 f = root->frame;
+	u64 spte = SHADOW_NONPRESENT_VALUE;
+
+	for (int l = root->level; l >= 1; l--) {
+		u64 *p = table_of(vm, f) + spte_index(gfn, l);
+		spte = *p;
+		*level = l;
+		if (sptep)
+			*sptep = p;
+		if (!is_shadow_present_pte(spte) || is_last_spte(spte, l))
+			return spte;
+		f = spte_to_child_frame(&vm->mem, spte, l);
+		if (f == NO_FRAME)
+			return spte;
+	}
+	return spte;
+}
+
+u64 tdp_mmu_tables_needed(struct tdp_vm *vm, struct tdp_root *root, u64 start, u64 end, int level)
+{
+	/* Upper bound of the tables a map_range allocates: every missing table on
+	 * the paths, plus one per huge leaf above `level` that must be split. */
+	u64 need = 0;
+
+	for (int l = root->level; l > level; l--) {
+		u64 span = pages_per_level(l);
+		for (u64 g = start & ~(span - 1); g < end; g += span) {
+			int got;
+			u64 s = tdp_mmu_lookup(vm, root, g, &got, NULL);
+			if (got > l)
+				need++; /* the path already ends above: this table is missing */
+			else if (got == l && (!is_shadow_present_pte(s) || is_last_spte(s, l)))
+				need++;
+			if (g + span < g)
+				break;
+		}
+	}
+	return need;
+}
+
+/* kvm_tdp_mmu_map() + tdp_mmu_map_handle_target_level(). */
+int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int goal_level,
+		    bool write_fault, bool exec_fault, bool huge_disallowed, bool prefetch, bool *flushed)
+{
+	struct memslot *slot = vm_slot_of(vm, gfn);
+	struct tdp_iter it;
+	int req_level = goal_level;
+	bool nx_workaround = vm->pol.nx_huge_pages != 0;
+
+	*flushed = false;
+	if (root->invalid)
+		return RET_PF_RETRY;
+	for_each_tdp_pte_min_level(vm, it, root, 1, gfn, gfn + 1) {
+		/* disallowed_hugepage_adjust(): a table that exists because of the NX
+		 * mitigation forces the fault one level down. */
+		if (nx_workaround && it.level > 1 && it.level == goal_level &&
+		    is_shadow_present_pte(it.old_spte) && !is_large_pte(it.old_spte)) {
+			u32 c = spte_to_child_frame(&vm->mem, it.old_spte, it.level);
+			if (c != NO_FRAME && vm->mem.frames[c].sp_nx)
+				goal_level--;
+		}
+		if (is_frozen_spte(it.old_spte))
+			return RET_PF_RETRY;
+		if (it.level == goal_level)
+			goto map_target_level;
+		if (is_shadow_present_pte(it.old_spte) && !is_large_pte(it.old_spte))
+			continue;
+		/* Non-present, or a huge leaf above the goal: split it in place (v6.2+). */
+		if (is_shadow_present_pte(it.old_spte)) {
+			int rc = split_huge_page(vm, &it, root, true, huge_disallowed && req_level >= it.level);
+			if (rc == TDP_ENOMEM)
+				return RET_PF_NOMEM;
+			if (rc)
+				return RET_PF_RETRY;
+		} else {
+			u32 f = tdp_mmu_alloc_sp(vm, it.level - 1, it.gfn, root->id, tdp_iter_frame(&it));
+			if (f == NO_FRAME)
+				return RET_PF_NOMEM;
+			if (tdp_mmu_set_spte_atomic(vm, &it, make_nonleaf_spte(&vm->masks, hostmem_pfn(&vm->mem, f)))) {
+				vm->mem.frames[f].sp_unlinked = 1;
+				vm->stats[ST_mmu_pages]--;
+				hostmem_free_now(&vm->mem, f);
+				return RET_PF_RETRY;
+			}
+			if (huge_disallowed && req_level >= it.level)
+				track_possible_nx(vm, f);
+		}
+	}
+	return RET_PF_RETRY;
+
+map_target_level:;
+	u64 new_spte;
+	bool wrprot = false;
+	int ret = RET_PF_FIXED;
+	if (!slot) {
+		new_spte = make_mmio_spte(&vm->masks, it.gfn, vm->memslots_gen);
+	} else {
+		unsigned acc = ACC_ALL;
+		bool host_writable = !(slot->flags & TDP_SLOT_READONLY);
+		if (goal_level > 1 && nx_workaround)
+			acc &= ~ACC_EXEC; /* huge SPTEs are NX under the mitigation */
+		if (!vm_gfn_writable(vm, slot, gfn) && host_writable) {
+			/* gfn write-tracked: make_spte write-protects it. */
+			acc &= ~ACC_WRITE;
+			wrprot = true;
+		}
+		u64 pfn = vm_gfn_to_pfn(vm, slot, it.gfn);
+		new_spte = make_leaf_spte(&vm->masks, pfn, goal_level, acc, host_writable, write_fault, prefetch);
+		if (wrprot) /* host-writable stays, MMU-writable does not */
+			new_spte &= ~(SPTE_W | vm->masks.mmu_writable);
+	}
+	if (new_spte == it.old_spte) {
+		ret = RET_PF_SPURIOUS;
+	} else if (tdp_mmu_set_spte_atomic(vm, &it, new_spte)) {
+		return RET_PF_RETRY;
+	} else if (is_shadow_present_pte(it.old_spte) && !is_last_spte(it.old_spte, it.level)) {
+		/* A huge leaf replaced a table: flush (gfn, level) before leaving RCU. */
+		if (vm->pol.map_huge_over_table_flush)
+			kvm_flush_remote_tlbs_range(vm, it.gfn, pages_per_level(it.level));
+		*flushed = true;
+	}
+	if (slot && (new_spte & SPTE_W) && (slot->flags & TDP_SLOT_DIRTY_LOG))
+		vm_mark_dirty(vm, slot, gfn);
+	if (wrprot && write_fault)
+		ret = RET_PF_EMULATE;
+	if (!slot) {
+		vm->stats[ST_pf_mmio_spte_created]++;
+		ret = RET_PF_EMULATE;
+	}
+	(void)exec_fault;
+	return ret;
+}
+
+/* ------------------------------------------------------------------ page fault entry */
+
+static bool spte_allows(const struct spte_masks *m, u64 s, int access)
+{
+	unsigned p = spte_hw_perms(m, s);
+	switch (access) {
+	case TDP_ACC_READ: return (p & 1) != 0;
+	case TDP_ACC_WRITE: return (p & 2) != 0;
+	default: return (p & 4) != 0;
+	}
+}
+
+/* kvm_tdp_page_fault(): fast_page_fault() first (lockless; only ever adds
+ * permissions, so never a flush), then the slow path: faultin the pfn, pick the
+ * goal level (kvm_mmu_hugepage_adjust), retry if stale, and map. */
+int tdp_mmu_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int access)
+{
+	bool write = access == TDP_ACC_WRITE;
+	bool exec = access == TDP_ACC_EXEC || access == TDP_ACC_EXEC_USER;
+	struct memslot *slot = vm_slot_of(vm, gfn);
+	int lvl;
+	u64 *sptep;
+	u64 spte;
+
+	vm->stats[ST_pf_taken]++;
+	vm_cost(vm, vm->costs.fault);
+	vm_trace(vm, TR_FAULT, (u32)access, gfn, root ? root->id : 0, 0);
+	if (!root || root->invalid) {
+		vm->stats[ST_pf_retry]++;
+		return RET_PF_RETRY;
+	}
+	spte = tdp_mmu_lookup(vm, root, gfn, &lvl, &sptep);
+	if (is_shadow_present_pte(spte) && is_last_spte(spte, lvl)) {
+		u64 nw = spte;
+		if (is_access_tracked_spte(&vm->masks, spte))
+			nw = restore_acc_track_spte(&vm->masks, spte);
+		if (write && !(nw & SPTE_W) && is_mmu_writable_spte(&vm->masks, nw) &&
+		    !(lvl > 1 && slot && (slot->flags & TDP_SLOT_DIRTY_LOG)))
+			nw |= SPTE_W;
+		if (spte_allows(&vm->masks, nw, access)) {
+			if (nw == spte) {
+				vm->stats[ST_pf_spurious]++;
+				return RET_PF_SPURIOUS;
+			}
+			*sptep = nw;
+			vm->stats[ST_pf_fast]++;
+			vm->stats[ST_spte_writes]++;
+			vm_cost(vm, vm->costs.spte_write);
+			vm_trace(vm, TR_SPTE_CHANGED, (u32)lvl, gfn, spte, nw);
+			if ((nw & SPTE_W) && !(spte & SPTE_W) && slot && (slot->flags & TDP_SLOT_DIRTY_LOG))
+				vm_mark_dirty(vm, slot, gfn);
+			return RET_PF_FIXED;
+		}
+	}
+	if (slot && write && (slot->flags & TDP_SLOT_READONLY)) {
+		vm->stats[ST_pf_emulate]++;
+		return RET_PF_EMULATE;
+	}
+	int goal = slot ? vm_max_mapping_level(vm, slot, gfn) : 1;
+	bool huge_disallowed = false;
+	if (exec && vm->pol.nx_huge_pages && goal > 1) {
+		huge_disallowed = true;
+		goal = 1;
+	}
+	if (slot && vm_fault_in_pfn(vm, slot, gfn) == NO_PFN)
+		return RET_PF_NOMEM;
+	/* is_page_fault_stale(): an invalidation in progress over this gfn. */
+	if (vm->mmu_invalidate_in_progress && gfn >= vm->mmu_invalidate_start && gfn < vm->mmu_invalidate_end) {
+		vm->stats[ST_pf_retry]++;
+		return RET_PF_RETRY;
+	}
+	bool flushed;
+	u64 aligned = gfn & ~(pages_per_level(goal) - 1);
+	int r = tdp_mmu_map_gfn(vm, root, aligned, goal, write, exec, huge_disallowed, false, &flushed);
+	switch (r) {
+	case RET_PF_FIXED: vm->stats[ST_pf_fixed]++; break;
+	case RET_PF_SPURIOUS: vm->stats[ST_pf_spurious]++; break;
+	case RET_PF_EMULATE: vm->stats[ST_pf_emulate]++; break;
+	case RET_PF_RETRY: vm->stats[ST_pf_retry]++; break;
+	default: break;
+	}
+	return r;
+}

@@ -1,0 +1,52 @@
+/* tdp_mmu.h — KVM's TDP MMU (mmu/tdp_mmu.c): roots, the fault path, the zap family
+ * and the other SPTE writers. Flush contracts are written next to each function. */
+#ifndef TDPFAST_TDP_MMU_H
+#define TDPFAST_TDP_MMU_H
+#include "tdp_iter.h"
+
+struct tdp_vm;
+
+struct tdp_root {
+	u32 id;
+	u32 frame;
+	int level;
+	int as_id;
+	int guest_mode;
+	int refcount;        /* tdp_mmu_root_count */
+	bool invalid;        /* role.invalid */
+	bool scheduled;      /* tdp_mmu_scheduled_root_to_zap */
+};
+
+/* Root lifecycle (§3). */
+int tdp_mmu_get_vcpu_root(struct tdp_vm *vm, int as_id, int guest_mode, u32 *root_id);
+struct tdp_root *tdp_mmu_find_root(struct tdp_vm *vm, u32 id);
+void tdp_mmu_get_root(struct tdp_root *r);
+void tdp_mmu_put_root_internal(struct tdp_vm *vm, u32 id, bool shared);
+void tdp_mmu_invalidate_roots(struct tdp_vm *vm);
+void tdp_mmu_zap_invalidated(struct tdp_vm *vm, bool shared);
+void tdp_mmu_zap_whole_root(struct tdp_vm *vm, struct tdp_root *root, bool shared);
+void kvm_mmu_zap_all_fast(struct tdp_vm *vm);
+
+/* Range operations over roots. `which`: valid roots only, or all roots. */
+enum { ROOTS_VALID = 0, ROOTS_ALL = 1 };
+bool tdp_mmu_zap_leafs_all(struct tdp_vm *vm, u64 start, u64 end, int which, bool shared, bool flush);
+bool tdp_mmu_wrprot(struct tdp_vm *vm, u64 start, u64 end, int min_level);
+bool tdp_mmu_clear_dirty(struct tdp_vm *vm, u64 start, u64 end);
+bool tdp_mmu_age(struct tdp_vm *vm, u64 start, u64 end);
+int tdp_mmu_split(struct tdp_vm *vm, u64 start, u64 end, int target_level);
+bool tdp_mmu_recover_huge(struct tdp_vm *vm, u64 start, u64 end);
+int tdp_mmu_recover_nx(struct tdp_vm *vm, int count, int *zapped);
+bool tdp_mmu_zap_sp_frame(struct tdp_vm *vm, u32 frame);
+bool tdp_mmu_write_protect_gfn(struct tdp_vm *vm, u64 gfn);
+
+/* The fault path (kvm_tdp_mmu_map). */
+enum { RET_PF_FIXED = 0, RET_PF_SPURIOUS, RET_PF_RETRY, RET_PF_EMULATE, RET_PF_NOMEM };
+int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int goal_level,
+		    bool write_fault, bool exec_fault, bool huge_disallowed, bool prefetch,
+		    bool *flushed);
+/* Upper bound of frames a single map needs (levels - 1 tables). */
+u64 tdp_mmu_tables_needed(struct tdp_vm *vm, struct tdp_root *root, u64 start, u64 end, int level);
+/* Read the SPTE mapping gfn at `level` in root, or the deepest one on the path. */
+u64 tdp_mmu_lookup(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int *level, u64 **sptep);
+
+#endif

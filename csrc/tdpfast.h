@@ -1,0 +1,315 @@
+/* tdpfast.h — the one public header: what the Python bindings (cffi) see.
+ * Every function returns 0 or a negative TDP_E* code; the message that names the
+ * bad argument is then available from tdp_errmsg(vm). A failed call leaves the
+ * model exactly as it was. This file is parsed by cffi: keep it free of macros. */
+#ifndef TDPFAST_H
+#define TDPFAST_H
+#include <stdint.h>
+#include <stddef.h>
+
+typedef struct tdp_vm tdp_vm;
+
+enum tdp_err {
+	TDP_OK = 0,
+	TDP_EINVAL = -1,    /* bad argument (ValueError) */
+	TDP_ENOENT = -2,    /* unknown/freed object (KeyError) */
+	TDP_ENOMEM = -3,    /* frame pool or host memory exhausted (MemoryError) */
+	TDP_ESTATE = -4,    /* not allowed in the current state (ValueError) */
+	TDP_EIMAGE = -5,    /* malformed memory image (ValueError) */
+	TDP_EMISSING = -6,  /* memory image lacks a page the walk needs (KeyError) */
+	TDP_ELIVELOCK = -7  /* a fault kept retrying (liveness) */
+};
+
+enum tdp_arch { TDP_VMX = 0, TDP_SVM = 1 };
+enum tdp_access { TDP_ACC_READ = 0, TDP_ACC_WRITE = 1, TDP_ACC_EXEC = 2, TDP_ACC_EXEC_USER = 3 };
+enum tdp_walk_status { TDP_WALK_OK = 0, TDP_WALK_VIOLATION = 1, TDP_WALK_MISCONFIG = 2, TDP_WALK_NPF = 3 };
+enum tdp_tlb_mode { TDP_TLB_SETASSOC = 0, TDP_TLB_ADVERSARIAL = 1 };
+enum tdp_repl { TDP_REPL_LRU = 0, TDP_REPL_PLRU = 1, TDP_REPL_RANDOM = 2 };
+enum tdp_root_lifetime { TDP_ROOT_PRESERVE = 0, TDP_ROOT_ZAP_ON_LAST_PUT = 1 };
+enum tdp_violation_kind {
+	TDP_V_USE_AFTER_FREE = 1,
+	TDP_V_STALE_PAGE_TABLE = 2,
+	TDP_V_LOST_DIRTY = 3,
+	TDP_V_STALE_WRITE = 4,
+	TDP_V_LIVELOCK = 5
+};
+enum tdp_access_outcome { TDP_OUT_OK = 0, TDP_OUT_MMIO = 1, TDP_OUT_LIVELOCK = 2 };
+enum tdp_memslot_flags { TDP_SLOT_READONLY = 1, TDP_SLOT_DIRTY_LOG = 2 };
+enum tdp_vcpu_mode { TDP_OUTSIDE_GUEST = 0, TDP_IN_GUEST = 1, TDP_EXITING_GUEST = 2 };
+enum tdp_request {
+	TDP_REQ_TLB_FLUSH = 1, TDP_REQ_TLB_FLUSH_CURRENT = 2, TDP_REQ_TLB_FLUSH_GUEST = 4,
+	TDP_REQ_MMU_FREE_OBSOLETE_ROOTS = 8, TDP_REQ_LOAD_MMU_PGD = 16
+};
+
+struct tdp_config {
+	int arch;             /* TDP_VMX / TDP_SVM */
+	int levels;           /* 4 or 5 */
+	uint64_t seed;
+	int nvcpus;
+	int npcpus;
+	int ad;               /* EPT A/D bits enabled (NPT: always) */
+	int mbec;             /* EPT mode-based execute control */
+	int maxphyaddr;       /* host and guest MAXPHYADDR */
+	uint64_t hpa_base;    /* first host physical address of the frame pool */
+	uint32_t frame_limit; /* 0 = unlimited */
+	uint32_t max_asid;    /* SVM: highest ASID (CPUID 8000_000A EBX - 1) */
+	uint32_t min_asid;    /* SVM: first ASID KVM hands out */
+	int flush_by_asid;    /* SVM FlushByAsid: TLB_CONTROL 3 instead of a new ASID */
+	int trace;            /* keep the internal trace (flushes, zaps, fills) */
+	int record;           /* keep the event log (off for benchmarks) */
+};
+
+struct tdp_tlb_array_config { int sets; int ways; };
+
+struct tdp_tlb_config {
+	int mode;                          /* TDP_TLB_SETASSOC / TDP_TLB_ADVERSARIAL */
+	int repl;                          /* replacement policy */
+	struct tdp_tlb_array_config l1[3]; /* L1 DTLB for 4K, 2M, 1G */
+	struct tdp_tlb_array_config l2;    /* L2 STLB shared by 4K and 2M */
+	struct tdp_tlb_array_config l2_1g; /* L2 1G array (sets=0: none) */
+	struct tdp_tlb_array_config psc[6];/* psc[L]: cache of level-L entries, L = 2..5 */
+	uint32_t junk;                     /* pre-fill with this many junk entries at boot */
+};
+
+struct tdp_policy {
+	int flush_on_root_load;        /* kvm_mmu_load() flushes the current context */
+	int flush_on_migrate;          /* VMX: TLB_FLUSH on VMCS cpu change; SVM: reset ASID gen */
+	int flush_on_put_root;         /* eager remote flush when a root is put */
+	int root_lifetime;             /* TDP_ROOT_PRESERVE (v6.6+) / ZAP_ON_LAST_PUT (v5.17) */
+	int remote_flush_all_contexts; /* KVM_REQ_TLB_FLUSH flushes all contexts (B16 fix) */
+	int shared_zap_flush;          /* tdp_mmu_zap_spte_atomic flushes between freeze and clear */
+	int flush_before_yield;        /* pending flush is done before dropping the lock */
+	int precise_range_flush;       /* ranged flushes stay ranged (Hyper-V style) */
+	int dirty_log_enable_flush;    /* 0 always (b64d740ea7dd), 1 only if an SPTE changed (B14) */
+	int notifier_zaps_invalid_roots; /* notifier unmap visits invalid roots too */
+	int per_root_flush_reset;      /* B1: each root's zap starts with flush = false */
+	int nx_recovery_flush_assign;  /* B4: flush = zap_sp() instead of |= */
+	int removed_pt_flush;          /* B6 era: 0 none (caller), 1 table range, 2 last child only */
+	int iter_skip_after_yield;     /* B9 */
+	int map_huge_over_table_flush; /* fault flushes after replacing a table by a huge leaf */
+	int nx_huge_pages;             /* iTLB multihit mitigation */
+	int nx_recovery_ratio;         /* recover 1/ratio of the possible-NX pages per run */
+	int yield_every;               /* need_resched() every N iterations (0: never) */
+	int rcu_gp_at_yield;           /* a grace period may end while a walker has yielded */
+	int rcu_gp_at_op_end;          /* a grace period ends after every top-level operation */
+	int memslot_delete_zap_all;    /* 1: zap_all_fast (upstream); 0: zap only the slot (B18) */
+	int eager_split;               /* split huge pages when dirty logging is enabled */
+};
+
+struct tdp_costs {
+	uint64_t spte_write, walk_ref, tlb_hit, tlb_miss, flush_current, flush_all,
+		 flush_range_page, ipi, vm_exit, vm_entry, fault;
+};
+
+struct tdp_walk_result {
+	int status;           /* enum tdp_walk_status */
+	int level;            /* leaf level, or level of the entry that ended the walk */
+	uint64_t hpa;
+	uint64_t qualification; /* EPT violation exit qualification */
+	uint64_t error_code;    /* NPF EXITINFO1 */
+	int refs;
+	int nentries;
+	uint64_t entries[5];
+	int nad;
+	uint64_t ad_addr[5];
+	uint64_t ad_old[5];
+	uint64_t ad_new[5];
+	unsigned perms;       /* R|W<<1|X<<2|XU<<3 accumulated over the walk */
+};
+
+struct tdp_hw_params {
+	int fmt;              /* 0 ept, 1 npt */
+	int levels;
+	int ad;
+	int maxphyaddr;
+	int exec_only;
+	int mbec;
+	int paging_structure; /* a guest paging-structure access, not a final translation */
+};
+
+struct tdp_root_info {
+	uint32_t id;
+	uint64_t hpa;
+	int level;
+	int valid;
+	int refcount;
+	int as_id;
+	int guest_mode;
+	int scheduled_to_zap;
+};
+
+struct tdp_memslot_info {
+	int id;
+	uint64_t base_gfn;
+	uint64_t npages;
+	uint32_t flags;
+	int max_level;
+	uint64_t host_base_pfn;
+};
+
+struct tdp_vcpu_info {
+	int mode;
+	int pcpu;             /* -1 never loaded */
+	int last_pcpu;        /* VMCS/VMCB last loaded on */
+	uint32_t root_id;     /* 0 none */
+	uint32_t requests;
+	uint32_t asid;        /* SVM */
+	uint64_t asid_generation;
+	uint32_t vpid;
+	int tlb_control;      /* SVM VMCB TLB_CONTROL pending for the next VMRUN */
+};
+
+struct tdp_pcpu_info {
+	int vcpu;             /* vCPU in guest mode here, -1 none */
+	uint64_t asid_generation;
+	uint32_t next_asid;
+	uint32_t min_asid;
+	uint32_t max_asid;
+	uint64_t tlb_entries; /* live entries (all contexts) */
+	uint64_t psc_entries;
+};
+
+struct tdp_access_result {
+	int outcome;          /* enum tdp_access_outcome */
+	uint64_t hpa;
+	int tlb_hit;          /* 1 L1 hit, 2 L2 hit, 0 walked */
+	int faults;           /* EPT violations / #NPFs taken by KVM for this access */
+	int walk_refs;
+	int violation;        /* index+1 into violations, 0 none */
+};
+
+struct tdp_violation {
+	int kind;
+	int vcpu;
+	int pcpu;
+	uint64_t gpa;
+	uint64_t tag;         /* EP4TA (VMX) or ASID (SVM) */
+	uint64_t stale_pfn;   /* the frame the translation used */
+	uint64_t expected_pfn;/* the gfn's backing now (~0: none) */
+	uint64_t event;       /* index of the event that exposed it */
+	int access;
+	int level;            /* page size of the stale translation, or table level */
+	int frame_state;      /* what the stale frame is now (enum in hostmem.h) */
+	uint64_t batch_index; /* position inside an access batch */
+};
+
+struct tdp_event {
+	uint32_t op;
+	uint32_t pad;
+	uint64_t a[5];
+};
+
+struct tdp_tlb_entry {
+	int kind;             /* 0 TLB translation, 1 paging-structure-cache entry */
+	int level;            /* page size (TLB) or entry level (PSC) */
+	uint64_t tag;         /* EP4TA pfn (VMX) / ASID (SVM) */
+	uint64_t vpn;         /* gfn >> 9*(level-1) */
+	uint64_t pfn;         /* target: page or next table */
+	unsigned perms;
+	int dirty;
+	int structure;        /* 0 L1, 1 L2, 2 PSC, 3 adversarial store */
+};
+
+struct tdp_trace_rec {
+	uint32_t kind;
+	uint32_t level;
+	uint64_t a, b, c;
+};
+
+/* configuration defaults */
+void tdp_default_config(struct tdp_config *c);
+void tdp_default_policy(struct tdp_policy *p);
+void tdp_default_costs(struct tdp_costs *c);
+int tdp_tlb_preset(const char *name, struct tdp_tlb_config *out);
+
+/* VM */
+int tdp_vm_create(const struct tdp_config *cfg, const struct tdp_tlb_config *tlb,
+		  const struct tdp_policy *pol, const struct tdp_costs *costs, tdp_vm **out,
+		  char *err, size_t errlen);
+void tdp_vm_destroy(tdp_vm *vm);
+const char *tdp_errmsg(tdp_vm *vm);
+int tdp_set_policy(tdp_vm *vm, const struct tdp_policy *pol);
+void tdp_get_policy(tdp_vm *vm, struct tdp_policy *pol);
+int tdp_stat_count(void);
+const char *tdp_stat_name(int i);
+void tdp_stats(tdp_vm *vm, uint64_t *out);
+void tdp_reset_stats(tdp_vm *vm);
+uint64_t tdp_digest(tdp_vm *vm);
+int tdp_synchronize_rcu(tdp_vm *vm);
+void tdp_hostmem_info(tdp_vm *vm, uint64_t *out4); /* in use, free, rcu pending, limit */
+uint32_t tdp_frame_state(tdp_vm *vm, uint64_t pfn, uint32_t *gen);
+
+/* memslots and host events */
+int tdp_memslot_add(tdp_vm *vm, uint64_t base_gfn, uint64_t npages, uint32_t flags,
+		    int max_level, int *slot_id);
+int tdp_memslot_delete(tdp_vm *vm, int slot_id);
+int tdp_memslot_info(tdp_vm *vm, int slot_id, struct tdp_memslot_info *out);
+int tdp_memslot_list(tdp_vm *vm, int *ids, int max, int *n);
+int tdp_gfn_backing(tdp_vm *vm, uint64_t gfn, uint64_t *pfn);
+int tdp_host_unmap(tdp_vm *vm, uint64_t start_gfn, uint64_t end_gfn);
+int tdp_host_migrate(tdp_vm *vm, uint64_t gfn, uint64_t *new_pfn);
+int tdp_host_age(tdp_vm *vm, uint64_t start_gfn, uint64_t end_gfn, int *young);
+int tdp_dirty_log_enable(tdp_vm *vm, int slot_id, int enable);
+int tdp_dirty_log_get(tdp_vm *vm, int slot_id, uint64_t *bitmap, size_t nwords, uint64_t *ndirty);
+int tdp_write_protect_gfn(tdp_vm *vm, uint64_t gfn, int enable);
+
+/* TDP MMU */
+int tdp_mmu_alloc_root(tdp_vm *vm, int as_id, int guest_mode, uint32_t *root_id);
+int tdp_mmu_put_root(tdp_vm *vm, uint32_t root_id);
+int tdp_mmu_invalidate_all_roots(tdp_vm *vm);
+int tdp_mmu_zap_invalidated_roots(tdp_vm *vm);
+int tdp_mmu_zap_all_fast(tdp_vm *vm);
+int tdp_mmu_roots(tdp_vm *vm, struct tdp_root_info *out, int max, int *n);
+int tdp_mmu_map(tdp_vm *vm, uint32_t root_id, uint64_t gfn, int level, int *flush);
+int tdp_mmu_map_range(tdp_vm *vm, uint32_t root_id, uint64_t start, uint64_t end, int level,
+		      uint64_t *mapped);
+int tdp_mmu_zap_gfn_range(tdp_vm *vm, uint64_t start, uint64_t end, int shared, int *flush);
+int tdp_mmu_zap_root(tdp_vm *vm, uint32_t root_id, int shared);
+int tdp_mmu_zap_sp(tdp_vm *vm, uint32_t root_id, uint64_t gfn, int level, int *flush);
+int tdp_mmu_wrprot_range(tdp_vm *vm, uint64_t start, uint64_t end, int *flush);
+int tdp_mmu_clear_dirty_range(tdp_vm *vm, uint64_t start, uint64_t end, int *flush);
+int tdp_mmu_age_range(tdp_vm *vm, uint64_t start, uint64_t end, int *young);
+int tdp_mmu_split_huge_pages(tdp_vm *vm, uint64_t start, uint64_t end, int target_level);
+int tdp_mmu_recover_huge_pages(tdp_vm *vm, uint64_t start, uint64_t end, int *flush);
+int tdp_mmu_recover_nx_huge_pages(tdp_vm *vm, int count, int *zapped);
+int tdp_mmu_walk(tdp_vm *vm, uint32_t root_id, uint64_t gpa, int access,
+		 struct tdp_walk_result *out);
+int tdp_mmu_root_pointer(tdp_vm *vm, uint32_t root_id, uint64_t *value);
+int tdp_mmu_tables(tdp_vm *vm, uint32_t root_id, uint64_t *addrs, uint8_t *data, size_t max,
+		   size_t *n);
+int tdp_mmu_read_spte(tdp_vm *vm, uint32_t root_id, uint64_t gfn, int level, uint64_t *spte);
+uint32_t tdp_mmu_newest_root(tdp_vm *vm);
+
+/* hardware walker on a memory image: page_addrs sorted ascending, pages 4096 bytes each */
+int tdp_hw_walk(const uint64_t *page_addrs, const uint8_t *pages, size_t npages,
+		uint64_t root_pointer, uint64_t gpa, int access, const struct tdp_hw_params *p,
+		struct tdp_walk_result *out, char *err, size_t errlen);
+
+/* vCPUs, pCPUs, TLBs */
+int tdp_vcpu_run(tdp_vm *vm, int vcpu, int pcpu);
+int tdp_vcpu_exit(tdp_vm *vm, int vcpu);
+int tdp_vcpu_info(tdp_vm *vm, int vcpu, struct tdp_vcpu_info *out);
+int tdp_vcpu_request(tdp_vm *vm, int vcpu, uint32_t requests);
+int tdp_pcpu_info(tdp_vm *vm, int pcpu, struct tdp_pcpu_info *out);
+int tdp_access(tdp_vm *vm, int vcpu, uint64_t gpa, int access, struct tdp_access_result *out);
+int tdp_access_batch(tdp_vm *vm, int vcpu, const uint64_t *gpas, const uint8_t *accesses,
+		     int default_access, size_t n, struct tdp_access_result *per,
+		     uint64_t *counts, size_t *done);
+int tdp_flush_remote_tlbs(tdp_vm *vm);
+int tdp_flush_remote_tlbs_range(tdp_vm *vm, uint64_t gfn, uint64_t npages);
+int tdp_invept(tdp_vm *vm, int pcpu, int type, uint64_t eptp);
+int tdp_invvpid(tdp_vm *vm, int pcpu, int type, uint32_t vpid, uint64_t gla);
+int tdp_svm_set_tlb_control(tdp_vm *vm, int vcpu, int value);
+int tdp_tlb_dump(tdp_vm *vm, int pcpu, struct tdp_tlb_entry *out, size_t max, size_t *n);
+int tdp_tlb_fill_junk(tdp_vm *vm, int pcpu, uint32_t count, uint64_t max_gfn);
+
+/* checker, event log, trace */
+size_t tdp_violation_count(tdp_vm *vm);
+size_t tdp_violations(tdp_vm *vm, struct tdp_violation *out, size_t max);
+size_t tdp_event_count(tdp_vm *vm);
+size_t tdp_events(tdp_vm *vm, struct tdp_event *out, size_t start, size_t max);
+int tdp_event_batch(tdp_vm *vm, size_t event, uint64_t *gpas, uint8_t *accesses, size_t max);
+size_t tdp_trace_count(tdp_vm *vm);
+size_t tdp_trace(tdp_vm *vm, struct tdp_trace_rec *out, size_t start, size_t max);
+
+#endif

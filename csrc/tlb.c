@@ -1,0 +1,612 @@
+/* tlb.c — see tlb.h. Replacement: LRU (stamps), tree-PLRU for power-of-two ways
+ * (bit-PLRU otherwise), or seeded random [MODEL CHOICE, x86-translation.md §6]. */
+#include <stdlib.h>
+#include <string.h>
+#include "tlb.h"
+
+static inline bool alive(const struct tlb *t, const struct tlb_ent *e)
+{
+	return e->level && e->epoch && e->epoch == t->ctx[e->ctx].epoch;
+}
+
+static u64 xorshift(u64 *s)
+{
+	u64 x = *s;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *s = x;
+}
+
+static int array_init(struct tlb_array *a, const struct tdp_tlb_array_config *c)
+{
+	memset(a, 0, sizeof(*a));
+	if (c->sets <= 0 || c->ways <= 0)
+		return 0;
+	a->sets = (u32)c->sets;
+	a->ways = (u32)c->ways;
+	a->e = calloc((size_t)a->sets * a->ways, sizeof(*a->e));
+	a->plru = calloc(a->sets, sizeof(u64));
+	return (a->e && a->plru) ? 0 : -1;
+}
+
+static void array_free(struct tlb_array *a)
+{
+	free(a->e);
+	free(a->plru);
+	memset(a, 0, sizeof(*a));
+}
+
+static int store_init(struct tlb_store *s, u64 cap)
+{
+	s->e = calloc(cap, sizeof(*s->e));
+	s->cap = cap;
+	s->used = 0;
+	return s->e ? 0 : -1;
+}
+
+int tlb_init(struct tlb *t, const struct tdp_tlb_config *c, u64 seed)
+{
+	memset(t, 0, sizeof(*t));
+	t->mode = c->mode;
+	t->repl = c->repl;
+	t->rng = seed ? seed : 0x9e3779b97f4a7c15ull;
+	if (t->mode == TDP_TLB_ADVERSARIAL) {
+		if (store_init(&t->store, 1024) || store_init(&t->pstore, 256))
+			return -1;
+		return 0;
+	}
+	for (int i = 0; i < 3; i++)
+		if (array_init(&t->l1[i], &c->l1[i]))
+			return -1;
+	if (array_init(&t->l2, &c->l2) || array_init(&t->l2_1g, &c->l2_1g))
+		return -1;
+	for (int l = 2; l <= 5; l++)
+		if (array_init(&t->psc[l], &c->psc[l]))
+			return -1;
+	return 0;
+}
+
+void tlb_destroy(struct tlb *t)
+{
+	for (int i = 0; i < 3; i++)
+		array_free(&t->l1[i]);
+	array_free(&t->l2);
+	array_free(&t->l2_1g);
+	for (int l = 0; l < 6; l++)
+		array_free(&t->psc[l]);
+	free(t->store.e);
+	free(t->pstore.e);
+	free(t->ctx);
+	memset(t, 0, sizeof(*t));
+}
+
+int tlb_ctx_find(const struct tlb *t, u64 key)
+{
+	for (u32 i = 0; i < t->nctx; i++)
+		if (t->ctx[i].key == key)
+			return (int)i;
+	return -1;
+}
+
+int tlb_ctx(struct tlb *t, u64 key)
+{
+	int i = tlb_ctx_find(t, key);
+
+	if (i >= 0)
+		return i;
+	if (t->nctx == t->ctx_cap) {
+		u32 ncap = t->ctx_cap ? t->ctx_cap * 2 : 16;
+		struct tlb_ctx *n = realloc(t->ctx, ncap * sizeof(*n));
+		if (!n)
+			return -1;
+		t->ctx = n;
+		t->ctx_cap = ncap;
+	}
+	t->ctx[t->nctx] = (struct tlb_ctx){.key = key, .epoch = 1};
+	return (int)t->nctx++;
+}
+
+void tlb_flush_ctx(struct tlb *t, int ctx)
+{
+	if (ctx >= 0 && (u32)ctx < t->nctx)
+		t->ctx[ctx].epoch++;
+}
+
+void tlb_flush_all(struct tlb *t)
+{
+	for (u32 i = 0; i < t->nctx; i++)
+		t->ctx[i].epoch++;
+}
+
+/* ---- set-associative arrays ---- */
+
+static inline u32 set_of(const struct tlb_array *a, u64 vpn)
+{
+	u64 h = vpn ^ (vpn >> 17);
+	return (u32)(h % a->sets);
+}
+
+static void touch(struct tlb *t, struct tlb_array *a, u32 set, u32 way)
+{
+	t->stamp++;
+	a->e[(size_t)set * a->ways + way].stamp = t->stamp;
+	if (t->repl != TDP_REPL_PLRU || a->ways == 1 || a->ways > 64)
+		return;
+	u64 *b = &a->plru[set];
+	if ((a->ways & (a->ways - 1)) == 0) {
+		/* tree-PLRU: walk from the root, pointing every node away from `way`. */
+		u32 node = 1, lo = 0, hi = a->ways;
+		while (hi - lo > 1) {
+			u32 mid = (lo + hi) / 2;
+			if (way < mid) {
+				*b |= 1ull << node; /* 1: victim on the right */
+				node = node * 2;
+				hi = mid;
+			} else {
+				*b &= ~(1ull << node);
+				node = node * 2 + 1;
+				lo = mid;
+			}
+		}
+	} else {
+		/* bit-PLRU (MRU bits) for other associativities. */
+		*b |= 1ull << way;
+		u64 full = (a->ways == 64) ? ~0ull : ((1ull << a->ways) - 1);
+		if ((*b & full) == full)
+			*b = 1ull << way;
+	}
+}
+
+static u32 victim(struct tlb *t, struct tlb_array *a, u32 set)
+{
+	struct tlb_ent *row = &a->e[(size_t)set * a->ways];
+	u32 w;
+
+	for (w = 0; w < a->ways; w++)
+		if (!alive(t, &row[w]))
+			return w;
+	switch (t->repl) {
+	case TDP_REPL_RANDOM:
+		return (u32)(xorshift(&t->rng) % a->ways);
+	case TDP_REPL_PLRU:
+		if (a->ways <= 64 && a->ways > 1) {
+			u64 b = a->plru[set];
+			if ((a->ways & (a->ways - 1)) == 0) {
+				u32 node = 1, lo = 0, hi = a->ways;
+				while (hi - lo > 1) {
+					u32 mid = (lo + hi) / 2;
+					if (b & (1ull << node)) {
+						node = node * 2 + 1;
+						lo = mid;
+					} else {
+						node = node * 2;
+						hi = mid;
+					}
+				}
+				return lo;
+			}
+			for (w = 0; w < a->ways; w++)
+				if (!(b & (1ull << w)))
+					return w;
+		}
+		/* fall through */
+	default: {
+		u32 best = 0;
+		for (w = 1; w < a->ways; w++)
+			if ((int32_t)(row[w].stamp - row[best].stamp) < 0)
+				best = w;
+		return best;
+	}
+	}
+}
+
+static struct tlb_ent *array_find(struct tlb *t, struct tlb_array *a, int ctx, u64 vpn, int level,
+				  u32 *set_out, u32 *way_out)
+{
+	if (!a->sets)
+		return NULL;
+	u32 set = set_of(a, vpn);
+	struct tlb_ent *row = &a->e[(size_t)set * a->ways];
+	for (u32 w = 0; w < a->ways; w++) {
+		struct tlb_ent *e = &row[w];
+		if (e->vpn == vpn && e->level == level && e->ctx == (u32)ctx && alive(t, e)) {
+			*set_out = set;
+			*way_out = w;
+			return e;
+		}
+	}
+	return NULL;
+}
+
+static struct tlb_ent *array_fill(struct tlb *t, struct tlb_array *a, int ctx, u64 vpn, int level)
+{
+	u32 set, way;
+	struct tlb_ent *e;
+
+	if (!a->sets)
+		return NULL;
+	e = array_find(t, a, ctx, vpn, level, &set, &way);
+	if (!e) {
+		set = set_of(a, vpn);
+		way = victim(t, a, set);
+		e = &a->e[(size_t)set * a->ways + way];
+	}
+	e->vpn = vpn;
+	e->level = (u8)level;
+	e->ctx = (u32)ctx;
+	e->epoch = t->ctx[ctx].epoch;
+	touch(t, a, set, way);
+	return e;
+}
+
+/* ---- adversarial store ---- */
+
+static inline u64 store_hash(u64 vpn, int level)
+{
+	u64 h = (vpn * 0x9e3779b97f4a7c15ull) ^ ((u64)level << 58);
+	return h ^ (h >> 29);
+}
+
+static int store_rebuild(struct tlb *t, struct tlb_store *s, u64 ncap)
+{
+	struct tlb_store n;
+
+	if (store_init(&n, ncap))
+		return -1;
+	for (u64 i = 0; i < s->cap; i++) {
+		struct tlb_ent *e = &s->e[i];
+		if (!alive(t, e))
+			continue;
+		u64 j = store_hash(e->vpn, e->level) & (n.cap - 1);
+		while (n.e[j].level)
+			j = (j + 1) & (n.cap - 1);
+		n.e[j] = *e;
+		n.used++;
+	}
+	free(s->e);
+	*s = n;
+	return 0;
+}
+
+static struct tlb_ent *store_find(struct tlb *t, struct tlb_store *s, int ctx, u64 vpn, int level)
+{
+	u64 j = store_hash(vpn, level) & (s->cap - 1);
+
+	while (s->e[j].level) {
+		struct tlb_ent *e = &s->e[j];
+		if (e->vpn == vpn && e->level == level && e->ctx == (u32)ctx && alive(t, e))
+			return e;
+		j = (j + 1) & (s->cap - 1);
+	}
+	return NULL;
+}
+
+static struct tlb_ent *store_fill(struct tlb *t, struct tlb_store *s, int ctx, u64 vpn, int level)
+{
+	struct tlb_ent *e = store_find(t, s, ctx, vpn, level);
+
+	if (!e) {
+		if ((s->used + 1) * 10 > s->cap * 6) {
+			u64 live = 0;
+			for (u64 i = 0; i < s->cap; i++)
+				live += alive(t, &s->e[i]);
+			u64 ncap = s->cap;
+			while ((live + 1) * 10 > ncap * 3)
+				ncap *= 2;
+			if (store_rebuild(t, s, ncap))
+				return NULL;
+		}
+		u64 j = store_hash(vpn, level) & (s->cap - 1);
+		while (s->e[j].level && alive(t, &s->e[j]))
+			j = (j + 1) & (s->cap - 1);
+		e = &s->e[j];
+		if (!e->level)
+			s->used++;
+	}
+	e->vpn = vpn;
+	e->level = (u8)level;
+	e->ctx = (u32)ctx;
+	e->epoch = t->ctx[ctx].epoch;
+	return e;
+}
+
+/* ---- lookups and fills ---- */
+
+int tlb_lookup(struct tlb *t, int ctx, u64 gfn, struct tlb_ent **out)
+{
+	u32 set, way;
+	struct tlb_ent *e;
+
+	if (t->mode == TDP_TLB_ADVERSARIAL) {
+		for (int l = 1; l <= 3; l++) {
+			e = store_find(t, &t->store, ctx, gfn >> (9 * (l - 1)), l);
+			if (e) {
+				*out = e;
+				return 1;
+			}
+		}
+		return 0;
+	}
+	for (int l = 1; l <= 3; l++) {
+		u64 vpn = gfn >> (9 * (l - 1));
+		e = array_find(t, &t->l1[l - 1], ctx, vpn, l, &set, &way);
+		if (e) {
+			touch(t, &t->l1[l - 1], set, way);
+			*out = e;
+			return 1;
+		}
+	}
+	for (int l = 1; l <= 3; l++) {
+		u64 vpn = gfn >> (9 * (l - 1));
+		struct tlb_array *a = l == 3 ? &t->l2_1g : &t->l2;
+		e = array_find(t, a, ctx, vpn, l, &set, &way);
+		if (e) {
+			touch(t, a, set, way);
+			/* An L2 hit refills L1. */
+			struct tlb_ent *f = array_fill(t, &t->l1[l - 1], ctx, vpn, l);
+			if (f) {
+				f->pfn = e->pfn;
+				f->perms = e->perms;
+				f->dirty = e->dirty;
+				*out = f;
+			} else {
+				*out = e;
+			}
+			return 2;
+		}
+	}
+	return 0;
+}
+
+int tlb_fill(struct tlb *t, int ctx, u64 gfn, int level, u64 pfn, unsigned perms, int dirty)
+{
+	u64 vpn = gfn >> (9 * (level - 1));
+	struct tlb_ent *e;
+
+	if (t->mode == TDP_TLB_ADVERSARIAL) {
+		e = store_fill(t, &t->store, ctx, vpn, level);
+		if (!e)
+			return -1;
+		e->pfn = pfn;
+		e->perms = (u8)perms;
+		e->dirty = (u8)dirty;
+		return 0;
+	}
+	struct tlb_array *arrs[2] = {&t->l1[level - 1], level == 3 ? &t->l2_1g : &t->l2};
+	for (int i = 0; i < 2; i++) {
+		e = array_fill(t, arrs[i], ctx, vpn, level);
+		if (e) {
+			e->pfn = pfn;
+			e->perms = (u8)perms;
+			e->dirty = (u8)dirty;
+		}
+	}
+	return 0;
+}
+
+struct tlb_ent *tlb_psc_lookup(struct tlb *t, int ctx, u64 gfn, int top_level)
+{
+	u32 set, way;
+
+	/* Deepest first: a PDE-cache hit skips the most levels. */
+	for (int l = 2; l <= top_level; l++) {
+		u64 vpn = gfn >> (9 * (l - 1));
+		struct tlb_ent *e;
+		if (t->mode == TDP_TLB_ADVERSARIAL) {
+			e = store_find(t, &t->pstore, ctx, vpn, l);
+		} else {
+			e = array_find(t, &t->psc[l], ctx, vpn, l, &set, &way);
+			if (e)
+				touch(t, &t->psc[l], set, way);
+		}
+		if (e)
+			return e;
+	}
+	return NULL;
+}
+
+int tlb_psc_fill(struct tlb *t, int ctx, u64 gfn, int level, u64 table_pfn, unsigned perms, u32 gen)
+{
+	u64 vpn = gfn >> (9 * (level - 1));
+	struct tlb_ent *e = t->mode == TDP_TLB_ADVERSARIAL ? store_fill(t, &t->pstore, ctx, vpn, level)
+							    : array_fill(t, &t->psc[level], ctx, vpn, level);
+	if (!e)
+		return t->mode == TDP_TLB_ADVERSARIAL ? -1 : 0;
+	e->pfn = table_pfn;
+	e->perms = (u8)perms;
+	e->gen = gen;
+	e->dirty = 0;
+	return 0;
+}
+
+void tlb_psc_drop(struct tlb *t, struct tlb_ent *e)
+{
+	(void)t;
+	e->epoch = 0;
+}
+
+static void kill_vpn_array(struct tlb *t, struct tlb_array *a, u64 vpn, int level)
+{
+	if (!a->sets)
+		return;
+	struct tlb_ent *row = &a->e[(size_t)set_of(a, vpn) * a->ways];
+	for (u32 w = 0; w < a->ways; w++)
+		if (row[w].vpn == vpn && row[w].level == level)
+			row[w].epoch = 0;
+	(void)t;
+}
+
+static void kill_vpn_store(struct tlb_store *s, u64 vpn, int level)
+{
+	u64 j = store_hash(vpn, level) & (s->cap - 1);
+	while (s->e[j].level) {
+		if (s->e[j].vpn == vpn && s->e[j].level == level)
+			s->e[j].epoch = 0;
+		j = (j + 1) & (s->cap - 1);
+	}
+}
+
+static void kill_psc_range(struct tlb_ent *e, u64 n, u64 start, u64 end)
+{
+	for (u64 i = 0; i < n; i++) {
+		if (!e[i].level)
+			continue;
+		u64 span = 1ull << (9 * (e[i].level - 1));
+		u64 base = e[i].vpn * span;
+		if (base < end && start < base + span)
+			e[i].epoch = 0;
+	}
+}
+
+void tlb_flush_range(struct tlb *t, u64 gfn, u64 npages)
+{
+	u64 end = gfn + npages;
+
+	if (npages == 0)
+		return;
+	if (npages > 4096) {
+		tlb_flush_all(t); /* past the ceiling a ranged flush is a full one */
+		return;
+	}
+	for (int l = 1; l <= 3; l++) {
+		u64 sh = 9 * (l - 1);
+		for (u64 v = gfn >> sh; v <= (end - 1) >> sh; v++) {
+			if (t->mode == TDP_TLB_ADVERSARIAL) {
+				kill_vpn_store(&t->store, v, l);
+			} else {
+				kill_vpn_array(t, &t->l1[l - 1], v, l);
+				kill_vpn_array(t, l == 3 ? &t->l2_1g : &t->l2, v, l);
+			}
+		}
+	}
+	/* Paging-structure caches: every entry whose span overlaps the range. */
+	if (t->mode == TDP_TLB_ADVERSARIAL) {
+		kill_psc_range(t->pstore.e, t->pstore.cap, gfn, end);
+	} else {
+		for (int l = 2; l <= 5; l++)
+			kill_psc_range(t->psc[l].e, (u64)t->psc[l].sets * t->psc[l].ways, gfn, end);
+	}
+}
+
+void tlb_flush_gfn_ctx(struct tlb *t, int ctx, u64 gfn)
+{
+	/* An EPT violation drops the guest-physical mappings (TLB and PSC) that
+	 * would translate the faulting GPA in the current context (§3.2). */
+	struct tlb_ent *e;
+	u32 set, way;
+
+	for (int l = 1; l <= 3; l++) {
+		u64 vpn = gfn >> (9 * (l - 1));
+		if (t->mode == TDP_TLB_ADVERSARIAL) {
+			if ((e = store_find(t, &t->store, ctx, vpn, l)))
+				e->epoch = 0;
+			continue;
+		}
+		if ((e = array_find(t, &t->l1[l - 1], ctx, vpn, l, &set, &way)))
+			e->epoch = 0;
+		if ((e = array_find(t, l == 3 ? &t->l2_1g : &t->l2, ctx, vpn, l, &set, &way)))
+			e->epoch = 0;
+	}
+	while ((e = tlb_psc_lookup(t, ctx, gfn, 5)))
+		e->epoch = 0;
+}
+
+static u64 count_alive(const struct tlb *t, const struct tlb_ent *e, u64 n)
+{
+	u64 c = 0;
+	for (u64 i = 0; i < n; i++)
+		c += alive(t, &e[i]);
+	return c;
+}
+
+u64 tlb_live_entries(const struct tlb *t, int psc)
+{
+	u64 c = 0;
+
+	if (t->mode == TDP_TLB_ADVERSARIAL)
+		return psc ? count_alive(t, t->pstore.e, t->pstore.cap) : count_alive(t, t->store.e, t->store.cap);
+	if (psc) {
+		for (int l = 2; l <= 5; l++)
+			c += count_alive(t, t->psc[l].e, (u64)t->psc[l].sets * t->psc[l].ways);
+		return c;
+	}
+	for (int i = 0; i < 3; i++)
+		c += count_alive(t, t->l1[i].e, (u64)t->l1[i].sets * t->l1[i].ways);
+	c += count_alive(t, t->l2.e, (u64)t->l2.sets * t->l2.ways);
+	c += count_alive(t, t->l2_1g.e, (u64)t->l2_1g.sets * t->l2_1g.ways);
+	return c;
+}
+
+static size_t dump_entries(const struct tlb *t, const struct tlb_ent *e, u64 n, int kind,
+			   int structure, struct tdp_tlb_entry *out, size_t at, size_t max)
+{
+	for (u64 i = 0; i < n; i++) {
+		if (!alive(t, &e[i]))
+			continue;
+		if (at < max) {
+			u64 key = t->ctx[e[i].ctx].key;
+			out[at] = (struct tdp_tlb_entry){
+				.kind = kind, .level = e[i].level, .tag = key & ((1ull << 62) - 1),
+				.vpn = e[i].vpn, .pfn = e[i].pfn, .perms = e[i].perms,
+				.dirty = e[i].dirty, .structure = structure};
+		}
+		at++;
+	}
+	return at;
+}
+
+size_t tlb_dump(const struct tlb *t, struct tdp_tlb_entry *out, size_t max, int svm)
+{
+	size_t n = 0;
+	(void)svm;
+	if (t->mode == TDP_TLB_ADVERSARIAL) {
+		n = dump_entries(t, t->store.e, t->store.cap, 0, 3, out, n, max);
+		return dump_entries(t, t->pstore.e, t->pstore.cap, 1, 3, out, n, max);
+	}
+	for (int i = 0; i < 3; i++)
+		n = dump_entries(t, t->l1[i].e, (u64)t->l1[i].sets * t->l1[i].ways, 0, 0, out, n, max);
+	n = dump_entries(t, t->l2.e, (u64)t->l2.sets * t->l2.ways, 0, 1, out, n, max);
+	n = dump_entries(t, t->l2_1g.e, (u64)t->l2_1g.sets * t->l2_1g.ways, 0, 1, out, n, max);
+	for (int l = 2; l <= 5; l++)
+		n = dump_entries(t, t->psc[l].e, (u64)t->psc[l].sets * t->psc[l].ways, 1, 2, out, n, max);
+	return n;
+}
+
+static u64 mix(u64 h, u64 v)
+{
+	h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+	return h;
+}
+
+static u64 digest_entries(const struct tlb *t, const struct tlb_ent *e, u64 n, u64 h)
+{
+	/* Order-independent within a structure: the adversarial store's layout
+	 * depends on its rehash history, the contents do not. */
+	u64 acc = 0;
+	for (u64 i = 0; i < n; i++) {
+		if (!alive(t, &e[i]))
+			continue;
+		u64 x = mix(mix(mix(mix(0, e[i].vpn), e[i].pfn), t->ctx[e[i].ctx].key),
+			    ((u64)e[i].level << 16) | ((u64)e[i].perms << 8) | e[i].dirty);
+		acc += x * 0xff51afd7ed558ccdull;
+	}
+	return mix(h, acc);
+}
+
+u64 tlb_digest(const struct tlb *t, u64 h)
+{
+	if (t->mode == TDP_TLB_ADVERSARIAL) {
+		h = digest_entries(t, t->store.e, t->store.cap, h);
+		return digest_entries(t, t->pstore.e, t->pstore.cap, h);
+	}
+	for (int i = 0; i < 3; i++)
+		h = digest_entries(t, t->l1[i].e, (u64)t->l1[i].sets * t->l1[i].ways, h);
+	h = digest_entries(t, t->l2.e, (u64)t->l2.sets * t->l2.ways, h);
+	h = digest_entries(t, t->l2_1g.e, (u64)t->l2_1g.sets * t->l2_1g.ways, h);
+	for (int l = 2; l <= 5; l++)
+		h = digest_entries(t, t->psc[l].e, (u64)t->psc[l].sets * t->psc[l].ways, h);
+	for (u32 i = 0; i < t->nctx; i++)
+		h = mix(h, t->ctx[i].key);
+	return h;
+}

@@ -1,0 +1,118 @@
+"""The seed scenario (LKML, March 2022: "[PATCH v4 03/30] KVM: x86/mmu: Formalize TDP
+MMU's (unintended?) deferred TLB flush logic"), played on the public API.
+
+KVM puts a TDP root without flushing because every vCPU flushes when it loads a root
+and when it migrates to another pCPU. Each function below builds one side of that
+argument and returns what happened; ``tdpfast demo`` prints them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+from .policy import Policy
+from .tlbconfig import TLBConfig
+from .vm import VM
+
+GFN = 5                 # the guest page the scenarios touch
+GPA = GFN << 12
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    arch: str
+    policy: str
+    violations: List[str]
+    events: List[str]
+    stats: Dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "arch": self.arch, "policy": self.policy, "violations": self.violations,
+                "events": self.events, "stats": self.stats}
+
+
+def _events_up_to_violation(vm: VM) -> List[str]:
+    evs = vm.events
+    v = vm.violations
+    last = v[0].event if v else len(evs) - 1
+    return [str(e) for e in evs[:last + 1]]
+
+
+def root_reuse(arch: str, policy: Policy, policy_name: str) -> ScenarioResult:
+    """A root is torn down without a flush; later a new root is allocated. On VMX the
+    freed root page comes back (LIFO) as the new root, with the same EP4TA; on SVM the
+    vCPU keeps its ASID. Only the flush on root load stands between the guest and the
+    translations of the dead root."""
+    vm = VM(arch=arch, vcpus=1, pcpus=1, tlb=TLBConfig.adversarial(), policy=policy)
+    slot = vm.add_memslot(0, 512, max_level=1)
+    vm.vcpu_run(0, 0)
+    vm.access(0, GPA, "w")                  # TLB: the dead-to-be root's context -> frame X
+    for _ in range(2):                      # two memslot updates: two root teardowns
+        vm.vcpu_exit(0)
+        vm.delete_memslot(slot)             # zap_all_fast: invalidate, zap, no flush
+        slot = vm.add_memslot(0, 512, max_level=1)  # the gfn is now backed elsewhere
+        vm.vcpu_run(0, 0)                   # FREE_OBSOLETE_ROOTS, then load a root
+        vm.access(0, GPA, "r")
+        if vm.violations:
+            break
+    return ScenarioResult("root teardown, then a new root", arch, policy_name,
+                          [str(v) for v in vm.violations], _events_up_to_violation(vm), _pick(vm.stats))
+
+
+def migration(arch: str, policy: Policy, policy_name: str) -> ScenarioResult:
+    """A vCPU ran on pCPU 0, moved to pCPU 1 while its mapping was zapped and the frame
+    freed, and returns to pCPU 0: only the flush on migration (VMX) or the fresh ASID
+    (SVM) stands between it and pCPU 0's stale entry."""
+    vm = VM(arch=arch, vcpus=1, pcpus=2, tlb=TLBConfig.adversarial(), policy=policy)
+    vm.add_memslot(0, 512, max_level=1)
+    vm.vcpu_run(0, 0)
+    vm.access(0, GPA, "r")                  # pCPU 0's TLB: gfn 5 -> frame X
+    vm.vcpu_run(0, 1)                       # migrate
+    vm.host_unmap(GFN, GFN + 1)             # notifier: zap, flush (the vCPU is on pCPU 1), free X
+    vm.vcpu_run(0, 0)                       # back to pCPU 0
+    vm.access(0, GPA, "r")
+    return ScenarioResult("migration away and back", arch, policy_name,
+                          [str(v) for v in vm.violations], _events_up_to_violation(vm), _pick(vm.stats))
+
+
+COST_KEYS = ("remote_tlb_flush", "ipis", "invept_single", "invept_global", "tlb_control_flush_asid",
+             "tlb_misses", "walk_refs", "spte_writes", "cycles")
+
+
+def _pick(stats: Dict[str, int]) -> Dict[str, int]:
+    return {k: stats[k] for k in COST_KEYS + ("violations",)}
+
+
+def root_churn_costs(arch: str, policy: Policy, *, vcpus: int = 4, rounds: int = 8, pages: int = 256,
+                     seed: int = 0) -> Dict[str, int]:
+    """A workload of memslot updates (each one tears every root down) while vCPUs keep
+    touching their memory; returns the counters."""
+    vm = VM(arch=arch, vcpus=vcpus, pcpus=vcpus, tlb=TLBConfig.preset("skylake" if arch == "vmx" else "zen3"),
+            policy=policy, seed=seed, record=False)
+    slot = vm.add_memslot(0, pages, max_level=1)
+    gpas = [g << 12 for g in range(pages)]
+    for v in range(vcpus):
+        vm.vcpu_run(v, v)
+    for _ in range(rounds):
+        for v in range(vcpus):
+            vm.access_batch(v, gpas, "r")
+        vm.delete_memslot(slot)
+        slot = vm.add_memslot(0, pages, max_level=1)
+        for v in range(vcpus):
+            vm.vcpu_run(v, v)
+    return _pick(vm.stats)
+
+
+def run_all() -> dict:
+    """Every scenario of ``tdpfast demo``."""
+    kvm = Policy.kvm()
+    out = {"reuse": [], "migration": [], "costs": {}}
+    for arch in ("vmx", "svm"):
+        out["reuse"].append(root_reuse(arch, kvm, "kvm"))
+        out["reuse"].append(root_reuse(arch, Policy.named("no-flush-on-root-load"), "no-flush-on-root-load"))
+        out["migration"].append(migration(arch, kvm, "kvm"))
+        out["migration"].append(migration(arch, Policy.named("no-flush-on-migrate"), "no-flush-on-migrate"))
+        out["costs"][arch] = {"deferred (kvm)": root_churn_costs(arch, kvm),
+                              "flush on put": root_churn_costs(arch, Policy.named("flush-on-put-root"))}
+    return out

@@ -1,0 +1,66 @@
+"""The tdpfast exception hierarchy, and the one place C return codes become exceptions.
+
+Every exception is a :class:`TdpError` and also the matching builtin, so callers can
+catch ``ValueError`` / ``KeyError`` / ``MemoryError`` as usual.
+"""
+from __future__ import annotations
+
+
+class TdpError(Exception):
+    """Base class of every error tdpfast raises."""
+
+
+class InvalidArgumentError(TdpError, ValueError):
+    """An argument is out of range or inconsistent (the message names it)."""
+
+
+class InvalidStateError(TdpError, ValueError):
+    """The call is not allowed in the model's current state (e.g. a vCPU outside guest mode)."""
+
+
+class NotFoundError(TdpError, KeyError):
+    """An object (root, memslot, table) does not exist: never created, or already freed."""
+
+    def __str__(self) -> str:  # KeyError would show the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+class FramePoolExhausted(TdpError, MemoryError):
+    """The host frame pool (``frame_limit``) or host memory ran out; nothing was changed."""
+
+
+class MalformedImageError(InvalidArgumentError):
+    """A memory image is not a mapping of 4 KiB-aligned addresses to 4096-byte pages."""
+
+
+class MissingPageError(NotFoundError):
+    """A memory image lacks a page that the walk needs to read."""
+
+
+class LivelockError(TdpError, RuntimeError):
+    """An operation kept retrying without making progress."""
+
+
+_BY_CODE = {
+    -1: InvalidArgumentError,
+    -2: NotFoundError,
+    -3: FramePoolExhausted,
+    -4: InvalidStateError,
+    -5: MalformedImageError,
+    -6: MissingPageError,
+    -7: LivelockError,
+}
+
+
+def raise_for(code: int, message: str) -> None:
+    """Raise the exception for a negative C return ``code`` (no-op for 0)."""
+    if code == 0:
+        return
+    exc = _BY_CODE.get(code, TdpError)
+    raise exc(message or f"tdpfast error {code}")
+
+
+__all__ = [
+    "TdpError", "InvalidArgumentError", "InvalidStateError", "NotFoundError",
+    "FramePoolExhausted", "MalformedImageError", "MissingPageError", "LivelockError", "raise_for",
+]

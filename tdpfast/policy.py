@@ -1,0 +1,176 @@
+"""Flush policies: KVM's behaviour, every flush decision point as a named switch, and the
+historical bugs of ``kvm-tdp-mmu.md`` §8 as named policies."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+_ENUMS: Dict[str, Tuple[str, ...]] = {
+    "root_lifetime": ("preserve", "zap_on_last_put"),
+    "dirty_log_enable_flush": ("always", "if_changed"),
+    "removed_pt_flush": ("none", "table", "last_child"),
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Every flush decision KVM makes, as a switch. ``Policy.kvm()`` is KVM v6.6+.
+
+    Change one with ``.replace(switch=value)``; list the named variants with
+    ``Policy.names()`` and get one with ``Policy.named(name)``.
+    """
+
+    flush_on_root_load: bool = True
+    """kvm_mmu_load() flushes the current context after loading a root (the seed thread)."""
+    flush_on_migrate: bool = True
+    """VMX: KVM_REQ_TLB_FLUSH when a VMCS was last loaded elsewhere; SVM: fresh ASID."""
+    flush_on_put_root: bool = False
+    """Eager remote flush whenever a root is freed (the alternative to deferring)."""
+    root_lifetime: str = "preserve"
+    """"preserve" (v6.6+: the TDP MMU holds its own reference) or "zap_on_last_put" (v5.17)."""
+    remote_flush_all_contexts: bool = True
+    """KVM_REQ_TLB_FLUSH flushes every EPTP/VPID context (False: only the current, bug B16)."""
+    shared_zap_flush: bool = True
+    """tdp_mmu_zap_spte_atomic() flushes between freeze and clear (False: bug B5)."""
+    flush_before_yield: bool = True
+    """A pending flush is done before the iterator drops mmu_lock / RCU."""
+    precise_range_flush: bool = False
+    """Ranged flushes stay ranged (Hyper-V style); default: bare metal (ranged = full)."""
+    dirty_log_enable_flush: str = "always"
+    """"always" (b64d740ea7dd) or "if_changed" (bug B14)."""
+    notifier_zaps_invalid_roots: bool = True
+    """MMU-notifier unmaps also visit invalid roots (v5.16+)."""
+    per_root_flush_reset: bool = False
+    """Bug B1: each root's zap starts with flush=False, so a yield in a later root skips the flush."""
+    nx_recovery_flush_assign: bool = False
+    """Bug B4: NX recovery overwrites the pending flush instead of OR-ing it."""
+    removed_pt_flush: str = "none"
+    """Who flushes an unlinked table: "none" (the caller, v5.18+), "table" (itself), "last_child" (bug B6)."""
+    iter_skip_after_yield: bool = False
+    """Bug B9: the iterator steps past the entry at its restart point after a yield."""
+    map_huge_over_table_flush: bool = True
+    """The fault path flushes after a huge leaf replaces a table (1e203847aa92)."""
+    nx_huge_pages: bool = False
+    """The iTLB-multihit mitigation: huge pages are NX; exec faults map 4K and are recovered later."""
+    nx_recovery_ratio: int = 60
+    """NX recovery zaps 1/ratio of the possible NX huge pages per run."""
+    yield_every: int = 0
+    """need_resched() every N iterator steps (0: never yield)."""
+    rcu_gp_at_yield: bool = True
+    """A grace period may end while a walker has yielded."""
+    rcu_gp_at_op_end: bool = True
+    """A grace period ends after every top-level operation."""
+    memslot_delete_zap_all: bool = True
+    """Memslot deletion zaps everything (fast zap); False zaps only the slot (reverted, B18)."""
+    eager_split: bool = True
+    """Split huge pages when dirty logging is enabled."""
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def kvm(cls) -> "Policy":
+        """KVM's behaviour (v6.6+)."""
+        return cls()
+
+    def replace(self, **changes) -> "Policy":
+        """A copy with some switches changed; unknown switches raise ``InvalidArgumentError``."""
+        from .errors import InvalidArgumentError
+
+        names = {f.name for f in dataclasses.fields(self)}
+        for k, v in changes.items():
+            if k not in names:
+                raise InvalidArgumentError(f"unknown policy switch {k!r}; switches: {', '.join(sorted(names))}")
+            if k in _ENUMS and v not in _ENUMS[k]:
+                raise InvalidArgumentError(f"policy switch {k} must be one of {_ENUMS[k]}, got {v!r}")
+            if k in ("yield_every", "nx_recovery_ratio") and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise InvalidArgumentError(f"policy switch {k} must be a non-negative integer, got {v!r}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def names(cls) -> List[str]:
+        """The named policies (KVM, its eras, and the historical bugs)."""
+        return list(_NAMED)
+
+    @classmethod
+    def named(cls, name: str) -> "Policy":
+        """A named policy; see :meth:`names` and :meth:`describe`."""
+        from .errors import NotFoundError
+
+        if name not in _NAMED:
+            raise NotFoundError(f"no policy named {name!r}; names: {', '.join(_NAMED)}")
+        return cls().replace(**_NAMED[name][1])
+
+    @classmethod
+    def describe(cls, name: str) -> str:
+        """One line on what a named policy is."""
+        cls.named(name)
+        return _NAMED[name][0]
+
+    def changed(self) -> Dict[str, object]:
+        """The switches that differ from KVM's policy."""
+        base = Policy()
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(base, f.name)}
+
+    def set_switch(self, name: str, text: str) -> "Policy":
+        """Parse ``text`` for switch ``name`` (as the CLI's ``--set name=value``)."""
+        from .errors import InvalidArgumentError
+
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        if name not in fields:
+            raise InvalidArgumentError(f"unknown policy switch {name!r}")
+        cur = getattr(self, name)
+        if isinstance(cur, bool):
+            low = text.lower()
+            if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise InvalidArgumentError(f"{name} takes true/false, got {text!r}")
+            return self.replace(**{name: low in ("1", "true", "yes", "on")})
+        if isinstance(cur, int):
+            try:
+                return self.replace(**{name: int(text)})
+            except ValueError:
+                raise InvalidArgumentError(f"{name} takes an integer, got {text!r}") from None
+        return self.replace(**{name: text})
+
+    def _to_c(self, ffi):
+        p = ffi.new("struct tdp_policy *")
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in _ENUMS:
+                v = _ENUMS[f.name].index(v)
+            setattr(p, f.name, int(v))
+        return p
+
+
+_NAMED: Dict[str, Tuple[str, dict]] = {
+    "kvm": ("KVM v6.6+: deferred flush on root teardown, flush on root load and on migration", {}),
+    "kvm-v5.17": ("KVM v5.17 root lifetime: the last put zaps the whole root without a flush (the seed thread)",
+                  {"root_lifetime": "zap_on_last_put"}),
+    "flush-on-put-root": ("safe alternative: an eager remote flush every time a root is freed",
+                          {"flush_on_put_root": True}),
+    "precise-range": ("KVM with precise (Hyper-V style) ranged flushes", {"precise_range_flush": True}),
+    "no-flush-on-root-load": ("the seed's first argument removed: loading a root does not flush",
+                              {"flush_on_root_load": False}),
+    "no-flush-on-migrate": ("the seed's second argument removed: migrating a vCPU does not flush",
+                            {"flush_on_migrate": False}),
+    "B1-yield-flush-lost": ("B1 a835429cda91: per-root flush flag reset, a yield in a later root skips the flush",
+                            {"per_root_flush_reset": True, "yield_every": 8}),
+    "B4-nx-recovery-flush-overwritten": ("B4 315f02c60d94: NX recovery does flush = zap_sp() instead of |=",
+                                         {"nx_recovery_flush_assign": True, "nx_huge_pages": True}),
+    "B5-atomic-zap-no-flush": ("B5 08f07c800e9d: the atomic (shared-mode) zap clears without flushing",
+                               {"shared_zap_flush": False}),
+    "B6-removed-pt-range": ("B6 574c3c55e969: a disconnected table is flushed from its last child's gfn",
+                            {"removed_pt_flush": "last_child", "precise_range_flush": True,
+                             "map_huge_over_table_flush": False}),
+    "B9-iter-skip-after-yield": ("B9 3a0f64de479c: the iterator steps past the restart entry after a yield",
+                                 {"iter_skip_after_yield": True, "yield_every": 8}),
+    "B14-dirty-log-enable-if-changed": ("B14 b64d740ea7dd: enabling dirty logging flushes only if an SPTE changed "
+                                        "(needs EPT A/D off: VM(ad=False))",
+                                        {"dirty_log_enable_flush": "if_changed"}),
+    "B18-memslot-precise-zap": ("B18 4e103134b862 (reverted): memslot deletion zaps only the slot, with a flush",
+                                {"memslot_delete_zap_all": False}),
+    "no-flush-before-yield": ("the iterator drops the lock with a flush still pending",
+                              {"flush_before_yield": False, "yield_every": 8}),
+}
+
+__all__ = ["Policy"]

@@ -1,0 +1,1 @@
+"""Pure-Python reference models (executable specifications and test oracles) for tdpfast."""

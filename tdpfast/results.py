@@ -1,0 +1,111 @@
+"""Plain result objects returned by the API (frozen dataclasses, no behaviour)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+ACCESS_NAMES = ("r", "w", "x", "xu")
+VIOLATION_KINDS = {1: "use_after_free", 2: "stale_page_table", 3: "lost_dirty", 4: "stale_write", 5: "livelock"}
+FRAME_STATES = {0: "a memslot page the gfn no longer maps", 1: "free", 2: "page table", 3: "guest page", 4: "waiting for RCU"}
+
+
+@dataclass(frozen=True)
+class WalkResult:
+    """What a hardware walk found: the host physical address or the fault."""
+
+    ok: bool
+    hpa: Optional[int]
+    fault: Optional[str]              # "violation", "misconfig", "npf"
+    qualification: Optional[int]      # EPT violation exit qualification
+    error_code: Optional[int]         # #NPF EXITINFO1
+    level: int                        # leaf level, or the level of the entry that ended the walk
+    refs: int                         # paging-structure entries read
+    ad_writes: Tuple[Tuple[int, int, int], ...]  # (entry address, old, new)
+    entries: Tuple[int, ...]          # raw entries read, top first
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A guest access that used a translation it must no longer have."""
+
+    kind: str            # use_after_free, stale_page_table, lost_dirty, stale_write, livelock
+    vcpu: int
+    pcpu: int
+    gpa: int
+    tag: int             # EP4TA pfn (VMX) or ASID (SVM)
+    stale_pfn: Optional[int]
+    expected_pfn: Optional[int]  # the gfn's backing now; None when it has none
+    event: int           # index in vm.events of the operation that exposed it
+    access: str
+    level: int
+    frame_state: str     # what the stale frame is now
+    batch_index: int = 0
+
+    def __str__(self) -> str:
+        exp = "none" if self.expected_pfn is None else hex(self.expected_pfn)
+        stale = "-" if self.stale_pfn is None else hex(self.stale_pfn)
+        return (f"{self.kind}: vcpu {self.vcpu} on pcpu {self.pcpu} {self.access} gpa {self.gpa:#x} "
+                f"via tag {self.tag:#x} -> frame {stale} ({self.frame_state}); the gfn's frame now: {exp} "
+                f"[event {self.event}]")
+
+
+@dataclass(frozen=True)
+class AccessResult:
+    """One guest access."""
+
+    outcome: str          # "ok", "mmio" (emulated), "livelock"
+    hpa: Optional[int]
+    tlb: Optional[str]    # "l1", "l2", or None (walked)
+    faults: int
+    walk_refs: int
+    violation: Optional[Violation]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Counts over an access batch; ``per_access`` holds numpy-friendly columns when asked."""
+
+    accesses: int
+    ok: int
+    mmio: int
+    livelock: int
+    walked: int
+    l1_hits: int
+    l2_hits: int
+    faults: int
+    violations: int
+    per_access: Optional[dict] = field(default=None, compare=False)
+
+    @property
+    def hit_rate(self) -> float:
+        return (self.l1_hits + self.l2_hits) / self.accesses if self.accesses else 0.0
+
+
+@dataclass(frozen=True)
+class Memslot:
+    """A memslot: ``npages`` gfns from ``base_gfn``, backed from host pfn ``host_base_pfn``."""
+
+    id: int
+    base_gfn: int
+    npages: int
+    readonly: bool
+    dirty_log: bool
+    max_level: int
+    host_base_pfn: int
+
+
+@dataclass(frozen=True)
+class Event:
+    """One top-level operation of the event log."""
+
+    index: int
+    op: str
+    args: Tuple[int, ...]
+    batch: Optional[Tuple[Tuple[int, str], ...]] = None  # access_batch: (gpa, access) pairs
+
+    def __str__(self) -> str:
+        return f"{self.index:4d} {self.op}({', '.join(hex(a) if a > 9 else str(a) for a in self.args)})"
+
+
+__all__ = ["WalkResult", "Violation", "AccessResult", "BatchResult", "Memslot", "Event",
+           "ACCESS_NAMES", "VIOLATION_KINDS"]
