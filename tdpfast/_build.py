@@ -14,9 +14,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(HERE), "csrc")
 
 
+# Public headers the bindings see: the engine's, and the benchmark limit loops'.
+PUBLIC_HEADERS = ("tdpfast.h", "limits.h")
+
+
 def _cdef_text() -> str:
-    with open(os.path.join(CSRC, "tdpfast.h"), encoding="utf-8") as f:
-        lines = [ln for ln in f.read().splitlines() if not ln.lstrip().startswith("#")]
+    lines = []
+    for name in PUBLIC_HEADERS:
+        path = os.path.join(CSRC, name)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                lines += [ln for ln in f.read().splitlines() if not ln.lstrip().startswith("#")]
     return "\n".join(lines)
 
 
@@ -33,7 +41,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(_cdef_text())
 ffibuilder.set_source(
     "tdpfast._tdpfast",
-    '#include "tdpfast.h"\n',
+    "".join(f'#include "{h}"\n' for h in PUBLIC_HEADERS if os.path.exists(os.path.join(CSRC, h))),
     sources=sorted(os.path.relpath(p, os.path.dirname(HERE)) for p in glob.glob(os.path.join(CSRC, "*.c"))),
     include_dirs=[os.path.relpath(CSRC, os.path.dirname(HERE))],
     extra_compile_args=_compile_args(),
