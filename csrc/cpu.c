@@ -402,6 +402,10 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 					out->outcome = TDP_OUT_MMIO;
 					goto done;
 				}
+				if (r == RET_PF_BLOCKED) {
+					out->outcome = TDP_OUT_BLOCKED;
+					goto done;
+				}
 				if (r == RET_PF_NOMEM)
 					return vm_err(vm, TDP_ENOMEM, "frame pool exhausted while handling a fault on gpa 0x%llx", (unsigned long long)gpa);
 				continue;
@@ -476,6 +480,10 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 		int r = tdp_mmu_page_fault(vm, root, gfn, access);
 		if (r == RET_PF_EMULATE) {
 			out->outcome = TDP_OUT_MMIO;
+			goto done;
+		}
+		if (r == RET_PF_BLOCKED) {
+			out->outcome = TDP_OUT_BLOCKED;
 			goto done;
 		}
 		if (r == RET_PF_NOMEM)

@@ -179,14 +179,27 @@ static int tdp_mmu_zap_spte_atomic(struct tdp_vm *vm, struct tdp_iter *it)
 	return 0;
 }
 
+static bool op_need_resched(struct tdp_op *op)
+{
+	/* need_resched(): every `yield_every` steps of the operation (0: never). */
+	if (op->yield_every <= 0)
+		return false;
+	if (++op->since_yield < (u64)op->yield_every)
+		return false;
+	op->since_yield = 0;
+	return true;
+}
+
 /* tdp_mmu_iter_cond_resched(): yield only after forward progress; a pending
  * flush is done first (unless the policy drops that rule), then RCU is left,
  * so a grace period can end while the walker is away. */
-static bool tdp_mmu_iter_cond_resched(struct tdp_vm *vm, struct tdp_iter *it, bool *flush)
+static bool tdp_mmu_iter_cond_resched(struct tdp_vm *vm, struct tdp_op *op, bool *flush)
 {
+	struct tdp_iter *it = &op->it;
+
 	if (it->next_last_level_gfn == it->yielded_gfn)
 		return false;
-	if (!vm_need_resched(vm))
+	if (!op_need_resched(op))
 		return false;
 	if (*flush && vm->pol.flush_before_yield) {
 		kvm_flush_remote_tlbs(vm);
@@ -314,25 +327,7 @@ static int root_ids(struct tdp_vm *vm, u32 *ids, int max)
 	return n;
 }
 
-#define MAX_ROOTS_WALK 256
 
-/* kvm_tdp_mmu_zap_invalidated_roots(): zap each scheduled root in full, with NO
- * TLB flush (the deferred-flush argument of the seed thread), then drop the TDP
- * MMU's reference. */
-void tdp_mmu_zap_invalidated(struct tdp_vm *vm, bool shared)
-{
-	u32 ids[MAX_ROOTS_WALK];
-	int n = root_ids(vm, ids, MAX_ROOTS_WALK);
-
-	for (int i = 0; i < n; i++) {
-		struct tdp_root *r = tdp_mmu_find_root(vm, ids[i]);
-		if (!r || !r->scheduled)
-			continue;
-		r->scheduled = false;
-		zap_root_passes(vm, r, shared, true);
-		tdp_mmu_put_root_internal(vm, ids[i], shared);
-	}
-}
 
 /* kvm_mmu_zap_all_fast(): invalidate every root and ask every vCPU to drop its
  * obsolete root in the same critical section, then zap the invalid roots before
@@ -345,105 +340,7 @@ void kvm_mmu_zap_all_fast(struct tdp_vm *vm)
 	tdp_mmu_zap_invalidated(vm, true);
 }
 
-/* ------------------------------------------------------------------ zaps */
-
-/* __tdp_mmu_zap_root() pass: zap present entries at exactly zap_level. */
-static void zap_root_pass(struct tdp_vm *vm, struct tdp_root *root, bool shared, int zap_level, bool can_yield)
-{
-	struct tdp_iter it;
-	bool flush = false;
-	u64 end = vm_max_gfn(vm);
-
-	for_each_tdp_pte_min_level(vm, it, root, zap_level, 0, end) {
-retry:
-		if (can_yield && tdp_mmu_iter_cond_resched(vm, &it, &flush))
-			continue;
-		visited(vm, it.level);
-		if (!is_shadow_present_pte(it.old_spte))
-			continue;
-		if (it.level > zap_level)
-			continue;
-		if (is_last_spte(it.old_spte, it.level))
-			vm->stats[ST_zapped_leaf_l1 + it.level - 1]++;
-		else
-			vm->stats[ST_zapped_nonleaf]++;
-		if (!shared)
-			tdp_mmu_iter_set_spte(vm, &it, SHADOW_NONPRESENT_VALUE);
-		else if (tdp_mmu_set_spte_atomic(vm, &it, SHADOW_NONPRESENT_VALUE))
-			goto retry;
-	}
-}
-
-/* tdp_mmu_zap_root(): passes of decreasing granularity (4K, 2M, 1G, root level;
- * ~v6.9+) so that each freed subtree is small. Never flushes. */
-static void zap_root_passes(struct tdp_vm *vm, struct tdp_root *root, bool shared, bool can_yield)
-{
-	u32 id = root->id;
-	int passes[4] = {1, 2, 3, root->level};
-
-	for (int p = 0; p < 4; p++) {
-		root = tdp_mmu_find_root(vm, id);
-		if (!root)
-			return;
-		zap_root_pass(vm, root, shared, passes[p], can_yield);
-	}
-}
-
-void tdp_mmu_zap_whole_root(struct tdp_vm *vm, struct tdp_root *root, bool shared)
-{
-	zap_root_passes(vm, root, shared, true);
-}
-
-/* tdp_mmu_zap_leafs(): leaf-only range zap. Exclusive mode: plain writes, and
- * "flush needed" only for a valid root. Shared mode: the atomic zap, which
- * flushes by itself, so it never reports a flush. */
-static bool tdp_mmu_zap_leafs(struct tdp_vm *vm, struct tdp_root *root, u64 start, u64 end,
-			      bool can_yield, bool flush, bool shared)
-{
-	struct tdp_iter it;
-
-	end = min_u64(end, vm_max_gfn(vm));
-	for_each_tdp_pte_min_level(vm, it, root, 1, start, end) {
-retry:
-		if (can_yield && tdp_mmu_iter_cond_resched(vm, &it, &flush))
-			continue;
-		visited(vm, it.level);
-		if (!is_shadow_present_pte(it.old_spte) || !is_last_spte(it.old_spte, it.level))
-			continue;
-		if (shared) {
-			if (tdp_mmu_zap_spte_atomic(vm, &it))
-				goto retry;
-		} else {
-			tdp_mmu_iter_set_spte(vm, &it, SHADOW_NONPRESENT_VALUE);
-			if (!root->invalid)
-				flush = true;
-		}
-		vm->stats[ST_zapped_leaf_l1 + it.level - 1]++;
-	}
-	return flush;
-}
-
-/* kvm_tdp_mmu_zap_leafs() (valid roots) / kvm_tdp_mmu_unmap_gfn_range() (all
- * roots). The pending flush is threaded through every root so a yield in a
- * later root flushes what an earlier root zapped (the fix for B1). */
-bool tdp_mmu_zap_leafs_all(struct tdp_vm *vm, u64 start, u64 end, int which, bool shared, bool flush)
-{
-	u32 ids[MAX_ROOTS_WALK];
-	int n = root_ids(vm, ids, MAX_ROOTS_WALK);
-
-	for (int i = 0; i < n; i++) {
-		struct tdp_root *r = tdp_mmu_find_root(vm, ids[i]);
-		if (!r || (which == ROOTS_VALID && r->invalid))
-			continue;
-		tdp_mmu_get_root(r); /* yield-safe root iteration holds a reference */
-		if (vm->pol.per_root_flush_reset)
-			flush |= tdp_mmu_zap_leafs(vm, r, start, end, true, false, shared);
-		else
-			flush = tdp_mmu_zap_leafs(vm, r, start, end, true, flush, shared);
-		tdp_mmu_put_root_internal(vm, ids[i], shared);
-	}
-	return flush;
-}
+/* ------------------------------------------------------------------ long operations */
 
 /* kvm_tdp_mmu_zap_sp(): zap the parent SPTE of a table; the subtree goes through
  * handle_removed_pt. Returns "caller must flush". */
@@ -483,117 +380,424 @@ static bool subtree_has_leaf(struct tdp_vm *vm, u32 f)
 	return false;
 }
 
+/* tdp_mmu_split_huge_page(): fill a child table with make_small_spte() and link
+ * it over the huge leaf. No flush: the translations are identical. */
+static int split_huge_page(struct tdp_vm *vm, struct tdp_iter *it, struct tdp_root *root, bool shared,
+			   bool nx_disallowed)
+{
+	u32 f = tdp_mmu_alloc_sp(vm, it->level - 1, it->gfn, root->id, tdp_iter_frame(it));
+	u64 *t;
+
+	if (f == NO_FRAME)
+		return TDP_ENOMEM;
+	t = table_of(vm, f);
+	for (int i = 0; i < 512; i++)
+		t[i] = make_small_spte(&vm->masks, it->old_spte, it->level, i);
+	if (vm->pol.nx_huge_pages && it->level - 1 == 1)
+		for (int i = 0; i < 512; i++)
+			t[i] = (t[i] & ~vm->masks.nx) | vm->masks.x; /* 4K children are executable again */
+	account_leaf(vm, it->level - 1, 512);
+	u64 nw = make_nonleaf_spte(&vm->masks, hostmem_pfn(&vm->mem, f));
+	if (shared) {
+		if (tdp_mmu_set_spte_atomic(vm, it, nw)) {
+			account_leaf(vm, it->level - 1, -512);
+			vm->mem.frames[f].sp_unlinked = 1;
+			vm->stats[ST_mmu_pages]--;
+			hostmem_free_now(&vm->mem, f);
+			return -1;
+		}
+	} else {
+		tdp_mmu_iter_set_spte(vm, it, nw);
+	}
+	if (nx_disallowed)
+		track_possible_nx(vm, f);
+	vm->stats[ST_huge_pages_split]++;
+	return 0;
+}
+
+/* Long operations run through one driver so that they can stop at a yield point
+ * and be resumed later (by then other operations may have run, as when KVM drops
+ * mmu_lock): each is "for every root the operation visits, for every SPTE the
+ * iterator yields: maybe yield, then the body". A synchronous call runs the driver
+ * to the end; tdp_op_step() runs it to its next yield point. */
+
+/* recover_huge_pages_range() (~v6.13+): CMPXCHG a huge SPTE built from a child
+ * leaf over a table whose range may now be mapped huge; the pending flush is done
+ * before yielding and at the end. huge_recovery="zap_collapsible" is the older
+ * zap_collapsible_spte_range() (<= v6.12): zap the table with the self-flushing
+ * atomic zap, one flush per collapsed huge page; the next fault maps it huge. */
+static int recover_huge_body(struct tdp_vm *vm, struct tdp_op *op)
+{
+	struct tdp_iter *it = &op->it;
+
+	if (it->level > 3 || !is_shadow_present_pte(it->old_spte) || is_last_spte(it->old_spte, it->level))
+		return 0;
+	struct memslot *s = vm_slot_of(vm, it->gfn);
+	if (!s || vm_max_mapping_level(vm, s, it->gfn) < it->level)
+		return 0;
+	/* A present leaf below to build the huge SPTE from. */
+	u32 c = spte_to_child_frame(&vm->mem, it->old_spte, it->level);
+	u64 leaf = 0;
+	int lv = it->level - 1;
+	while (c != NO_FRAME) {
+		u64 *t = table_of(vm, c);
+		u64 found = 0;
+		for (int k = 0; k < 512; k++)
+			if (is_shadow_present_pte(t[k])) {
+				found = t[k];
+				break;
+			}
+		if (!found)
+			break;
+		if (is_last_spte(found, lv)) {
+			leaf = found;
+			break;
+		}
+		c = spte_to_child_frame(&vm->mem, found, lv);
+		lv--;
+	}
+	if (!leaf)
+		return 0;
+	if (vm->pol.huge_recovery == 1) {
+		if (tdp_mmu_zap_spte_atomic(vm, it))
+			return 1;
+		vm->stats[ST_huge_pages_recovered]++;
+		return 0;
+	}
+	u64 pfn = vm_gfn_to_pfn(vm, s, it->gfn);
+	u64 huge = make_huge_spte(&vm->masks, leaf, it->level);
+	huge = (huge & ~SPTE_PFN_MASK) | ((pfn << 12) & SPTE_PFN_MASK);
+	if (vm->pol.nx_huge_pages)
+		huge = (huge & ~vm->masks.x) | vm->masks.nx;
+	if (tdp_mmu_set_spte_atomic(vm, it, huge))
+		return 1;
+	vm->stats[ST_huge_pages_recovered]++;
+	op->flush = true;
+	return 0;
+}
+
+static int op_min_level(const struct tdp_op *op, const struct tdp_root *r)
+{
+	static const int passes[3] = {1, 2, 3};
+	switch (op->kind) {
+	case OP_ZAP_ROOTS: return op->pass < 3 ? passes[op->pass] : r->level;
+	case OP_WRPROT: return op->min_level;
+	case OP_SPLIT: return op->target_level + 1;
+	case OP_RECOVER_HUGE: return 2;
+	default: return 1;
+	}
+}
+
+static bool op_wants_root(const struct tdp_op *op, const struct tdp_root *r)
+{
+	switch (op->which) {
+	case ROOTS_VALID: return !r->invalid;
+	case ROOTS_SCHEDULED: return r->scheduled;
+	case ROOTS_ONE: return r->id == op->one_root;
+	default: return true;
+	}
+}
+
+/* The per-SPTE bodies: 0 done with this SPTE, 1 retry it (CMPXCHG lost), <0 error. */
+static int op_body(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *r)
+{
+	struct tdp_iter *it = &op->it;
+	u64 old = it->old_spte;
+
+	switch (op->kind) {
+	case OP_ZAP_LEAFS:
+		/* tdp_mmu_zap_leafs(): leaf-only; exclusive mode reports a flush for a
+		 * valid root only; shared mode uses the self-flushing atomic zap. */
+		if (!is_shadow_present_pte(old) || !is_last_spte(old, it->level))
+			return 0;
+		if (op->shared) {
+			if (tdp_mmu_zap_spte_atomic(vm, it))
+				return 1;
+		} else {
+			tdp_mmu_iter_set_spte(vm, it, SHADOW_NONPRESENT_VALUE);
+			if (!r->invalid)
+				op->flush = true;
+		}
+		vm->stats[ST_zapped_leaf_l1 + it->level - 1]++;
+		op->result = true;
+		return 0;
+	case OP_ZAP_ROOTS: {
+		/* __tdp_mmu_zap_root(): zap present entries at exactly the pass level. */
+		int zap_level = op_min_level(op, r);
+		if (!is_shadow_present_pte(old) || it->level > zap_level)
+			return 0;
+		if (is_last_spte(old, it->level))
+			vm->stats[ST_zapped_leaf_l1 + it->level - 1]++;
+		else
+			vm->stats[ST_zapped_nonleaf]++;
+		if (!op->shared)
+			tdp_mmu_iter_set_spte(vm, it, SHADOW_NONPRESENT_VALUE);
+		else if (tdp_mmu_set_spte_atomic(vm, it, SHADOW_NONPRESENT_VALUE))
+			return 1;
+		return 0;
+	}
+	case OP_WRPROT:
+		/* wrprot_gfn_range(): clear W (MMU-writable kept for the fast path). */
+		if (!is_shadow_present_pte(old) || !is_last_spte(old, it->level) || !(old & SPTE_W))
+			return 0;
+		if (tdp_mmu_set_spte_atomic(vm, it, old & ~SPTE_W))
+			return 1;
+		op->result = true;
+		return 0;
+	case OP_CLEAR_DIRTY: {
+		/* clear_dirty_gfn_range(): D with A/D, W without. */
+		u64 dbit = vm->masks.ad ? vm->masks.dirty : SPTE_W;
+		if (!is_shadow_present_pte(old) || !is_last_spte(old, it->level) || !(old & dbit))
+			return 0;
+		if (tdp_mmu_set_spte_atomic(vm, it, old & ~dbit))
+			return 1;
+		op->result = true;
+		return 0;
+	}
+	case OP_SPLIT: {
+		if (!is_shadow_present_pte(old) || !is_large_pte(old))
+			return 0;
+		int rc = split_huge_page(vm, it, r, true, false);
+		if (rc == TDP_ENOMEM)
+			return TDP_ENOMEM;
+		return rc ? 1 : 0;
+	}
+	case OP_RECOVER_HUGE:
+		return recover_huge_body(vm, op);
+	default:
+		return 0;
+	}
+}
+
 /* kvm_recover_nx_huge_pages(): zap a batch of possible-NX tables; flush before
  * every yield and at the end (B4: the pending flush was overwritten, not OR-ed;
  * v5.12's zap_sp returned whether the table's range still had leaves). */
-int tdp_mmu_recover_nx(struct tdp_vm *vm, int count, int *zapped)
+static int nx_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yield)
 {
-	bool flush = false;
-	int done = 0;
-
-	if (count <= 0)
-		count = vm->pol.nx_recovery_ratio > 0 ? (int)((vm->nnx + (u32)vm->pol.nx_recovery_ratio - 1) / (u32)vm->pol.nx_recovery_ratio) : 0;
-	for (; count > 0 && vm->nnx; count--) {
+	for (; op->nx_left > 0 && vm->nnx; op->nx_left--) {
+		if (op->resume_next) {
+			op->resume_next = false;
+			continue; /* this SP was handled before the yield */
+		}
 		u32 f = vm->nx_list[0];
 		struct memslot *s = vm_slot_of(vm, vm->mem.frames[f].sp_gfn);
 		if (s && (s->flags & TDP_SLOT_DIRTY_LOG)) {
 			untrack_possible_nx(vm, f);
-			continue;
-		}
-		if (vm->pol.nx_recovery_flush_assign) {
-			bool had = subtree_has_leaf(vm, f);
-			tdp_mmu_zap_sp_frame(vm, f);
-			flush = had;
 		} else {
-			flush |= tdp_mmu_zap_sp_frame(vm, f);
+			if (vm->pol.nx_recovery_flush_assign) {
+				bool had = subtree_has_leaf(vm, f);
+				tdp_mmu_zap_sp_frame(vm, f);
+				op->flush = had;
+			} else {
+				op->flush |= tdp_mmu_zap_sp_frame(vm, f);
+			}
+			if (vm->mem.frames[f].sp_nx)
+				untrack_possible_nx(vm, f);
+			op->nx_done++;
 		}
-		if (vm->mem.frames[f].sp_nx)
-			untrack_possible_nx(vm, f);
-		done++;
-		if (vm_need_resched(vm)) {
-			if (flush)
+		if (op_need_resched(op)) {
+			if (op->flush)
 				kvm_flush_remote_tlbs(vm);
-			flush = false;
+			op->flush = false;
+			vm->stats[ST_iter_yields]++;
 			vm_rcu_quiescent(vm, true);
+			if (stop_at_yield) {
+				op->resume_next = true;
+				return 0;
+			}
 		}
 	}
-	if (flush)
+	if (op->flush)
 		kvm_flush_remote_tlbs(vm);
-	*zapped = done;
-	return 0;
+	op->flush = false;
+	return 1;
 }
 
-/* ------------------------------------------------------------------ dirty logging, aging */
-
-/* wrprot_gfn_range(): clear W on leaves >= min_level (MMU-writable kept, so the
- * fast path can re-grant). Yields without flushing; the caller flushes. */
-static bool wrprot_gfn_range(struct tdp_vm *vm, struct tdp_root *root, u64 start, u64 end, int min_level)
+int tdp_op_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yield)
 {
-	struct tdp_iter it;
-	bool spte_set = false, flush = false;
-
-	for_each_tdp_pte_min_level(vm, it, root, min_level, start, end) {
+	if (op->kind == OP_NX_RECOVER)
+		return nx_run(vm, op, stop_at_yield);
+	for (;;) {
+		struct tdp_root *r;
+		if (!op->cur) {
+			/* for_each_tdp_mmu_root_yield_safe(): the next root, newest first,
+			 * with a reference held while it is walked. */
+			r = NULL;
+			while (op->ri < op->nroots) {
+				struct tdp_root *c = tdp_mmu_find_root(vm, op->root_ids[op->ri++]);
+				if (c && c->refcount > 0 && op_wants_root(op, c)) {
+					r = c;
+					break;
+				}
+			}
+			if (!r)
+				return 1;
+			tdp_mmu_get_root(r);
+			op->cur = r->id;
+			op->pass = 0;
+			op->started = false;
+			if (op->which == ROOTS_SCHEDULED)
+				r->scheduled = false;
+			if (op->kind == OP_ZAP_LEAFS && vm->pol.per_root_flush_reset) {
+				/* B1: every root's zap starts from flush = false. */
+				op->result_flush |= op->flush;
+				op->flush = false;
+			}
+		}
+		r = tdp_mmu_find_root(vm, op->cur);
+		if (!op->started) {
+			iter_start(vm, &op->it, r, op_min_level(op, r), op->start);
+			op->started = true;
+		} else if (op->resume_next) {
+			op->resume_next = false;
+			tdp_iter_next(&op->it); /* the caller's `continue` after a yield */
+		}
+		for (; op->it.valid && op->it.gfn < op->end; tdp_iter_next(&op->it)) {
 retry:
-		if (tdp_mmu_iter_cond_resched(vm, &it, &flush))
+			if (op->can_yield && tdp_mmu_iter_cond_resched(vm, op, &op->flush)) {
+				if (stop_at_yield) {
+					op->resume_next = true;
+					return 0;
+				}
+				continue;
+			}
+			visited(vm, op->it.level);
+			int rc = op_body(vm, op, r);
+			if (rc == 1)
+				goto retry;
+			if (rc < 0) {
+				op->err = rc;
+				op->it.valid = false;
+				op->ri = op->nroots;
+				break;
+			}
+		}
+		if (op->kind == OP_ZAP_ROOTS && ++op->pass < 4 && !op->err) {
+			op->started = false;
 			continue;
-		visited(vm, it.level);
-		if (!is_shadow_present_pte(it.old_spte) || !is_last_spte(it.old_spte, it.level) ||
-		    !(it.old_spte & SPTE_W))
-			continue;
-		if (tdp_mmu_set_spte_atomic(vm, &it, it.old_spte & ~SPTE_W))
-			goto retry;
-		spte_set = true;
+		}
+		u32 id = op->cur;
+		op->cur = 0;
+		if (op->which == ROOTS_SCHEDULED)
+			tdp_mmu_put_root_internal(vm, id, op->shared); /* the TDP MMU's own reference */
+		tdp_mmu_put_root_internal(vm, id, op->shared);
+		if (op->err)
+			return op->err;
 	}
-	return spte_set;
+}
+
+void tdp_op_init(struct tdp_vm *vm, struct tdp_op *op, int kind, int which, u64 start, u64 end, bool shared)
+{
+	memset(op, 0, sizeof(*op));
+	op->kind = kind;
+	op->which = which;
+	op->start = start;
+	op->end = min_u64(end, vm_max_gfn(vm));
+	op->shared = shared;
+	op->can_yield = true;
+	op->yield_every = vm->pol.yield_every;
+	op->min_level = 1;
+	op->nroots = root_ids(vm, op->root_ids, MAX_ROOTS_WALK);
+}
+
+static bool op_sync(struct tdp_vm *vm, int kind, int which, u64 start, u64 end, bool shared, bool flush)
+{
+	struct tdp_op op;
+	tdp_op_init(vm, &op, kind, which, start, end, shared);
+	op.flush = flush;
+	tdp_op_run(vm, &op, false);
+	return op.flush || op.result_flush;
+}
+
+/* kvm_tdp_mmu_zap_leafs() (valid roots) / kvm_tdp_mmu_unmap_gfn_range() (all
+ * roots). The pending flush is threaded through every root so a yield in a
+ * later root flushes what an earlier root zapped (the fix for B1). */
+bool tdp_mmu_zap_leafs_all(struct tdp_vm *vm, u64 start, u64 end, int which, bool shared, bool flush)
+{
+	return op_sync(vm, OP_ZAP_LEAFS, which, start, end, shared, flush);
+}
+
+/* tdp_mmu_zap_root(): passes of decreasing granularity (4K, 2M, 1G, root level;
+ * ~v6.9+) so that each freed subtree is small. Never flushes. */
+static void zap_root_passes(struct tdp_vm *vm, struct tdp_root *root, bool shared, bool can_yield)
+{
+	struct tdp_op op;
+	tdp_op_init(vm, &op, OP_ZAP_ROOTS, ROOTS_ONE, 0, vm_max_gfn(vm), shared);
+	op.one_root = root->id;
+	op.can_yield = can_yield;
+	/* the root is being put: walk it even at refcount 0 */
+	op.nroots = 1;
+	op.root_ids[0] = root->id;
+	root->refcount++;
+	op.cur = 0;
+	tdp_op_run(vm, &op, false);
+	root = tdp_mmu_find_root(vm, op.one_root);
+	if (root)
+		root->refcount--;
+}
+
+void tdp_mmu_zap_whole_root(struct tdp_vm *vm, struct tdp_root *root, bool shared)
+{
+	struct tdp_op op;
+	tdp_op_init(vm, &op, OP_ZAP_ROOTS, ROOTS_ONE, 0, vm_max_gfn(vm), shared);
+	op.one_root = root->id;
+	tdp_op_run(vm, &op, false);
+}
+
+/* kvm_tdp_mmu_zap_invalidated_roots(): zap each scheduled root in full, with NO
+ * TLB flush (the deferred-flush argument of the seed thread), then drop the TDP
+ * MMU's reference. */
+void tdp_mmu_zap_invalidated(struct tdp_vm *vm, bool shared)
+{
+	struct tdp_op op;
+	tdp_op_init(vm, &op, OP_ZAP_ROOTS, ROOTS_SCHEDULED, 0, vm_max_gfn(vm), shared);
+	tdp_op_run(vm, &op, false);
 }
 
 bool tdp_mmu_wrprot(struct tdp_vm *vm, u64 start, u64 end, int min_level)
 {
-	u32 ids[MAX_ROOTS_WALK];
-	int n = root_ids(vm, ids, MAX_ROOTS_WALK);
-	bool set = false;
-
-	for (int i = 0; i < n; i++) {
-		struct tdp_root *r = tdp_mmu_find_root(vm, ids[i]);
-		if (!r || r->invalid)
-			continue;
-		tdp_mmu_get_root(r);
-		set |= wrprot_gfn_range(vm, r, start, end, min_level);
-		tdp_mmu_put_root_internal(vm, ids[i], true);
-	}
-	return set;
+	struct tdp_op op;
+	tdp_op_init(vm, &op, OP_WRPROT, ROOTS_VALID, start, end, true);
+	op.min_level = min_level;
+	tdp_op_run(vm, &op, false);
+	return op.result;
 }
 
-/* clear_dirty_gfn_range(): clear D (A/D on) or W (A/D off) on 4K..huge leaves. */
 bool tdp_mmu_clear_dirty(struct tdp_vm *vm, u64 start, u64 end)
 {
-	u32 ids[MAX_ROOTS_WALK];
-	int n = root_ids(vm, ids, MAX_ROOTS_WALK);
-	bool set = false;
-	u64 dbit = vm->masks.ad ? vm->masks.dirty : SPTE_W;
+	struct tdp_op op;
+	tdp_op_init(vm, &op, OP_CLEAR_DIRTY, ROOTS_VALID, start, end, true);
+	tdp_op_run(vm, &op, false);
+	return op.result;
+}
 
-	for (int i = 0; i < n; i++) {
-		struct tdp_root *r = tdp_mmu_find_root(vm, ids[i]);
-		struct tdp_iter it;
-		bool flush = false;
-		if (!r || r->invalid)
-			continue;
-		tdp_mmu_get_root(r);
-		for_each_tdp_pte_min_level(vm, it, r, 1, start, end) {
-retry:
-			if (tdp_mmu_iter_cond_resched(vm, &it, &flush))
-				continue;
-			visited(vm, it.level);
-			if (!is_shadow_present_pte(it.old_spte) || !is_last_spte(it.old_spte, it.level) ||
-			    !(it.old_spte & dbit))
-				continue;
-			if (tdp_mmu_set_spte_atomic(vm, &it, it.old_spte & ~dbit))
-				goto retry;
-			set = true;
-		}
-		tdp_mmu_put_root_internal(vm, ids[i], true);
-	}
-	return set;
+int tdp_mmu_split(struct tdp_vm *vm, u64 start, u64 end, int target_level)
+{
+	struct tdp_op op;
+	tdp_op_init(vm, &op, OP_SPLIT, ROOTS_VALID, start, end, true);
+	op.target_level = target_level;
+	int r = tdp_op_run(vm, &op, false);
+	return r < 0 ? r : 0;
+}
+
+bool tdp_mmu_recover_huge(struct tdp_vm *vm, u64 start, u64 end)
+{
+	struct tdp_op op;
+	tdp_op_init(vm, &op, OP_RECOVER_HUGE, ROOTS_VALID, start, end, true);
+	tdp_op_run(vm, &op, false);
+	return op.flush;
+}
+
+int tdp_mmu_recover_nx(struct tdp_vm *vm, int count, int *zapped)
+{
+	struct tdp_op op;
+	tdp_op_init(vm, &op, OP_NX_RECOVER, ROOTS_ALL, 0, 0, false);
+	if (count <= 0)
+		count = vm->pol.nx_recovery_ratio > 0 ? (int)((vm->nnx + (u32)vm->pol.nx_recovery_ratio - 1) / (u32)vm->pol.nx_recovery_ratio) : 0;
+	op.nx_left = count;
+	nx_run(vm, &op, false);
+	*zapped = op.nx_done;
+	return 0;
 }
 
 /* kvm_tdp_mmu_age_gfn_range(): clear A (A/D on) or access-track the SPTE (A/D
@@ -649,138 +853,6 @@ bool tdp_mmu_write_protect_gfn(struct tdp_vm *vm, u64 gfn)
 		}
 	}
 	return set;
-}
-
-/* ------------------------------------------------------------------ split / recover */
-
-/* tdp_mmu_split_huge_page(): fill a child table with make_small_spte() and link
- * it over the huge leaf. No flush: the translations are identical. */
-static int split_huge_page(struct tdp_vm *vm, struct tdp_iter *it, struct tdp_root *root, bool shared,
-			   bool nx_disallowed)
-{
-	u32 f = tdp_mmu_alloc_sp(vm, it->level - 1, it->gfn, root->id, tdp_iter_frame(it));
-	u64 *t;
-
-	if (f == NO_FRAME)
-		return TDP_ENOMEM;
-	t = table_of(vm, f);
-	for (int i = 0; i < 512; i++)
-		t[i] = make_small_spte(&vm->masks, it->old_spte, it->level, i);
-	if (vm->pol.nx_huge_pages && it->level - 1 == 1)
-		for (int i = 0; i < 512; i++)
-			t[i] = (t[i] & ~vm->masks.nx) | vm->masks.x; /* 4K children are executable again */
-	account_leaf(vm, it->level - 1, 512);
-	u64 nw = make_nonleaf_spte(&vm->masks, hostmem_pfn(&vm->mem, f));
-	if (shared) {
-		if (tdp_mmu_set_spte_atomic(vm, it, nw)) {
-			account_leaf(vm, it->level - 1, -512);
-			vm->mem.frames[f].sp_unlinked = 1;
-			vm->stats[ST_mmu_pages]--;
-			hostmem_free_now(&vm->mem, f);
-			return -1;
-		}
-	} else {
-		tdp_mmu_iter_set_spte(vm, it, nw);
-	}
-	if (nx_disallowed)
-		track_possible_nx(vm, f);
-	vm->stats[ST_huge_pages_split]++;
-	return 0;
-}
-
-int tdp_mmu_split(struct tdp_vm *vm, u64 start, u64 end, int target_level)
-{
-	u32 ids[MAX_ROOTS_WALK];
-	int n = root_ids(vm, ids, MAX_ROOTS_WALK);
-
-	for (int i = 0; i < n; i++) {
-		struct tdp_root *r = tdp_mmu_find_root(vm, ids[i]);
-		struct tdp_iter it;
-		bool flush = false;
-		if (!r || r->invalid)
-			continue;
-		tdp_mmu_get_root(r);
-		for_each_tdp_pte_min_level(vm, it, r, target_level + 1, start, end) {
-retry:
-			if (tdp_mmu_iter_cond_resched(vm, &it, &flush))
-				continue;
-			visited(vm, it.level);
-			if (!is_shadow_present_pte(it.old_spte) || !is_large_pte(it.old_spte))
-				continue;
-			int rc = split_huge_page(vm, &it, r, true, false);
-			if (rc == TDP_ENOMEM) {
-				tdp_mmu_put_root_internal(vm, ids[i], true);
-				return TDP_ENOMEM;
-			}
-			if (rc)
-				goto retry;
-		}
-		tdp_mmu_put_root_internal(vm, ids[i], true);
-	}
-	return 0;
-}
-
-/* recover_huge_pages_range() (~v6.13+): CMPXCHG a huge SPTE built from a child
- * leaf over a table whose range may now be mapped huge; flush if anything
- * changed, before yielding and at the end (done by the caller). */
-bool tdp_mmu_recover_huge(struct tdp_vm *vm, u64 start, u64 end)
-{
-	u32 ids[MAX_ROOTS_WALK];
-	int n = root_ids(vm, ids, MAX_ROOTS_WALK);
-	bool flush = false;
-
-	for (int i = 0; i < n; i++) {
-		struct tdp_root *r = tdp_mmu_find_root(vm, ids[i]);
-		struct tdp_iter it;
-		if (!r || r->invalid)
-			continue;
-		tdp_mmu_get_root(r);
-		for_each_tdp_pte_min_level(vm, it, r, 2, start, end) {
-retry:
-			if (tdp_mmu_iter_cond_resched(vm, &it, &flush))
-				continue;
-			visited(vm, it.level);
-			if (it.level > 3 || !is_shadow_present_pte(it.old_spte) || is_last_spte(it.old_spte, it.level))
-				continue;
-			struct memslot *s = vm_slot_of(vm, it.gfn);
-			if (!s || vm_max_mapping_level(vm, s, it.gfn) < it.level)
-				continue;
-			/* Find a present leaf below to build the huge SPTE from. */
-			u32 c = spte_to_child_frame(&vm->mem, it.old_spte, it.level);
-			u64 leaf = 0;
-			int lv = it.level - 1;
-			while (c != NO_FRAME) {
-				u64 *t = table_of(vm, c);
-				u64 found = 0;
-				for (int k = 0; k < 512; k++)
-					if (is_shadow_present_pte(t[k])) {
-						found = t[k];
-						break;
-					}
-				if (!found)
-					break;
-				if (is_last_spte(found, lv)) {
-					leaf = found;
-					break;
-				}
-				c = spte_to_child_frame(&vm->mem, found, lv);
-				lv--;
-			}
-			if (!leaf)
-				continue;
-			u64 pfn = vm_gfn_to_pfn(vm, s, it.gfn);
-			u64 huge = make_huge_spte(&vm->masks, leaf, it.level);
-			huge = (huge & ~SPTE_PFN_MASK) | ((pfn << 12) & SPTE_PFN_MASK);
-			if (vm->pol.nx_huge_pages)
-				huge = (huge & ~vm->masks.x) | vm->masks.nx;
-			if (tdp_mmu_set_spte_atomic(vm, &it, huge))
-				goto retry;
-			vm->stats[ST_huge_pages_recovered]++;
-			flush = true;
-		}
-		tdp_mmu_put_root_internal(vm, ids[i], true);
-	}
-	return flush;
 }
 
 /* ------------------------------------------------------------------ fault path */
@@ -984,13 +1056,15 @@ int tdp_mmu_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int ac
 		huge_disallowed = true;
 		goal = 1;
 	}
+	/* is_page_fault_stale() / the memslot being deleted: the fault retries
+	 * until the invalidation ends; the vCPU is blocked, not livelocked. */
+	if ((vm->mmu_invalidate_in_progress && gfn >= vm->mmu_invalidate_start && gfn < vm->mmu_invalidate_end) ||
+	    (slot && slot->deleting)) {
+		vm->stats[ST_pf_retry]++;
+		return RET_PF_BLOCKED;
+	}
 	if (slot && vm_fault_in_pfn(vm, slot, gfn) == NO_PFN)
 		return RET_PF_NOMEM;
-	/* is_page_fault_stale(): an invalidation in progress over this gfn. */
-	if (vm->mmu_invalidate_in_progress && gfn >= vm->mmu_invalidate_start && gfn < vm->mmu_invalidate_end) {
-		vm->stats[ST_pf_retry]++;
-		return RET_PF_RETRY;
-	}
 	bool flushed;
 	u64 aligned = gfn & ~(pages_per_level(goal) - 1);
 	int r = tdp_mmu_map_gfn(vm, root, aligned, goal, write, exec, huge_disallowed, false, &flushed);

@@ -27,8 +27,40 @@ void tdp_mmu_zap_invalidated(struct tdp_vm *vm, bool shared);
 void tdp_mmu_zap_whole_root(struct tdp_vm *vm, struct tdp_root *root, bool shared);
 void kvm_mmu_zap_all_fast(struct tdp_vm *vm);
 
-/* Range operations over roots. `which`: valid roots only, or all roots. */
-enum { ROOTS_VALID = 0, ROOTS_ALL = 1 };
+/* Range operations over roots. `which`: valid roots only, all roots, the invalid
+ * roots scheduled for zapping, or one root. */
+enum { ROOTS_VALID = 0, ROOTS_ALL = 1, ROOTS_SCHEDULED = 2, ROOTS_ONE = 3 };
+
+#define MAX_ROOTS_WALK 256
+
+/* A long operation that can stop at a yield point and resume (tdp_op_run). */
+enum op_kind { OP_ZAP_LEAFS = 1, OP_ZAP_ROOTS, OP_WRPROT, OP_CLEAR_DIRTY, OP_SPLIT, OP_RECOVER_HUGE,
+	       OP_NX_RECOVER };
+
+struct tdp_op {
+	int kind, which;
+	bool shared, can_yield;
+	u64 start, end;
+	int min_level, target_level;
+	u32 one_root;
+	u32 root_ids[MAX_ROOTS_WALK]; /* snapshot, newest first */
+	int nroots, ri;
+	u32 cur;                      /* root being walked (a reference is held), 0 none */
+	struct tdp_iter it;
+	int pass;                     /* OP_ZAP_ROOTS: 4K, 2M, 1G, root level */
+	bool started, resume_next;
+	bool flush;                   /* pending flush */
+	bool result_flush;            /* B1: flushes OR-ed from earlier roots */
+	bool result;                  /* something changed (zapped, protected, ...) */
+	int yield_every;
+	u64 since_yield;
+	int nx_left, nx_done;
+	int err;
+};
+
+void tdp_op_init(struct tdp_vm *vm, struct tdp_op *op, int kind, int which, u64 start, u64 end, bool shared);
+/* 1 done, 0 stopped at a yield point (only with stop_at_yield), <0 error. */
+int tdp_op_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yield);
 bool tdp_mmu_zap_leafs_all(struct tdp_vm *vm, u64 start, u64 end, int which, bool shared, bool flush);
 bool tdp_mmu_wrprot(struct tdp_vm *vm, u64 start, u64 end, int min_level);
 bool tdp_mmu_clear_dirty(struct tdp_vm *vm, u64 start, u64 end);
@@ -40,7 +72,7 @@ bool tdp_mmu_zap_sp_frame(struct tdp_vm *vm, u32 frame);
 bool tdp_mmu_write_protect_gfn(struct tdp_vm *vm, u64 gfn);
 
 /* The fault path (kvm_tdp_mmu_map). */
-enum { RET_PF_FIXED = 0, RET_PF_SPURIOUS, RET_PF_RETRY, RET_PF_EMULATE, RET_PF_NOMEM };
+enum { RET_PF_FIXED = 0, RET_PF_SPURIOUS, RET_PF_RETRY, RET_PF_EMULATE, RET_PF_NOMEM, RET_PF_BLOCKED };
 int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int goal_level,
 		    bool write_fault, bool exec_fault, bool huge_disallowed, bool prefetch,
 		    bool *flushed);

@@ -33,7 +33,7 @@ enum tdp_violation_kind {
 	TDP_V_STALE_WRITE = 4,
 	TDP_V_LIVELOCK = 5
 };
-enum tdp_access_outcome { TDP_OUT_OK = 0, TDP_OUT_MMIO = 1, TDP_OUT_LIVELOCK = 2 };
+enum tdp_access_outcome { TDP_OUT_OK = 0, TDP_OUT_MMIO = 1, TDP_OUT_LIVELOCK = 2, TDP_OUT_BLOCKED = 3 };
 enum tdp_memslot_flags { TDP_SLOT_READONLY = 1, TDP_SLOT_DIRTY_LOG = 2 };
 enum tdp_vcpu_mode { TDP_OUTSIDE_GUEST = 0, TDP_IN_GUEST = 1, TDP_EXITING_GUEST = 2 };
 enum tdp_request {
@@ -94,6 +94,7 @@ struct tdp_policy {
 	int rcu_gp_at_op_end;          /* a grace period ends after every top-level operation */
 	int memslot_delete_zap_all;    /* 1: zap_all_fast (upstream); 0: zap only the slot (B18) */
 	int eager_split;               /* split huge pages when dirty logging is enabled */
+	int huge_recovery;             /* 0 recover in place, batched flush (v6.13+); 1 zap collapsible, flush each (<= v6.12) */
 };
 
 struct tdp_costs {
@@ -170,7 +171,7 @@ struct tdp_pcpu_info {
 };
 
 struct tdp_access_result {
-	int outcome;          /* enum tdp_access_outcome */
+	int outcome;          /* enum tdp_access_outcome; BLOCKED: an invalidation of this gfn is in progress */
 	uint64_t hpa;
 	int tlb_hit;          /* 1 L1 hit, 2 L2 hit, 0 walked */
 	int faults;           /* EPT violations / #NPFs taken by KVM for this access */
@@ -302,6 +303,22 @@ int tdp_invvpid(tdp_vm *vm, int pcpu, int type, uint32_t vpid, uint64_t gla);
 int tdp_svm_set_tlb_control(tdp_vm *vm, int vcpu, int value);
 int tdp_tlb_dump(tdp_vm *vm, int pcpu, struct tdp_tlb_entry *out, size_t max, size_t *n);
 int tdp_tlb_fill_junk(tdp_vm *vm, int pcpu, uint32_t count, uint64_t max_gfn);
+
+/* long operations stepped from yield point to yield point (KVM drops mmu_lock there) */
+enum tdp_op_kind {
+	TDP_OP_ZAP_GFN_RANGE = 1,   /* a start, b end, c shared; result: flush needed */
+	TDP_OP_HOST_UNMAP = 2,      /* a start, b end: the MMU-notifier invalidation */
+	TDP_OP_ZAP_INVALIDATED_ROOTS = 3,
+	TDP_OP_DELETE_MEMSLOT = 4,  /* a slot id */
+	TDP_OP_WRPROT = 5,          /* a start, b end; result: flush needed */
+	TDP_OP_CLEAR_DIRTY = 6,     /* a start, b end; result: flush needed */
+	TDP_OP_SPLIT = 7,           /* a start, b end, c target level */
+	TDP_OP_RECOVER_HUGE = 8,    /* a start, b end; flushes itself */
+	TDP_OP_NX_RECOVER = 9       /* a count (0: by ratio) */
+};
+int tdp_op_start(tdp_vm *vm, int kind, uint64_t a, uint64_t b, uint64_t c, int yield_every, uint32_t *op_id);
+int tdp_op_step(tdp_vm *vm, uint32_t op_id, int *done, int *result);
+int tdp_op_list(tdp_vm *vm, uint32_t *ids, int max, int *n);
 
 /* checker, event log, trace */
 size_t tdp_violation_count(tdp_vm *vm);

@@ -81,16 +81,6 @@ void vm_rcu_quiescent(struct tdp_vm *vm, bool at_yield)
 	vm->stats[ST_rcu_grace_periods] = vm->mem.grace_periods;
 }
 
-bool vm_need_resched(struct tdp_vm *vm)
-{
-	if (vm->pol.yield_every <= 0)
-		return false;
-	if (++vm->yield_counter < (u64)vm->pol.yield_every)
-		return false;
-	vm->yield_counter = 0;
-	return true;
-}
-
 void vm_report(struct tdp_vm *vm, int kind, struct vcpu *v, u64 gpa, u64 tag, u64 stale_pfn,
 	       u64 expected_pfn, int access, int level, int frame_state, u64 batch_index)
 {
@@ -130,7 +120,8 @@ void tdp_default_policy(struct tdp_policy *p)
 		.per_root_flush_reset = 0, .nx_recovery_flush_assign = 0, .removed_pt_flush = 0,
 		.iter_skip_after_yield = 0, .map_huge_over_table_flush = 1, .nx_huge_pages = 0,
 		.nx_recovery_ratio = 60, .yield_every = 0, .rcu_gp_at_yield = 1,
-		.rcu_gp_at_op_end = 1, .memslot_delete_zap_all = 1, .eager_split = 1};
+		.rcu_gp_at_op_end = 1, .memslot_delete_zap_all = 1, .eager_split = 1,
+		.huge_recovery = 0};
 }
 
 void tdp_default_costs(struct tdp_costs *c)
@@ -222,6 +213,21 @@ static int check_tlbcfg(const struct tdp_tlb_config *t, char *err, size_t errlen
 	return 0;
 }
 
+static int check_policy(const struct tdp_policy *pol, char *err, size_t errlen)
+{
+	if (pol->root_lifetime != TDP_ROOT_PRESERVE && pol->root_lifetime != TDP_ROOT_ZAP_ON_LAST_PUT) {
+		snprintf(err, errlen, "policy.root_lifetime must be 'preserve' or 'zap_on_last_put'");
+		return TDP_EINVAL;
+	}
+	if (pol->huge_recovery < 0 || pol->huge_recovery > 1 || pol->removed_pt_flush < 0 || pol->removed_pt_flush > 2 ||
+	    pol->dirty_log_enable_flush < 0 || pol->dirty_log_enable_flush > 1 || pol->yield_every < 0 ||
+	    pol->nx_recovery_ratio < 0) {
+		snprintf(err, errlen, "policy: a switch is out of range");
+		return TDP_EINVAL;
+	}
+	return 0;
+}
+
 static void free_slot(struct tdp_vm *vm, struct memslot *s);
 
 void tdp_vm_destroy(tdp_vm *vm)
@@ -242,6 +248,9 @@ void tdp_vm_destroy(tdp_vm *vm)
 	free(vm->ev);
 	free(vm->blob);
 	free(vm->tr);
+	for (int i = 0; i < vm->nops; i++)
+		free(vm->ops[i]);
+	free(vm->ops);
 	hostmem_destroy(&vm->mem);
 	free(vm);
 }
@@ -299,10 +308,8 @@ int tdp_vm_create(const struct tdp_config *cfg, const struct tdp_tlb_config *tlb
 	}
 	if ((r = check_tlbcfg(tlb, err, errlen)))
 		return r;
-	if (pol->root_lifetime != TDP_ROOT_PRESERVE && pol->root_lifetime != TDP_ROOT_ZAP_ON_LAST_PUT) {
-		snprintf(err, errlen, "policy.root_lifetime must be 'preserve' or 'zap_on_last_put'");
-		return TDP_EINVAL;
-	}
+	if ((r = check_policy(pol, err, errlen)))
+		return r;
 	vm = calloc(1, sizeof(*vm));
 	if (!vm) {
 		snprintf(err, errlen, "out of host memory");
@@ -357,8 +364,9 @@ nomem:
 
 int tdp_set_policy(tdp_vm *vm, const struct tdp_policy *pol)
 {
-	if (pol->root_lifetime != TDP_ROOT_PRESERVE && pol->root_lifetime != TDP_ROOT_ZAP_ON_LAST_PUT)
-		return vm_err(vm, TDP_EINVAL, "policy.root_lifetime must be 'preserve' or 'zap_on_last_put'");
+	int r = check_policy(pol, vm->err, sizeof(vm->err));
+	if (r)
+		return r;
 	vm->pol = *pol;
 	return 0;
 }
@@ -685,6 +693,8 @@ int tdp_memslot_delete(tdp_vm *vm, int slot_id)
 	s = slot_by_id(vm, slot_id);
 	if (!s)
 		return vm_err(vm, TDP_ENOENT, "memslot %d does not exist (deleted or never added)", slot_id);
+	if (s->deleting)
+		return vm_err(vm, TDP_ESTATE, "memslot %d is already being deleted by a stepped operation", slot_id);
 	u64 start = s->base_gfn, end = s->base_gfn + s->npages;
 	/* kvm_arch_flush_shadow_memslot(): the fast zap of everything (upstream),
 	 * or only the slot's gfns with a flush (the reverted precise zap, B18). */
@@ -706,13 +716,16 @@ int tdp_memslot_delete(tdp_vm *vm, int slot_id)
  * sequence so faults that raced with it retry. */
 static void notifier_begin(struct tdp_vm *vm, u64 start, u64 end)
 {
-	vm->mmu_invalidate_in_progress++;
-	vm->mmu_invalidate_start = start;
-	vm->mmu_invalidate_end = end;
-	bool flush = tdp_mmu_zap_leafs_all(vm, start, end,
-					   vm->pol.notifier_zaps_invalid_roots ? ROOTS_ALL : ROOTS_VALID, false, false);
-	if (flush)
-		kvm_flush_remote_tlbs(vm);
+	/* kvm_mmu_invalidate_begin()/range_add(): concurrent ranges are unioned. */
+	if (!vm->mmu_invalidate_in_progress++) {
+		vm->mmu_invalidate_start = start;
+		vm->mmu_invalidate_end = end;
+	} else {
+		if (start < vm->mmu_invalidate_start)
+			vm->mmu_invalidate_start = start;
+		if (end > vm->mmu_invalidate_end)
+			vm->mmu_invalidate_end = end;
+	}
 }
 
 static void notifier_end(struct tdp_vm *vm)
@@ -721,14 +734,14 @@ static void notifier_end(struct tdp_vm *vm)
 	vm->mmu_invalidate_in_progress--;
 }
 
-int tdp_host_unmap(tdp_vm *vm, uint64_t start, uint64_t end)
+static int which_notifier_roots(struct tdp_vm *vm)
 {
-	int r;
+	return vm->pol.notifier_zaps_invalid_roots ? ROOTS_ALL : ROOTS_VALID;
+}
 
-	op_begin(vm);
-	if ((r = check_range(vm, start, end)))
-		return r;
-	/* Pre-allocate what recording "unbacked" needs, so nothing fails later. */
+/* Before an unmap: make sure recording "unbacked" cannot fail later. */
+static int unmap_prepare(struct tdp_vm *vm, u64 start, u64 end)
+{
 	for (int i = 0; i < vm->nslots; i++) {
 		struct memslot *s = &vm->slots[i];
 		if (!s->used || end <= s->base_gfn || s->base_gfn + s->npages <= start)
@@ -739,7 +752,15 @@ int tdp_host_unmap(tdp_vm *vm, uint64_t start, uint64_t end)
 			if (vm_gfn_to_pfn(vm, s, g) != NO_PFN && set_backing(vm, s, g, vm_gfn_to_pfn(vm, s, g)))
 				return vm_err(vm, TDP_ENOMEM, "out of host memory");
 	}
-	notifier_begin(vm, start, end);
+	return 0;
+}
+
+/* The end of invalidate_range_start (flush if a valid root changed), the host
+ * freeing the pages, and invalidate_range_end. */
+static void unmap_finish(struct tdp_vm *vm, u64 start, u64 end, bool flush)
+{
+	if (flush)
+		kvm_flush_remote_tlbs(vm);
 	for (int i = 0; i < vm->nslots; i++) {
 		struct memslot *s = &vm->slots[i];
 		if (!s->used || end <= s->base_gfn || s->base_gfn + s->npages <= start)
@@ -755,6 +776,18 @@ int tdp_host_unmap(tdp_vm *vm, uint64_t start, uint64_t end)
 		}
 	}
 	notifier_end(vm);
+}
+
+int tdp_host_unmap(tdp_vm *vm, uint64_t start, uint64_t end)
+{
+	int r;
+
+	op_begin(vm);
+	if ((r = check_range(vm, start, end)) || (r = unmap_prepare(vm, start, end)))
+		return r;
+	notifier_begin(vm, start, end);
+	bool flush = tdp_mmu_zap_leafs_all(vm, start, end, which_notifier_roots(vm), false, false);
+	unmap_finish(vm, start, end, flush);
 	vm_log(vm, EV_HOST_UNMAP, start, end, 0, 0, 0);
 	op_end(vm);
 	return 0;
@@ -779,6 +812,8 @@ int tdp_host_migrate(tdp_vm *vm, uint64_t gfn, uint64_t *new_pfn)
 	if (set_backing(vm, s, gfn, old))
 		return vm_err(vm, TDP_ENOMEM, "out of host memory");
 	notifier_begin(vm, gfn, gfn + 1);
+	if (tdp_mmu_zap_leafs_all(vm, gfn, gfn + 1, which_notifier_roots(vm), false, false))
+		kvm_flush_remote_tlbs(vm);
 	u32 f = hostmem_alloc(&vm->mem, FRAME_GUEST);
 	vm->mem.frames[f].owner_gfn = gfn;
 	set_backing(vm, s, gfn, hostmem_pfn(&vm->mem, f));
@@ -1588,7 +1623,7 @@ int tdp_access_batch(tdp_vm *vm, int vcpu, const uint64_t *gpas, const uint8_t *
 	}
 	if (vm->cfg.record && blob_reserve(vm, n * 9))
 		return vm_err(vm, TDP_ENOMEM, "out of host memory for the event log");
-	memset(counts, 0, 8 * sizeof(u64));
+	memset(counts, 0, 9 * sizeof(u64));
 	struct vcpu *v = &vm->vcpus[vcpu];
 	size_t blob_at = vm->nblob;
 	size_t i;
@@ -1601,10 +1636,10 @@ int tdp_access_batch(tdp_vm *vm, int vcpu, const uint64_t *gpas, const uint8_t *
 		}
 		if ((r = cpu_access(vm, v, gpas[i], acc, o, i)))
 			break;
-		counts[o->outcome]++;
-		counts[3 + o->tlb_hit]++; /* 3 walked, 4 L1 hit, 5 L2 hit */
-		counts[6] += (u64)o->faults;
-		counts[7] += o->violation != 0;
+		counts[o->outcome]++;     /* 0 ok, 1 mmio, 2 livelock, 3 blocked */
+		counts[4 + o->tlb_hit]++; /* 4 walked, 5 L1 hit, 6 L2 hit */
+		counts[7] += (u64)o->faults;
+		counts[8] += o->violation != 0;
 	}
 	*done = i;
 	if (vm->cfg.record && i) {
@@ -1830,6 +1865,193 @@ size_t tdp_trace(tdp_vm *vm, struct tdp_trace_rec *out, size_t start, size_t max
 	return n;
 }
 
+/* ------------------------------------------------------------------ stepped operations */
+
+static struct vm_op *find_op(tdp_vm *vm, u32 id, int *idx)
+{
+	for (int i = 0; i < vm->nops; i++)
+		if (vm->ops[i]->id == id) {
+			if (idx)
+				*idx = i;
+			return vm->ops[i];
+		}
+	return NULL;
+}
+
+int tdp_op_start(tdp_vm *vm, int kind, uint64_t a, uint64_t b, uint64_t c, int yield_every, uint32_t *op_id)
+{
+	int r = 0;
+	struct memslot *slot = NULL;
+
+	op_begin(vm);
+	if (yield_every < 1 || yield_every > (1 << 24))
+		return vm_err(vm, TDP_EINVAL, "yield_every must be 1..16777216, got %d", yield_every);
+	switch (kind) {
+	case TDP_OP_ZAP_GFN_RANGE: case TDP_OP_HOST_UNMAP: case TDP_OP_WRPROT: case TDP_OP_CLEAR_DIRTY:
+	case TDP_OP_RECOVER_HUGE:
+		r = check_range(vm, a, b);
+		if (!r && kind == TDP_OP_HOST_UNMAP)
+			r = unmap_prepare(vm, a, b);
+		break;
+	case TDP_OP_SPLIT:
+		if (!(r = check_range(vm, a, b)) && (c < 1 || c > 2))
+			r = vm_err(vm, TDP_EINVAL, "target_level must be 1 (4K) or 2 (2M), got %llu", (unsigned long long)c);
+		break;
+	case TDP_OP_ZAP_INVALIDATED_ROOTS:
+		break;
+	case TDP_OP_DELETE_MEMSLOT:
+		slot = a > 0x7fffffff ? NULL : slot_by_id(vm, (int)a);
+		if (!slot)
+			r = vm_err(vm, TDP_ENOENT, "memslot %llu does not exist (deleted or never added)", (unsigned long long)a);
+		else if (slot->deleting)
+			r = vm_err(vm, TDP_ESTATE, "memslot %llu is already being deleted", (unsigned long long)a);
+		break;
+	case TDP_OP_NX_RECOVER:
+		if (a > (1u << 30))
+			r = vm_err(vm, TDP_EINVAL, "count must be 0..%u", 1u << 30);
+		break;
+	default:
+		r = vm_err(vm, TDP_EINVAL, "unknown operation kind %d", kind);
+	}
+	if (r)
+		return r;
+	struct vm_op *o = calloc(1, sizeof(*o));
+	struct vm_op **n = o ? realloc(vm->ops, (size_t)(vm->nops + 1) * sizeof(*n)) : NULL;
+	if (!n) {
+		free(o);
+		return vm_err(vm, TDP_ENOMEM, "out of host memory");
+	}
+	vm->ops = n;
+	o->id = ++vm->next_op_id;
+	o->kind = kind;
+	o->a = a;
+	o->b = b;
+	o->c = c;
+	struct tdp_op *op = &o->op;
+	switch (kind) {
+	case TDP_OP_ZAP_GFN_RANGE:
+		tdp_op_init(vm, op, OP_ZAP_LEAFS, ROOTS_VALID, a, b, c != 0);
+		break;
+	case TDP_OP_HOST_UNMAP:
+		notifier_begin(vm, a, b);
+		tdp_op_init(vm, op, OP_ZAP_LEAFS, which_notifier_roots(vm), a, b, false);
+		break;
+	case TDP_OP_ZAP_INVALIDATED_ROOTS:
+		tdp_op_init(vm, op, OP_ZAP_ROOTS, ROOTS_SCHEDULED, 0, vm_max_gfn(vm), true);
+		break;
+	case TDP_OP_DELETE_MEMSLOT:
+		/* The slot becomes KVM_MEMSLOT_INVALID (faults on it wait), then the
+		 * roots go as in kvm_mmu_zap_all_fast(), or only the slot (B18). */
+		slot->deleting = true;
+		vm->memslots_gen++;
+		if (vm->pol.memslot_delete_zap_all) {
+			tdp_mmu_invalidate_roots(vm);
+			kvm_make_all_cpus_request(vm, TDP_REQ_MMU_FREE_OBSOLETE_ROOTS);
+			tdp_op_init(vm, op, OP_ZAP_ROOTS, ROOTS_SCHEDULED, 0, vm_max_gfn(vm), true);
+		} else {
+			tdp_op_init(vm, op, OP_ZAP_LEAFS, ROOTS_ALL, slot->base_gfn, slot->base_gfn + slot->npages, false);
+		}
+		break;
+	case TDP_OP_WRPROT:
+		tdp_op_init(vm, op, OP_WRPROT, ROOTS_VALID, a, b, true);
+		break;
+	case TDP_OP_CLEAR_DIRTY:
+		tdp_op_init(vm, op, OP_CLEAR_DIRTY, ROOTS_VALID, a, b, true);
+		break;
+	case TDP_OP_SPLIT:
+		tdp_op_init(vm, op, OP_SPLIT, ROOTS_VALID, a, b, true);
+		op->target_level = (int)c;
+		break;
+	case TDP_OP_RECOVER_HUGE:
+		tdp_op_init(vm, op, OP_RECOVER_HUGE, ROOTS_VALID, a, b, true);
+		break;
+	case TDP_OP_NX_RECOVER:
+		tdp_op_init(vm, op, OP_NX_RECOVER, ROOTS_ALL, 0, 0, false);
+		op->nx_left = a ? (int)a : (vm->pol.nx_recovery_ratio > 0 ? (int)((vm->nnx + (u32)vm->pol.nx_recovery_ratio - 1) / (u32)vm->pol.nx_recovery_ratio) : 0);
+		break;
+	}
+	op->yield_every = yield_every;
+	vm->ops[vm->nops++] = o;
+	*op_id = o->id;
+	vm_log(vm, EV_OP_START, (u64)kind, a, b, c, (u64)yield_every);
+	op_end(vm);
+	return 0;
+}
+
+/* What the caller of each operation does once the walk is over. */
+static int op_finish(tdp_vm *vm, struct vm_op *o)
+{
+	struct tdp_op *op = &o->op;
+	bool flush = op->flush || op->result_flush;
+
+	switch (o->kind) {
+	case TDP_OP_ZAP_GFN_RANGE:
+		return flush;
+	case TDP_OP_HOST_UNMAP:
+		unmap_finish(vm, o->a, o->b, flush);
+		return flush;
+	case TDP_OP_DELETE_MEMSLOT: {
+		int idx;
+		struct memslot *s = NULL;
+		for (idx = 0; idx < vm->nslots; idx++)
+			if (vm->slots[idx].used && vm->slots[idx].id == (int)o->a)
+				s = &vm->slots[idx];
+		if (!vm->pol.memslot_delete_zap_all && flush && s)
+			kvm_flush_remote_tlbs_range(vm, s->base_gfn, s->npages);
+		if (s)
+			free_slot(vm, s);
+		vm->memslots_gen++;
+		return 0;
+	}
+	case TDP_OP_WRPROT: case TDP_OP_CLEAR_DIRTY:
+		return op->result;
+	case TDP_OP_RECOVER_HUGE:
+		if (flush)
+			kvm_flush_remote_tlbs_range(vm, o->a, o->b - o->a);
+		return flush;
+	case TDP_OP_NX_RECOVER:
+		return op->nx_done;
+	default:
+		return 0;
+	}
+}
+
+int tdp_op_step(tdp_vm *vm, uint32_t op_id, int *done, int *result)
+{
+	int idx;
+	struct vm_op *o;
+
+	op_begin(vm);
+	o = find_op(vm, op_id, &idx);
+	if (!o)
+		return vm_err(vm, TDP_ENOENT, "operation %u does not exist (finished, or never started)", op_id);
+	int r = tdp_op_run(vm, &o->op, true);
+	*done = 0;
+	*result = 0;
+	if (r != 0) {
+		/* Finished (or failed: the walk stopped where it was, as KVM's
+		 * would on -ENOMEM; what it changed stays changed). */
+		*result = op_finish(vm, o);
+		*done = 1;
+		memmove(&vm->ops[idx], &vm->ops[idx + 1], (size_t)(vm->nops - idx - 1) * sizeof(*vm->ops));
+		vm->nops--;
+		free(o);
+	}
+	vm_log(vm, EV_OP_STEP, op_id, 0, 0, 0, 0);
+	op_end(vm);
+	if (r < 0)
+		return vm_err(vm, r, "operation %u ran out of frames and stopped", op_id);
+	return 0;
+}
+
+int tdp_op_list(tdp_vm *vm, uint32_t *ids, int max, int *n)
+{
+	for (int i = 0; i < vm->nops && i < max; i++)
+		ids[i] = vm->ops[i]->id;
+	*n = vm->nops;
+	return 0;
+}
+
 /* ------------------------------------------------------------------ digest */
 
 static u64 mix(u64 h, u64 v)
@@ -1899,6 +2121,13 @@ uint64_t tdp_digest(tdp_vm *vm)
 	}
 	for (int i = 0; i < ST_COUNT; i++)
 		h = mix(h, vm->stats[i]);
+	for (int i = 0; i < vm->nops; i++) {
+		struct tdp_op *op = &vm->ops[i]->op;
+		h = mix(mix(h, vm->ops[i]->id), (u64)vm->ops[i]->kind);
+		h = mix(mix(h, op->cur), (u64)op->ri);
+		h = mix(mix(h, op->it.gfn), op->it.next_last_level_gfn);
+		h = mix(h, ((u64)op->pass << 8) | ((u64)op->flush << 1) | op->result);
+	}
 	h = mix(h, vm->nviol);
 	h = mix(h, vm->nev);
 	h = mix(h, vm->mmu_invalidate_seq);

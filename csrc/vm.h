@@ -35,6 +35,15 @@ struct memslot {
 	u32 *dev_count_1g;    /* deviating chunks per 1 GiB region */
 	u64 *dirty;           /* dirty bitmap (dirty logging) */
 	u64 *wrtrack;         /* gfns write-tracked by KVM (write_protect_gfn) */
+	bool deleting;        /* KVM_MEMSLOT_INVALID: a stepped deletion is in progress */
+};
+
+/* A stepped long operation and what its caller does when it ends. */
+struct vm_op {
+	u32 id;
+	int kind;             /* enum tdp_op_kind */
+	u64 a, b, c;
+	struct tdp_op op;
 };
 
 struct tdp_vm {
@@ -79,7 +88,10 @@ struct tdp_vm {
 	struct tdp_trace_rec *tr;
 	size_t ntr, tr_cap;
 
-	u64 yield_counter;    /* iterations since the last need_resched() */
+	struct vm_op **ops;   /* stepped operations in flight */
+	int nops;
+	u32 next_op_id;
+
 };
 
 enum ev_op {
@@ -89,7 +101,7 @@ enum ev_op {
 	EV_ZAP_ROOT, EV_ZAP_SP, EV_WRPROT, EV_CLEAR_DIRTY, EV_AGE, EV_SPLIT, EV_RECOVER,
 	EV_NX_RECOVER, EV_VCPU_RUN, EV_VCPU_EXIT, EV_VCPU_REQUEST, EV_ACCESS, EV_ACCESS_BATCH,
 	EV_FLUSH_REMOTE, EV_FLUSH_RANGE, EV_INVEPT, EV_INVVPID, EV_TLB_CONTROL, EV_SYNC_RCU,
-	EV_TLB_JUNK
+	EV_TLB_JUNK, EV_OP_START, EV_OP_STEP
 };
 
 enum tr_kind {
@@ -117,7 +129,5 @@ void vm_report(struct tdp_vm *vm, int kind, struct vcpu *v, u64 gpa, u64 tag, u6
 
 /* Grace periods: frees queued with call_rcu() happen here. */
 void vm_rcu_quiescent(struct tdp_vm *vm, bool at_yield);
-/* need_resched(): a yield is due. */
-bool vm_need_resched(struct tdp_vm *vm);
 
 #endif

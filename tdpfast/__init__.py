@@ -12,13 +12,13 @@ from .errors import (FramePoolExhausted, InvalidArgumentError, InvalidStateError
 from .policy import Policy
 from .results import AccessResult, BatchResult, Event, Memslot, Violation, WalkResult
 from .tlbconfig import TLBConfig
-from .vm import MMU, VM, Root
+from .vm import MMU, VM, Op, Root
 from . import hw, spte  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "VM", "MMU", "Root", "Policy", "TLBConfig", "hw", "spte",
+    "VM", "MMU", "Root", "Op", "Policy", "TLBConfig", "hw", "spte",
     "AccessResult", "BatchResult", "Event", "Memslot", "Violation", "WalkResult",
     "TdpError", "InvalidArgumentError", "InvalidStateError", "NotFoundError", "FramePoolExhausted",
     "MalformedImageError", "MissingPageError", "LivelockError",

@@ -10,6 +10,7 @@ _ENUMS: Dict[str, Tuple[str, ...]] = {
     "root_lifetime": ("preserve", "zap_on_last_put"),
     "dirty_log_enable_flush": ("always", "if_changed"),
     "removed_pt_flush": ("none", "table", "last_child"),
+    "huge_recovery": ("recover", "zap_collapsible"),
 }
 
 
@@ -65,6 +66,9 @@ class Policy:
     """Memslot deletion zaps everything (fast zap); False zaps only the slot (reverted, B18)."""
     eager_split: bool = True
     """Split huge pages when dirty logging is enabled."""
+    huge_recovery: str = "recover"
+    """After dirty logging: "recover" huge pages in place with batched flushes (v6.13+), or
+    "zap_collapsible" tables with one self-flushing atomic zap each (<= v6.12)."""
 
     # ---------------------------------------------------------------- construction
     @classmethod

@@ -53,7 +53,7 @@ class Violation:
 class AccessResult:
     """One guest access."""
 
-    outcome: str          # "ok", "mmio" (emulated), "livelock"
+    outcome: str          # "ok", "mmio" (emulated), "livelock", "blocked" (an invalidation is in progress)
     hpa: Optional[int]
     tlb: Optional[str]    # "l1", "l2", or None (walked)
     faults: int
@@ -69,6 +69,7 @@ class BatchResult:
     ok: int
     mmio: int
     livelock: int
+    blocked: int
     walked: int
     l1_hits: int
     l2_hits: int

@@ -21,7 +21,7 @@ _EVENT_OPS = [None, "add_memslot", "delete_memslot", "host_unmap", "host_migrate
               "zap_gfn_range", "zap_root", "zap_sp", "write_protect_range", "clear_dirty_range", "age",
               "split_huge_pages", "recover_huge_pages", "recover_nx_huge_pages", "vcpu_run", "vcpu_exit",
               "vcpu_request", "access", "access_batch", "flush_remote_tlbs", "flush_remote_tlbs_range",
-              "invept", "invvpid", "set_tlb_control", "synchronize_rcu", "tlb_fill_junk"]
+              "invept", "invvpid", "set_tlb_control", "synchronize_rcu", "tlb_fill_junk", "start_op", "step_op"]
 _EVENT_NARGS = {"add_memslot": 4, "delete_memslot": 1, "host_unmap": 2, "host_migrate": 1, "host_age": 2,
                 "set_dirty_logging": 2, "get_dirty_log": 1, "write_protect_gfn": 2, "alloc_root": 2,
                 "put_root": 1, "invalidate_all_roots": 0, "zap_invalidated_roots": 0, "zap_all_fast": 0,
@@ -30,7 +30,11 @@ _EVENT_NARGS = {"add_memslot": 4, "delete_memslot": 1, "host_unmap": 2, "host_mi
                 "recover_huge_pages": 2, "recover_nx_huge_pages": 1, "vcpu_run": 2, "vcpu_exit": 1,
                 "vcpu_request": 2, "access": 3, "access_batch": 1, "flush_remote_tlbs": 0,
                 "flush_remote_tlbs_range": 2, "invept": 3, "invvpid": 4, "set_tlb_control": 2,
-                "synchronize_rcu": 0, "tlb_fill_junk": 3}
+                "synchronize_rcu": 0, "tlb_fill_junk": 3, "start_op": 5, "step_op": 1}
+OPS = {"zap_gfn_range": 1, "host_unmap": 2, "zap_invalidated_roots": 3, "delete_memslot": 4,
+       "write_protect_range": 5, "clear_dirty_range": 6, "split_huge_pages": 7, "recover_huge_pages": 8,
+       "recover_nx_huge_pages": 9}
+_OP_NAMES = {v: k for k, v in OPS.items()}
 REQUESTS = {"tlb_flush": 1, "tlb_flush_current": 2, "tlb_flush_guest": 4, "mmu_free_obsolete_roots": 8,
             "load_mmu_pgd": 16}
 _MODES = ("outside_guest", "in_guest", "exiting_guest")
@@ -499,7 +503,7 @@ class VM:
 
     def _access_result(self, o) -> AccessResult:
         v = self._violation_at(o.violation - 1) if o.violation else None
-        return AccessResult(outcome=("ok", "mmio", "livelock")[o.outcome], hpa=o.hpa if o.outcome == 0 else None,
+        return AccessResult(outcome=("ok", "mmio", "livelock", "blocked")[o.outcome], hpa=o.hpa if o.outcome == 0 else None,
                             tlb={0: None, 1: "l1", 2: "l2"}[o.tlb_hit], faults=o.faults, walk_refs=o.walk_refs,
                             violation=v)
 
@@ -521,7 +525,7 @@ class VM:
                 raise InvalidArgumentError(f"access has {len(keep)} kinds for {n} gpas")
             accs = ffi.from_buffer("uint8_t[]", keep)
         per = ffi.new("struct tdp_access_result[]", n) if per_access and n else ffi.NULL
-        counts = ffi.new("uint64_t[8]")
+        counts = ffi.new("uint64_t[9]")
         done = ffi.new("size_t *")
         gbuf = ffi.from_buffer("uint64_t[]", g) if n else ffi.new("uint64_t[1]")
         check(self._h, lib.tdp_access_batch(self._h, _int("vcpu", vcpu, 0, 1 << 20), gbuf, accs, default, n,
@@ -531,9 +535,9 @@ class VM:
             cols = {"outcome": [per[i].outcome for i in range(n)], "hpa": [per[i].hpa for i in range(n)],
                     "tlb": [per[i].tlb_hit for i in range(n)], "faults": [per[i].faults for i in range(n)],
                     "violation": [per[i].violation for i in range(n)]}
-        return BatchResult(accesses=n, ok=counts[0], mmio=counts[1], livelock=counts[2], walked=counts[3],
-                           l1_hits=counts[4], l2_hits=counts[5], faults=counts[6], violations=counts[7],
-                           per_access=cols)
+        return BatchResult(accesses=n, ok=counts[0], mmio=counts[1], livelock=counts[2], blocked=counts[3],
+                           walked=counts[4], l1_hits=counts[5], l2_hits=counts[6], faults=counts[7],
+                           violations=counts[8], per_access=cols)
 
     # ---------------------------------------------------------------- flushes
     def flush_remote_tlbs(self) -> None:
@@ -581,6 +585,36 @@ class VM:
         """Leave ``count`` junk entries under arbitrary tags in a pCPU's TLB."""
         check(self._h, lib.tdp_tlb_fill_junk(self._h, _int("pcpu", pcpu, 0, 1 << 20), _int("count", count, 0, 1 << 24),
                                              _int("max_gfn", max_gfn)))
+
+    # ---------------------------------------------------------------- stepped operations
+    def start_op(self, name: str, *args: int, yield_every: int = 16) -> "Op":
+        """Start a long operation that stops at each yield point (where KVM drops mmu_lock
+        and leaves RCU), so that other operations can run before it resumes.
+
+        ``name`` is one of: zap_gfn_range(start, end, shared=0), host_unmap(start, end),
+        zap_invalidated_roots(), delete_memslot(slot), write_protect_range(start, end),
+        clear_dirty_range(start, end), split_huge_pages(start, end, target_level),
+        recover_huge_pages(start, end), recover_nx_huge_pages(count=0).
+        ``yield_every`` is how many iterator steps pass between yield points.
+        """
+        if name not in OPS:
+            raise InvalidArgumentError(f"unknown operation {name!r}; operations: {', '.join(OPS)}")
+        vals = [a.id if isinstance(a, (Memslot, Root)) else _int(f"{name} argument", a) for a in args]
+        if len(vals) > 3:
+            raise InvalidArgumentError(f"{name} takes at most 3 arguments, got {len(vals)}")
+        vals += [0] * (3 - len(vals))
+        out = ffi.new("uint32_t *")
+        check(self._h, lib.tdp_op_start(self._h, OPS[name], vals[0], vals[1], vals[2],
+                                        _int("yield_every", yield_every, 0, 1 << 30), out))
+        return Op(self, out[0], name)
+
+    @property
+    def ops(self) -> List["Op"]:
+        """Stepped operations that have not finished."""
+        n = ffi.new("int *")
+        ids = ffi.new("uint32_t[]", 256)
+        lib.tdp_op_list(self._h, ids, 256, n)
+        return [Op(self, ids[i], "?") for i in range(min(n[0], 256))]
 
     def synchronize_rcu(self) -> None:
         """End a grace period: page tables freed with call_rcu() return to the pool (LIFO)."""
@@ -678,6 +712,38 @@ class VM:
     def __repr__(self) -> str:
         return (f"VM(arch={self.arch!r}, levels={self.levels}, vcpus={self.nvcpus}, pcpus={self.npcpus}, "
                 f"roots={len(self.mmu.roots)}, memslots={len(self.memslots)})")
+
+
+class Op:
+    """A long operation in flight (see :meth:`VM.start_op`)."""
+
+    def __init__(self, vm: VM, op_id: int, name: str):
+        self._vm = vm
+        self.id = op_id
+        self.name = name
+        self.done = False
+        self.result: Optional[int] = None
+
+    def step(self) -> bool:
+        """Run to the next yield point (True once the operation has finished)."""
+        if self.done:
+            return True
+        done = ffi.new("int *")
+        res = ffi.new("int *")
+        check(self._vm._h, lib.tdp_op_step(self._vm._h, self.id, done, res))
+        if done[0]:
+            self.done = True
+            self.result = res[0]
+        return self.done
+
+    def finish(self) -> int:
+        """Run to the end; returns the operation's result (e.g. "flush needed" for a zap)."""
+        while not self.step():
+            pass
+        return self.result
+
+    def __repr__(self) -> str:
+        return f"Op(id={self.id}, {self.name}, done={self.done})"
 
 
 _STAT_NAMES: List[str] = []
@@ -793,8 +859,12 @@ def _replay_one(vm: VM, e: Event) -> None:
         vm.synchronize_rcu()
     elif op == "tlb_fill_junk":
         vm.tlb_fill_junk(a[0], a[1], a[2])
+    elif op == "start_op":
+        vm.start_op(_OP_NAMES[a[0]], a[1], a[2], a[3], yield_every=a[4])
+    elif op == "step_op":
+        Op(vm, a[0], "?").step()
     else:  # pragma: no cover - every op is listed above
         raise InvalidArgumentError(f"unknown event {op!r}")
 
 
-__all__ = ["VM", "MMU", "Root", "REQUESTS"]
+__all__ = ["VM", "MMU", "Root", "Op", "REQUESTS", "OPS"]
