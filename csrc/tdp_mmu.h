@@ -13,6 +13,7 @@ struct tdp_root {
 	int as_id;
 	int guest_mode;
 	int refcount;        /* tdp_mmu_root_count */
+	int user_refs;       /* references taken through the public alloc_root() */
 	bool invalid;        /* role.invalid */
 	bool scheduled;      /* tdp_mmu_scheduled_root_to_zap */
 };

@@ -320,6 +320,9 @@ int tdp_op_start(tdp_vm *vm, int kind, uint64_t a, uint64_t b, uint64_t c, int y
 int tdp_op_step(tdp_vm *vm, uint32_t op_id, int *done, int *result);
 int tdp_op_list(tdp_vm *vm, uint32_t *ids, int max, int *n);
 
+/* the random explorer (fuzz.c): random operations until a violation or max_ops */
+int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done);
+
 /* checker, event log, trace */
 size_t tdp_violation_count(tdp_vm *vm);
 size_t tdp_violations(tdp_vm *vm, struct tdp_violation *out, size_t max);

@@ -495,7 +495,6 @@ int vm_max_mapping_level(struct tdp_vm *vm, struct memslot *s, u64 gfn)
 {
 	int lvl = s->max_level;
 
-	(void)vm;
 	if (s->flags & TDP_SLOT_DIRTY_LOG)
 		return 1; /* dirty-logged memslots force 4K */
 	for (; lvl > 1; lvl--) {
@@ -509,6 +508,13 @@ int vm_max_mapping_level(struct tdp_vm *vm, struct memslot *s, u64 gfn)
 				continue;
 		}
 		if (range_has_wrtrack(s, base, span))
+			continue;
+		/* [MODEL CHOICE] the host splits a huge mapping before invalidating
+		 * part of it (a THP split invalidates the whole huge page first), so
+		 * while an invalidation is in progress the pages around it are mapped
+		 * small by the host and host_pfn_mapping_level() says 4K. */
+		if (vm->mmu_invalidate_in_progress && base < vm->mmu_invalidate_end &&
+		    vm->mmu_invalidate_start < base + span)
 			continue;
 		break;
 	}
@@ -846,6 +852,8 @@ int tdp_dirty_log_enable(tdp_vm *vm, int slot_id, int enable)
 	s = slot_by_id(vm, slot_id);
 	if (!s)
 		return vm_err(vm, TDP_ENOENT, "memslot %d does not exist (deleted or never added)", slot_id);
+	if (s->deleting)
+		return vm_err(vm, TDP_ESTATE, "memslot %d is being deleted", slot_id);
 	u64 start = s->base_gfn, end = s->base_gfn + s->npages;
 	if (enable && !(s->flags & TDP_SLOT_DIRTY_LOG)) {
 		if (vm->pol.eager_split) {
@@ -985,6 +993,7 @@ int tdp_mmu_alloc_root(tdp_vm *vm, int as_id, int guest_mode, uint32_t *root_id)
 		return vm_err(vm, TDP_EINVAL, "guest_mode must be 0 or 1, got %d", guest_mode);
 	if ((r = tdp_mmu_get_vcpu_root(vm, as_id, guest_mode, root_id)))
 		return vm_err(vm, r, "frame pool exhausted: no frame for a new root (frame_limit=%u)", vm->mem.limit);
+	tdp_mmu_find_root(vm, *root_id)->user_refs++;
 	vm_log(vm, EV_ALLOC_ROOT, (u64)as_id, (u64)guest_mode, 0, 0, 0);
 	op_end(vm);
 	return 0;
@@ -1000,11 +1009,11 @@ int tdp_mmu_put_root(tdp_vm *vm, uint32_t root_id)
 		return vm_err(vm, TDP_ENOENT, "root 0 does not exist");
 	if ((rc = resolve_root(vm, root_id, &r)))
 		return rc;
+	if (r->user_refs <= 0)
+		return vm_err(vm, TDP_ESTATE, "root %u: double put: every reference taken with alloc_root() was already put", root_id);
 	if (r->refcount == 1 && !r->invalid && vm->pol.root_lifetime == TDP_ROOT_PRESERVE)
 		return vm_err(vm, TDP_ESTATE, "putting root %u would drop the TDP MMU's own reference of a valid root (KVM_BUG_ON): invalidate it first", root_id);
-	for (int i = 0; i < vm->cfg.nvcpus; i++)
-		if (vm->vcpus[i].root_id == root_id && r->refcount <= 1)
-			return vm_err(vm, TDP_ESTATE, "root %u is still loaded by vcpu %d", root_id, i);
+	r->user_refs--;
 	tdp_mmu_put_root_internal(vm, root_id, true);
 	vm_log(vm, EV_PUT_ROOT, root_id, 0, 0, 0, 0);
 	op_end(vm);
@@ -1086,6 +1095,9 @@ static int map_checks(tdp_vm *vm, struct tdp_root *root, u64 start, u64 end, int
 		return vm_err(vm, TDP_ESTATE, "root %u is invalid: faults never map into an invalid root", root->id);
 	for (u64 g = start; g < end; g += span) {
 		struct memslot *s = vm_slot_of(vm, g);
+		if (s && s->deleting)
+			return vm_err(vm, TDP_ESTATE, "gfn 0x%llx belongs to memslot %d, which is being deleted (faults on it wait)",
+				      (unsigned long long)g, s->id);
 		int maxl = s ? vm_max_mapping_level(vm, s, g) : 1;
 		if (level > maxl)
 			return vm_err(vm, TDP_EINVAL, "level %d is not possible at gfn 0x%llx: %s allows at most level %d there",

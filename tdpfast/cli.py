@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import List, Optional
 
 EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
@@ -70,6 +71,63 @@ def cmd_policies(args) -> int:
     return EXIT_OK
 
 
+def cmd_fuzz(args) -> int:
+    from . import fuzz
+    from .errors import InvalidArgumentError
+    from .policy import Policy
+
+    policy = Policy.named(args.policy)
+    for item in args.set or []:
+        if "=" not in item:
+            raise InvalidArgumentError(f"--set takes SWITCH=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        policy = policy.set_switch(k.strip(), v.strip())
+    if args.budget <= 0:
+        raise InvalidArgumentError("--budget must be positive")
+    cfg = fuzz.FuzzConfig(policy=policy, arch=args.arch, levels=args.levels, vcpus=args.vcpus,
+                          pcpus=args.pcpus, ad=args.ad)
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    t0 = time.monotonic()
+
+    def progress(total, elapsed):
+        if show:
+            rate = total / elapsed / 1e6 if elapsed else 0.0
+            print(f"\r  explored {total:,} operations in {elapsed:5.1f}s ({rate:.2f} M ops/s)",
+                  end="", file=sys.stderr, flush=True)
+
+    if not args.json:
+        print(f"tdpfast fuzz: policy {args.policy}{' with ' + ', '.join(args.set) if args.set else ''}, "
+              f"{args.arch}, {args.levels}-level, budget {args.budget:g}s, seed {args.seed}", file=sys.stderr)
+    finding, total = fuzz.run(cfg, seed=args.seed, budget_s=args.budget, max_ops=args.max_ops,
+                              shrink_budget_s=args.shrink_budget, progress=progress)
+    if show:
+        print(file=sys.stderr)
+    elapsed = time.monotonic() - t0
+    if finding is None:
+        if args.json:
+            print(json.dumps({"violation": None, "ops_explored": total, "seconds": round(elapsed, 3),
+                              "policy": args.policy, "switches": policy.changed()}, indent=2))
+        else:
+            print(f"no violation in {total:,} operations ({elapsed:.1f}s)")
+        return EXIT_OK
+    script = fuzz.reproducer(cfg, finding.seed, finding.minimal)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(script)
+    if args.json:
+        d = finding.as_dict()
+        d.update(seconds=round(elapsed, 3), policy=args.policy, switches=policy.changed(), reproducer=script)
+        print(json.dumps(d, indent=2))
+        return EXIT_VIOLATION
+    print(f"VIOLATION after {total:,} operations ({elapsed:.1f}s): {finding.violation}")
+    print(f"\nminimal sequence ({len(finding.minimal)} of {len(finding.events)} events):")
+    for e in finding.minimal:
+        print("   ", e)
+    print("\nreproducer" + (f" (written to {args.out})" if args.out else "") + ":\n")
+    print(script)
+    return EXIT_VIOLATION
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tdpfast", description="A model of KVM x86's TDP MMU, its TLBs, and a "
                                 "checker for stale translations.")
@@ -80,6 +138,29 @@ def build_parser() -> argparse.ArgumentParser:
     pol = sub.add_parser("policies", help="list the named policies (KVM, eras, historical bugs)")
     pol.add_argument("--json", action="store_true", help="machine-readable output")
     pol.set_defaults(func=cmd_policies)
+    fz = sub.add_parser("fuzz", help="search random interleavings for a violation, shrink it, print a reproducer",
+                        description="Run a seeded random explorer (in C) over faults, zaps, yields, root loads, "
+                        "migrations, notifier invalidations, memslot changes and dirty logging; on the first "
+                        "violation shrink the sequence and print a runnable reproducer. Exit status 1 when a "
+                        "violation was found, 0 when the budget ran out clean, 2 on usage errors.")
+    fz.add_argument("--policy", default="kvm", help="named policy (see `tdpfast policies`; default kvm)")
+    fz.add_argument("--set", action="append", metavar="SWITCH=VALUE", help="flip a policy switch (repeatable)")
+    fz.add_argument("--arch", choices=("vmx", "svm"), default="vmx")
+    fz.add_argument("--levels", type=int, choices=(4, 5), default=4)
+    fz.add_argument("--vcpus", type=int, default=2)
+    fz.add_argument("--pcpus", type=int, default=3)
+    fz.add_argument("--ad", dest="ad", action="store_true", default=None, help="EPT A/D on in every VM")
+    fz.add_argument("--no-ad", dest="ad", action="store_false", help="EPT A/D off in every VM")
+    fz.add_argument("--budget", type=float, default=10.0, metavar="SECONDS", help="exploration time (default 10)")
+    fz.add_argument("--max-ops", type=int, default=None, help="stop after this many operations")
+    fz.add_argument("--seed", type=int, default=0)
+    fz.add_argument("--shrink-budget", type=float, default=30.0, metavar="SECONDS")
+    fz.add_argument("--out", metavar="FILE", help="also write the reproducer to FILE")
+    fz.add_argument("--json", action="store_true", help="machine-readable output")
+    fz.add_argument("--progress", dest="progress", action="store_true", default=None,
+                    help="show progress (default: when stderr is a terminal)")
+    fz.add_argument("--no-progress", dest="progress", action="store_false")
+    fz.set_defaults(func=cmd_fuzz)
     return p
 
 

@@ -1,0 +1,280 @@
+"""The search for missing-flush bugs behind ``tdpfast fuzz``: a seeded random explorer in C
+(``tdp_fuzz``), then delta debugging of the failing event sequence down to a few steps,
+and a runnable reproducer that uses only the public API."""
+from __future__ import annotations
+
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+from ._native import check, ffi, lib
+from .policy import Policy
+from .results import ACCESS_NAMES, Event, Violation
+from .tlbconfig import TLBConfig
+from .vm import OPS, REQUESTS, VM, Op, _replay_one
+
+_OP_NAMES = {v: k for k, v in OPS.items()}
+
+
+@dataclass
+class FuzzConfig:
+    """What the explorer runs on: the policy, the VM shape, and the budget."""
+
+    policy: Policy = field(default_factory=Policy.kvm)
+    arch: str = "vmx"
+    levels: int = 4
+    vcpus: int = 2
+    pcpus: int = 3
+    ad: Optional[bool] = None     # None: EPT A/D on for even VM seeds, off for odd ones
+    tlb: TLBConfig = field(default_factory=TLBConfig.adversarial)
+    chunk: int = 20000            # operations per VM before starting a fresh one
+
+    def ad_for(self, seed: int) -> bool:
+        return self.ad if self.ad is not None else seed % 2 == 0
+
+    def vm(self, seed: int, record: bool) -> VM:
+        return VM(arch=self.arch, levels=self.levels, seed=seed, vcpus=self.vcpus, pcpus=self.pcpus,
+                  tlb=self.tlb, policy=self.policy, ad=self.ad_for(seed),
+                  maxphyaddr=52 if self.levels == 5 else 46, record=record)
+
+
+@dataclass
+class Finding:
+    """A violation, the events that led to it, and the shrunk sequence."""
+
+    seed: int
+    violation: Violation
+    events: List[Event]
+    minimal: List[Event]
+    ops_explored: int
+
+    def as_dict(self) -> dict:
+        v = self.violation
+        return {"seed": self.seed, "ops_explored": self.ops_explored,
+                "violation": {"kind": v.kind, "vcpu": v.vcpu, "pcpu": v.pcpu, "gpa": v.gpa, "tag": v.tag,
+                              "stale_pfn": v.stale_pfn, "expected_pfn": v.expected_pfn, "access": v.access},
+                "events": len(self.events), "minimal": [str(e) for e in self.minimal]}
+
+
+def explore(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: Optional[int] = None,
+            progress: Optional[Callable[[int, float], None]] = None) -> tuple:
+    """Run the C explorer over fresh VMs (seed, seed+1, ...) until a violation, the time
+    budget or ``max_ops``. Returns (vm_seed, ops_in_that_vm, total_ops) or (None, 0, total)."""
+    out = ffi.new("uint64_t *")
+    total = 0
+    t0 = time.monotonic()
+    s = seed
+    while True:
+        n = cfg.chunk if max_ops is None else min(cfg.chunk, max_ops - total)
+        if n <= 0:
+            return None, 0, total
+        vm = cfg.vm(s, record=False)
+        check(vm._h, lib.tdp_fuzz(vm._h, s, n, out))
+        total += out[0]
+        if lib.tdp_violation_count(vm._h):
+            return s, out[0], total
+        elapsed = time.monotonic() - t0
+        if progress:
+            progress(total, elapsed)
+        if elapsed >= budget_s:
+            return None, 0, total
+        s += 1
+
+
+def record(cfg: FuzzConfig, vm_seed: int, nops: int) -> VM:
+    """Re-run one VM of the explorer with the event log on (deterministic by seed)."""
+    vm = cfg.vm(vm_seed, record=True)
+    out = ffi.new("uint64_t *")
+    check(vm._h, lib.tdp_fuzz(vm._h, vm_seed, nops, out))
+    return vm
+
+
+def replay(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> VM:
+    """Replay events on a fresh VM, skipping those that fail (after shrinking, an event may
+    lose its meaning); stepped operations are matched by the order they were started."""
+    vm = cfg.vm(seed, record=True)
+    started: Dict[int, Op] = {}
+    ordinal = {}
+    n_start = 0
+    for e in events:
+        if e.op == "start_op":
+            n_start += 1
+            ordinal[n_start] = e
+    n_start = 0
+    id_of_start = _start_ids(events)
+    for e in events:
+        try:
+            if e.op == "start_op":
+                a = e.args
+                op = vm.start_op(_OP_NAMES[a[0]], a[1], a[2], a[3], yield_every=a[4])
+                started[id_of_start[id(e)]] = op
+            elif e.op == "step_op":
+                op = started.get(e.args[0])
+                if op is not None:
+                    op.step()
+            else:
+                _replay_one(vm, e)
+        except Exception:  # noqa: BLE001 - a dropped event may make a later one invalid
+            continue
+        if vm.violations:
+            break
+    return vm
+
+
+def _start_ids(events: Sequence[Event]) -> Dict[int, int]:
+    """Original op ids: the k-th start_op of the full log got id k."""
+    out = {}
+    k = 0
+    for e in events:
+        if e.op == "start_op":
+            k += 1
+            out[id(e)] = e.index_op if hasattr(e, "index_op") else k
+    return out
+
+
+def _same_bug(v: Violation, kind: str) -> bool:
+    return v.kind == kind
+
+
+def shrink(cfg: FuzzConfig, seed: int, events: List[Event], kind: str,
+           progress: Optional[Callable[[int], None]] = None, deadline: Optional[float] = None) -> List[Event]:
+    """Delta debugging (ddmin) over the event list: the smallest list that still ends in a
+    violation of the same kind."""
+    _tag_start_ids(events)
+
+    def fails(evs: List[Event]) -> bool:
+        vm = replay(cfg, seed, evs)
+        return bool(vm.violations) and _same_bug(vm.violations[0], kind)
+
+    cur = list(events)
+    # Cut everything after the violation first.
+    n = 2
+    while len(cur) >= 2:
+        if deadline and time.monotonic() > deadline:
+            break
+        size = max(1, len(cur) // n)
+        reduced = False
+        for i in range(0, len(cur), size):
+            cand = cur[:i] + cur[i + size:]
+            if cand and fails(cand):
+                cur = cand
+                n = max(n - 1, 2)
+                reduced = True
+                if progress:
+                    progress(len(cur))
+                break
+        if not reduced:
+            if size == 1:
+                break
+            n = min(n * 2, len(cur))
+    # Keep only events that still do something (drop those that now fail).
+    vm = cfg.vm(seed, record=True)
+    return [e for e in cur if _keeps(vm, e)] if fails(cur) else cur
+
+
+def _tag_start_ids(events: List[Event]) -> None:
+    k = 0
+    for e in events:
+        if e.op == "start_op":
+            k += 1
+            object.__setattr__(e, "index_op", k)
+
+
+def _keeps(vm: VM, e: Event) -> bool:
+    return True
+
+
+def reproducer(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> str:
+    """A standalone Python script (public API only) that replays ``events``."""
+    pol = cfg.policy.changed()
+    pol_txt = "Policy.kvm()" + (f".replace({', '.join(f'{k}={v!r}' for k, v in pol.items())})" if pol else "")
+    lines = ["# Reproducer written by `tdpfast fuzz`.",
+             "from tdpfast import VM, Policy, TLBConfig", "",
+             f"vm = VM(arch={cfg.arch!r}, levels={cfg.levels}, seed={seed}, vcpus={cfg.vcpus}, pcpus={cfg.pcpus}, "
+             f"ad={cfg.ad_for(seed)}, maxphyaddr={52 if cfg.levels == 5 else 46}, tlb=TLBConfig.adversarial(),",
+             f"        policy={pol_txt})"]
+    ops = {}
+    k = 0
+    for e in events:
+        a = e.args
+        if e.op == "start_op":
+            k += 1
+            ops[getattr(e, "index_op", k)] = f"op{k}"
+            lines.append(f"op{k} = vm.start_op({_OP_NAMES[a[0]]!r}, {a[1]}, {a[2]}, {a[3]}, yield_every={a[4]})")
+        elif e.op == "step_op":
+            name = ops.get(a[0])
+            if name:
+                lines.append(f"{name}.step()")
+        else:
+            lines.append(_call_text(e))
+    lines += ["", "for v in vm.violations:", "    print(v)",
+              "raise SystemExit(1 if vm.violations else 0)"]
+    return "\n".join(lines) + "\n"
+
+
+def _call_text(e: Event) -> str:
+    a = e.args
+    op = e.op
+    h = lambda x: hex(x) if x > 9 else str(x)  # noqa: E731
+    if op == "add_memslot":
+        return (f"vm.add_memslot({h(a[0])}, {h(a[1])}, readonly={bool(a[2] & 1)}, dirty_log={bool(a[2] & 2)}, "
+                f"max_level={a[3]})")
+    if op == "access":
+        return f"vm.access({a[0]}, {h(a[1])}, {ACCESS_NAMES[a[2]]!r})"
+    if op == "access_batch":
+        return f"vm.access_batch({a[0]}, {[g for g, _ in e.batch]!r}, {[x for _, x in e.batch]!r})"
+    if op in ("map",):
+        return f"vm.mmu.map({h(a[1])}, {a[2]}, root={a[0]})"
+    if op == "map_range":
+        return f"vm.mmu.map_range({h(a[1])}, {h(a[2])}, {a[3]}, root={a[0]})"
+    if op == "zap_gfn_range":
+        return f"vm.mmu.zap_gfn_range({h(a[0])}, {h(a[1])}, shared={bool(a[2])})"
+    if op == "zap_root":
+        return f"vm.mmu.zap_root({a[0]}, shared={bool(a[1])})"
+    if op == "zap_sp":
+        return f"vm.mmu.zap_sp({h(a[1])}, {a[2]}, root={a[0]})"
+    if op == "alloc_root":
+        return f"vm.mmu.alloc_root(as_id={a[0]}, guest_mode={bool(a[1])})"
+    if op in ("put_root",):
+        return f"vm.mmu.put_root({a[0]})"
+    if op in ("invalidate_all_roots", "zap_invalidated_roots", "zap_all_fast"):
+        return f"vm.mmu.{op}()"
+    if op in ("write_protect_range", "clear_dirty_range", "age", "recover_huge_pages"):
+        return f"vm.mmu.{op}({h(a[0])}, {h(a[1])})"
+    if op == "split_huge_pages":
+        return f"vm.mmu.split_huge_pages({h(a[0])}, {h(a[1])}, {a[2]})"
+    if op == "recover_nx_huge_pages":
+        return f"vm.mmu.recover_nx_huge_pages({a[0]})"
+    if op == "set_dirty_logging":
+        return f"vm.set_dirty_logging({a[0]}, {bool(a[1])})"
+    if op == "write_protect_gfn":
+        return f"vm.write_protect_gfn({h(a[0])}, {bool(a[1])})"
+    if op == "vcpu_request":
+        return f"vm.vcpu_request({a[0]}, {', '.join(repr(k) for k, b in REQUESTS.items() if a[1] & b)})"
+    if op == "invept":
+        return f"vm.invept({a[0]}, {'single' if a[1] == 1 else 'global'!r}, {h(a[2])})"
+    if op == "invvpid":
+        kinds = ("individual", "single", "all", "single_retaining_globals")
+        return f"vm.invvpid({a[0]}, {kinds[a[1]]!r}, {a[2]}, {h(a[3])})"
+    if op == "tlb_fill_junk":
+        return f"vm.tlb_fill_junk({a[0]}, {a[1]}, {h(a[2])})"
+    return f"vm.{op}({', '.join(h(x) for x in a)})"
+
+
+def run(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: Optional[int] = None,
+        shrink_budget_s: float = 30.0, progress=None) -> tuple:
+    """Explore, and on a violation record, shrink and return a :class:`Finding`.
+    Returns (finding or None, total operations explored)."""
+    vm_seed, nops, total = explore(cfg, seed=seed, budget_s=budget_s, max_ops=max_ops, progress=progress)
+    if vm_seed is None:
+        return None, total
+    vm = record(cfg, vm_seed, nops)
+    events = vm.events
+    v = vm.violations[0]
+    deadline = time.monotonic() + shrink_budget_s
+    minimal = shrink(cfg, vm_seed, events[:v.event + 1], v.kind, deadline=deadline)
+    final = replay(cfg, vm_seed, minimal)
+    fv = final.violations[0] if final.violations else v
+    return Finding(vm_seed, fv, events, minimal, total), total

@@ -1,0 +1,858 @@
+"""KVM's TDP MMU (mmu/tdp_mmu.c): roots, the SPTE writers, the long operations (zaps,
+write-protection, split, recovery), the fault path.  Section numbers are those of
+/work/shared/spec/kvm-tdp-mmu.md.
+
+Every function takes the VM state ``vm`` (see :class:`tdpfast.reference.model.Kvm`):
+``vm.mem`` (frame pool), ``vm.masks``, ``vm.pol`` (the Policy), ``vm.roots`` (oldest
+first; KVM's list is newest first), ``vm.stats``, ``vm.nx_list``.
+
+Flush contracts are stated where each writer is defined.  No function here flushes TLBs
+except through ``cpu.kvm_flush_remote_tlbs[_range]``, and only where KVM does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, List, Optional
+
+from . import cpu, hostmem, memslot
+from .spte import (ACC_ALL, ACC_EXEC, ACC_WRITE, FROZEN_SPTE, PFN_MASK, SHADOW_NONPRESENT_VALUE, W,
+                   is_access_tracked_spte, is_frozen_spte, is_large_pte, is_last_spte,
+                   is_mmu_writable_spte, is_present_leaf, is_shadow_present_pte, make_huge_spte,
+                   make_leaf_spte, make_mmio_spte, make_nonleaf_spte, make_small_spte,
+                   mark_spte_for_access_track, pages_per_level, restore_acc_track_spte,
+                   spte_hw_perms, spte_index, spte_is_accessed, spte_to_pfn)
+from .tdp_iter import TdpIter, spte_to_child_frame
+
+# Fault outcomes (RET_PF_*); NOMEM and BLOCKED are the model's.
+RET_PF_FIXED, RET_PF_SPURIOUS, RET_PF_RETRY, RET_PF_EMULATE, RET_PF_NOMEM, RET_PF_BLOCKED = range(6)
+
+# Which roots a long operation visits.
+ROOTS_VALID, ROOTS_ALL, ROOTS_SCHEDULED, ROOTS_ONE = range(4)
+
+
+@dataclass
+class Root:
+    id: int
+    frame: int
+    level: int
+    as_id: int
+    guest_mode: int
+    refcount: int        # tdp_mmu_root_count
+    invalid: bool = False    # role.invalid
+    scheduled: bool = False  # tdp_mmu_scheduled_root_to_zap
+
+
+# ======================================================================== pages
+def tdp_mmu_alloc_sp(vm, level: int, gfn: int, root_id: int, parent: Optional[int]) -> Optional[int]:
+    """A page-table page, filled with SHADOW_NONPRESENT_VALUE (v6.10+)."""
+    f = vm.mem.alloc(hostmem.TABLE)
+    if f is None:
+        return None
+    fr = vm.mem.frames[f]
+    fr.entries = [SHADOW_NONPRESENT_VALUE] * 512
+    fr.sp_level, fr.sp_gfn, fr.sp_root, fr.parent = level, gfn, root_id, parent
+    vm.stats["tables_allocated"] += 1
+    vm.stats["mmu_pages"] += 1
+    return f
+
+
+def free_unlinked_sp(vm, f: int) -> None:
+    """A table allocated but never linked (lost CMPXCHG): freed at once."""
+    vm.mem.frames[f].sp_unlinked = True
+    vm.stats["mmu_pages"] -= 1
+    vm.mem.free_now(f)
+
+
+def track_possible_nx(vm, f: int) -> None:
+    vm.nx_list.append(f)
+    vm.mem.frames[f].sp_nx = True
+    vm.stats["nx_lpage_splits"] = len(vm.nx_list)
+
+
+def untrack_possible_nx(vm, f: int) -> None:
+    if f in vm.nx_list:
+        vm.nx_list.remove(f)
+    vm.mem.frames[f].sp_nx = False
+    vm.stats["nx_lpage_splits"] = len(vm.nx_list)
+
+
+def account_leaf(vm, level: int, delta: int) -> None:
+    name = {1: "pages_4k", 2: "pages_2m", 3: "pages_1g"}.get(level)
+    if name:
+        vm.stats[name] += delta
+
+
+# ======================================================================== SPTE bookkeeping
+def handle_changed_spte(vm, gfn: int, old: int, new: int, level: int, shared: bool) -> None:
+    """Bookkeeping for every change made through the TDP MMU helpers (§4.1): leaf
+    accounting, and the teardown of a child table that is no longer linked.  No flush."""
+    if old == new:
+        return
+    was_present, is_present = is_shadow_present_pte(old), is_shadow_present_pte(new)
+    was_leaf = was_present and is_last_spte(old, level)
+    is_leaf = is_present and is_last_spte(new, level)
+    vm.stats["spte_writes"] += 1
+    vm.stats[f"spte_changed_l{level}"] += 1
+    vm.cost("spte_write")
+    if was_leaf:
+        account_leaf(vm, level, -1)
+    if is_leaf:
+        account_leaf(vm, level, +1)
+    if was_present and not was_leaf and (is_leaf or not is_present or spte_to_pfn(old) != spte_to_pfn(new)):
+        child = spte_to_child_frame(vm.mem, old, level)
+        if child is not None and not vm.mem.frames[child].sp_unlinked:
+            handle_removed_pt(vm, child, shared)
+
+
+def handle_removed_pt(vm, f: int, shared: bool) -> None:
+    """An unlinked table (§4.1): freeze its entries so a racing fault retries (shared
+    mode: all 512; exclusive: the present ones), tear each child down, and free the page
+    through RCU (§3.7).  The flush is the caller's since v5.18; ``removed_pt_flush``
+    reproduces the older in-place flush and bug B6's wrong range."""
+    fr = vm.mem.frames[f]
+    level, base, span = fr.sp_level, fr.sp_gfn, pages_per_level(fr.sp_level)
+    table = fr.entries
+    fr.sp_unlinked = True
+    vm.stats["tables_unlinked"] += 1
+    vm.stats["mmu_shadow_zapped"] += 1
+    vm.stats["mmu_pages"] -= 1
+    if fr.sp_nx:
+        untrack_possible_nx(vm, f)
+    for i in range(512):
+        old = table[i]
+        if not shared and not is_shadow_present_pte(old):
+            continue
+        if is_frozen_spte(old):
+            continue  # owned by a racing writer
+        table[i] = FROZEN_SPTE
+        handle_changed_spte(vm, base + i * span, old, FROZEN_SPTE, level, shared)
+    if vm.pol.removed_pt_flush == "table":
+        cpu.kvm_flush_remote_tlbs_range(vm, base, 512 * span)
+    elif vm.pol.removed_pt_flush == "last_child":
+        # B6: the loop variable's final gfn (the last child) used as the base.
+        cpu.kvm_flush_remote_tlbs_range(vm, base + 511 * span, 512 * span)
+    vm.mem.free_rcu(f)
+
+
+# ======================================================================== SPTE writers
+def tdp_mmu_iter_set_spte(vm, it: TdpIter, new: int) -> None:
+    """tdp_mmu_set_spte(): the exclusive (mmu_lock write) writer.  No flush: the caller
+    accumulates "flush needed"."""
+    old = it.old_spte
+    it.write(new)
+    it.old_spte = new
+    handle_changed_spte(vm, it.gfn, old, new, it.level, False)
+
+
+def tdp_mmu_set_spte_atomic(vm, it: TdpIter, new: int) -> bool:
+    """The shared (read lock) writer: CMPXCHG against the snapshot (§4.1).  False (EBUSY)
+    with a refreshed snapshot if the SPTE changed or is frozen.  No flush.  On success
+    the snapshot keeps the old value, as KVM's try_cmpxchg leaves it."""
+    old = it.old_spte
+    if it.read() != old or is_frozen_spte(old):
+        it.old_spte = it.read()
+        return False
+    it.write(new)
+    handle_changed_spte(vm, it.gfn, old, new, it.level, True)
+    return True
+
+
+def tdp_mmu_zap_spte_atomic(vm, it: TdpIter) -> bool:
+    """freeze -> flush (gfn, level) -> clear (§4.1).  It flushes by itself, so shared-mode
+    zaps never report "flush needed" (bug B5 drops the flush: ``shared_zap_flush``)."""
+    old = it.old_spte
+    if it.read() != old or is_frozen_spte(old):
+        it.old_spte = it.read()
+        return False
+    it.write(FROZEN_SPTE)
+    if vm.pol.shared_zap_flush:
+        cpu.kvm_flush_remote_tlbs_range(vm, it.gfn, pages_per_level(it.level))
+    it.write(SHADOW_NONPRESENT_VALUE)
+    it.old_spte = SHADOW_NONPRESENT_VALUE
+    handle_changed_spte(vm, it.gfn, old, SHADOW_NONPRESENT_VALUE, it.level, True)
+    return True
+
+
+# ======================================================================== roots (§3)
+def find_root(vm, root_id: int) -> Optional[Root]:
+    for r in vm.roots:
+        if r.id == root_id:
+            return r
+    return None
+
+
+def get_vcpu_root(vm, as_id: int, guest_mode: int) -> Optional[int]:
+    """kvm_tdp_mmu_alloc_root() (§3.2): reuse the newest valid root of the role, else a
+    new one with refcount 2 (the vCPU's and the TDP MMU's own; v6.4+) or 1 (v5.17).
+    None when no frame is left."""
+    for r in reversed(vm.roots):
+        if not r.invalid and r.as_id == as_id and r.guest_mode == guest_mode and r.refcount > 0:
+            r.refcount += 1
+            return r.id
+    root_id = vm.next_root_id
+    f = tdp_mmu_alloc_sp(vm, vm.cfg.levels, 0, root_id, None)
+    if f is None:
+        return None
+    vm.next_root_id += 1
+    vm.roots.append(Root(root_id, f, vm.cfg.levels, as_id, guest_mode,
+                         refcount=2 if vm.pol.root_lifetime == "preserve" else 1))
+    vm.stats["roots_allocated"] += 1
+    return root_id
+
+
+def put_root(vm, root_id: int, shared: bool) -> None:
+    """kvm_tdp_mmu_put_root() (§3.3): at zero, zap what is left (v5.17: everything; v6.6+:
+    nothing, the root was zapped when invalidated) and free the page through RCU -- with
+    no flush (the deferred-flush argument; ``flush_on_put_root`` flushes eagerly)."""
+    r = find_root(vm, root_id)
+    if r is None:
+        return
+    r.refcount -= 1
+    if r.refcount > 0:
+        return
+    zap_root_passes(vm, r, shared, can_yield=False)
+    vm.mem.frames[r.frame].sp_unlinked = True
+    vm.stats["mmu_pages"] -= 1
+    vm.roots.remove(r)
+    vm.stats["roots_freed"] += 1
+    vm.mem.free_rcu(r.frame)
+    if vm.pol.flush_on_put_root:
+        cpu.kvm_flush_remote_tlbs(vm)
+
+
+def invalidate_all_roots(vm) -> None:
+    """kvm_tdp_mmu_invalidate_all_roots() (§3.4): every valid root becomes invalid and
+    scheduled for zapping.  In the v5.17 lifetime the invalidation takes a reference so
+    the root survives until zap_invalidated_roots."""
+    for r in vm.roots:
+        if r.invalid:
+            continue
+        r.invalid = r.scheduled = True
+        if vm.pol.root_lifetime == "zap_on_last_put":
+            r.refcount += 1
+
+
+def kvm_mmu_zap_all_fast(vm) -> None:
+    """§3.6: invalidate every root and request FREE_OBSOLETE_ROOTS in the same critical
+    section, then zap the invalid roots before returning -- without a flush (vCPUs flush
+    when they load their next root)."""
+    vm.memslots_gen += 1
+    invalidate_all_roots(vm)
+    cpu.kvm_make_all_cpus_request(vm, cpu.REQ_MMU_FREE_OBSOLETE_ROOTS)
+    zap_invalidated_roots(vm, shared=True)
+
+
+# ======================================================================== long operations
+# A long operation is "for every root it visits (newest first, holding a reference), for
+# every SPTE the iterator yields: maybe yield, then the body".  Written as a generator
+# that yields at each yield point (where KVM drops mmu_lock and leaves RCU), so it can be
+# run to the end (``run``) or stepped (``VM.start_op``).
+ZAP_LEAFS, ZAP_ROOTS, WRPROT, CLEAR_DIRTY, SPLIT, RECOVER_HUGE, NX_RECOVER = range(1, 8)
+
+
+@dataclass
+class Op:
+    kind: int
+    which: int
+    start: int
+    end: int
+    shared: bool
+    root_ids: List[int] = field(default_factory=list)   # snapshot, newest first
+    one_root: int = 0
+    can_yield: bool = True
+    yield_every: int = 0
+    since_yield: int = 0
+    min_level: int = 1
+    target_level: int = 1
+    flush: bool = False          # pending flush
+    result_flush: bool = False   # B1: flushes OR-ed from earlier roots
+    result: bool = False         # something changed
+    nx_left: int = 0
+    nx_done: int = 0
+    err: Optional[str] = None    # "nomem" when a split ran out of frames
+    it: Optional[TdpIter] = None
+
+
+def new_op(vm, kind: int, which: int, start: int, end: int, shared: bool) -> Op:
+    return Op(kind, which, start, min(end, vm.max_gfn), shared,
+              root_ids=[r.id for r in reversed(vm.roots)], yield_every=vm.pol.yield_every)
+
+
+def run(gen: Iterator) -> None:
+    for _ in gen:
+        pass
+
+
+def op_need_resched(op: Op) -> bool:
+    """need_resched(): true every ``yield_every`` steps of the operation (0: never)."""
+    if op.yield_every <= 0:
+        return False
+    op.since_yield += 1
+    if op.since_yield < op.yield_every:
+        return False
+    op.since_yield = 0
+    return True
+
+
+def tdp_mmu_iter_cond_resched(vm, op: Op) -> bool:
+    """Yield only after forward progress (§2 "Yielding"); a pending flush is done first
+    (mandatory before leaving RCU, I2 -- ``flush_before_yield``), then RCU is left, so a
+    grace period may end while the walker is away (``rcu_gp_at_yield``)."""
+    it = op.it
+    if it.next_last_level_gfn == it.yielded_gfn:
+        return False
+    if not op_need_resched(op):
+        return False
+    if op.flush and vm.pol.flush_before_yield:
+        cpu.kvm_flush_remote_tlbs(vm)
+        op.flush = False
+    vm.stats["iter_yields"] += 1
+    vm.rcu_quiescent(at_yield=True)
+    it.yielded = True
+    return True
+
+
+def _wants_root(op: Op, r: Root) -> bool:
+    if op.which == ROOTS_VALID:
+        return not r.invalid
+    if op.which == ROOTS_SCHEDULED:
+        return r.scheduled
+    if op.which == ROOTS_ONE:
+        return r.id == op.one_root
+    return True
+
+
+def _min_levels(op: Op, r: Root) -> List[int]:
+    """The iterator passes over one root: tdp_mmu_zap_root() zaps 4K, 2M, 1G, then the
+    root level (~v6.9+, §3.4) so that each freed subtree is small."""
+    if op.kind == ZAP_ROOTS:
+        return [1, 2, 3, r.level]
+    return [{WRPROT: op.min_level, SPLIT: op.target_level + 1, RECOVER_HUGE: 2}.get(op.kind, 1)]
+
+
+def run_op(vm, op: Op):
+    """The driver (a generator: it yields at every yield point)."""
+    if op.kind == NX_RECOVER:
+        yield from nx_recovery(vm, op)
+        return
+    for root_id in op.root_ids:
+        r = find_root(vm, root_id)
+        if r is None or r.refcount <= 0 or not _wants_root(op, r):
+            continue
+        r.refcount += 1   # for_each_tdp_mmu_root_yield_safe() holds a reference
+        if op.which == ROOTS_SCHEDULED:
+            r.scheduled = False
+        if op.kind == ZAP_LEAFS and vm.pol.per_root_flush_reset:
+            # B1: every root's zap starts from flush = false.
+            op.result_flush |= op.flush
+            op.flush = False
+        for min_level in _min_levels(op, r):
+            op.it = TdpIter(vm.mem, r.frame, r.level, min_level, op.start, vm.pol.iter_skip_after_yield)
+            while op.it.valid and op.it.gfn < op.end:
+                while True:  # `goto retry` after a lost CMPXCHG
+                    if op.can_yield and tdp_mmu_iter_cond_resched(vm, op):
+                        yield
+                        break
+                    vm.stats[f"iter_visited_l{op.it.level}"] += 1
+                    rc = _op_body(vm, op, r, min_level)
+                    if rc == "retry":
+                        continue
+                    if rc == "nomem":
+                        op.err = "nomem"
+                    break
+                if op.err:
+                    break
+                op.it.next()
+            if op.err:
+                break
+        if op.which == ROOTS_SCHEDULED:
+            put_root(vm, r.id, op.shared)   # the TDP MMU's own reference (§3.4)
+        put_root(vm, r.id, op.shared)
+        if op.err:
+            return
+
+
+def _op_body(vm, op: Op, r: Root, min_level: int) -> Optional[str]:
+    """The per-SPTE work; "retry" when the CMPXCHG lost, "nomem" when out of frames."""
+    it = op.it
+    old = it.old_spte
+    if op.kind == ZAP_LEAFS:
+        # tdp_mmu_zap_leafs() (§4.2): leaves only; exclusive mode reports a flush for a
+        # valid root only (invalid roots never need one, §3.4); shared mode zaps with the
+        # self-flushing atomic zap.
+        if not is_present_leaf(old, it.level):
+            return None
+        if op.shared:
+            if not tdp_mmu_zap_spte_atomic(vm, it):
+                return "retry"
+        else:
+            tdp_mmu_iter_set_spte(vm, it, SHADOW_NONPRESENT_VALUE)
+            if not r.invalid:
+                op.flush = True
+        vm.stats[f"zapped_leaf_l{it.level}"] += 1
+        op.result = True
+    elif op.kind == ZAP_ROOTS:
+        # __tdp_mmu_zap_root(): zap present entries at exactly the pass level.
+        if not is_shadow_present_pte(old) or it.level > min_level:
+            return None
+        if is_last_spte(old, it.level):
+            vm.stats[f"zapped_leaf_l{it.level}"] += 1
+        else:
+            vm.stats["zapped_nonleaf"] += 1
+        if not op.shared:
+            tdp_mmu_iter_set_spte(vm, it, SHADOW_NONPRESENT_VALUE)
+        elif not tdp_mmu_set_spte_atomic(vm, it, SHADOW_NONPRESENT_VALUE):
+            return "retry"
+    elif op.kind == WRPROT:
+        # wrprot_gfn_range() (§6.2): clear W, keep MMU-writable for the fast path.
+        if not is_present_leaf(old, it.level) or not old & W:
+            return None
+        if not tdp_mmu_set_spte_atomic(vm, it, old & ~W):
+            return "retry"
+        op.result = True
+    elif op.kind == CLEAR_DIRTY:
+        # clear_dirty_gfn_range() (§6.2): D with A/D, W without.
+        dbit = vm.masks.dirty if vm.masks.ad else W
+        if not is_present_leaf(old, it.level) or not old & dbit:
+            return None
+        if not tdp_mmu_set_spte_atomic(vm, it, old & ~dbit):
+            return "retry"
+        op.result = True
+    elif op.kind == SPLIT:
+        if not is_shadow_present_pte(old) or not is_large_pte(old):
+            return None
+        rc = split_huge_page(vm, it, r, shared=True, nx_disallowed=False)
+        if rc == "nomem" or rc == "retry":
+            return rc
+    elif op.kind == RECOVER_HUGE:
+        return _recover_huge_body(vm, op)
+    return None
+
+
+def split_huge_page(vm, it: TdpIter, r: Root, shared: bool, nx_disallowed: bool) -> Optional[str]:
+    """tdp_mmu_split_huge_page() (§4.1, §6.5): a child table of make_small_spte() entries
+    linked over the huge leaf -- no flush, the translations are identical.  Under the NX
+    mitigation the 4K children are executable again (§1.6)."""
+    f = tdp_mmu_alloc_sp(vm, it.level - 1, it.gfn, r.id, it.frame)
+    if f is None:
+        return "nomem"
+    child = [make_small_spte(it.old_spte, it.level, i) for i in range(512)]
+    if vm.pol.nx_huge_pages and it.level - 1 == 1:
+        child = [(s & ~vm.masks.nx) | vm.masks.x for s in child]
+    vm.mem.frames[f].entries = child
+    account_leaf(vm, it.level - 1, 512)
+    new = make_nonleaf_spte(vm.masks, vm.mem.pfn(f))
+    if shared:
+        if not tdp_mmu_set_spte_atomic(vm, it, new):
+            account_leaf(vm, it.level - 1, -512)
+            free_unlinked_sp(vm, f)
+            return "retry"
+    else:
+        tdp_mmu_iter_set_spte(vm, it, new)
+    if nx_disallowed:
+        track_possible_nx(vm, f)
+    vm.stats["huge_pages_split"] += 1
+    return None
+
+
+def _first_leaf_below(vm, spte: int, level: int) -> int:
+    """A present leaf under a non-leaf SPTE (following the first present entry of each
+    table), or 0."""
+    c = spte_to_child_frame(vm.mem, spte, level)
+    lv = level - 1
+    while c is not None:
+        found = next((s for s in vm.mem.table(c) if is_shadow_present_pte(s)), 0)
+        if not found:
+            return 0
+        if is_last_spte(found, lv):
+            return found
+        c = spte_to_child_frame(vm.mem, found, lv)
+        lv -= 1
+    return 0
+
+
+def _recover_huge_body(vm, op: Op) -> Optional[str]:
+    """recover_huge_pages_range() (~v6.13+, §6.5): CMPXCHG a huge SPTE built from a
+    child leaf over a table whose range may now be mapped huge; the caller flushes
+    (before yielding and at the end).  ``huge_recovery="zap_collapsible"`` is the
+    <= v6.12 zap_collapsible_spte_range(): zap the table with the self-flushing atomic
+    zap; the next fault maps it huge."""
+    it = op.it
+    if it.level > 3 or not is_shadow_present_pte(it.old_spte) or is_last_spte(it.old_spte, it.level):
+        return None
+    s = vm.slot_of(it.gfn)
+    if s is None or s.max_mapping_level(it.gfn) < it.level:
+        return None
+    leaf = _first_leaf_below(vm, it.old_spte, it.level)
+    if not leaf:
+        return None
+    if vm.pol.huge_recovery == "zap_collapsible":
+        if not tdp_mmu_zap_spte_atomic(vm, it):
+            return "retry"
+        vm.stats["huge_pages_recovered"] += 1
+        return None
+    huge = make_huge_spte(leaf, it.level)
+    huge = (huge & ~PFN_MASK) | ((s.gfn_to_pfn(it.gfn) << 12) & PFN_MASK)
+    if vm.pol.nx_huge_pages:
+        huge = (huge & ~vm.masks.x) | vm.masks.nx
+    if not tdp_mmu_set_spte_atomic(vm, it, huge):
+        return "retry"
+    vm.stats["huge_pages_recovered"] += 1
+    op.flush = True
+    return None
+
+
+# ------------------------------------------------------------------------ NX recovery (§6.6)
+def tdp_mmu_zap_sp(vm, f: int) -> bool:
+    """kvm_tdp_mmu_zap_sp() (§4.3): zap the parent SPTE of a table with the exclusive
+    writer; the subtree goes through handle_removed_pt.  Returns "caller must flush"."""
+    fr = vm.mem.frames[f]
+    if fr.parent is None:
+        return False
+    plevel = fr.sp_level + 1
+    ptable = vm.mem.table(fr.parent)
+    i = spte_index(fr.sp_gfn, plevel)
+    old = ptable[i]
+    if not is_shadow_present_pte(old) or spte_to_child_frame(vm.mem, old, plevel) != f:
+        return False
+    ptable[i] = SHADOW_NONPRESENT_VALUE
+    vm.stats["zapped_nonleaf"] += 1
+    handle_changed_spte(vm, fr.sp_gfn, old, SHADOW_NONPRESENT_VALUE, plevel, False)
+    return True
+
+
+def _subtree_has_leaf(vm, f: int) -> bool:
+    level = vm.mem.frames[f].sp_level
+    for s in vm.mem.table(f):
+        if not is_shadow_present_pte(s):
+            continue
+        if is_last_spte(s, level):
+            return True
+        c = spte_to_child_frame(vm.mem, s, level)
+        if c is not None and _subtree_has_leaf(vm, c):
+            return True
+    return False
+
+
+def nx_recovery_count(vm, count: int) -> int:
+    if count > 0:
+        return count
+    ratio = vm.pol.nx_recovery_ratio
+    return -(-len(vm.nx_list) // ratio) if ratio > 0 else 0
+
+
+def nx_recovery(vm, op: Op):
+    """kvm_recover_nx_huge_pages(): zap the oldest possible-NX tables (a slot being dirty
+    logged just untracks them); flush before every yield and at the end, inside RCU.
+    B4 (``nx_recovery_flush_assign``): flush = zap_sp() instead of |=, with v5.12's
+    zap_sp, which said whether the table still mapped anything."""
+    while op.nx_left > 0 and vm.nx_list:
+        f = vm.nx_list[0]
+        s = vm.slot_of(vm.mem.frames[f].sp_gfn)
+        if s is not None and s.dirty_log:
+            untrack_possible_nx(vm, f)
+        else:
+            if vm.pol.nx_recovery_flush_assign:
+                had = _subtree_has_leaf(vm, f)
+                tdp_mmu_zap_sp(vm, f)
+                op.flush = had
+            else:
+                op.flush |= tdp_mmu_zap_sp(vm, f)
+            if vm.mem.frames[f].sp_nx:
+                untrack_possible_nx(vm, f)
+            op.nx_done += 1
+        if op_need_resched(op):
+            if op.flush:
+                cpu.kvm_flush_remote_tlbs(vm)
+            op.flush = False
+            vm.stats["iter_yields"] += 1
+            vm.rcu_quiescent(at_yield=True)
+            yield
+        op.nx_left -= 1
+    if op.flush:
+        cpu.kvm_flush_remote_tlbs(vm)
+    op.flush = False
+
+
+# ------------------------------------------------------------------------ the synchronous forms
+def zap_leafs(vm, start: int, end: int, which: int, shared: bool) -> bool:
+    """kvm_tdp_mmu_zap_leafs() (valid roots) / kvm_tdp_mmu_unmap_gfn_range() (all roots):
+    the pending flush is threaded through every root, so a yield in a later root flushes
+    what an earlier root zapped (the fix for B1).  Returns "flush needed"."""
+    op = new_op(vm, ZAP_LEAFS, which, start, end, shared)
+    run(run_op(vm, op))
+    return op.flush or op.result_flush
+
+
+def zap_root_passes(vm, r: Root, shared: bool, can_yield: bool) -> None:
+    """tdp_mmu_zap_root() on a root being put: walked even at refcount 0."""
+    op = new_op(vm, ZAP_ROOTS, ROOTS_ONE, 0, vm.max_gfn, shared)
+    op.one_root, op.can_yield, op.root_ids = r.id, can_yield, [r.id]
+    r.refcount += 1
+    run(run_op(vm, op))
+    r = find_root(vm, op.one_root)
+    if r is not None:
+        r.refcount -= 1
+
+
+def zap_whole_root(vm, r: Root, shared: bool) -> None:
+    op = new_op(vm, ZAP_ROOTS, ROOTS_ONE, 0, vm.max_gfn, shared)
+    op.one_root = r.id
+    run(run_op(vm, op))
+
+
+def zap_invalidated_roots(vm, shared: bool) -> None:
+    """kvm_tdp_mmu_zap_invalidated_roots() (§3.4): zap each scheduled root in full with NO
+    TLB flush, then drop the TDP MMU's reference."""
+    run(run_op(vm, new_op(vm, ZAP_ROOTS, ROOTS_SCHEDULED, 0, vm.max_gfn, shared)))
+
+
+def write_protect(vm, start: int, end: int, min_level: int = 1) -> bool:
+    op = new_op(vm, WRPROT, ROOTS_VALID, start, end, True)
+    op.min_level = min_level
+    run(run_op(vm, op))
+    return op.result
+
+
+def clear_dirty(vm, start: int, end: int) -> bool:
+    op = new_op(vm, CLEAR_DIRTY, ROOTS_VALID, start, end, True)
+    run(run_op(vm, op))
+    return op.result
+
+
+def split_huge_pages(vm, start: int, end: int, target_level: int) -> Optional[str]:
+    op = new_op(vm, SPLIT, ROOTS_VALID, start, end, True)
+    op.target_level = target_level
+    run(run_op(vm, op))
+    return op.err
+
+
+def recover_huge_pages(vm, start: int, end: int) -> bool:
+    op = new_op(vm, RECOVER_HUGE, ROOTS_VALID, start, end, True)
+    run(run_op(vm, op))
+    return op.flush
+
+
+def recover_nx_huge_pages(vm, count: int) -> int:
+    op = new_op(vm, NX_RECOVER, ROOTS_ALL, 0, 0, False)
+    op.nx_left = nx_recovery_count(vm, count)
+    run(nx_recovery(vm, op))
+    return op.nx_done
+
+
+# ======================================================================== aging, write tracking
+def age_gfn_range(vm, start: int, end: int) -> bool:
+    """kvm_tdp_mmu_age_gfn_range() (§6.3): clear A (A/D on) or access-track the SPTE (A/D
+    off) in every root; not through handle_changed_spte and never a flush (x86 elides it,
+    ~v6.13).  Returns "young"."""
+    young = False
+    for r in reversed(vm.roots):
+        it = TdpIter(vm.mem, r.frame, r.level, 1, start)
+        while it.valid and it.gfn < end:
+            vm.stats[f"iter_visited_l{it.level}"] += 1
+            old = it.old_spte
+            if is_present_leaf(old, it.level) and spte_is_accessed(vm.masks, old):
+                young = True
+                new = mark_spte_for_access_track(vm.masks, old)
+                if new != old:
+                    it.write(new)
+                    it.old_spte = new
+                    vm.stats["spte_writes"] += 1
+                    vm.cost("spte_write")
+            it.next()
+    return young
+
+
+def write_protect_gfn(vm, gfn: int) -> bool:
+    """kvm_tdp_mmu_write_protect_gfn() (§6.2): clear W and MMU-writable on the leaves
+    mapping gfn in valid roots (gfn write tracking).  The caller flushes if it changed
+    anything."""
+    changed = False
+    for r in reversed(vm.roots):
+        if r.invalid:
+            continue
+        it = TdpIter(vm.mem, r.frame, r.level, 1, gfn)
+        while it.valid and it.gfn < gfn + 1:
+            vm.stats[f"iter_visited_l{it.level}"] += 1
+            if is_present_leaf(it.old_spte, it.level):
+                new = it.old_spte & ~(W | vm.masks.mmu_writable)
+                if new != it.old_spte:
+                    tdp_mmu_iter_set_spte(vm, it, new)
+                    changed = True
+            it.next()
+    return changed
+
+
+# ======================================================================== the fault path (§4.4)
+def lookup(vm, r: Root, gfn: int):
+    """The SPTE that ends the walk for gfn: (value, level, frame, index)."""
+    f = r.frame
+    for level in range(r.level, 0, -1):
+        i = spte_index(gfn, level)
+        s = vm.mem.table(f)[i]
+        if not is_shadow_present_pte(s) or is_last_spte(s, level):
+            return s, level, f, i
+        child = spte_to_child_frame(vm.mem, s, level)
+        if child is None:
+            return s, level, f, i
+        f = child
+    return s, level, f, i  # pragma: no cover - level 1 always returns above
+
+
+def tables_needed(vm, r: Root, start: int, end: int, level: int) -> int:
+    """An upper bound of the tables mapping [start, end) at ``level`` allocates: every
+    missing table on the paths, and one per huge leaf above ``level`` to split."""
+    need = 0
+    for l in range(r.level, level, -1):
+        span = pages_per_level(l)
+        for g in range(start & ~(span - 1), end, span):
+            s, got, _, _ = lookup(vm, r, g)
+            if got > l or (got == l and (not is_shadow_present_pte(s) or is_last_spte(s, l))):
+                need += 1
+    return need
+
+
+def map_gfn(vm, r: Root, gfn: int, goal_level: int, write_fault: bool, huge_disallowed: bool,
+            req_level: int):
+    """kvm_tdp_mmu_map() + tdp_mmu_map_handle_target_level(): walk to ``goal_level``
+    creating tables (CMPXCHG), splitting a huge leaf above the goal in place (v6.2+: no
+    flush), then install the leaf.  ``req_level`` is the level the fault could have used
+    without the NX mitigation: tables created at or below it for a huge-disallowed fault
+    go on the possible-NX list (§1.6).  Returns (RET_PF_*, "replaced a table")."""
+    slot = vm.slot_of(gfn)
+    nx = vm.pol.nx_huge_pages
+    if r.invalid:
+        return RET_PF_RETRY, False
+    it = TdpIter(vm.mem, r.frame, r.level, 1, gfn)
+    while it.valid and it.gfn < gfn + 1:
+        # disallowed_hugepage_adjust(): a table that exists because of the NX mitigation
+        # forces the fault one level down.
+        if nx and it.level > 1 and it.level == goal_level and is_shadow_present_pte(it.old_spte) \
+                and not is_large_pte(it.old_spte):
+            c = spte_to_child_frame(vm.mem, it.old_spte, it.level)
+            if c is not None and vm.mem.frames[c].sp_nx:
+                goal_level -= 1
+        if is_frozen_spte(it.old_spte):
+            return RET_PF_RETRY, False
+        if it.level == goal_level:
+            return _map_target_level(vm, it, slot, gfn, goal_level, write_fault)
+        if is_shadow_present_pte(it.old_spte) and not is_large_pte(it.old_spte):
+            it.next()
+            continue
+        track = huge_disallowed and req_level >= it.level
+        if is_shadow_present_pte(it.old_spte):
+            rc = split_huge_page(vm, it, r, shared=True, nx_disallowed=track)
+            if rc == "nomem":
+                return RET_PF_NOMEM, False
+            if rc == "retry":
+                return RET_PF_RETRY, False
+        else:
+            f = tdp_mmu_alloc_sp(vm, it.level - 1, it.gfn, r.id, it.frame)
+            if f is None:
+                return RET_PF_NOMEM, False
+            if not tdp_mmu_set_spte_atomic(vm, it, make_nonleaf_spte(vm.masks, vm.mem.pfn(f))):
+                free_unlinked_sp(vm, f)
+                return RET_PF_RETRY, False
+            if track:
+                track_possible_nx(vm, f)
+        it.next()
+    return RET_PF_RETRY, False
+
+
+def _map_target_level(vm, it: TdpIter, slot, gfn: int, level: int, write_fault: bool):
+    wrprot = False
+    if slot is None:
+        new = make_mmio_spte(vm.masks, it.gfn, vm.memslots_gen, vm.quirk("mmio_spte_nonpresent_bit"))
+    else:
+        acc = ACC_ALL
+        host_writable = not slot.readonly
+        if level > 1 and vm.pol.nx_huge_pages:
+            acc &= ~ACC_EXEC   # huge SPTEs are NX under the mitigation (§1.6)
+        if not slot.writable(gfn) and host_writable:
+            acc &= ~ACC_WRITE  # a write-tracked gfn: make_spte write-protects it
+            wrprot = True
+        new = make_leaf_spte(vm.masks, slot.gfn_to_pfn(it.gfn), level, acc, host_writable)
+        if wrprot:  # host-writable stays, MMU-writable does not (§1.1 "100")
+            new &= ~(W | vm.masks.mmu_writable)
+    ret, replaced_table = RET_PF_FIXED, False
+    if new == it.old_spte:
+        ret = RET_PF_SPURIOUS
+    elif not tdp_mmu_set_spte_atomic(vm, it, new):
+        return RET_PF_RETRY, False
+    elif is_shadow_present_pte(it.old_spte) and not is_last_spte(it.old_spte, it.level):
+        # A huge leaf replaced a table: flush (gfn, level) before leaving RCU (1e203847aa92).
+        if vm.pol.map_huge_over_table_flush:
+            cpu.kvm_flush_remote_tlbs_range(vm, it.gfn, pages_per_level(it.level))
+        replaced_table = True
+    if slot is not None and new & W and slot.dirty_log:
+        slot.mark_dirty(gfn)
+    if wrprot and write_fault:
+        ret = RET_PF_EMULATE
+    if slot is None:
+        vm.stats["pf_mmio_spte_created"] += 1
+        ret = RET_PF_EMULATE
+    return ret, replaced_table
+
+
+def _spte_allows(vm, s: int, access: int) -> bool:
+    p = spte_hw_perms(vm.masks, s)
+    return bool(p & {0: 1, 1: 2}.get(access, 4))
+
+
+def page_fault(vm, r: Optional[Root], gfn: int, access: int) -> int:
+    """kvm_tdp_page_fault(): fast_page_fault() first (lockless, only ever adds
+    permissions: never a flush, §6.4), then the slow path -- hugepage adjust, staleness
+    check (§4.4, §6.1), fault the pfn in, map."""
+    write = access == 1
+    exec_ = access in (2, 3)
+    slot = vm.slot_of(gfn)
+    vm.stats["pf_taken"] += 1
+    vm.cost("fault")
+    if r is None or r.invalid:
+        vm.stats["pf_retry"] += 1
+        return RET_PF_RETRY
+    spte, level, f, i = lookup(vm, r, gfn)
+    if is_present_leaf(spte, level):
+        new = spte
+        if is_access_tracked_spte(vm.masks, spte):
+            new = restore_acc_track_spte(spte)
+        # Never make a huge SPTE writable while the slot is dirty logged (§6.4).
+        if write and not new & W and is_mmu_writable_spte(vm.masks, new) and \
+                not (level > 1 and slot is not None and slot.dirty_log):
+            new |= W
+        if _spte_allows(vm, new, access):
+            if new == spte:
+                vm.stats["pf_spurious"] += 1
+                return RET_PF_SPURIOUS
+            vm.mem.table(f)[i] = new
+            vm.stats["pf_fast"] += 1
+            vm.stats["spte_writes"] += 1
+            vm.cost("spte_write")
+            if new & W and not spte & W and slot is not None and slot.dirty_log:
+                slot.mark_dirty(gfn)
+            return RET_PF_FIXED
+    if slot is not None and write and slot.readonly:
+        vm.stats["pf_emulate"] += 1
+        return RET_PF_EMULATE
+    goal = slot.max_mapping_level(gfn) if slot is not None else 1
+    req_level = goal
+    huge_disallowed = False
+    if exec_ and vm.pol.nx_huge_pages and goal > 1:
+        huge_disallowed, goal = True, 1
+    if vm.quirk("nx_req_level_is_goal"):
+        req_level = goal
+    # is_page_fault_stale() / a memslot being deleted: retry until the invalidation ends
+    # (the vCPU is blocked, not livelocked).
+    if (vm.mmu_invalidate_in_progress and vm.mmu_invalidate_start <= gfn < vm.mmu_invalidate_end) or \
+            (slot is not None and slot.deleting):
+        vm.stats["pf_retry"] += 1
+        return RET_PF_BLOCKED
+    if slot is not None and memslot.fault_in_pfn(vm.mem, slot, gfn) is None:
+        return RET_PF_NOMEM
+    aligned = gfn & ~(pages_per_level(goal) - 1)
+    ret, _ = map_gfn(vm, r, aligned, goal, write, huge_disallowed, req_level)
+    name = {RET_PF_FIXED: "pf_fixed", RET_PF_SPURIOUS: "pf_spurious", RET_PF_EMULATE: "pf_emulate",
+            RET_PF_RETRY: "pf_retry"}.get(ret)
+    if name:
+        vm.stats[name] += 1
+    return ret
