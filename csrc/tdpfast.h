@@ -306,12 +306,12 @@ int tdp_tlb_fill_junk(tdp_vm *vm, int pcpu, uint32_t count, uint64_t max_gfn);
 
 /* long operations stepped from yield point to yield point (KVM drops mmu_lock there) */
 enum tdp_op_kind {
-	TDP_OP_ZAP_GFN_RANGE = 1,   /* a start, b end, c shared; result: flush needed */
+	TDP_OP_ZAP_GFN_RANGE = 1,   /* kvm_zap_gfn_range: a start, b end, c shared; flushes; result: flushed */
 	TDP_OP_HOST_UNMAP = 2,      /* a start, b end: the MMU-notifier invalidation */
 	TDP_OP_ZAP_INVALIDATED_ROOTS = 3,
 	TDP_OP_DELETE_MEMSLOT = 4,  /* a slot id */
-	TDP_OP_WRPROT = 5,          /* a start, b end; result: flush needed */
-	TDP_OP_CLEAR_DIRTY = 6,     /* a start, b end; result: flush needed */
+	TDP_OP_WRPROT = 5,          /* a start, b end; flushes if changed; result: flushed */
+	TDP_OP_CLEAR_DIRTY = 6,     /* a start, b end; flushes if changed; result: flushed */
 	TDP_OP_SPLIT = 7,           /* a start, b end, c target level */
 	TDP_OP_RECOVER_HUGE = 8,    /* a start, b end; flushes itself */
 	TDP_OP_NX_RECOVER = 9       /* a count (0: by ratio) */

@@ -1998,6 +1998,9 @@ static int op_finish(tdp_vm *vm, struct vm_op *o)
 
 	switch (o->kind) {
 	case TDP_OP_ZAP_GFN_RANGE:
+		/* kvm_zap_gfn_range(): the caller flushes the range before unlocking. */
+		if (flush)
+			kvm_flush_remote_tlbs_range(vm, o->a, o->b - o->a);
 		return flush;
 	case TDP_OP_HOST_UNMAP:
 		unmap_finish(vm, o->a, o->b, flush);
@@ -2016,6 +2019,9 @@ static int op_finish(tdp_vm *vm, struct vm_op *o)
 		return 0;
 	}
 	case TDP_OP_WRPROT: case TDP_OP_CLEAR_DIRTY:
+		/* As their callers do: flush the range if an SPTE lost W or D. */
+		if (op->result)
+			kvm_flush_remote_tlbs_range(vm, o->a, o->b - o->a);
 		return op->result;
 	case TDP_OP_RECOVER_HUGE:
 		if (flush)

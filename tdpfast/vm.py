@@ -591,7 +591,9 @@ class VM:
         """Start a long operation that stops at each yield point (where KVM drops mmu_lock
         and leaves RCU), so that other operations can run before it resumes.
 
-        ``name`` is one of: zap_gfn_range(start, end, shared=0), host_unmap(start, end),
+        Each is a whole KVM operation with its caller's flush contract (a zap or a
+        write-protection flushes what it changed when it ends). ``name`` is one of:
+        zap_gfn_range(start, end, shared=0), host_unmap(start, end),
         zap_invalidated_roots(), delete_memslot(slot), write_protect_range(start, end),
         clear_dirty_range(start, end), split_huge_pages(start, end, target_level),
         recover_huge_pages(start, end), recover_nx_huge_pages(count=0).
@@ -737,7 +739,7 @@ class Op:
         return self.done
 
     def finish(self) -> int:
-        """Run to the end; returns the operation's result (e.g. "flush needed" for a zap)."""
+        """Run to the end; returns the operation's result (e.g. whether a zap flushed)."""
         while not self.step():
             pass
         return self.result

@@ -11,7 +11,7 @@ replacement pages come from the frame pool.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Optional, Set, Tuple
 
 from . import hostmem
 from .spte import pages_per_level
@@ -79,9 +79,12 @@ class Memslot:
                     yield pfn
 
     # --- what KVM may map -------------------------------------------------------------------
-    def max_mapping_level(self, gfn: int) -> int:
-        """Largest page for gfn: inside the slot, host-contiguous, not write-tracked;
-        a dirty-logged slot maps 4K only (§1.6)."""
+    def max_mapping_level(self, gfn: int, invalidating: Optional[Tuple[int, int]] = None) -> int:
+        """Largest page for gfn (kvm_mmu_hugepage_adjust, §1.6): inside the slot,
+        host-contiguous, not write-tracked; a dirty-logged slot maps 4K only.
+        [MODEL CHOICE] the host splits a huge mapping before invalidating part of it, so
+        while an invalidation of ``invalidating`` = (start, end) is in progress the host
+        maps the pages around it small."""
         if self.dirty_log:
             return 1
         level = self.max_level
@@ -91,7 +94,8 @@ class Memslot:
             if (base >= self.base_gfn and base + span <= self.end_gfn
                     and not (level == 2 and self._chunk(base) in self.dev)
                     and not (level == 3 and self.dev_count_1g.get(self._region_1g(base), 0))
-                    and not any(base <= g < base + span for g in self.wrtrack)):
+                    and not any(base <= g < base + span for g in self.wrtrack)
+                    and not (invalidating and base < invalidating[1] and invalidating[0] < base + span)):
                 break
             level -= 1
         return level

@@ -481,7 +481,7 @@ def _recover_huge_body(vm, op: Op) -> Optional[str]:
     if it.level > 3 or not is_shadow_present_pte(it.old_spte) or is_last_spte(it.old_spte, it.level):
         return None
     s = vm.slot_of(it.gfn)
-    if s is None or s.max_mapping_level(it.gfn) < it.level:
+    if s is None or vm.max_mapping_level(s, it.gfn) < it.level:
         return None
     leaf = _first_leaf_below(vm, it.old_spte, it.level)
     if not leaf:
@@ -834,7 +834,7 @@ def page_fault(vm, r: Optional[Root], gfn: int, access: int) -> int:
     if slot is not None and write and slot.readonly:
         vm.stats["pf_emulate"] += 1
         return RET_PF_EMULATE
-    goal = slot.max_mapping_level(gfn) if slot is not None else 1
+    goal = vm.max_mapping_level(slot, gfn) if slot is not None else 1
     req_level = goal
     huge_disallowed = False
     if exec_ and vm.pol.nx_huge_pages and goal > 1:
