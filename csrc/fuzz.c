@@ -142,11 +142,10 @@ static void one_op(struct fuzz *f)
 			for (int k = vm->nroots - 1; k >= 0; k--)
 				if (vm->roots[k].as_id == 1) {
 					u32 rid = vm->roots[k].id;
-					if (!vm->roots[k].invalid) {
-						tdp_mmu_invalidate_all_roots(vm);
-						kvm_make_all_cpus_request(vm, TDP_REQ_MMU_FREE_OBSOLETE_ROOTS);
-					}
-					tdp_mmu_zap_invalidated_roots(vm);
+					/* Roots are torn down the way KVM does it: all of
+					 * them, with the request to free obsolete roots. */
+					if (!vm->roots[k].invalid)
+						tdp_mmu_zap_all_fast(vm);
 					tdp_mmu_put_root(vm, rid);
 					break;
 				}

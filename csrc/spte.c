@@ -187,3 +187,16 @@ unsigned spte_hw_perms(const struct spte_masks *m, u64 s)
 	/* NPT: readable when present (and U, always for KVM), exec unless NX. */
 	return 1u | ((s & NPT_W) ? 2u : 0u) | ((s & NPT_NX) ? 0u : 4u | 8u);
 }
+
+u64 make_spte_executable(const struct spte_masks *m, u64 s)
+{
+	/* make_spte_executable(): an access-tracked SPTE gets X in its saved bits. */
+	bool tracked = is_access_tracked_spte(m, s);
+
+	if (tracked)
+		s = restore_acc_track_spte(m, s);
+	s = (s & ~m->nx) | m->x;
+	if (tracked)
+		s = mark_spte_for_access_track(m, s);
+	return s;
+}

@@ -99,6 +99,7 @@ u64 make_small_spte(const struct spte_masks *m, u64 huge, int huge_level, int in
 u64 make_huge_spte(const struct spte_masks *m, u64 small, int level);
 u64 mark_spte_for_access_track(const struct spte_masks *m, u64 s);
 u64 restore_acc_track_spte(const struct spte_masks *m, u64 s);
+u64 make_spte_executable(const struct spte_masks *m, u64 s);
 bool leaf_spte_change_needs_tlb_flush(const struct spte_masks *m, u64 old, u64 new);
 /* Hardware-effective permissions of one SPTE as R|W<<1|X<<2|XU<<3 (TLB perm bits). */
 unsigned spte_hw_perms(const struct spte_masks *m, u64 s);

@@ -395,7 +395,7 @@ static int split_huge_page(struct tdp_vm *vm, struct tdp_iter *it, struct tdp_ro
 		t[i] = make_small_spte(&vm->masks, it->old_spte, it->level, i);
 	if (vm->pol.nx_huge_pages && it->level - 1 == 1)
 		for (int i = 0; i < 512; i++)
-			t[i] = (t[i] & ~vm->masks.nx) | vm->masks.x; /* 4K children are executable again */
+			t[i] = make_spte_executable(&vm->masks, t[i]); /* 4K children are executable again */
 	account_leaf(vm, it->level - 1, 512);
 	u64 nw = make_nonleaf_spte(&vm->masks, hostmem_pfn(&vm->mem, f));
 	if (shared) {

@@ -329,6 +329,8 @@ size_t tdp_violations(tdp_vm *vm, struct tdp_violation *out, size_t max);
 size_t tdp_event_count(tdp_vm *vm);
 size_t tdp_events(tdp_vm *vm, struct tdp_event *out, size_t start, size_t max);
 int tdp_event_batch(tdp_vm *vm, size_t event, uint64_t *gpas, uint8_t *accesses, size_t max);
+/* Apply logged events (not access batches) to this VM; failing events are skipped. */
+int tdp_replay(tdp_vm *vm, const struct tdp_event *ev, size_t n, int stop_at_violation, size_t *applied);
 size_t tdp_trace_count(tdp_vm *vm);
 size_t tdp_trace(tdp_vm *vm, struct tdp_trace_rec *out, size_t start, size_t max);
 

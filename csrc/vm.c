@@ -1098,6 +1098,9 @@ static int map_checks(tdp_vm *vm, struct tdp_root *root, u64 start, u64 end, int
 		if (s && s->deleting)
 			return vm_err(vm, TDP_ESTATE, "gfn 0x%llx belongs to memslot %d, which is being deleted (faults on it wait)",
 				      (unsigned long long)g, s->id);
+		if (vm->mmu_invalidate_in_progress && g < vm->mmu_invalidate_end && vm->mmu_invalidate_start < g + span)
+			return vm_err(vm, TDP_ESTATE, "an MMU-notifier invalidation of gfns 0x%llx..0x%llx is in progress: faults there retry",
+				      (unsigned long long)vm->mmu_invalidate_start, (unsigned long long)vm->mmu_invalidate_end);
 		int maxl = s ? vm_max_mapping_level(vm, s, g) : 1;
 		if (level > maxl)
 			return vm_err(vm, TDP_EINVAL, "level %d is not possible at gfn 0x%llx: %s allows at most level %d there",
@@ -1143,7 +1146,7 @@ int tdp_mmu_map(tdp_vm *vm, uint32_t root_id, uint64_t gfn, int level, int *flus
 	if ((r = map_one(vm, root, gfn, level, &flushed)))
 		return r;
 	*flush = flushed;
-	vm_log(vm, EV_MAP, root->id, gfn, (u64)level, 0, 0);
+	vm_log(vm, EV_MAP, root_id, gfn, (u64)level, 0, 0); /* 0: the newest valid root */
 	op_end(vm);
 	return 0;
 }
@@ -1166,7 +1169,7 @@ int tdp_mmu_map_range(tdp_vm *vm, uint32_t root_id, uint64_t start, uint64_t end
 		n++;
 	}
 	*mapped = n;
-	vm_log(vm, EV_MAP_RANGE, root->id, start, end, (u64)level, 0);
+	vm_log(vm, EV_MAP_RANGE, root_id, start, end, (u64)level, 0);
 	op_end(vm);
 	return 0;
 }
@@ -1985,7 +1988,8 @@ int tdp_op_start(tdp_vm *vm, int kind, uint64_t a, uint64_t b, uint64_t c, int y
 	op->yield_every = yield_every;
 	vm->ops[vm->nops++] = o;
 	*op_id = o->id;
-	vm_log(vm, EV_OP_START, (u64)kind, a, b, c, (u64)yield_every);
+	/* a[4]: yield_every, and the id the operation got (for replays). */
+	vm_log(vm, EV_OP_START, (u64)kind, a, b, c, (u64)(u32)yield_every | ((u64)o->id << 32));
 	op_end(vm);
 	return 0;
 }
@@ -2067,6 +2071,106 @@ int tdp_op_list(tdp_vm *vm, uint32_t *ids, int max, int *n)
 	for (int i = 0; i < vm->nops && i < max; i++)
 		ids[i] = vm->ops[i]->id;
 	*n = vm->nops;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ replay */
+
+/* Apply one logged event; ids of stepped operations are translated through map. */
+static int replay_one(tdp_vm *vm, const struct tdp_event *e, u32 *map, u32 nmap)
+{
+	const u64 *a = e->a;
+	int flag, id;
+	u32 rid;
+	u64 u, bm[1];
+	struct tdp_access_result out;
+
+	switch (e->op) {
+	case EV_MEMSLOT_ADD: return tdp_memslot_add(vm, a[0], a[1], (u32)a[2], (int)a[3], &id);
+	case EV_MEMSLOT_DELETE: return tdp_memslot_delete(vm, (int)a[0]);
+	case EV_HOST_UNMAP: return tdp_host_unmap(vm, a[0], a[1]);
+	case EV_HOST_MIGRATE: return tdp_host_migrate(vm, a[0], &u);
+	case EV_HOST_AGE: return tdp_host_age(vm, a[0], a[1], &flag);
+	case EV_DIRTY_LOG_ENABLE: return tdp_dirty_log_enable(vm, (int)a[0], (int)a[1]);
+	case EV_DIRTY_LOG_GET: {
+		int r = TDP_ENOENT;
+		for (int i = 0; i < vm->nslots; i++)
+			if (vm->slots[i].used && vm->slots[i].id == (int)a[0]) {
+				size_t words = (vm->slots[i].npages + 63) / 64;
+				u64 *b = calloc(words, sizeof(u64));
+				if (!b)
+					return TDP_ENOMEM;
+				r = tdp_dirty_log_get(vm, (int)a[0], b, words, &u);
+				free(b);
+			}
+		(void)bm;
+		return r;
+	}
+	case EV_WRITE_PROTECT_GFN: return tdp_write_protect_gfn(vm, a[0], (int)a[1]);
+	case EV_ALLOC_ROOT: return tdp_mmu_alloc_root(vm, (int)a[0], (int)a[1], &rid);
+	case EV_PUT_ROOT: return tdp_mmu_put_root(vm, (u32)a[0]);
+	case EV_INVALIDATE_ALL: return tdp_mmu_invalidate_all_roots(vm);
+	case EV_ZAP_INVALIDATED: return tdp_mmu_zap_invalidated_roots(vm);
+	case EV_ZAP_ALL_FAST: return tdp_mmu_zap_all_fast(vm);
+	case EV_MAP: return tdp_mmu_map(vm, (u32)a[0], a[1], (int)a[2], &flag);
+	case EV_MAP_RANGE: return tdp_mmu_map_range(vm, (u32)a[0], a[1], a[2], (int)a[3], &u);
+	case EV_ZAP_RANGE: return tdp_mmu_zap_gfn_range(vm, a[0], a[1], (int)a[2], &flag);
+	case EV_ZAP_ROOT: return tdp_mmu_zap_root(vm, (u32)a[0], (int)a[1]);
+	case EV_ZAP_SP: return tdp_mmu_zap_sp(vm, (u32)a[0], a[1], (int)a[2], &flag);
+	case EV_WRPROT: return tdp_mmu_wrprot_range(vm, a[0], a[1], &flag);
+	case EV_CLEAR_DIRTY: return tdp_mmu_clear_dirty_range(vm, a[0], a[1], &flag);
+	case EV_AGE: return tdp_mmu_age_range(vm, a[0], a[1], &flag);
+	case EV_SPLIT: return tdp_mmu_split_huge_pages(vm, a[0], a[1], (int)a[2]);
+	case EV_RECOVER: return tdp_mmu_recover_huge_pages(vm, a[0], a[1], &flag);
+	case EV_NX_RECOVER: return tdp_mmu_recover_nx_huge_pages(vm, (int)a[0], &flag);
+	case EV_VCPU_RUN: return tdp_vcpu_run(vm, (int)a[0], (int)a[1]);
+	case EV_VCPU_EXIT: return tdp_vcpu_exit(vm, (int)a[0]);
+	case EV_VCPU_REQUEST: return tdp_vcpu_request(vm, (int)a[0], (u32)a[1]);
+	case EV_ACCESS: return tdp_access(vm, (int)a[0], a[1], (int)a[2], &out);
+	case EV_FLUSH_REMOTE: return tdp_flush_remote_tlbs(vm);
+	case EV_FLUSH_RANGE: return tdp_flush_remote_tlbs_range(vm, a[0], a[1]);
+	case EV_INVEPT: return tdp_invept(vm, (int)a[0], (int)a[1], a[2]);
+	case EV_INVVPID: return tdp_invvpid(vm, (int)a[0], (int)a[1], (u32)a[2], a[3]);
+	case EV_TLB_CONTROL: return tdp_svm_set_tlb_control(vm, (int)a[0], (int)a[1]);
+	case EV_SYNC_RCU: return tdp_synchronize_rcu(vm);
+	case EV_TLB_JUNK: return tdp_tlb_fill_junk(vm, (int)a[0], (u32)a[1], a[2]);
+	case EV_OP_START: {
+		u32 orig = (u32)(a[4] >> 32), nid;
+		int r = tdp_op_start(vm, (int)a[0], a[1], a[2], a[3], (int)(u32)a[4], &nid);
+		if (!r && orig < nmap)
+			map[orig] = nid;
+		return r;
+	}
+	case EV_OP_STEP: {
+		u32 orig = (u32)a[0];
+		int done, res;
+		if (orig >= nmap || !map[orig])
+			return TDP_ENOENT;
+		return tdp_op_step(vm, map[orig], &done, &res);
+	}
+	default:
+		return vm_err(vm, TDP_EINVAL, "event %u cannot be replayed here", e->op);
+	}
+}
+
+int tdp_replay(tdp_vm *vm, const struct tdp_event *ev, size_t n, int stop_at_violation, size_t *applied)
+{
+	u32 nmap = 1;
+	for (size_t i = 0; i < n; i++)
+		if (ev[i].op == EV_OP_START && (u32)(ev[i].a[4] >> 32) + 1 > nmap)
+			nmap = (u32)(ev[i].a[4] >> 32) + 1;
+	u32 *map = calloc(nmap, sizeof(u32));
+	if (!map)
+		return vm_err(vm, TDP_ENOMEM, "out of host memory");
+	size_t ok = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (replay_one(vm, &ev[i], map, nmap) == 0)
+			ok++;
+		if (stop_at_violation && vm->nviol)
+			break;
+	}
+	free(map);
+	*applied = ok;
 	return 0;
 }
 

@@ -92,64 +92,24 @@ def record(cfg: FuzzConfig, vm_seed: int, nops: int) -> VM:
 
 
 def replay(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> VM:
-    """Replay events on a fresh VM, skipping those that fail (after shrinking, an event may
-    lose its meaning); stepped operations are matched by the order they were started."""
+    """Replay events on a fresh VM in C, skipping those that fail (after shrinking an event
+    may lose its meaning); stepped operations are matched to the ones originally started."""
     vm = cfg.vm(seed, record=True)
-    started: Dict[int, Op] = {}
-    ordinal = {}
-    n_start = 0
-    for e in events:
-        if e.op == "start_op":
-            n_start += 1
-            ordinal[n_start] = e
-    n_start = 0
-    id_of_start = _start_ids(events)
-    for e in events:
-        try:
-            if e.op == "start_op":
-                a = e.args
-                op = vm.start_op(_OP_NAMES[a[0]], a[1], a[2], a[3], yield_every=a[4])
-                started[id_of_start[id(e)]] = op
-            elif e.op == "step_op":
-                op = started.get(e.args[0])
-                if op is not None:
-                    op.step()
-            else:
-                _replay_one(vm, e)
-        except Exception:  # noqa: BLE001 - a dropped event may make a later one invalid
-            continue
-        if vm.violations:
-            break
+    vm.replay_fast(events)
     return vm
-
-
-def _start_ids(events: Sequence[Event]) -> Dict[int, int]:
-    """Original op ids: the k-th start_op of the full log got id k."""
-    out = {}
-    k = 0
-    for e in events:
-        if e.op == "start_op":
-            k += 1
-            out[id(e)] = e.index_op if hasattr(e, "index_op") else k
-    return out
-
-
-def _same_bug(v: Violation, kind: str) -> bool:
-    return v.kind == kind
 
 
 def shrink(cfg: FuzzConfig, seed: int, events: List[Event], kind: str,
            progress: Optional[Callable[[int], None]] = None, deadline: Optional[float] = None) -> List[Event]:
-    """Delta debugging (ddmin) over the event list: the smallest list that still ends in a
-    violation of the same kind."""
-    _tag_start_ids(events)
+    """Delta debugging (ddmin) over the event list: a 1-minimal list (no single event can
+    go) that still ends in a violation of the same kind."""
 
     def fails(evs: List[Event]) -> bool:
         vm = replay(cfg, seed, evs)
-        return bool(vm.violations) and _same_bug(vm.violations[0], kind)
+        v = vm.violations
+        return bool(v) and v[0].kind == kind
 
     cur = list(events)
-    # Cut everything after the violation first.
     n = 2
     while len(cur) >= 2:
         if deadline and time.monotonic() > deadline:
@@ -169,21 +129,11 @@ def shrink(cfg: FuzzConfig, seed: int, events: List[Event], kind: str,
             if size == 1:
                 break
             n = min(n * 2, len(cur))
-    # Keep only events that still do something (drop those that now fail).
+    # Drop the events that no longer apply, then stop right after the violation.
     vm = cfg.vm(seed, record=True)
-    return [e for e in cur if _keeps(vm, e)] if fails(cur) else cur
-
-
-def _tag_start_ids(events: List[Event]) -> None:
-    k = 0
-    for e in events:
-        if e.op == "start_op":
-            k += 1
-            object.__setattr__(e, "index_op", k)
-
-
-def _keeps(vm: VM, e: Event) -> bool:
-    return True
+    vm.replay_fast(cur)
+    kept = vm.events
+    return kept if kept and fails(kept) else cur
 
 
 def reproducer(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> str:
@@ -201,7 +151,7 @@ def reproducer(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> str:
         a = e.args
         if e.op == "start_op":
             k += 1
-            ops[getattr(e, "index_op", k)] = f"op{k}"
+            ops[a[5]] = f"op{k}"
             lines.append(f"op{k} = vm.start_op({_OP_NAMES[a[0]]!r}, {a[1]}, {a[2]}, {a[3]}, yield_every={a[4]})")
         elif e.op == "step_op":
             name = ops.get(a[0])
@@ -226,9 +176,9 @@ def _call_text(e: Event) -> str:
     if op == "access_batch":
         return f"vm.access_batch({a[0]}, {[g for g, _ in e.batch]!r}, {[x for _, x in e.batch]!r})"
     if op in ("map",):
-        return f"vm.mmu.map({h(a[1])}, {a[2]}, root={a[0]})"
+        return f"vm.mmu.map({h(a[1])}, {a[2]}" + (f", root={a[0]})" if a[0] else ")")
     if op == "map_range":
-        return f"vm.mmu.map_range({h(a[1])}, {h(a[2])}, {a[3]}, root={a[0]})"
+        return f"vm.mmu.map_range({h(a[1])}, {h(a[2])}, {a[3]}" + (f", root={a[0]})" if a[0] else ")")
     if op == "zap_gfn_range":
         return f"vm.mmu.zap_gfn_range({h(a[0])}, {h(a[1])}, shared={bool(a[2])})"
     if op == "zap_root":

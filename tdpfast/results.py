@@ -103,6 +103,7 @@ class Event:
     op: str
     args: Tuple[int, ...]
     batch: Optional[Tuple[Tuple[int, str], ...]] = None  # access_batch: (gpa, access) pairs
+    raw: Tuple[int, ...] = field(default=(), compare=False, repr=False)  # the five logged words
 
     def __str__(self) -> str:
         return f"{self.index:4d} {self.op}({', '.join(hex(a) if a > 9 else str(a) for a in self.args)})"

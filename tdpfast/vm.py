@@ -30,7 +30,7 @@ _EVENT_NARGS = {"add_memslot": 4, "delete_memslot": 1, "host_unmap": 2, "host_mi
                 "recover_huge_pages": 2, "recover_nx_huge_pages": 1, "vcpu_run": 2, "vcpu_exit": 1,
                 "vcpu_request": 2, "access": 3, "access_batch": 1, "flush_remote_tlbs": 0,
                 "flush_remote_tlbs_range": 2, "invept": 3, "invvpid": 4, "set_tlb_control": 2,
-                "synchronize_rcu": 0, "tlb_fill_junk": 3, "start_op": 5, "step_op": 1}
+                "synchronize_rcu": 0, "tlb_fill_junk": 3, "start_op": 6, "step_op": 1}
 OPS = {"zap_gfn_range": 1, "host_unmap": 2, "zap_invalidated_roots": 3, "delete_memslot": 4,
        "write_protect_range": 5, "clear_dirty_range": 6, "split_huge_pages": 7, "recover_huge_pages": 8,
        "recover_nx_huge_pages": 9}
@@ -685,14 +685,18 @@ class VM:
                 a = ffi.new("uint8_t[]", max(cnt, 1))
                 lib.tdp_event_batch(self._h, i, g, a, cnt)
                 batch = tuple((g[k], ACCESS_NAMES[a[k]]) for k in range(cnt))
-            out.append(Event(i, name, tuple(e.a[k] for k in range(nargs)), batch))
+            raw = tuple(e.a[k] for k in range(5))
+            args = raw[:nargs]
+            if name == "start_op":  # (kind, a, b, c, yield_every, op id)
+                args = raw[:4] + (raw[4] & 0xFFFFFFFF, raw[4] >> 32)
+            out.append(Event(i, name, args, batch, raw))
         return out
 
     def event_log(self) -> bytes:
         """The event log as bytes (byte-for-byte identical for the same seed and inputs)."""
         parts = []
         for e in self.events:
-            parts.append(struct.pack("<B5Q", _EVENT_OPS.index(e.op), *(tuple(e.args) + (0,) * (5 - len(e.args)))))
+            parts.append(struct.pack("<B5Q", _EVENT_OPS.index(e.op), *e.raw))
             if e.batch:
                 parts.append(b"".join(struct.pack("<QB", g, ACCESS_NAMES.index(a)) for g, a in e.batch))
         return b"".join(parts)
@@ -707,9 +711,26 @@ class VM:
         return [(kinds.get(buf[i].kind, "?"), buf[i].level, buf[i].a, buf[i].b, buf[i].c) for i in range(n)]
 
     def replay(self, events: Iterable[Event]) -> None:
-        """Apply an event log (from another VM of the same configuration) to this VM."""
+        """Apply an event log (from another VM of the same configuration, started fresh) to
+        this fresh VM."""
         for e in events:
             _replay_one(self, e)
+
+    def replay_fast(self, events: Sequence[Event], *, stop_at_violation: bool = True) -> int:
+        """Apply events in one C call (no access batches); events that fail are skipped, and
+        stepped operations are matched to the ones the original run started. Returns how
+        many applied."""
+        evs = list(events)
+        buf = ffi.new("struct tdp_event[]", max(len(evs), 1))
+        for i, e in enumerate(evs):
+            if e.op == "access_batch":
+                raise InvalidArgumentError("replay_fast cannot replay access batches; use replay()")
+            buf[i].op = _EVENT_OPS.index(e.op)
+            for k, w in enumerate(e.raw):
+                buf[i].a[k] = w
+        n = ffi.new("size_t *")
+        check(self._h, lib.tdp_replay(self._h, buf, len(evs), int(stop_at_violation), n))
+        return n[0]
 
     def __repr__(self) -> str:
         return (f"VM(arch={self.arch!r}, levels={self.levels}, vcpus={self.nvcpus}, pcpus={self.npcpus}, "
@@ -816,9 +837,9 @@ def _replay_one(vm: VM, e: Event) -> None:
     elif op == "zap_all_fast":
         m.zap_all_fast()
     elif op == "map":
-        m.map(a[1], a[2], root=a[0])
+        m.map(a[1], a[2], root=a[0] or None)
     elif op == "map_range":
-        m.map_range(a[1], a[2], a[3], root=a[0])
+        m.map_range(a[1], a[2], a[3], root=a[0] or None)
     elif op == "zap_gfn_range":
         m.zap_gfn_range(a[0], a[1], shared=bool(a[2]))
     elif op == "zap_root":
@@ -862,7 +883,7 @@ def _replay_one(vm: VM, e: Event) -> None:
     elif op == "tlb_fill_junk":
         vm.tlb_fill_junk(a[0], a[1], a[2])
     elif op == "start_op":
-        vm.start_op(_OP_NAMES[a[0]], a[1], a[2], a[3], yield_every=a[4])
+        vm.start_op(_OP_NAMES[a[0]], a[1], a[2], a[3], yield_every=a[4])  # ids match in a fresh replay
     elif op == "step_op":
         Op(vm, a[0], "?").step()
     else:  # pragma: no cover - every op is listed above

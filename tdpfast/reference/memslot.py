@@ -19,7 +19,7 @@ from .spte import pages_per_level
 READONLY, DIRTY_LOG = 1, 2
 
 
-@dataclass
+@dataclass(eq=False)
 class Memslot:
     id: int
     base_gfn: int

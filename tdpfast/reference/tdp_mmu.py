@@ -30,7 +30,7 @@ RET_PF_FIXED, RET_PF_SPURIOUS, RET_PF_RETRY, RET_PF_EMULATE, RET_PF_NOMEM, RET_P
 ROOTS_VALID, ROOTS_ALL, ROOTS_SCHEDULED, ROOTS_ONE = range(4)
 
 
-@dataclass
+@dataclass(eq=False)
 class Root:
     id: int
     frame: int
@@ -250,7 +250,7 @@ def kvm_mmu_zap_all_fast(vm) -> None:
 ZAP_LEAFS, ZAP_ROOTS, WRPROT, CLEAR_DIRTY, SPLIT, RECOVER_HUGE, NX_RECOVER = range(1, 8)
 
 
-@dataclass
+@dataclass(eq=False)
 class Op:
     kind: int
     which: int

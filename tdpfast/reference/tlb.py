@@ -38,7 +38,7 @@ def vpn_of(gfn: int, level: int) -> int:
     return gfn >> (9 * (level - 1))
 
 
-@dataclass
+@dataclass(eq=False)
 class Entry:
     ctx: int
     level: int      # page size (TLB) or level of the cached entry (PSC)
