@@ -67,7 +67,7 @@ void kvm_flush_remote_tlbs_range(struct tdp_vm *vm, u64 gfn, u64 npages)
 	vm->stats[ST_range_flushes]++;
 	for (int p = 0; p < vm->cfg.npcpus; p++)
 		tlb_flush_range(&vm->pcpus[p].tlb, gfn, npages);
-	vm_cost(vm, vm->costs.flush_range_page * (npages > 4096 ? 4096 : npages));
+	vm_cost(vm, vm->costs.flush_range_page * (npages > 4096 ? 4096 : npages)); /* [MODEL CHOICE] cost saturates */
 	vm_trace(vm, TR_RANGE_FLUSH, 0, gfn, npages, 0);
 }
 
@@ -331,19 +331,20 @@ static int check_translation(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int acc
 	struct memslot *s = vm_slot_of(vm, gfn);
 	u64 expected = s ? vm_gfn_to_pfn(vm, s, gfn) : NO_PFN;
 
+	u32 f = hostmem_frame_of(&vm->mem, pfn);
+	int st = f == NO_FRAME ? (pfn == expected ? 5 : 0) : vm->mem.frames[f].state;
+
 	if (pfn != expected) {
-		u32 f = hostmem_frame_of(&vm->mem, pfn);
-		int st = f == NO_FRAME ? 0 : vm->mem.frames[f].state;
 		vm_report(vm, TDP_V_USE_AFTER_FREE, v, gpa, tag, pfn, expected, access, level, st, batch_index);
 		return 1;
 	}
 	if (access == TDP_ACC_WRITE) {
 		if (!vm_gfn_writable(vm, s, gfn)) {
-			vm_report(vm, TDP_V_STALE_WRITE, v, gpa, tag, pfn, expected, access, level, 0, batch_index);
+			vm_report(vm, TDP_V_STALE_WRITE, v, gpa, tag, pfn, expected, access, level, st, batch_index);
 			return 1;
 		}
 		if ((s->flags & TDP_SLOT_DIRTY_LOG) && !vm_gfn_is_dirty(s, gfn)) {
-			vm_report(vm, TDP_V_LOST_DIRTY, v, gpa, tag, pfn, expected, access, level, 0, batch_index);
+			vm_report(vm, TDP_V_LOST_DIRTY, v, gpa, tag, pfn, expected, access, level, st, batch_index);
 			return 1;
 		}
 	}
@@ -470,8 +471,11 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 		u64 last = w.nentries ? w.entries[w.nentries - 1] : 0;
 		tlb_flush_gfn_ctx(&pc->tlb, ctx, gfn);
 		if (w.status == TDP_WALK_MISCONFIG || (w.status == TDP_WALK_NPF && (w.error_code & 8))) {
-			/* KVM's MMIO SPTE: emulate without a full fault (§1.4). */
-			if (is_mmio_spte(&vm->masks, last)) {
+			/* KVM's MMIO SPTE: emulate without a full fault, if its memslot
+			 * generation is current (check_mmio_spte, §1.4); a stale one is
+			 * handled as an ordinary fault and rebuilt. */
+			if (is_mmio_spte(&vm->masks, last) &&
+			    mmio_spte_gen(last) == (vm->memslots_gen & ((1u << 19) - 1))) {
 				out->outcome = TDP_OUT_MMIO;
 				goto done;
 			}

@@ -121,7 +121,7 @@ u64 make_mmio_spte(const struct spte_masks *m, u64 gfn, u32 gen)
 {
 	/* §1.4: 19 generation bits in SPTE bits 3-10 (8 low bits) and 52-62 (11 high bits).
 	 * For NPT bit 51 is the reserved-bit marker, so the gfn must stay below it. */
-	u64 s = m->mmio_value | SHADOW_NONPRESENT_VALUE;
+	u64 s = m->mmio_value; /* no SHADOW_NONPRESENT_VALUE: the MMIO mask covers SVE */
 
 	s |= ((u64)(gen & 0xff)) << 3;
 	s |= ((u64)((gen >> 8) & 0x7ff)) << 52;
@@ -199,4 +199,9 @@ u64 make_spte_executable(const struct spte_masks *m, u64 s)
 	if (tracked)
 		s = mark_spte_for_access_track(m, s);
 	return s;
+}
+
+u32 mmio_spte_gen(u64 s)
+{
+	return (u32)(((s >> 3) & 0xff) | (((s >> 52) & 0x7ff) << 8));
 }

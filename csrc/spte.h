@@ -95,6 +95,7 @@ u64 make_leaf_spte(const struct spte_masks *m, u64 pfn, int level, unsigned acc,
 		   bool host_writable, bool write_fault, bool prefetch);
 u64 make_nonleaf_spte(const struct spte_masks *m, u64 table_pfn);
 u64 make_mmio_spte(const struct spte_masks *m, u64 gfn, u32 gen);
+u32 mmio_spte_gen(u64 s);
 u64 make_small_spte(const struct spte_masks *m, u64 huge, int huge_level, int index);
 u64 make_huge_spte(const struct spte_masks *m, u64 small, int level);
 u64 mark_spte_for_access_track(const struct spte_masks *m, u64 s);

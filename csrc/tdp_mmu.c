@@ -900,12 +900,13 @@ u64 tdp_mmu_tables_needed(struct tdp_vm *vm, struct tdp_root *root, u64 start, u
 }
 
 /* kvm_tdp_mmu_map() + tdp_mmu_map_handle_target_level(). */
-int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int goal_level,
+int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int goal_level, int req_level,
 		    bool write_fault, bool exec_fault, bool huge_disallowed, bool prefetch, bool *flushed)
 {
+	/* req_level: the level the memslot allowed before the NX mitigation
+	 * lowered goal_level (fault->req_level). */
 	struct memslot *slot = vm_slot_of(vm, gfn);
 	struct tdp_iter it;
-	int req_level = goal_level;
 	bool nx_workaround = vm->pol.nx_huge_pages != 0;
 
 	*flushed = false;
@@ -1051,6 +1052,7 @@ int tdp_mmu_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int ac
 		return RET_PF_EMULATE;
 	}
 	int goal = slot ? vm_max_mapping_level(vm, slot, gfn) : 1;
+	int req_level = goal;
 	bool huge_disallowed = false;
 	if (exec && vm->pol.nx_huge_pages && goal > 1) {
 		huge_disallowed = true;
@@ -1067,7 +1069,7 @@ int tdp_mmu_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int ac
 		return RET_PF_NOMEM;
 	bool flushed;
 	u64 aligned = gfn & ~(pages_per_level(goal) - 1);
-	int r = tdp_mmu_map_gfn(vm, root, aligned, goal, write, exec, huge_disallowed, false, &flushed);
+	int r = tdp_mmu_map_gfn(vm, root, aligned, goal, req_level, write, exec, huge_disallowed, false, &flushed);
 	switch (r) {
 	case RET_PF_FIXED: vm->stats[ST_pf_fixed]++; break;
 	case RET_PF_SPURIOUS: vm->stats[ST_pf_spurious]++; break;

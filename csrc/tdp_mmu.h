@@ -74,7 +74,7 @@ bool tdp_mmu_write_protect_gfn(struct tdp_vm *vm, u64 gfn);
 
 /* The fault path (kvm_tdp_mmu_map). */
 enum { RET_PF_FIXED = 0, RET_PF_SPURIOUS, RET_PF_RETRY, RET_PF_EMULATE, RET_PF_NOMEM, RET_PF_BLOCKED };
-int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int goal_level,
+int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int goal_level, int req_level,
 		    bool write_fault, bool exec_fault, bool huge_disallowed, bool prefetch,
 		    bool *flushed);
 /* Upper bound of frames a single map needs (levels - 1 tables). */

@@ -459,25 +459,46 @@ static void kill_psc_range(struct tlb_ent *e, u64 n, u64 start, u64 end)
 	}
 }
 
+static void kill_range_scan(struct tlb_ent *e, u64 n, int level, u64 vstart, u64 vend)
+{
+	for (u64 i = 0; i < n; i++)
+		if (e[i].level == level && e[i].vpn >= vstart && e[i].vpn <= vend)
+			e[i].epoch = 0;
+}
+
+static void kill_range_array(struct tlb *t, struct tlb_array *a, int level, u64 vstart, u64 vend)
+{
+	u64 size = (u64)a->sets * a->ways;
+	if (!a->sets)
+		return;
+	if (vend - vstart + 1 > size) {
+		kill_range_scan(a->e, size, level, vstart, vend); /* cheaper than probing */
+		return;
+	}
+	for (u64 v = vstart; v <= vend; v++)
+		kill_vpn_array(t, a, v, level);
+}
+
 void tlb_flush_range(struct tlb *t, u64 gfn, u64 npages)
 {
+	/* A precise ranged flush: every size of translation and every
+	 * paging-structure-cache entry that overlaps [gfn, gfn + npages), in any
+	 * context; it costs min(pages, entries) per structure. */
 	u64 end = gfn + npages;
 
 	if (npages == 0)
 		return;
-	if (npages > 4096) {
-		tlb_flush_all(t); /* past the ceiling a ranged flush is a full one */
-		return;
-	}
 	for (int l = 1; l <= 3; l++) {
-		u64 sh = 9 * (l - 1);
-		for (u64 v = gfn >> sh; v <= (end - 1) >> sh; v++) {
-			if (t->mode == TDP_TLB_ADVERSARIAL) {
-				kill_vpn_store(&t->store, v, l);
-			} else {
-				kill_vpn_array(t, &t->l1[l - 1], v, l);
-				kill_vpn_array(t, l == 3 ? &t->l2_1g : &t->l2, v, l);
-			}
+		u64 sh = 9 * (l - 1), vs = gfn >> sh, ve = (end - 1) >> sh;
+		if (t->mode == TDP_TLB_ADVERSARIAL) {
+			if (ve - vs + 1 > t->store.cap)
+				kill_range_scan(t->store.e, t->store.cap, l, vs, ve);
+			else
+				for (u64 v = vs; v <= ve; v++)
+					kill_vpn_store(&t->store, v, l);
+		} else {
+			kill_range_array(t, &t->l1[l - 1], l, vs, ve);
+			kill_range_array(t, l == 3 ? &t->l2_1g : &t->l2, l, vs, ve);
 		}
 	}
 	/* Paging-structure caches: every entry whose span overlaps the range. */

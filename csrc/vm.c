@@ -199,9 +199,9 @@ static int check_tlbcfg(const struct tdp_tlb_config *t, char *err, size_t errlen
 						    &t->psc[2], &t->psc[3], &t->psc[4], &t->psc[5]};
 	const char *names[] = {"l1_4k", "l1_2m", "l1_1g", "l2", "l2_1g", "psc_pde", "psc_pdpte", "psc_pml4e", "psc_pml5e"};
 	for (int i = 0; i < 9; i++) {
-		if (all[i]->sets < 0 || all[i]->ways < 0 || all[i]->sets > (1 << 20) || all[i]->ways > 64 ||
+		if (all[i]->sets < 0 || all[i]->ways < 0 || all[i]->sets > (1 << 20) || all[i]->ways > 128 ||
 		    (all[i]->sets > 0) != (all[i]->ways > 0)) {
-			snprintf(err, errlen, "tlb.%s: sets must be 0..1048576 and ways 1..64 (got %d sets, %d ways)",
+			snprintf(err, errlen, "tlb.%s: sets must be 0..1048576 and ways 1..128 (got %d sets, %d ways)",
 				 names[i], all[i]->sets, all[i]->ways);
 			return TDP_EINVAL;
 		}
@@ -1121,7 +1121,7 @@ static int map_one(tdp_vm *vm, struct tdp_root *root, u64 gfn, int level, bool *
 		struct memslot *s = vm_slot_of(vm, gfn);
 		if (s && vm_fault_in_pfn(vm, s, gfn) == NO_PFN)
 			return vm_err(vm, TDP_ENOMEM, "frame pool exhausted");
-		int r = tdp_mmu_map_gfn(vm, root, gfn, level, false, false, false, false, flushed);
+		int r = tdp_mmu_map_gfn(vm, root, gfn, level, level, false, false, false, false, flushed);
 		if (r == RET_PF_NOMEM)
 			return vm_err(vm, TDP_ENOMEM, "frame pool exhausted");
 		if (r != RET_PF_RETRY) {
@@ -1646,7 +1646,9 @@ int tdp_access_batch(tdp_vm *vm, int vcpu, const uint64_t *gpas, const uint8_t *
 		struct tdp_access_result *o = per ? &per[i] : &tmp;
 		int acc = accesses ? accesses[i] : default_access;
 		if (hostmem_available(&vm->mem) < (u64)vm->cfg.levels + 1) {
-			r = vm_err(vm, TDP_ENOMEM, "frame pool exhausted at access %zu of the batch", i);
+			/* Not an error: the batch stops before an access that might need
+			 * more frames than are left, and says how far it got. */
+			vm_err(vm, 0, "frame pool exhausted: the batch stopped after %zu of %zu accesses", i, n);
 			break;
 		}
 		if ((r = cpu_access(vm, v, gpas[i], acc, o, i)))

@@ -231,7 +231,10 @@ class AccessLimitCase:
     def __init__(self, gpas):
         self.ffi, self.lib = _lib()
         (s1, w1), (s2, w2) = skylake_geometry()
-        self.t = self.ffi.gc(self.lib.tdp_limit_tlb_new(s1, w1, s2, w2), self.lib.tdp_limit_tlb_free)
+        t = self.lib.tdp_limit_tlb_new(s1, w1, s2, w2)
+        if t == self.ffi.NULL:
+            raise MemoryError("tdp_limit_tlb_new")
+        self.t = self.ffi.gc(t, self.lib.tdp_limit_tlb_free)
         self.gpas = gpas
         self.buf = self.ffi.from_buffer("uint64_t[]", gpas)
         self.n = len(gpas)
@@ -438,8 +441,9 @@ def _with_reference(rows: List[dict], fn: Callable[[object], Dict[str, Tuple[flo
                                     err or "not measured on the reference")
 
 
-def _best(times: Sequence[int]) -> int:
-    return min(times)
+def _size_text(pages: int) -> str:
+    gib = pages * 4096 / (1 << 30)
+    return f"{gib:g} GiB" if gib >= 1 else f"{pages * 4 // 1024} MiB"
 
 
 # ---------------------------------------------------------------------------------- measurements
@@ -454,12 +458,10 @@ def measure_zap(sz: Sizes) -> List[dict]:
         lt, zapped = time_rounds(lc.run, lc.setup, max(3, sz.zap_rounds))
         if zapped != lc.ntables * 512:
             raise RuntimeError(f"limit zap cleared {zapped} entries, expected {lc.ntables * 512}")
-        gib = pages * 4096 / (1 << 30)
-        size = f"{gib:g} GiB" if gib >= 1 else f"{pages * 4 // 1024} MiB"
-        rows.append(_row(rid, "zap", f"zap_gfn_range, {size} of {'4K' if level == 1 else '2M'} leaves "
-                         f"({zc.leaves:,})", "ns/leaf", _best(t) / zc.leaves, times=t,
-                         limit=_best(lt) / lc.leaves, limit_what="C loop clearing the entries of "
-                         f"{lc.ntables:,} tables", extra={"leaves": zc.leaves, "ms": _best(t) / 1e6}))
+        rows.append(_row(rid, "zap", f"zap_gfn_range, {_size_text(pages)} of {'4K' if level == 1 else '2M'} leaves "
+                         f"({zc.leaves:,})", "ns/leaf", min(t) / zc.leaves, times=t,
+                         limit=min(lt) / lc.leaves, limit_what="C loop clearing the entries of "
+                         f"{lc.ntables:,} tables", extra={"leaves": zc.leaves, "ms": min(t) / 1e6}))
 
     def ref(model):
         out = {}
@@ -467,7 +469,7 @@ def measure_zap(sz: Sizes) -> List[dict]:
             p = max(pages // sz.ref_scale, 512 << (9 * (level - 1)))
             zc = ZapCase(p, level, vm_cls=model.VM)
             t, _ = time_rounds(zc.run, zc.setup, 1)
-            out[rid] = (_best(t) / zc.leaves, f"{zc.leaves:,} leaves")
+            out[rid] = (min(t) / zc.leaves, f"{zc.leaves:,} leaves")
         return out
 
     _with_reference(rows, ref)
@@ -481,8 +483,8 @@ def measure_access(sz: Sizes) -> List[dict]:
         t, res = time_rounds(ac.run, None, sz.access_rounds)
         lc = AccessLimitCase(ac.gpas)
         lt, cnt = time_rounds(lc.run, None, max(3, sz.access_rounds))
-        rate = ac.n / (_best(t) / 1e9) / 1e6
-        lrate = lc.n / (_best(lt) / 1e9) / 1e6
+        rate = ac.n / (min(t) / 1e9) / 1e6
+        lrate = lc.n / (min(lt) / 1e9) / 1e6
         rows.append(_row(f"access.{suffix}", "access", f"access_batch, {ws:,}-page working set, Skylake TLB",
                          "M accesses/s", rate, better="higher", times=t, limit=lrate,
                          limit_what="C set-associative LRU lookup, same sets/ways",
@@ -496,7 +498,7 @@ def measure_access(sz: Sizes) -> List[dict]:
             n = max(sz.access_n // sz.ref_scale, 1000)
             ac = AccessCase(ws, n, vm_cls=model.VM)
             t, _ = time_rounds(ac.run, None, 1)
-            out[f"access.{suffix}"] = (n / (_best(t) / 1e9) / 1e6, f"{n:,} accesses")
+            out[f"access.{suffix}"] = (n / (min(t) / 1e9) / 1e6, f"{n:,} accesses")
         return out
 
     _with_reference(rows, ref)
@@ -519,12 +521,12 @@ def measure_flush(sz: Sizes, progress=None) -> List[dict]:
             ot, _ = time_rounds(one.run, one.setup, sz.flush_rounds)
             n = sz.flush_calls
             rows.append(_row(f"flush.{kind}.{e}", "flush", f"INVEPT {kind}, TLB of {e:,} entries", "ns/flush",
-                             _best(t) / n, times=t, kind="flush",
+                             min(t) / n, times=t, kind="flush",
                              extra={"entries": e, "live_entries_before": live, "live_entries_after": after,
-                                    "calls_per_round": n, "raw_c_call_ns": _best(rt) / n,
+                                    "calls_per_round": n, "raw_c_call_ns": min(rt) / n,
                                     "raw_c_call_median_ns": _stats(rt)["median_ns"] / n,
                                     "api_median_ns": _stats(t)["median_ns"] / n,
-                                    "first_after_refill_ns": _best(ot)}))
+                                    "first_after_refill_ns": min(ot)}))
         if progress:
             progress.note(f"{e} entries")
 
@@ -536,7 +538,7 @@ def measure_flush(sz: Sizes, progress=None) -> List[dict]:
             for kind in ("single", "global"):
                 fc = FlushCase(e, kind, calls=20, vm_cls=model.VM)
                 t, _ = time_rounds(fc.run, fc.setup, 2)
-                out[f"flush.{kind}.{e}"] = (_best(t) / fc.calls, f"{e:,} entries")
+                out[f"flush.{kind}.{e}"] = (min(t) / fc.calls, f"{e:,} entries")
         return out
 
     _with_reference(rows, ref)
@@ -550,15 +552,15 @@ def measure_populate(sz: Sizes) -> List[dict]:
     faults = res.faults
     plc = PopulateLimitCase(sz.populate_pages)
     lt, used = time_rounds(plc.run, None, max(3, sz.populate_rounds))
-    lrate = sz.populate_pages / (_best(lt) / 1e9) / 1e6
+    lrate = sz.populate_pages / (min(lt) / 1e9) / 1e6
     rows.append(_row("populate.fault", "populate", f"first-touch faults, {sz.populate_pages:,} 4K pages "
-                     "(access_batch)", "M faults/s", faults / (_best(t) / 1e9) / 1e6, better="higher", times=t,
+                     "(access_batch)", "M faults/s", faults / (min(t) / 1e9) / 1e6, better="higher", times=t,
                      limit=lrate, limit_what="C radix-tree build, one gfn at a time",
                      extra={"faults": faults, "tables": used}))
     mc = MapRangeCase(sz.populate_pages)
     mt, mapped = time_rounds(mc.run, mc.setup, sz.populate_rounds)
     rows.append(_row("populate.map_range", "populate", f"map_range, {sz.populate_pages:,} 4K pages",
-                     "M pages/s", mapped / (_best(mt) / 1e9) / 1e6, better="higher", times=mt, limit=lrate,
+                     "M pages/s", mapped / (min(mt) / 1e9) / 1e6, better="higher", times=mt, limit=lrate,
                      limit_what="C radix-tree build, one gfn at a time", extra={"mapped": mapped}))
     wc = WalkCase(sz.walk_pages, sz.walk_n)
     wc.vm.reset_stats()
@@ -567,8 +569,8 @@ def measure_populate(sz: Sizes) -> List[dict]:
     wl = WalkLimitCase(sz.walk_pages, wc.gfns)
     wlt, _ = time_rounds(wl.run, None, max(3, sz.walk_rounds))
     rows.append(_row("walk.cold", "walk", f"walks, no TLB/PSC, {sz.walk_pages:,} mapped 4K pages",
-                     "M walks/s", wres.walked / (_best(wt) / 1e9) / 1e6, better="higher", times=wt,
-                     limit=wl.n / (_best(wlt) / 1e9) / 1e6, limit_what="C 4-level pointer chase",
+                     "M walks/s", wres.walked / (min(wt) / 1e9) / 1e6, better="higher", times=wt,
+                     limit=wl.n / (min(wlt) / 1e9) / 1e6, limit_what="C 4-level pointer chase",
                      extra={"walks": wres.walked, "refs_per_walk": st["walk_refs"] / max(st["walks"], 1)}))
 
     def ref(model):
@@ -576,14 +578,14 @@ def measure_populate(sz: Sizes) -> List[dict]:
         p = max(sz.populate_pages // sz.ref_scale, 512)
         f = FaultCase(p, vm_cls=model.VM)
         t, r = time_rounds(f.run, f.setup, 1)
-        out["populate.fault"] = (r.faults / (_best(t) / 1e9) / 1e6, f"{p:,} pages")
+        out["populate.fault"] = (r.faults / (min(t) / 1e9) / 1e6, f"{p:,} pages")
         m = MapRangeCase(p, vm_cls=model.VM)
         t, n = time_rounds(m.run, m.setup, 1)
-        out["populate.map_range"] = (n / (_best(t) / 1e9) / 1e6, f"{p:,} pages")
+        out["populate.map_range"] = (n / (min(t) / 1e9) / 1e6, f"{p:,} pages")
         n = max(sz.walk_n // sz.ref_scale, 1000)
         w = WalkCase(min(sz.walk_pages, p), n, vm_cls=model.VM)
         t, r = time_rounds(w.run, None, 1)
-        out["walk.cold"] = (r.walked / (_best(t) / 1e9) / 1e6, f"{n:,} walks")
+        out["walk.cold"] = (r.walked / (min(t) / 1e9) / 1e6, f"{n:,} walks")
         return out
 
     _with_reference(rows, ref)
@@ -631,9 +633,7 @@ def measure_memory(sz: Sizes) -> List[dict]:
         m = rss_child(pages)
         grown = m["after"] - m["base"]
         raw = m["tables"] * 4096
-        gib = pages * 4096 / (1 << 30)
-        size = f"{gib:g} GiB" if gib >= 1 else f"{pages * 4 // 1024} MiB"
-        rows.append(_row(f"memory.{suffix}", "memory", f"RSS per mapped 4K page, {size}", "bytes/page",
+        rows.append(_row(f"memory.{suffix}", "memory", f"RSS per mapped 4K page, {_size_text(pages)}", "bytes/page",
                          grown / m["leaves"], limit=raw / m["leaves"], kind="memory",
                          limit_what="raw page tables: 4 KiB per table (8 B per leaf)",
                          extra={"pages": pages, "leaves": m["leaves"], "tables": m["tables"],
@@ -951,7 +951,8 @@ def _published_reference(rows: List[dict], sz: Sizes) -> None:
         except Exception as e:
             r["reference"] = {"status": f"error: {type(e).__name__}: {e}"[:200], "speedup": None}
             continue
-        r["reference"] = {"status": "ok", "size": "4 vCPUs x 16 MiB", "speedup": ref["disable_ms"] / max(c["disable_ms"], 1e-6),
+        r["reference"] = {"status": "ok", "size": "4 vCPUs x 16 MiB",
+                          "speedup": ref["disable_ms"] / max(c["disable_ms"], 1e-6),
                           "flushes": ref["remote_tlb_flush"], "c_flushes": c["remote_tlb_flush"],
                           "counters_match": ref["remote_tlb_flush"] == c["remote_tlb_flush"]}
 
@@ -973,7 +974,8 @@ class Progress:
         self._say(f"      {what}")
 
     def done(self):
-        self._say(f"      done in {time.perf_counter() - self.cur_t0:.1f}s (total {time.perf_counter() - self.t0:.1f}s)")
+        now = time.perf_counter()
+        self._say(f"      done in {now - self.cur_t0:.1f}s (total {now - self.t0:.1f}s)")
 
     def _say(self, s: str):
         if self.enabled:

@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 ACCESS_NAMES = ("r", "w", "x", "xu")
 VIOLATION_KINDS = {1: "use_after_free", 2: "stale_page_table", 3: "lost_dirty", 4: "stale_write", 5: "livelock"}
-FRAME_STATES = {0: "a memslot page the gfn no longer maps", 1: "free", 2: "page table", 3: "guest page", 4: "waiting for RCU"}
+FRAME_STATES = {0: "a memslot page the gfn no longer maps", 5: "the gfn's current page", 1: "free", 2: "page table", 3: "guest page", 4: "waiting for RCU"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,8 @@ class BatchResult:
     faults: int
     violations: int
     per_access: Optional[dict] = field(default=None, compare=False)
+    requested: int = 0
+    stopped: Optional[str] = None   # why the batch stopped early (frame pool exhausted), if it did
 
     @property
     def hit_rate(self) -> float:

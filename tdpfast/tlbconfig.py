@@ -27,10 +27,10 @@ class TLBConfig:
     l1_1g: Array = (0, 0)
     l2: Array = (0, 0)
     l2_1g: Array = (0, 0)
-    psc_pde: Array = (32, 1)
-    psc_pdpte: Array = (4, 1)
-    psc_pml4e: Array = (2, 1)
-    psc_pml5e: Array = (2, 1)
+    psc_pde: Array = (1, 32)     # fully associative [MODEL CHOICE, x86-translation.md §6]
+    psc_pdpte: Array = (1, 4)
+    psc_pml4e: Array = (1, 2)
+    psc_pml5e: Array = (1, 2)
     junk: int = 0
     """Junk entries under arbitrary tags left at boot ("another hypervisor could have")."""
     name: Optional[str] = None
@@ -85,8 +85,8 @@ class TLBConfig:
                 sets, ways = (int(x) for x in val)
             except (TypeError, ValueError):
                 raise InvalidArgumentError(f"tlb {name} must be (sets, ways), got {val!r}") from None
-            if not (0 <= sets <= 1 << 20 and 0 <= ways <= 64):
-                raise InvalidArgumentError(f"tlb {name}: sets must be 0..1048576 and ways 0..64, got {val!r}")
+            if not (0 <= sets <= 1 << 20 and 0 <= ways <= 128):
+                raise InvalidArgumentError(f"tlb {name}: sets must be 0..1048576 and ways 0..128, got {val!r}")
             dst.sets, dst.ways = sets, ways
 
         for i, n in enumerate(("l1_4k", "l1_2m", "l1_1g")):

@@ -528,16 +528,27 @@ class VM:
         counts = ffi.new("uint64_t[9]")
         done = ffi.new("size_t *")
         gbuf = ffi.from_buffer("uint64_t[]", g) if n else ffi.new("uint64_t[1]")
-        check(self._h, lib.tdp_access_batch(self._h, _int("vcpu", vcpu, 0, 1 << 20), gbuf, accs, default, n,
-                                            per, counts, done))
+        try:
+            check(self._h, lib.tdp_access_batch(self._h, _int("vcpu", vcpu, 0, 1 << 20), gbuf, accs, default, n,
+                                                per, counts, done))
+        finally:
+            # Release the views now: a traceback cycle must not keep the caller's buffer exported.
+            if n:
+                ffi.release(gbuf)
+            if accs != ffi.NULL:
+                ffi.release(accs)
+        got = done[0]
+        stopped = None
+        if got < n:
+            stopped = ffi.string(lib.tdp_errmsg(self._h)).decode(errors="replace") or "stopped early"
         cols = None
-        if per_access and n:
-            cols = {"outcome": [per[i].outcome for i in range(n)], "hpa": [per[i].hpa for i in range(n)],
-                    "tlb": [per[i].tlb_hit for i in range(n)], "faults": [per[i].faults for i in range(n)],
-                    "violation": [per[i].violation for i in range(n)]}
-        return BatchResult(accesses=n, ok=counts[0], mmio=counts[1], livelock=counts[2], blocked=counts[3],
+        if per_access and got:
+            cols = {"outcome": [per[i].outcome for i in range(got)], "hpa": [per[i].hpa for i in range(got)],
+                    "tlb": [per[i].tlb_hit for i in range(got)], "faults": [per[i].faults for i in range(got)],
+                    "violation": [per[i].violation for i in range(got)]}
+        return BatchResult(accesses=got, ok=counts[0], mmio=counts[1], livelock=counts[2], blocked=counts[3],
                            walked=counts[4], l1_hits=counts[5], l2_hits=counts[6], faults=counts[7],
-                           violations=counts[8], per_access=cols)
+                           violations=counts[8], per_access=cols, requested=n, stopped=stopped)
 
     # ---------------------------------------------------------------- flushes
     def flush_remote_tlbs(self) -> None:

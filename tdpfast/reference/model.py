@@ -467,6 +467,8 @@ class MMU:
             s = k.slot_of(g)
             if s is not None and s.deleting:
                 raise InvalidStateError(f"gfn {g:#x} belongs to memslot {s.id}, which is being deleted")
+            if k.mmu_invalidate_in_progress and g < k.mmu_invalidate_end and k.mmu_invalidate_start < g + span:
+                raise InvalidStateError("an MMU-notifier invalidation is in progress there: faults retry")
             maxl = k.max_mapping_level(s, g) if s is not None else 1
             if level > maxl:
                 raise InvalidArgumentError(f"level {level} is not possible at gfn {g:#x} (at most {maxl})")
@@ -509,7 +511,7 @@ class MMU:
         r = k.resolve_root(rid)
         self._map_checks(r, gfn, gfn + pages_per_level(level), level)
         replaced = self._map_one(r, gfn, level)
-        k.log("map", r.id, gfn, level)
+        k.log("map", rid, gfn, level)   # 0: the newest valid root
         k.op_end()
         return replaced
 
@@ -527,7 +529,7 @@ class MMU:
         for g in range(start, end, pages_per_level(level)):
             self._map_one(r, g, level)
             n += 1
-        k.log("map_range", r.id, start, end, level)
+        k.log("map_range", rid, start, end, level)
         k.op_end()
         return n
 

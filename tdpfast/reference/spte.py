@@ -236,6 +236,18 @@ def restore_acc_track_spte(s: int) -> int:
     return (s & ~((EPT_R | EPT_X) << ACC_TRACK_SAVED_SHIFT)) | saved
 
 
+def make_spte_executable(m: Masks, s: int) -> int:
+    """make_spte_executable() (§1.6): X back (NX off) -- for an access-tracked SPTE in its
+    saved bits."""
+    tracked = is_access_tracked_spte(m, s)
+    if tracked:
+        s = restore_acc_track_spte(s)
+    s = (s & ~m.nx) | m.x
+    if tracked:
+        s = mark_spte_for_access_track(m, s)
+    return s
+
+
 def spte_hw_perms(m: Masks, s: int) -> int:
     """What the hardware grants through one entry, as R|W<<1|X<<2|XU<<3."""
     if m.ept:

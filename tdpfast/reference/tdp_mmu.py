@@ -18,7 +18,7 @@ from . import cpu, hostmem, memslot
 from .spte import (ACC_ALL, ACC_EXEC, ACC_WRITE, FROZEN_SPTE, PFN_MASK, SHADOW_NONPRESENT_VALUE, W,
                    is_access_tracked_spte, is_frozen_spte, is_large_pte, is_last_spte,
                    is_mmu_writable_spte, is_present_leaf, is_shadow_present_pte, make_huge_spte,
-                   make_leaf_spte, make_mmio_spte, make_nonleaf_spte, make_small_spte,
+                   make_leaf_spte, make_mmio_spte, make_nonleaf_spte, make_small_spte, make_spte_executable,
                    mark_spte_for_access_track, pages_per_level, restore_acc_track_spte,
                    spte_hw_perms, spte_index, spte_is_accessed, spte_to_pfn)
 from .tdp_iter import TdpIter, spte_to_child_frame
@@ -438,7 +438,7 @@ def split_huge_page(vm, it: TdpIter, r: Root, shared: bool, nx_disallowed: bool)
         return "nomem"
     child = [make_small_spte(it.old_spte, it.level, i) for i in range(512)]
     if vm.pol.nx_huge_pages and it.level - 1 == 1:
-        child = [(s & ~vm.masks.nx) | vm.masks.x for s in child]
+        child = [make_spte_executable(vm.masks, s) for s in child]
     vm.mem.frames[f].entries = child
     account_leaf(vm, it.level - 1, 512)
     new = make_nonleaf_spte(vm.masks, vm.mem.pfn(f))
