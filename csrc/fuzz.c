@@ -4,18 +4,31 @@
  * migration, memslot changes, dirty logging, aging and root churn, and stops at the
  * first violation. Every step goes through the public API, so the VM's event log is
  * a replayable reproducer. */
+#include <stdlib.h>
 #include <string.h>
 #include "vm.h"
 
-#define FUZZ_GFNS 2048u          /* two memslots of 1024 gfns: 2M regions, one 1G region */
-#define FUZZ_SLOT_PAGES 1024u
+/* Two memslots: 4 MiB at gfn 0, and 1 GiB at gfn 2^18 (room for 1G pages). */
+#define FUZZ_SLOT0_PAGES 1024u
+#define FUZZ_SLOT1_BASE (1u << 18)
+#define FUZZ_SLOT1_PAGES (1u << 18)
+#define FUZZ_GFNS (FUZZ_SLOT1_BASE + FUZZ_SLOT1_PAGES)
+
+enum fuzz_kind { FZ_ACCESS, FZ_RUN, FZ_EXIT, FZ_UNMAP, FZ_MIGRATE, FZ_MEMSLOT, FZ_ZAP, FZ_MAP, FZ_DIRTY_TOGGLE,
+		 FZ_DIRTY_GET, FZ_AGE, FZ_WRTRACK, FZ_ROOTS, FZ_OP, FZ_NX, FZ_SPLIT, FZ_RECOVER, FZ_ZAP_SP,
+		 FZ_FLUSH, FZ_RCU, FZ_FINISH, FZ_WRITE, FZ_NKINDS };
+/* Base weights (per mille); every VM of the explorer scales them at random so that
+ * some runs flush rarely and others churn roots or memslots a lot. */
+static const int base_weight[FZ_NKINDS] = {300, 60, 15, 40, 30, 12, 35, 30, 20, 25, 30, 20, 12, 100, 25, 15, 15,
+					   12, 12, 10, 25, 25};
 
 struct fuzz {
 	tdp_vm *vm;
 	u64 rng;
 	int slot_id[2];
-	u32 ops[8];
-	int nops;
+	int weight[FZ_NKINDS];
+	int total;
+	int yield_max;
 };
 
 static u64 rnd(struct fuzz *f)
@@ -29,12 +42,18 @@ static u64 rnd(struct fuzz *f)
 
 static u64 below(struct fuzz *f, u64 n) { return n ? rnd(f) % n : 0; }
 
+/* Hot 2M regions: two in slot 0, two in slot 1 (one of them at the 1G boundary). */
+static const u64 hot_region[4] = {0, 512, FUZZ_SLOT1_BASE, FUZZ_SLOT1_BASE + 512};
+
 static u64 pick_gfn(struct fuzz *f)
 {
 	/* Mostly a small hot set, so that zaps and accesses meet. */
-	if (below(f, 4))
-		return (below(f, 4) * 512) + below(f, 8);
-	return below(f, FUZZ_GFNS);
+	u64 r = below(f, 8);
+	if (r < 5)
+		return hot_region[below(f, 4)] + below(f, 8);
+	if (r < 7)
+		return hot_region[below(f, 4)] + below(f, 512);
+	return below(f, 2) ? below(f, FUZZ_SLOT0_PAGES + 512) : FUZZ_SLOT1_BASE + below(f, FUZZ_SLOT1_PAGES);
 }
 
 static void pick_range(struct fuzz *f, u64 *s, u64 *e)
@@ -48,10 +67,23 @@ static void pick_range(struct fuzz *f, u64 *s, u64 *e)
 static void add_slot(struct fuzz *f, int i)
 {
 	u32 flags = below(f, 8) == 0 ? TDP_SLOT_READONLY : 0;
-	int level = 1 + (int)below(f, 3);
+	/* 1G pages are rare: splitting one for dirty logging touches 262,144 SPTEs. */
+	int level = below(f, 16) == 0 ? 3 : 1 + (int)below(f, 2);
 	int id;
-	if (tdp_memslot_add(f->vm, (u64)i * FUZZ_SLOT_PAGES, FUZZ_SLOT_PAGES, flags, level, &id) == 0)
+	if (tdp_memslot_add(f->vm, i ? FUZZ_SLOT1_BASE : 0, i ? FUZZ_SLOT1_PAGES : FUZZ_SLOT0_PAGES, flags, level,
+			    &id) == 0)
 		f->slot_id[i] = id;
+}
+
+static int pick_kind(struct fuzz *f)
+{
+	int r = (int)below(f, (u64)f->total);
+	for (int k = 0; k < FZ_NKINDS; k++) {
+		if (r < f->weight[k])
+			return k;
+		r -= f->weight[k];
+	}
+	return FZ_ACCESS;
 }
 
 static int any_vcpu(struct fuzz *f) { return (int)below(f, (u64)f->vm->cfg.nvcpus); }
@@ -72,11 +104,11 @@ static void step_ops(struct fuzz *f)
 static void one_op(struct fuzz *f)
 {
 	tdp_vm *vm = f->vm;
-	u64 s, e, r = below(f, 1000);
-	int flag, v;
+	u64 s, e;
+	int flag, v, kind = pick_kind(f);
 	u32 id;
 
-	if (r < 320) {
+	if (kind == FZ_ACCESS) {
 		v = any_vcpu(f);
 		struct tdp_access_result out;
 		if (vm->vcpus[v].mode == TDP_OUTSIDE_GUEST) {
@@ -85,33 +117,33 @@ static void one_op(struct fuzz *f)
 		}
 		int acc = below(f, 10) < 6 ? TDP_ACC_READ : (below(f, 4) ? TDP_ACC_WRITE : TDP_ACC_EXEC);
 		tdp_access(vm, v, pick_gfn(f) << 12 | below(f, 4096), acc, &out);
-	} else if (r < 420) {
+	} else if (kind == FZ_RUN) {
 		tdp_vcpu_run(vm, any_vcpu(f), any_pcpu(f));
-	} else if (r < 440) {
+	} else if (kind == FZ_EXIT) {
 		tdp_vcpu_exit(vm, any_vcpu(f));
-	} else if (r < 500) {
+	} else if (kind == FZ_UNMAP) {
 		pick_range(f, &s, &e);
 		tdp_host_unmap(vm, s, e);
-	} else if (r < 540) {
+	} else if (kind == FZ_MIGRATE) {
 		u64 nw;
 		tdp_host_migrate(vm, pick_gfn(f), &nw);
-	} else if (r < 570) {
+	} else if (kind == FZ_MEMSLOT) {
 		int i = (int)below(f, 2);
 		if (f->slot_id[i] >= 0 && tdp_memslot_delete(vm, f->slot_id[i]) == 0)
 			f->slot_id[i] = -1;
 		if (f->slot_id[i] < 0)
 			add_slot(f, i);
-	} else if (r < 610) {
+	} else if (kind == FZ_ZAP) {
 		/* kvm_zap_gfn_range(): zap, then flush before unlocking. */
 		pick_range(f, &s, &e);
 		if (tdp_mmu_zap_gfn_range(vm, s, e, (int)below(f, 2), &flag) == 0 && flag)
 			tdp_flush_remote_tlbs_range(vm, s, e - s);
-	} else if (r < 640) {
+	} else if (kind == FZ_MAP) {
 		u64 g = pick_gfn(f);
 		int level = 1 + (int)below(f, 3);
 		g &= ~(pages_per_level(level) - 1);
 		tdp_mmu_map(vm, 0, g, level, &flag);
-	} else if (r < 660) {
+	} else if (kind == FZ_DIRTY_TOGGLE) {
 		int i = (int)below(f, 2);
 		if (f->slot_id[i] >= 0) {
 			struct memslot *sl = NULL;
@@ -120,17 +152,19 @@ static void one_op(struct fuzz *f)
 					sl = &vm->slots[k];
 			tdp_dirty_log_enable(vm, f->slot_id[i], sl && !(sl->flags & TDP_SLOT_DIRTY_LOG));
 		}
-	} else if (r < 690) {
-		u64 bm[FUZZ_SLOT_PAGES / 64], nd;
+	} else if (kind == FZ_DIRTY_GET) {
+		static const size_t words = FUZZ_SLOT1_PAGES / 64;
+		u64 *bm = malloc(words * sizeof(u64)), nd;
 		int i = (int)below(f, 2);
-		if (f->slot_id[i] >= 0)
-			tdp_dirty_log_get(vm, f->slot_id[i], bm, FUZZ_SLOT_PAGES / 64, &nd);
-	} else if (r < 720) {
+		if (bm && f->slot_id[i] >= 0)
+			tdp_dirty_log_get(vm, f->slot_id[i], bm, words, &nd);
+		free(bm);
+	} else if (kind == FZ_AGE) {
 		pick_range(f, &s, &e);
 		tdp_host_age(vm, s, e, &flag);
-	} else if (r < 740) {
+	} else if (kind == FZ_WRTRACK) {
 		tdp_write_protect_gfn(vm, pick_gfn(f), (int)below(f, 2));
-	} else if (r < 760) {
+	} else if (kind == FZ_ROOTS) {
 		/* Root churn: a root of another role (SMM), mapped, later put. */
 		if (below(f, 2)) {
 			if (tdp_mmu_alloc_root(vm, 1, 0, &id) == 0) {
@@ -150,53 +184,53 @@ static void one_op(struct fuzz *f)
 					break;
 				}
 		}
-	} else if (r < 850) {
+	} else if (kind == FZ_OP) {
 		if (below(f, 3) == 0 || !vm->nops) {
-			int kind = 1 + (int)below(f, 9);
+			int okind = 1 + (int)below(f, 9);
 			u64 a = 0, b = 0, c = 0;
 			pick_range(f, &a, &b);
-			if (kind == TDP_OP_DELETE_MEMSLOT) {
+			if (okind == TDP_OP_DELETE_MEMSLOT) {
 				int i = (int)below(f, 2);
 				if (f->slot_id[i] < 0)
 					return;
 				a = (u64)f->slot_id[i];
-			} else if (kind == TDP_OP_SPLIT) {
+			} else if (okind == TDP_OP_SPLIT) {
 				c = 1 + below(f, 2);
-			} else if (kind == TDP_OP_ZAP_GFN_RANGE) {
+			} else if (okind == TDP_OP_ZAP_GFN_RANGE) {
 				c = below(f, 2);
-			} else if (kind == TDP_OP_NX_RECOVER) {
+			} else if (okind == TDP_OP_NX_RECOVER) {
 				a = 1 + below(f, 4);
 			}
-			tdp_op_start(vm, kind, a, b, c, 1 + (int)below(f, 600), &id);
+			tdp_op_start(vm, okind, a, b, c, 1 + (int)below(f, (u64)f->yield_max), &id);
 		} else {
 			step_ops(f);
 		}
-	} else if (r < 870) {
+	} else if (kind == FZ_NX) {
 		int z;
 		tdp_mmu_recover_nx_huge_pages(vm, 1 + (int)below(f, 4), &z);
-	} else if (r < 890) {
+	} else if (kind == FZ_SPLIT) {
 		pick_range(f, &s, &e);
 		tdp_mmu_split_huge_pages(vm, s, e, 1);
-	} else if (r < 910) {
+	} else if (kind == FZ_RECOVER) {
 		pick_range(f, &s, &e);
 		tdp_mmu_recover_huge_pages(vm, s & ~511ull, (e + 511) & ~511ull, &flag);
-	} else if (r < 925) {
+	} else if (kind == FZ_ZAP_SP) {
 		/* kvm_mmu_zap_sp() as the NX recovery worker does, with its flush. */
 		u32 root = tdp_mmu_newest_root(vm);
 		if (root && tdp_mmu_zap_sp(vm, root, pick_gfn(f), 1 + (int)below(f, 2), &flag) == 0 && flag)
 			tdp_flush_remote_tlbs(vm);
-	} else if (r < 940) {
+	} else if (kind == FZ_FLUSH) {
 		tdp_flush_remote_tlbs(vm);
-	} else if (r < 950) {
+	} else if (kind == FZ_RCU) {
 		tdp_synchronize_rcu(vm);
-	} else if (r < 975) {
+	} else if (kind == FZ_FINISH) {
 		/* Finish a stepped operation, as every one eventually does. */
 		while (vm->nops) {
 			int done = 0, res;
 			if (tdp_op_step(vm, vm->ops[0]->id, &done, &res))
 				break;
 		}
-	} else {
+	} else if (kind == FZ_WRITE) {
 		struct tdp_access_result out;
 		v = any_vcpu(f);
 		if (vm->vcpus[v].mode != TDP_OUTSIDE_GUEST)
@@ -212,6 +246,13 @@ int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done)
 	f.slot_id[0] = f.slot_id[1] = -1;
 	if (f.rng == 0)
 		f.rng = 1;
+	for (int k = 0; k < FZ_NKINDS; k++) {
+		f.weight[k] = (int)((u64)base_weight[k] * (1 + below(&f, 4)) / 2); /* x0.5 .. x2 */
+		if (k != FZ_ACCESS && below(&f, 8) == 0)
+			f.weight[k] = 0; /* some VMs never do some things */
+		f.total += f.weight[k];
+	}
+	f.yield_max = below(&f, 2) ? 64 : 600;
 	if (vm->cfg.maxphyaddr < 24)
 		return vm_err(vm, TDP_EINVAL, "maxphyaddr too small for the explorer");
 	add_slot(&f, 0);

@@ -982,7 +982,7 @@ map_target_level:;
 		*flushed = true;
 	}
 	if (slot && (new_spte & SPTE_W) && (slot->flags & TDP_SLOT_DIRTY_LOG))
-		vm_mark_dirty(vm, slot, gfn);
+		vm_mark_dirty(vm, slot, it.gfn);
 	if (wrprot && write_fault)
 		ret = RET_PF_EMULATE;
 	if (!slot) {
@@ -1068,8 +1068,9 @@ int tdp_mmu_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int ac
 	if (slot && vm_fault_in_pfn(vm, slot, gfn) == NO_PFN)
 		return RET_PF_NOMEM;
 	bool flushed;
-	u64 aligned = gfn & ~(pages_per_level(goal) - 1);
-	int r = tdp_mmu_map_gfn(vm, root, aligned, goal, req_level, write, exec, huge_disallowed, false, &flushed);
+	/* The walk follows the faulting gfn; the target level aligns it (so a goal
+	 * lowered on the way down still maps this gfn). */
+	int r = tdp_mmu_map_gfn(vm, root, gfn, goal, req_level, write, exec, huge_disallowed, false, &flushed);
 	switch (r) {
 	case RET_PF_FIXED: vm->stats[ST_pf_fixed]++; break;
 	case RET_PF_SPURIOUS: vm->stats[ST_pf_spurious]++; break;

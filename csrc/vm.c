@@ -30,10 +30,8 @@ int vm_err(struct tdp_vm *vm, int code, const char *fmt, ...)
 
 const char *tdp_errmsg(tdp_vm *vm) { return vm->err; }
 
-void vm_trace(struct tdp_vm *vm, u32 kind, u32 level, u64 a, u64 b, u64 c)
+void vm_trace_rec(struct tdp_vm *vm, u32 kind, u32 level, u64 a, u64 b, u64 c)
 {
-	if (!vm->cfg.trace)
-		return;
 	if (vm->ntr == vm->tr_cap) {
 		size_t ncap = vm->tr_cap ? vm->tr_cap * 2 : 1024;
 		struct tdp_trace_rec *n = realloc(vm->tr, ncap * sizeof(*n));
@@ -481,12 +479,17 @@ u64 vm_fault_in_pfn(struct tdp_vm *vm, struct memslot *s, u64 gfn)
 
 static bool range_has_wrtrack(struct memslot *s, u64 start, u64 n)
 {
-	if (!s->wrtrack)
+	if (!s->wrtrack || !s->nwrtrack)
 		return false;
-	for (u64 g = start; g < start + n; g++) {
-		u64 i = g - s->base_gfn;
-		if (s->wrtrack[i >> 6] & (1ull << (i & 63)))
+	u64 i = start - s->base_gfn, end = i + n;
+	while (i < end) {
+		u64 w = s->wrtrack[i >> 6] >> (i & 63);
+		u64 left = 64 - (i & 63);
+		if (end - i < left)
+			w &= (1ull << (end - i)) - 1;
+		if (w)
 			return true;
+		i += left;
 	}
 	return false;
 }
@@ -945,11 +948,15 @@ int tdp_write_protect_gfn(tdp_vm *vm, uint64_t gfn, int enable)
 	}
 	u64 i = gfn - s->base_gfn;
 	if (enable) {
+		if (!(s->wrtrack[i >> 6] & (1ull << (i & 63))))
+			s->nwrtrack++;
 		s->wrtrack[i >> 6] |= 1ull << (i & 63);
 		/* kvm_write_track_add_gfn(): write-protect, flush if changed. */
 		if (tdp_mmu_write_protect_gfn(vm, gfn))
 			kvm_flush_remote_tlbs(vm);
 	} else {
+		if (s->wrtrack[i >> 6] & (1ull << (i & 63)))
+			s->nwrtrack--;
 		s->wrtrack[i >> 6] &= ~(1ull << (i & 63));
 	}
 	vm_log(vm, EV_WRITE_PROTECT_GFN, gfn, (u64)enable, 0, 0, 0);

@@ -35,6 +35,7 @@ struct memslot {
 	u32 *dev_count_1g;    /* deviating chunks per 1 GiB region */
 	u64 *dirty;           /* dirty bitmap (dirty logging) */
 	u64 *wrtrack;         /* gfns write-tracked by KVM (write_protect_gfn) */
+	u64 nwrtrack;
 	bool deleting;        /* KVM_MEMSLOT_INVALID: a stepped deletion is in progress */
 };
 
@@ -110,7 +111,12 @@ enum tr_kind {
 };
 
 int vm_err(struct tdp_vm *vm, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-void vm_trace(struct tdp_vm *vm, u32 kind, u32 level, u64 a, u64 b, u64 c);
+void vm_trace_rec(struct tdp_vm *vm, u32 kind, u32 level, u64 a, u64 b, u64 c);
+static inline void vm_trace(struct tdp_vm *vm, u32 kind, u32 level, u64 a, u64 b, u64 c)
+{
+	if (vm->cfg.trace)
+		vm_trace_rec(vm, kind, level, a, b, c);
+}
 static inline void vm_cost(struct tdp_vm *vm, u64 c) { vm->stats[ST_cycles] += c; }
 
 /* Memslots: the truth the checker compares against. */

@@ -1208,17 +1208,21 @@ def chart(doc: dict, path: str) -> Optional[str]:
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=f"INVEPT {kind} (VM.invept)")
             ax.plot([p[0] for p in pts], [p[2] for p in pts], style, alpha=0.5, label=f"INVEPT {kind} (raw cffi)")
+    ref = sorted((r["extra"]["entries"], r["reference"]["value"]) for r in fl if r["id"].startswith("flush.single.")
+                 and (r.get("reference") or {}).get("value"))
+    if ref:
+        ax.plot([p[0] for p in ref], [p[1] for p in ref], "x--", color="gray", label="INVEPT single (reference model)")
     ax.set_xscale("log", base=2)
-    ax.set_ylim(bottom=0)
+    ax.set_yscale("log")
     ax.set_xlabel("TLB entries")
-    ax.set_ylabel("ns per flush (best)")
+    ax.set_ylabel("ns per flush (best, log)")
     ax.set_title("Flush cost vs TLB size (must be flat)")
     if fl:
         ax.legend(fontsize=8)
     cost = [r for r in rows if r["kind"] == "cost" and r["safe"]]
     wls = list(dict.fromkeys(r["workload"] for r in cost))
     pols = list(dict.fromkeys(r["policy"] for r in cost))
-    for ax, key, title in ((axes[1][0], "remote_tlb_flush", "Remote TLB flushes (safe policies)"),
+    for ax, key, title in ((axes[1][0], "remote_tlb_flush", "Remote TLB flushes (safe policies; 0 drawn at 0.5)"),
                            (axes[1][1], "cycles", "Modelled cycles (safe policies)")):
         w = 0.8 / max(len(pols), 1)
         for j, p in enumerate(pols):

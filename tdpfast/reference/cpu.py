@@ -11,8 +11,8 @@ from typing import Optional
 
 from ..errors import FramePoolExhausted
 from . import hostmem, page_walker, tdp_mmu
-from .spte import (MT_WB, PERM_ALL, PERM_R, PERM_W, PERM_X, PERM_XU, PFN_MASK, is_mmio_spte,
-                   pages_per_level, spte_hw_perms)
+from .spte import (MMIO_GEN_MASK, MT_WB, PERM_ALL, PERM_R, PERM_W, PERM_X, PERM_XU, PFN_MASK,
+                   is_mmio_spte, mmio_spte_gen, pages_per_level, spte_hw_perms)
 from .tlb import TLB, asid_context, ept_context
 
 U64 = (1 << 64) - 1
@@ -299,16 +299,18 @@ def check_translation(vm, v: Vcpu, gpa: int, access: int, pfn: int, level: int, 
     gfn = gpa >> 12
     s = vm.slot_of(gfn)
     expected = s.gfn_to_pfn(gfn) if s is not None else None
+    # What the frame used is now: a pool frame's state, else (a memslot page) whether it
+    # is still the gfn's page (FRAME_CURRENT) or one it no longer maps (0).
+    f = vm.mem.frame_of(pfn)
+    state = vm.mem.frames[f].state if f is not None else (hostmem.CURRENT if pfn == expected else 0)
     if pfn != expected:
-        f = vm.mem.frame_of(pfn)
-        state = vm.mem.frames[f].state if f is not None else 0
         vm.report(V_USE_AFTER_FREE, v, gpa, tag, pfn, expected, access, level, state, batch_index)
         return
     if access == 1:
         if not s.writable(gfn):
-            vm.report(V_STALE_WRITE, v, gpa, tag, pfn, expected, access, level, 0, batch_index)
+            vm.report(V_STALE_WRITE, v, gpa, tag, pfn, expected, access, level, state, batch_index)
         elif s.dirty_log and not s.is_dirty(gfn):
-            vm.report(V_LOST_DIRTY, v, gpa, tag, pfn, expected, access, level, 0, batch_index)
+            vm.report(V_LOST_DIRTY, v, gpa, tag, pfn, expected, access, level, state, batch_index)
 
 
 def _engine_read(vm):
@@ -442,8 +444,9 @@ def _walk_and_fill(vm, v, pc, ctx, tag, gpa, access, is_write, ad, out, batch_in
     last = w.entries[-1] if w.entries else 0
     pc.tlb.flush_gfn_ctx(ctx, gfn)
     if w.status == page_walker.MISCONFIG or (w.status == page_walker.NPF and w.error_code & 8):
-        if is_mmio_spte(vm.masks, last):
-            # KVM's MMIO SPTE: emulate without a full fault (§1.4).
+        # KVM's MMIO SPTE: emulate without a full fault if its memslot generation is
+        # current (check_mmio_spte, §1.4); a stale one is an ordinary fault and rebuilt.
+        if is_mmio_spte(vm.masks, last) and mmio_spte_gen(last) == vm.memslots_gen & MMIO_GEN_MASK:
             out.outcome = OUT_MMIO
             return True
     return _fault(vm, v, gfn, gpa, access, out)

@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-# Frame states (the Violation.frame_state codes of tdpfast.results.FRAME_STATES).
-UNUSED, FREE, TABLE, GUEST, RCU = 0, 1, 2, 3, 4
+# Frame states (the Violation.frame_state codes of tdpfast.results.FRAME_STATES); CURRENT
+# is only reported: a memslot page that is still its gfn's page.
+UNUSED, FREE, TABLE, GUEST, RCU, CURRENT = 0, 1, 2, 3, 4, 5
 
 POOL_MAX_FRAMES = 1 << 26
 

@@ -188,20 +188,22 @@ def make_nonleaf_spte(m: Masks, table_pfn: int) -> int:
     return s | ((table_pfn << 12) & PFN_MASK)
 
 
-def make_mmio_spte(m: Masks, gfn: int, gen: int, with_nonpresent_value: bool) -> int:
-    """make_mmio_spte() (§1.4): MMIO value | generation (bits 3-10 and 52-62) | gfn.
+MMIO_GEN_MASK = (1 << 19) - 1
 
-    KVM does not OR SHADOW_NONPRESENT_VALUE into an MMIO SPTE: for EPT that bit is SVE and
-    is part of the MMIO mask, so a value carrying it would no longer be recognised as MMIO
-    (§1.2).  ``with_nonpresent_value`` reproduces the C engine, which ORs it in
-    (quirk ``mmio_spte_nonpresent_bit``)."""
+
+def make_mmio_spte(m: Masks, gfn: int, gen: int) -> int:
+    """make_mmio_spte() (§1.4): MMIO value | generation (bits 3-10 and 52-62) | gfn.
+    No SHADOW_NONPRESENT_VALUE: for EPT that bit is SVE, which the MMIO mask covers (§1.2)."""
     s = m.mmio_value
-    if with_nonpresent_value:
-        s |= SHADOW_NONPRESENT_VALUE
     s |= (gen & 0xFF) << 3
     s |= ((gen >> 8) & 0x7FF) << 52
     s |= (gfn << 12) & 0x0007FFFFFFFFF000
     return s
+
+
+def mmio_spte_gen(s: int) -> int:
+    """The 19 memslot-generation bits of an MMIO SPTE (§1.4)."""
+    return ((s >> 3) & 0xFF) | (((s >> 52) & 0x7FF) << 8)
 
 
 def make_small_spte(huge: int, huge_level: int, index: int) -> int:

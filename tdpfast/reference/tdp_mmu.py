@@ -762,7 +762,7 @@ def map_gfn(vm, r: Root, gfn: int, goal_level: int, write_fault: bool, huge_disa
 def _map_target_level(vm, it: TdpIter, slot, gfn: int, level: int, write_fault: bool):
     wrprot = False
     if slot is None:
-        new = make_mmio_spte(vm.masks, it.gfn, vm.memslots_gen, vm.quirk("mmio_spte_nonpresent_bit"))
+        new = make_mmio_spte(vm.masks, it.gfn, vm.memslots_gen)
     else:
         acc = ACC_ALL
         host_writable = not slot.readonly
@@ -785,7 +785,7 @@ def _map_target_level(vm, it: TdpIter, slot, gfn: int, level: int, write_fault: 
             cpu.kvm_flush_remote_tlbs_range(vm, it.gfn, pages_per_level(it.level))
         replaced_table = True
     if slot is not None and new & W and slot.dirty_log:
-        slot.mark_dirty(gfn)
+        slot.mark_dirty(it.gfn)
     if wrprot and write_fault:
         ret = RET_PF_EMULATE
     if slot is None:
@@ -839,8 +839,6 @@ def page_fault(vm, r: Optional[Root], gfn: int, access: int) -> int:
     huge_disallowed = False
     if exec_ and vm.pol.nx_huge_pages and goal > 1:
         huge_disallowed, goal = True, 1
-    if vm.quirk("nx_req_level_is_goal"):
-        req_level = goal
     # is_page_fault_stale() / a memslot being deleted: retry until the invalidation ends
     # (the vCPU is blocked, not livelocked).
     if (vm.mmu_invalidate_in_progress and vm.mmu_invalidate_start <= gfn < vm.mmu_invalidate_end) or \
@@ -849,8 +847,9 @@ def page_fault(vm, r: Optional[Root], gfn: int, access: int) -> int:
         return RET_PF_BLOCKED
     if slot is not None and memslot.fault_in_pfn(vm.mem, slot, gfn) is None:
         return RET_PF_NOMEM
-    aligned = gfn & ~(pages_per_level(goal) - 1)
-    ret, _ = map_gfn(vm, r, aligned, goal, write, huge_disallowed, req_level)
+    # The walk follows the faulting gfn; the target level aligns it (so a goal lowered
+    # on the way down by disallowed_hugepage_adjust() still maps this gfn).
+    ret, _ = map_gfn(vm, r, gfn, goal, write, huge_disallowed, req_level)
     name = {RET_PF_FIXED: "pf_fixed", RET_PF_SPURIOUS: "pf_spurious", RET_PF_EMULATE: "pf_emulate",
             RET_PF_RETRY: "pf_retry"}.get(ret)
     if name:

@@ -260,12 +260,10 @@ class TLB:
         self._kill(lambda e: True, lambda e: True)
 
     def flush_range(self, gfn: int, npages: int) -> None:
-        """A precise gfn-range invalidation in every context (Hyper-V style, §5.2); past
-        4096 pages it is a full flush."""
+        """A precise gfn-range invalidation (Hyper-V style, §5.2): every size of
+        translation and every paging-structure-cache entry overlapping the range, in every
+        context."""
         if npages == 0:
-            return
-        if npages > 4096:
-            self.flush_all()
             return
         end = gfn + npages
         self._kill(lambda e: vpn_of(gfn, e.level) <= e.vpn <= vpn_of(end - 1, e.level),
