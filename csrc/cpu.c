@@ -49,6 +49,7 @@ void kvm_make_all_cpus_request(struct tdp_vm *vm, u32 req)
 void kvm_flush_remote_tlbs(struct tdp_vm *vm)
 {
 	vm->stats[ST_remote_tlb_flush_requests]++;
+	vm_cost(vm, vm->costs.remote_flush);
 	kvm_make_all_cpus_request(vm, TDP_REQ_TLB_FLUSH);
 	vm->stats[ST_remote_tlb_flush]++;
 	vm_trace(vm, TR_REMOTE_FLUSH, 0, 0, 0, 0);

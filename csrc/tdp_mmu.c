@@ -360,6 +360,10 @@ bool tdp_mmu_zap_sp_frame(struct tdp_vm *vm, u32 f)
 	*sptep = SHADOW_NONPRESENT_VALUE;
 	vm->stats[ST_zapped_nonleaf]++;
 	handle_changed_spte(vm, fr->sp_gfn, old, SHADOW_NONPRESENT_VALUE, plevel, false);
+	if (vm->pol.per_spte_flush)
+		kvm_flush_remote_tlbs_range(vm, fr->sp_gfn, pages_per_level(plevel));
+	if (vm->pol.flush_after_zap)
+		kvm_flush_remote_tlbs(vm);
 	return true;
 }
 
@@ -499,7 +503,25 @@ static bool op_wants_root(const struct tdp_op *op, const struct tdp_root *r)
 }
 
 /* The per-SPTE bodies: 0 done with this SPTE, 1 retry it (CMPXCHG lost), <0 error. */
+static int op_body_inner(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *r);
+
+/* The per-SPTE bodies, and the "per-SPTE flush" policy around them. */
 static int op_body(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *r)
+{
+	u64 writes = vm->stats[ST_spte_writes];
+	int level = op->it.level;
+	u64 gfn = op->it.gfn;
+	int rc = op_body_inner(vm, op, r);
+
+	if (vm->stats[ST_spte_writes] != writes) {
+		op->changed = true;
+		if (vm->pol.per_spte_flush && op->kind != OP_SPLIT)
+			kvm_flush_remote_tlbs_range(vm, gfn, pages_per_level(level));
+	}
+	return rc;
+}
+
+static int op_body_inner(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *r)
 {
 	struct tdp_iter *it = &op->it;
 	u64 old = it->old_spte;
@@ -630,8 +652,13 @@ int tdp_op_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yield)
 					break;
 				}
 			}
-			if (!r)
+			if (!r) {
+				/* flush_after_zap: every zap that changed something flushes. */
+				if (vm->pol.flush_after_zap && op->changed &&
+				    (op->kind == OP_ZAP_LEAFS || op->kind == OP_ZAP_ROOTS))
+					kvm_flush_remote_tlbs(vm);
 				return 1;
+			}
 			tdp_mmu_get_root(r);
 			op->cur = r->id;
 			op->pass = 0;

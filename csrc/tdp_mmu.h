@@ -53,6 +53,7 @@ struct tdp_op {
 	bool flush;                   /* pending flush */
 	bool result_flush;            /* B1: flushes OR-ed from earlier roots */
 	bool result;                  /* something changed (zapped, protected, ...) */
+	bool changed;                 /* an SPTE was written */
 	int yield_every;
 	u64 since_yield;
 	int nx_left, nx_done;

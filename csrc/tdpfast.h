@@ -95,11 +95,13 @@ struct tdp_policy {
 	int memslot_delete_zap_all;    /* 1: zap_all_fast (upstream); 0: zap only the slot (B18) */
 	int eager_split;               /* split huge pages when dirty logging is enabled */
 	int huge_recovery;             /* 0 recover in place, batched flush (v6.13+); 1 zap collapsible, flush each (<= v6.12) */
+	int flush_after_zap;           /* every zap operation that changed an SPTE ends with a remote flush */
+	int per_spte_flush;            /* every changed SPTE is flushed (gfn, level) on the spot */
 };
 
 struct tdp_costs {
 	uint64_t spte_write, walk_ref, tlb_hit, tlb_miss, flush_current, flush_all,
-		 flush_range_page, ipi, vm_exit, vm_entry, fault;
+		 flush_range_page, ipi, vm_exit, vm_entry, fault, remote_flush;
 };
 
 struct tdp_walk_result {

@@ -124,6 +124,8 @@ void tlb_flush_all(struct tlb *t)
 static inline u32 set_of(const struct tlb_array *a, u64 vpn)
 {
 	u64 h = vpn ^ (vpn >> 17);
+	if ((a->sets & (a->sets - 1)) == 0)
+		return (u32)(h & (a->sets - 1)); /* no division for power-of-two set counts */
 	return (u32)(h % a->sets);
 }
 

@@ -127,9 +127,13 @@ void tdp_default_costs(struct tdp_costs *c)
 	/* Cycles. [MODEL CHOICE] anchored on calibration.md §1.2: a one-context
 	 * flush ~ a one-page flush_tlb_mm_range (1,276), a global one ~ GLOBAL
 	 * (2,283); an IPI round trip "microseconds" (~3 us at 2 GHz). */
+	/* remote_flush: the requester's side of kvm_flush_remote_tlbs() (setting the
+	 * request on every vCPU and waiting for the acknowledgements), paid per call
+	 * even when no vCPU needs an IPI. */
 	*c = (struct tdp_costs){.spte_write = 20, .walk_ref = 40, .tlb_hit = 1, .tlb_miss = 10,
 				.flush_current = 1276, .flush_all = 2283, .flush_range_page = 150,
-				.ipi = 6000, .vm_exit = 1000, .vm_entry = 1000, .fault = 2000};
+				.ipi = 6000, .vm_exit = 1000, .vm_entry = 1000, .fault = 2000,
+				.remote_flush = 3000};
 }
 
 static void arr(struct tdp_tlb_array_config *a, int entries, int ways)
@@ -1863,7 +1867,8 @@ size_t tdp_violation_count(tdp_vm *vm) { return vm->nviol; }
 size_t tdp_violations(tdp_vm *vm, struct tdp_violation *out, size_t max)
 {
 	size_t n = vm->nviol < max ? vm->nviol : max;
-	memcpy(out, vm->viol, n * sizeof(*out));
+	if (n)
+		memcpy(out, vm->viol, n * sizeof(*out));
 	return n;
 }
 

@@ -1,7 +1,7 @@
 """``tdpfast bench``: how fast the model is, against what the machine could do at best.
 
 Every timed measurement runs next to its *limit* in the same process and run: a plain C
-loop (``csrc/limits.c``) doing the least work the operation needs (clear the entries,
+loop (``csrc/bench_limits.c``) doing the least work the operation needs (clear the entries,
 look up a bare set-associative array, chase the table pointers) on the same data sizes.
 The report gives the ratio engine / limit, and engine / pure-Python reference model when
 ``tdpfast.reference.model`` exists. The modelled-cost tables (flushes, IPIs, misses,
@@ -112,7 +112,7 @@ def _lib():
 
 
 def have_limits() -> bool:
-    """True when the C limit loops (csrc/limits.c) are compiled in."""
+    """True when the C limit loops (csrc/bench_limits.c) are compiled in."""
     try:
         _, lib = _lib()
         return hasattr(lib, "tdp_limit_zap")
@@ -660,7 +660,7 @@ WL_VCPUS, WL_PCPUS = 8, 4
 COST_KEYS = ("remote_tlb_flush", "remote_tlb_flush_requests", "ipis", "invept_single", "invept_global",
              "tlb_misses", "walk_refs", "spte_writes", "pf_taken", "cycles", "violations")
 SAFE_POLICIES = ("kvm", "kvm-v5.17", "flush-on-put-root", "precise-range", "kvm-v6.12-zap-collapsible",
-                 "removed-pt-flushes-itself")
+                 "flush-after-every-zap", "per-spte-flush", "removed-pt-flushes-itself")
 
 
 def _wl_vm(policy: Policy, seed: int, vm_cls=VM) -> VM:
@@ -796,12 +796,9 @@ WORKLOADS: Dict[str, Callable] = {
 
 
 def cost_policies() -> List[Tuple[str, Policy]]:
-    """Every named policy, plus derived ones for switches that have no name yet."""
+    """Every named policy, plus one derived: every unlinked table flushes its own range
+    (pre-v5.18 handle_removed_pt, without B6's wrong range)."""
     out = [(n, Policy.named(n)) for n in Policy.names()]
-    if "huge_recovery" in Policy.__dataclass_fields__:
-        out.append(("kvm-v6.12-zap-collapsible", Policy.kvm().replace(huge_recovery="zap_collapsible")))
-    # The nearest existing switch to "flush after every zap": every unlinked table flushes
-    # its own range (pre-v5.18 handle_removed_pt, without B6's wrong range).
     out.append(("removed-pt-flushes-itself", Policy.kvm().replace(removed_pt_flush="table")))
     return out
 
@@ -998,7 +995,7 @@ def run_suite(profile: str = "full", only: Optional[Sequence[str]] = None, progr
     sz = PROFILES[profile]
     steps = [s for s in STEPS if not only or s[0] in only]
     if not have_limits():
-        raise RuntimeError("the C limit loops are not compiled in (csrc/limits.c); rebuild: python3 tdpfast/_build.py")
+        raise RuntimeError("the C limit loops are not compiled in (csrc/bench_limits.c); rebuild: python3 tdpfast/_build.py")
     pr = Progress(len(steps), enabled=progress)
     load0 = machine_info().get("loadavg")
     rows: List[dict] = []

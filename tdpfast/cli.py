@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="show progress (default: when stderr is a terminal)")
     fz.add_argument("--no-progress", dest="progress", action="store_false")
     fz.set_defaults(func=cmd_fuzz)
+    from . import bench
+
+    bench.add_parser(sub)
     return p
 
 

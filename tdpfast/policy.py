@@ -66,6 +66,10 @@ class Policy:
     """Memslot deletion zaps everything (fast zap); False zaps only the slot (reverted, B18)."""
     eager_split: bool = True
     """Split huge pages when dirty logging is enabled."""
+    flush_after_zap: bool = False
+    """Every zap operation that changed an SPTE ends with a remote flush (even of an invalid root)."""
+    per_spte_flush: bool = False
+    """Every changed SPTE is flushed (gfn, level) on the spot instead of one pending flush."""
     huge_recovery: str = "recover"
     """After dirty logging: "recover" huge pages in place with batched flushes (v6.13+), or
     "zap_collapsible" tables with one self-flushing atomic zap each (<= v6.12)."""
@@ -153,6 +157,12 @@ _NAMED: Dict[str, Tuple[str, dict]] = {
     "flush-on-put-root": ("safe alternative: an eager remote flush every time a root is freed",
                           {"flush_on_put_root": True}),
     "precise-range": ("KVM with precise (Hyper-V style) ranged flushes", {"precise_range_flush": True}),
+    "flush-after-every-zap": ("safe alternative: every zap that changed an SPTE flushes, even of invalid roots",
+                              {"flush_after_zap": True}),
+    "per-spte-flush": ("safe alternative: every changed SPTE is flushed at once, precise ranges",
+                       {"per_spte_flush": True, "precise_range_flush": True}),
+    "kvm-v6.12-zap-collapsible": ("dirty-logging disable zaps collapsible tables, one flush each (<= v6.12)",
+                                  {"huge_recovery": "zap_collapsible"}),
     "no-flush-on-root-load": ("the seed's first argument removed: loading a root does not flush",
                               {"flush_on_root_load": False}),
     "no-flush-on-migrate": ("the seed's second argument removed: migrating a vCPU does not flush",

@@ -1,4 +1,4 @@
-/* limits.h — "physical limit" loops for the benchmark suite (tdpfast bench,
+/* bench_limits.h — "physical limit" loops for the benchmark suite (tdpfast bench,
  * benches/): the least work a machine must do for each measured operation, with
  * none of the model's bookkeeping. Each engine measurement is reported as a
  * ratio to its limit, measured in the same run on the same data sizes.
@@ -10,13 +10,8 @@
  * 512 uint64_t entries (4 KiB) each; table 0 is the root. An entry is
  * (index << 12) | 7 where index is a child table (non-leaf) or a page frame
  * (leaf); 0 is not present. */
-#ifndef TDPFAST_LIMITS_H
-#define TDPFAST_LIMITS_H
-/* This file's name shadows the standard <limits.h> for every translation unit
- * compiled with -I csrc (Python.h includes <limits.h>), so pass the standard one
- * through. #include_next is a GCC/Clang extension; renaming this header (e.g. to
- * tdp_limits.h in PUBLIC_HEADERS) would make the next line unnecessary. */
-#include_next <limits.h>
+#ifndef TDPFAST_BENCH_LIMITS_H
+#define TDPFAST_BENCH_LIMITS_H
 #include <stddef.h>
 #include <stdint.h>
 

@@ -1,0 +1,27 @@
+"""Zap versus flush in modelled costs: every workload under every policy (deterministic
+counters in extra_info: flushes, IPIs, TLB misses, walk refs, SPTE writes, cycles,
+violations), and the published dirty-logging-disable counts (calibration.md §1.1)."""
+import pytest
+
+from tdpfast import bench
+
+POLICIES = bench.cost_policies()
+
+
+@pytest.mark.benchmark(group="costs")
+@pytest.mark.parametrize("workload", list(bench.WORKLOADS))
+@pytest.mark.parametrize("name,policy", POLICIES, ids=[n for n, _ in POLICIES])
+def test_workload(benchmark, sizes, workload, name, policy):
+    counters = benchmark.pedantic(bench.run_workload, args=(workload, policy, sizes.wl_pages, sizes.wl_rounds),
+                                  rounds=1)
+    benchmark.extra_info.update(counters)
+    benchmark.extra_info["safe"] = name in bench.SAFE_POLICIES
+
+
+@pytest.mark.benchmark(group="published")
+@pytest.mark.parametrize("mode", ["zap_collapsible", "recover"])
+def test_dirty_log_disable(benchmark, sizes, mode):
+    if "huge_recovery" not in bench.Policy.__dataclass_fields__:
+        pytest.skip("the policy switch huge_recovery does not exist")
+    counters = benchmark.pedantic(bench.published_run, args=(sizes, mode), rounds=1)
+    benchmark.extra_info.update(counters)
