@@ -19,7 +19,7 @@ enum fuzz_kind { FZ_ACCESS, FZ_RUN, FZ_EXIT, FZ_UNMAP, FZ_MIGRATE, FZ_MEMSLOT, F
 		 FZ_FLUSH, FZ_RCU, FZ_FINISH, FZ_WRITE, FZ_NKINDS };
 /* Base weights (per mille); every VM of the explorer scales them at random so that
  * some runs flush rarely and others churn roots or memslots a lot. */
-static const int base_weight[FZ_NKINDS] = {300, 60, 15, 40, 30, 12, 35, 30, 20, 25, 30, 20, 12, 100, 25, 15, 15,
+static const int base_weight[FZ_NKINDS] = {300, 60, 15, 40, 30, 12, 35, 30, 20, 25, 30, 20, 25, 100, 25, 15, 15,
 					   12, 12, 10, 25, 25};
 
 struct fuzz {
@@ -186,7 +186,9 @@ static void one_op(struct fuzz *f)
 		}
 	} else if (kind == FZ_OP) {
 		if (below(f, 3) == 0 || !vm->nops) {
-			int okind = 1 + (int)below(f, 9);
+			/* Mostly the zaps that run over several roots. */
+			u64 pk = below(f, 10);
+			int okind = pk < 4 ? TDP_OP_ZAP_GFN_RANGE : pk < 7 ? TDP_OP_HOST_UNMAP : 1 + (int)below(f, 9);
 			u64 a = 0, b = 0, c = 0;
 			pick_range(f, &a, &b);
 			if (okind == TDP_OP_DELETE_MEMSLOT) {
@@ -247,9 +249,10 @@ int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done)
 	if (f.rng == 0)
 		f.rng = 1;
 	for (int k = 0; k < FZ_NKINDS; k++) {
-		f.weight[k] = (int)((u64)base_weight[k] * (1 + below(&f, 4)) / 2); /* x0.5 .. x2 */
-		if (k != FZ_ACCESS && below(&f, 8) == 0)
-			f.weight[k] = 0; /* some VMs never do some things */
+		/* x0, x1/8, x1/4, x1/2, x1, x2: some VMs rarely flush, others churn. */
+		static const int mult8[6] = {0, 1, 2, 4, 8, 16};
+		int m = k == FZ_ACCESS ? 8 : mult8[below(&f, 6)];
+		f.weight[k] = base_weight[k] * m / 8;
 		f.total += f.weight[k];
 	}
 	f.yield_max = below(&f, 2) ? 64 : 600;

@@ -206,7 +206,7 @@ static u32 victim(struct tlb *t, struct tlb_array *a, u32 set)
 static struct tlb_ent *array_find(struct tlb *t, struct tlb_array *a, int ctx, u64 vpn, int level,
 				  u32 *set_out, u32 *way_out)
 {
-	if (!a->sets)
+	if (!a->fills)
 		return NULL;
 	u32 set = set_of(a, vpn);
 	struct tlb_ent *row = &a->e[(size_t)set * a->ways];
@@ -238,6 +238,7 @@ static struct tlb_ent *array_fill(struct tlb *t, struct tlb_array *a, int ctx, u
 	e->level = (u8)level;
 	e->ctx = (u32)ctx;
 	e->epoch = t->ctx[ctx].epoch;
+	a->fills++;
 	touch(t, a, set, way);
 	return e;
 }

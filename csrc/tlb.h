@@ -24,6 +24,7 @@ struct tlb_ent {
 
 struct tlb_array {
 	u32 sets, ways;
+	u64 fills;  /* an array never filled is not probed (e.g. 1G arrays in a 4K workload) */
 	struct tlb_ent *e;
 	u64 *plru;  /* per-set PLRU bits */
 };

@@ -29,7 +29,7 @@ class FuzzConfig:
     pcpus: int = 3
     ad: Optional[bool] = None     # None: EPT A/D on for even VM seeds, off for odd ones
     tlb: TLBConfig = field(default_factory=TLBConfig.adversarial)
-    chunk: int = 20000            # operations per VM before starting a fresh one
+    chunk: int = 4000             # operations per VM before a fresh one (short histories shrink well)
 
     def ad_for(self, seed: int) -> bool:
         return self.ad if self.ad is not None else seed % 2 == 0

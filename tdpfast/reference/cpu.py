@@ -78,6 +78,7 @@ def kvm_make_all_cpus_request(vm, req: int) -> None:
 
 def kvm_flush_remote_tlbs(vm) -> None:
     vm.stats["remote_tlb_flush_requests"] += 1
+    vm.cost("remote_flush")   # the requester's side: set the request everywhere, wait for acks
     kvm_make_all_cpus_request(vm, REQ_TLB_FLUSH)
     vm.stats["remote_tlb_flush"] += 1
 

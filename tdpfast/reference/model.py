@@ -73,7 +73,7 @@ _GAUGES = ("pages_4k", "pages_2m", "pages_1g", "mmu_pages", "nx_lpage_splits")
 #: Cycle costs ([MODEL CHOICE] anchored on calibration.md §1.2).
 DEFAULT_COSTS = {"spte_write": 20, "walk_ref": 40, "tlb_hit": 1, "tlb_miss": 10, "flush_current": 1276,
                  "flush_all": 2283, "flush_range_page": 150, "ipi": 6000, "vm_exit": 1000,
-                 "vm_entry": 1000, "fault": 2000}
+                 "vm_entry": 1000, "fault": 2000, "remote_flush": 3000}
 
 #: Event-log operation codes and the number of arguments each records.
 EVENT_OPS = ("add_memslot delete_memslot host_unmap host_migrate host_age set_dirty_logging "

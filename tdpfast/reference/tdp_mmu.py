@@ -269,6 +269,7 @@ class Op:
     result: bool = False         # something changed
     nx_left: int = 0
     nx_done: int = 0
+    changed: bool = False        # some SPTE was written (for flush_after_zap)
     err: Optional[str] = None    # "nomem" when a split ran out of frames
     it: Optional[TdpIter] = None
 
@@ -354,7 +355,7 @@ def run_op(vm, op: Op):
                         yield
                         break
                     vm.stats[f"iter_visited_l{op.it.level}"] += 1
-                    rc = _op_body(vm, op, r, min_level)
+                    rc = _op_body_flushing(vm, op, r, min_level)
                     if rc == "retry":
                         continue
                     if rc == "nomem":
@@ -370,6 +371,22 @@ def run_op(vm, op: Op):
         put_root(vm, r.id, op.shared)
         if op.err:
             return
+    # Policy flush_after_zap (a safe alternative to KVM's contracts): every zap that
+    # changed an SPTE ends with a remote flush, even of an invalid root.
+    if vm.pol.flush_after_zap and op.changed and op.kind in (ZAP_LEAFS, ZAP_ROOTS):
+        cpu.kvm_flush_remote_tlbs(vm)
+
+
+def _op_body_flushing(vm, op: Op, r: Root, min_level: int) -> Optional[str]:
+    """The body, and policy per_spte_flush (a safe alternative): every changed SPTE is
+    flushed (gfn, level) on the spot instead of accumulating one pending flush."""
+    writes, level, gfn = vm.stats["spte_writes"], op.it.level, op.it.gfn
+    rc = _op_body(vm, op, r, min_level)
+    if vm.stats["spte_writes"] != writes:
+        op.changed = True
+        if vm.pol.per_spte_flush and op.kind != SPLIT:
+            cpu.kvm_flush_remote_tlbs_range(vm, gfn, pages_per_level(level))
+    return rc
 
 
 def _op_body(vm, op: Op, r: Root, min_level: int) -> Optional[str]:
@@ -518,6 +535,10 @@ def tdp_mmu_zap_sp(vm, f: int) -> bool:
     ptable[i] = SHADOW_NONPRESENT_VALUE
     vm.stats["zapped_nonleaf"] += 1
     handle_changed_spte(vm, fr.sp_gfn, old, SHADOW_NONPRESENT_VALUE, plevel, False)
+    if vm.pol.per_spte_flush:
+        cpu.kvm_flush_remote_tlbs_range(vm, fr.sp_gfn, pages_per_level(plevel))
+    if vm.pol.flush_after_zap:
+        cpu.kvm_flush_remote_tlbs(vm)
     return True
 
 
