@@ -3,17 +3,15 @@
 and a runnable reproducer that uses only the public API."""
 from __future__ import annotations
 
-import random
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from ._native import check, ffi, lib
 from .policy import Policy
 from .results import ACCESS_NAMES, Event, Violation
 from .tlbconfig import TLBConfig
-from .vm import OPS, REQUESTS, VM, Op, _replay_one
+from .vm import OPS, REQUESTS, VM
 
 _OP_NAMES = {v: k for k, v in OPS.items()}
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import array
 import struct
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 from . import _native
 from ._native import check, ffi, lib

@@ -7,17 +7,16 @@ csrc/tdpfast.h: "A failed call leaves the model exactly as it was."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from conftest import SUBPROCESS_CWD, SUBPROCESS_ENV
 
 from tdpfast import (FramePoolExhausted, InvalidArgumentError, InvalidStateError, MalformedImageError,
                      MissingPageError, NotFoundError, Policy, TdpError, VM, hw)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GFN_LIMIT = 1 << (46 - 12)      # MAXPHYADDR 46: gfns below 0x400000000
 
 
@@ -233,8 +232,7 @@ def test_a_put_of_a_reference_nobody_took_cannot_crash_the_engine():
         out["access"] = vm.access(0, 0x2000, "r").outcome
         print(json.dumps(out), flush=True)
     """)
-    p = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ, PYTHONPATH=REPO))
+    p = subprocess.run([sys.executable, "-c", script], cwd=SUBPROCESS_CWD, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, f"engine crashed (rc={p.returncode}): {p.stderr[-500:]}"
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["refcount"] == 2
@@ -457,8 +455,7 @@ def test_failed_access_batch_survives_garbage_collection():
         gc.collect()
         print("survived", flush=True)
     """)
-    p = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ, PYTHONPATH=REPO))
+    p = subprocess.run([sys.executable, "-c", script], cwd=SUBPROCESS_CWD, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, f"rc={p.returncode}: {p.stderr[-400:]}"
     assert p.stdout.strip() == "survived"
     assert "BufferError" not in p.stderr

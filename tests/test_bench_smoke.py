@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import SUBPROCESS_CWD, SUBPROCESS_ENV
 
 pytest.importorskip("numpy")
 
@@ -142,9 +142,8 @@ def test_compare_file_errors(tmp_path, capsys):
 def test_pytest_benches_collect_and_run():
     """benches/ runs under pytest-benchmark (with timing disabled) at tiny sizes."""
     pytest.importorskip("pytest_benchmark")
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "pytest", "benches/", "-p", "no:cacheprovider", "-q",
+    r = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "benches"), "-p", "no:cacheprovider", "-q",
                         "-o", "python_files=bench_*.py", "--benchmark-disable", "--tdpfast-profile", "tiny"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                       cwd=SUBPROCESS_CWD, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert " passed" in r.stdout

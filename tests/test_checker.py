@@ -10,15 +10,14 @@ its dirty-log state (kvm-tdp-mmu.md §4.6, invariants I1-I7).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+from conftest import SUBPROCESS_CWD, SUBPROCESS_ENV
 
 from tdpfast import Policy, TLBConfig, VM, demo
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GFN = 5
 GPA = GFN << 12
 
@@ -405,8 +404,8 @@ def test_demo_scenarios_through_tdpfast_demo():
 
 
 def test_cli_demo_json():
-    p = subprocess.run([sys.executable, "-m", "tdpfast", "demo", "--json"], cwd=REPO, capture_output=True,
-                       text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+    p = subprocess.run([sys.executable, "-m", "tdpfast", "demo", "--json"], cwd=SUBPROCESS_CWD, env=SUBPROCESS_ENV, capture_output=True,
+                       text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-500:]
     out = json.loads(p.stdout)
     assert set(out) == {"reuse", "migration", "costs"}
@@ -427,8 +426,8 @@ def test_cli_demo_json():
 
 
 def test_cli_policies_json():
-    p = subprocess.run([sys.executable, "-m", "tdpfast", "policies", "--json"], cwd=REPO, capture_output=True,
-                       text=True, timeout=60, env=dict(os.environ, PYTHONPATH=REPO))
+    p = subprocess.run([sys.executable, "-m", "tdpfast", "policies", "--json"], cwd=SUBPROCESS_CWD, env=SUBPROCESS_ENV, capture_output=True,
+                       text=True, timeout=60)
     assert p.returncode == 0, p.stderr[-500:]
     items = {i["name"]: i for i in json.loads(p.stdout)}
     assert items["kvm"]["switches"] == {}

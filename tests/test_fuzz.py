@@ -1,23 +1,20 @@
 """`tdpfast fuzz`: the explorer finds catalogue bugs from a random start, shrinks them, and
 prints a reproducer that shows the violation on its own; KVM's policy stays clean."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-import tdpfast
+from conftest import SUBPROCESS_CWD, SUBPROCESS_ENV as ENV
 from tdpfast import Policy, VM, fuzz
 from tdpfast import strategies as tst
-
-# Subprocesses import the same tdpfast as the tests (installed, or this checkout).
-ENV = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(tdpfast.__file__)))
 
 
 def run_cli(*args, timeout=300):
     p = subprocess.run([sys.executable, "-m", "tdpfast", "fuzz", "--no-progress", *args],
-                       capture_output=True, text=True, timeout=timeout, env=ENV)
+                       capture_output=True, text=True, timeout=timeout, env=ENV,
+                       cwd=SUBPROCESS_CWD)
     return p
 
 

@@ -7,7 +7,6 @@ hardware walk -- with the checker at the end of every access.  Sections: kvm-tdp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from ..errors import FramePoolExhausted
 from . import hostmem, page_walker, tdp_mmu

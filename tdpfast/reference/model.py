@@ -38,7 +38,7 @@ from ..results import (ACCESS_NAMES, FRAME_STATES, VIOLATION_KINDS, AccessResult
                        Memslot, Violation, WalkResult)
 from ..tlbconfig import TLBConfig
 from . import cpu, hostmem, memslot as ms, page_walker, tdp_mmu
-from .spte import Masks, is_shadow_present_pte, pages_per_level, spte_index
+from .spte import Masks, pages_per_level, spte_index
 from .tdp_iter import spte_to_child_frame
 from .tlb import TLB, ept_context
 
