@@ -455,3 +455,36 @@ def test_memslot_deletion_policies_are_both_safe_here(policy):
     assert vm.access(0, 1030 << 12, "r").outcome == "mmio"
     assert vm.access(0, GPA, "r").outcome == "ok"
     assert vm.violations == []
+
+
+# --------------------------------------------------------------------------- B1 (interleaving at a yield)
+
+def _b1(policy):
+    """A range zap walks two roots (the vCPU's, then an SMM root whose tables are empty);
+    it yields inside the second; meanwhile a notifier for an already-zapped gfn finds
+    nothing to zap, so it does not flush, and the host frees the page."""
+    vm = VM(policy=policy, tlb=TLBConfig.adversarial())
+    vm.add_memslot(0, 4096)
+    smm = vm.mmu.alloc_root(as_id=1)
+    vm.mmu.map_range(512, 2048, root=smm)
+    vm.mmu.zap_gfn_range(512, 1536)                 # leaves empty tables behind in the SMM root
+    vm.flush_remote_tlbs()
+    vm.vcpu_run(0, 0)
+    vm.access(0, 5 << 12, "r")                      # the vCPU's root is the newest: walked first
+    op = vm.start_op("zap_gfn_range", 5, 2048, yield_every=300)
+    assert not op.step()                            # stopped at a yield point in the SMM root
+    vm.host_unmap(5, 6)
+    r = vm.access(0, 5 << 12, "r")
+    op.finish()
+    return vm, r
+
+
+def test_b1_a_yield_in_a_later_root_loses_the_flush():
+    vm, r = _b1(Policy.named("B1-yield-flush-lost"))
+    assert r.tlb == "l1" and r.violation is not None
+    assert kinds(vm) == ["use_after_free"] and r.violation.expected_pfn is None
+
+
+def test_b1_fixed_the_pending_flush_is_done_before_the_yield():
+    vm, r = _b1(Policy.kvm())
+    assert vm.violations == [] and r.tlb is None    # flushed before the yield: the access walked
