@@ -356,6 +356,26 @@ int tdp_mmu_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int ac
 
 #define MAX_FAULT_RETRIES 8
 
+/* An EPT violation / #NPF reaches KVM's fault handler: 1 when the access ends here
+ * (emulated, or waiting for an invalidation), 0 to retry it, <0 on error. */
+static int take_fault(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct tdp_access_result *out)
+{
+	out->faults++;
+	switch (tdp_mmu_page_fault(vm, tdp_mmu_find_root(vm, v->root_id), gpa >> 12, access)) {
+	case RET_PF_EMULATE:
+		out->outcome = TDP_OUT_MMIO;
+		return 1;
+	case RET_PF_BLOCKED:
+		out->outcome = TDP_OUT_BLOCKED;
+		return 1;
+	case RET_PF_NOMEM:
+		return vm_err(vm, TDP_ENOMEM, "frame pool exhausted while handling a fault on gpa 0x%llx",
+			      (unsigned long long)gpa);
+	default:
+		return 0;
+	}
+}
+
 int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct tdp_access_result *out,
 	       u64 batch_index)
 {
@@ -395,21 +415,13 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 			if (!permitted) {
 				/* The cached entry denies the access: an EPT violation /
 				 * #NPF from the TLB, which drops the entry (§3.3). */
-				vm->stats[ST_tlb_hits_l1]++;
+				vm->stats[hit == 1 ? ST_tlb_hits_l1 : ST_tlb_hits_l2]++;
 				tlb_flush_gfn_ctx(&pc->tlb, ctx, gfn);
-				struct tdp_root *root = tdp_mmu_find_root(vm, v->root_id);
-				out->faults++;
-				int r = tdp_mmu_page_fault(vm, root, gfn, access);
-				if (r == RET_PF_EMULATE) {
-					out->outcome = TDP_OUT_MMIO;
+				int r = take_fault(vm, v, gpa, access, out);
+				if (r < 0)
+					return r;
+				if (r)
 					goto done;
-				}
-				if (r == RET_PF_BLOCKED) {
-					out->outcome = TDP_OUT_BLOCKED;
-					goto done;
-				}
-				if (r == RET_PF_NOMEM)
-					return vm_err(vm, TDP_ENOMEM, "frame pool exhausted while handling a fault on gpa 0x%llx", (unsigned long long)gpa);
 				continue;
 			}
 			/* A write through an entry that has not recorded D re-walks to set it. */
@@ -481,18 +493,11 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 				goto done;
 			}
 		}
-		out->faults++;
-		int r = tdp_mmu_page_fault(vm, root, gfn, access);
-		if (r == RET_PF_EMULATE) {
-			out->outcome = TDP_OUT_MMIO;
+		int r = take_fault(vm, v, gpa, access, out);
+		if (r < 0)
+			return r;
+		if (r)
 			goto done;
-		}
-		if (r == RET_PF_BLOCKED) {
-			out->outcome = TDP_OUT_BLOCKED;
-			goto done;
-		}
-		if (r == RET_PF_NOMEM)
-			return vm_err(vm, TDP_ENOMEM, "frame pool exhausted while handling a fault on gpa 0x%llx", (unsigned long long)gpa);
 	}
 	/* Liveness: the fault kept retrying (e.g. a root invalidated without the
 	 * FREE_OBSOLETE_ROOTS request, or B19's permanent retry). */

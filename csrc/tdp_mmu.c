@@ -847,10 +847,10 @@ bool tdp_mmu_age(struct tdp_vm *vm, u64 start, u64 end)
 			u64 nw = mark_spte_for_access_track(&vm->masks, it.old_spte);
 			if (nw != it.old_spte) {
 				*it.sptep = nw;
-				it.old_spte = nw;
 				vm->stats[ST_spte_writes]++;
 				vm_cost(vm, vm->costs.spte_write);
 				vm_trace(vm, TR_SPTE_CHANGED, (u32)it.level, it.gfn, it.old_spte, nw);
+				it.old_spte = nw;
 			}
 		}
 	}

@@ -1,7 +1,11 @@
 /* tdpfast.h — the one public header: what the Python bindings (cffi) see.
  * Every function returns 0 or a negative TDP_E* code; the message that names the
- * bad argument is then available from tdp_errmsg(vm). A failed call leaves the
- * model exactly as it was. This file is parsed by cffi: keep it free of macros. */
+ * bad argument is then available from tdp_errmsg(vm). A call rejected for its
+ * arguments or for the model's state leaves the model exactly as it was. Three calls
+ * can stop half-way by design, as their KVM counterparts do, and say so: an access
+ * batch stops before an access that might not get its frames (not an error), and a
+ * split or a stepped operation that runs out of frames keeps what it did.
+ * This file is parsed by cffi: keep it free of macros. */
 #ifndef TDPFAST_H
 #define TDPFAST_H
 #include <stdint.h>

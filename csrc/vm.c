@@ -386,6 +386,7 @@ void tdp_reset_stats(tdp_vm *vm)
 	u64 keep[5] = {vm->stats[ST_pages_4k], vm->stats[ST_pages_2m], vm->stats[ST_pages_1g],
 		       vm->stats[ST_mmu_pages], vm->stats[ST_nx_lpage_splits]};
 	memset(vm->stats, 0, sizeof(vm->stats));
+	vm->mem.grace_periods = 0; /* a counter like the others, not a lifetime total */
 	vm->stats[ST_pages_4k] = keep[0];
 	vm->stats[ST_pages_2m] = keep[1];
 	vm->stats[ST_pages_1g] = keep[2];
@@ -1239,40 +1240,35 @@ int tdp_mmu_zap_sp(tdp_vm *vm, uint32_t root_id, uint64_t gfn, int level, int *f
 	return 0;
 }
 
-int tdp_mmu_wrprot_range(tdp_vm *vm, uint64_t start, uint64_t end, int *flush)
+/* The range walkers that only report what they found: check, run, log. */
+static int range_walk(tdp_vm *vm, uint64_t start, uint64_t end, int *out, u32 ev,
+		      bool (*walk)(struct tdp_vm *, u64, u64))
 {
 	int r;
 	op_begin(vm);
 	if ((r = check_range(vm, start, end)))
 		return r;
-	*flush = tdp_mmu_wrprot(vm, start, end, 1);
-	vm_log(vm, EV_WRPROT, start, end, 0, 0, 0);
+	*out = walk(vm, start, end);
+	vm_log(vm, ev, start, end, 0, 0, 0);
 	op_end(vm);
 	return 0;
+}
+
+static bool wrprot_4k_up(struct tdp_vm *vm, u64 start, u64 end) { return tdp_mmu_wrprot(vm, start, end, 1); }
+
+int tdp_mmu_wrprot_range(tdp_vm *vm, uint64_t start, uint64_t end, int *flush)
+{
+	return range_walk(vm, start, end, flush, EV_WRPROT, wrprot_4k_up);
 }
 
 int tdp_mmu_clear_dirty_range(tdp_vm *vm, uint64_t start, uint64_t end, int *flush)
 {
-	int r;
-	op_begin(vm);
-	if ((r = check_range(vm, start, end)))
-		return r;
-	*flush = tdp_mmu_clear_dirty(vm, start, end);
-	vm_log(vm, EV_CLEAR_DIRTY, start, end, 0, 0, 0);
-	op_end(vm);
-	return 0;
+	return range_walk(vm, start, end, flush, EV_CLEAR_DIRTY, tdp_mmu_clear_dirty);
 }
 
 int tdp_mmu_age_range(tdp_vm *vm, uint64_t start, uint64_t end, int *young)
 {
-	int r;
-	op_begin(vm);
-	if ((r = check_range(vm, start, end)))
-		return r;
-	*young = tdp_mmu_age(vm, start, end);
-	vm_log(vm, EV_AGE, start, end, 0, 0, 0);
-	op_end(vm);
-	return 0;
+	return range_walk(vm, start, end, young, EV_AGE, tdp_mmu_age);
 }
 
 int tdp_mmu_split_huge_pages(tdp_vm *vm, uint64_t start, uint64_t end, int target_level)
@@ -1554,9 +1550,11 @@ int tdp_vcpu_request(tdp_vm *vm, int vcpu, uint32_t requests)
 	struct vcpu *v = &vm->vcpus[vcpu];
 	v->requests |= requests;
 	if (v->mode == TDP_IN_GUEST) {
+		/* kvm_make_request() + kvm_vcpu_kick(): an IPI forces the exit. */
 		v->mode = TDP_EXITING_GUEST;
 		vm->stats[ST_ipis]++;
 		vm->stats[ST_vm_exits]++;
+		vm_cost(vm, vm->costs.ipi + vm->costs.vm_exit);
 	}
 	vm_log(vm, EV_VCPU_REQUEST, (u64)vcpu, requests, 0, 0, 0);
 	op_end(vm);

@@ -379,7 +379,7 @@ def access(vm, v: Vcpu, gpa: int, access: int, batch_index: int = 0) -> AccessOu
             if not permitted:
                 # The cached entry denies the access: an EPT violation / #NPF from the
                 # TLB, which drops the entries translating the gpa (XT §3.2).
-                vm.stats["tlb_hits_l1" if hit == 1 or vm.quirk("denied_hit_counts_l1") else "tlb_hits_l2"] += 1
+                vm.stats["tlb_hits_l1" if hit == 1 else "tlb_hits_l2"] += 1
                 pc.tlb.flush_gfn_ctx(ctx, gfn)
                 if _fault(vm, v, gfn, gpa, access, out):
                     break

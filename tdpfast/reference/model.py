@@ -45,14 +45,11 @@ from .tlb import TLB, ept_context
 U64 = (1 << 64) - 1
 
 #: Deviations of the C engine from the spec that the reference can reproduce on request.
-#: (Fixed in the engine since: MMIO SPTEs carrying SHADOW_NONPRESENT_VALUE, i.e. SVE on EPT,
-#: so that is_mmio_spte() never matched; the NX-reduced goal passed as req_level, so no
-#: table was ever tracked as a possible NX huge page -- both fixed in 1aa8a51.)
-KNOWN_C_QUIRKS: Dict[str, str] = {
-    "denied_hit_counts_l1":
-        "a TLB hit whose permissions deny the access counts as tlb_hits_l1 even when it hit "
-        "in the L2 TLB",
-}
+#: None are left. (Fixed in the engine: MMIO SPTEs carrying SHADOW_NONPRESENT_VALUE, i.e.
+#: SVE on EPT, so that is_mmio_spte() never matched; the NX-reduced goal passed as
+#: req_level, so no table was tracked as a possible NX huge page; a TLB hit that denies the
+#: access counted as an L1 hit even when it hit in the L2 TLB.)
+KNOWN_C_QUIRKS: Dict[str, str] = {}
 
 #: Counter names, in the order of csrc/stats.def.
 STAT_NAMES = (
@@ -1044,6 +1041,8 @@ class VM:
             v.mode = cpu.EXITING_GUEST
             k.stats["ipis"] += 1
             k.stats["vm_exits"] += 1
+            k.cost("ipi")
+            k.cost("vm_exit")
         k.log("vcpu_request", vcpu, bits)
         k.op_end()
 
@@ -1393,6 +1392,7 @@ class VM:
         keep = {n: k.stats[n] for n in _GAUGES}
         k.stats = dict.fromkeys(STAT_NAMES, 0)
         k.stats.update(keep)
+        k.mem.grace_periods = 0
 
     def frames(self) -> dict:
         return self._k.mem.info()
