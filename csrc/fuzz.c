@@ -142,7 +142,13 @@ static void one_op(struct fuzz *f)
 		u64 g = pick_gfn(f);
 		int level = 1 + (int)below(f, 3);
 		g &= ~(pages_per_level(level) - 1);
-		tdp_mmu_map(vm, 0, g, level, &flag);
+		if (level == 1 && below(f, 2)) {
+			/* A run of small pages, as dirty logging or the NX mitigation leave. */
+			u64 m, end = g + 1 + below(f, 16);
+			tdp_mmu_map_range(vm, 0, g, end < FUZZ_GFNS ? end : FUZZ_GFNS, 1, &m);
+		} else {
+			tdp_mmu_map(vm, 0, g, level, &flag);
+		}
 	} else if (kind == FZ_DIRTY_TOGGLE) {
 		int i = (int)below(f, 2);
 		if (f->slot_id[i] >= 0) {
@@ -209,7 +215,7 @@ static void one_op(struct fuzz *f)
 		}
 	} else if (kind == FZ_NX) {
 		int z;
-		tdp_mmu_recover_nx_huge_pages(vm, 1 + (int)below(f, 4), &z);
+		tdp_mmu_recover_nx_huge_pages(vm, 1 + (int)below(f, 1 + vm->nnx), &z);
 	} else if (kind == FZ_SPLIT) {
 		pick_range(f, &s, &e);
 		tdp_mmu_split_huge_pages(vm, s, e, 1);

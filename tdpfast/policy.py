@@ -181,6 +181,9 @@ _NAMED: Dict[str, Tuple[str, dict]] = {
     "B14-dirty-log-enable-if-changed": ("B14 b64d740ea7dd: enabling dirty logging flushes only if an SPTE changed "
                                         "(needs EPT A/D off: VM(ad=False))",
                                         {"dirty_log_enable_flush": "if_changed"}),
+    "B16-remote-flush-current-only": ("B16 (~v5.7): KVM_REQ_TLB_FLUSH flushes only the current EPTP/VPID context; "
+                                      "latent in this model, where every root load flushes its context",
+                                      {"remote_flush_all_contexts": False}),
     "B18-memslot-precise-zap": ("B18 4e103134b862 (reverted): memslot deletion zaps only the slot, with a flush",
                                 {"memslot_delete_zap_all": False}),
     "no-flush-before-yield": ("the iterator drops the lock with a flush still pending",
