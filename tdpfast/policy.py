@@ -90,8 +90,11 @@ class Policy:
                 raise InvalidArgumentError(f"unknown policy switch {k!r}; switches: {', '.join(sorted(names))}")
             if k in _ENUMS and v not in _ENUMS[k]:
                 raise InvalidArgumentError(f"policy switch {k} must be one of {_ENUMS[k]}, got {v!r}")
-            if k in ("yield_every", "nx_recovery_ratio") and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-                raise InvalidArgumentError(f"policy switch {k} must be a non-negative integer, got {v!r}")
+            if k in ("yield_every", "nx_recovery_ratio"):
+                if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**31:
+                    raise InvalidArgumentError(f"policy switch {k} must be a non-negative integer, got {v!r}")
+            elif k not in _ENUMS and not isinstance(v, bool):
+                raise InvalidArgumentError(f"policy switch {k} takes True or False, got {v!r}")
         return dataclasses.replace(self, **changes)
 
     @classmethod

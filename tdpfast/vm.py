@@ -40,6 +40,12 @@ REQUESTS = {"tlb_flush": 1, "tlb_flush_current": 2, "tlb_flush_guest": 4, "mmu_f
 _MODES = ("outside_guest", "in_guest", "exiting_guest")
 
 
+def _choice(name: str, value, options) -> None:
+    """Reject a value that is not one of the (string) options, whatever its type."""
+    if not isinstance(value, str) or value not in options:
+        raise InvalidArgumentError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
+
+
 def _access_code(access: Union[str, int]) -> int:
     if isinstance(access, str) and access in ACCESS_NAMES:
         return ACCESS_NAMES.index(access)
@@ -317,8 +323,7 @@ class VM:
                  frame_limit: Optional[int] = None, max_asid: int = 32767, min_asid: int = 1,
                  flush_by_asid: bool = True, trace: bool = False, record: bool = True,
                  costs: Optional[Dict[str, int]] = None):
-        if arch not in _ARCH:
-            raise InvalidArgumentError(f"arch must be 'vmx' or 'svm', got {arch!r}")
+        _choice("arch", arch, tuple(_ARCH))
         tlb = TLBConfig.adversarial() if tlb is None else tlb
         policy = Policy.kvm() if policy is None else policy
         if not isinstance(tlb, TLBConfig):
@@ -472,8 +477,7 @@ class VM:
         """kvm_make_request() of the named requests (kicks the vCPU out of guest mode)."""
         bits = 0
         for r in requests:
-            if r not in REQUESTS:
-                raise InvalidArgumentError(f"unknown request {r!r}; requests: {', '.join(REQUESTS)}")
+            _choice("request", r, tuple(REQUESTS))
             bits |= REQUESTS[r]
         check(self._h, lib.tdp_vcpu_request(self._h, _int("vcpu", vcpu, 0, 1 << 20), bits))
 
@@ -561,9 +565,8 @@ class VM:
 
     def invept(self, pcpu: int, kind: str = "single", eptp: Optional[int] = None) -> None:
         """INVEPT on one pCPU: ``kind`` "single" (needs ``eptp``) or "global"."""
-        t = {"single": 1, "global": 2}.get(kind)
-        if t is None:
-            raise InvalidArgumentError(f"INVEPT kind must be 'single' or 'global', got {kind!r}")
+        _choice("INVEPT kind", kind, ("single", "global"))
+        t = {"single": 1, "global": 2}[kind]
         if t == 1 and eptp is None:
             raise InvalidArgumentError("INVEPT single-context needs eptp=")
         check(self._h, lib.tdp_invept(self._h, _int("pcpu", pcpu, 0, 1 << 20), t, _int("eptp", eptp or 0)))
@@ -572,8 +575,7 @@ class VM:
         """INVVPID: "individual", "single", "all" or "single_retaining_globals" (never drops
         guest-physical mappings)."""
         kinds = ("individual", "single", "all", "single_retaining_globals")
-        if kind not in kinds:
-            raise InvalidArgumentError(f"INVVPID kind must be one of {kinds}, got {kind!r}")
+        _choice("INVVPID kind", kind, kinds)
         check(self._h, lib.tdp_invvpid(self._h, _int("pcpu", pcpu, 0, 1 << 20), kinds.index(kind),
                                        _int("vpid", vpid, 0, 0xffffffff), _int("gla", gla)))
 
@@ -610,8 +612,7 @@ class VM:
         recover_huge_pages(start, end), recover_nx_huge_pages(count=0).
         ``yield_every`` is how many iterator steps pass between yield points.
         """
-        if name not in OPS:
-            raise InvalidArgumentError(f"unknown operation {name!r}; operations: {', '.join(OPS)}")
+        _choice("operation", name, tuple(OPS))
         vals = [a.id if isinstance(a, (Memslot, Root)) else _int(f"{name} argument", a) for a in args]
         if len(vals) > 3:
             raise InvalidArgumentError(f"{name} takes at most 3 arguments, got {len(vals)}")
