@@ -323,7 +323,8 @@ class VM:
                  frame_limit: Optional[int] = None, max_asid: int = 32767, min_asid: int = 1,
                  flush_by_asid: bool = True, trace: bool = False, record: bool = True,
                  costs: Optional[Dict[str, int]] = None):
-        _choice("arch", arch, tuple(_ARCH))
+        if not isinstance(arch, str) or arch not in _ARCH:
+            raise InvalidArgumentError(f"arch must be 'vmx' or 'svm', got {arch!r}")
         tlb = TLBConfig.adversarial() if tlb is None else tlb
         policy = Policy.kvm() if policy is None else policy
         if not isinstance(tlb, TLBConfig):
@@ -477,7 +478,8 @@ class VM:
         """kvm_make_request() of the named requests (kicks the vCPU out of guest mode)."""
         bits = 0
         for r in requests:
-            _choice("request", r, tuple(REQUESTS))
+            if not isinstance(r, str) or r not in REQUESTS:
+                raise InvalidArgumentError(f"unknown request {r!r}; requests: {', '.join(REQUESTS)}")
             bits |= REQUESTS[r]
         check(self._h, lib.tdp_vcpu_request(self._h, _int("vcpu", vcpu, 0, 1 << 20), bits))
 
