@@ -477,6 +477,13 @@ static int recover_huge_body(struct tdp_vm *vm, struct tdp_op *op)
 		return 1;
 	vm->stats[ST_huge_pages_recovered]++;
 	op->flush = true;
+	/* The flush must cover the whole huge page (KVM flushes the memslot), not
+	 * just the window: a 1G leaf unlinks tables outside it. */
+	u64 lo = it->gfn, hi = it->gfn + pages_per_level(it->level);
+	if (!op->chg_hi || lo < op->chg_lo)
+		op->chg_lo = lo;
+	if (hi > op->chg_hi)
+		op->chg_hi = hi;
 	return 0;
 }
 
@@ -807,11 +814,13 @@ int tdp_mmu_split(struct tdp_vm *vm, u64 start, u64 end, int target_level)
 	return r < 0 ? r : 0;
 }
 
-bool tdp_mmu_recover_huge(struct tdp_vm *vm, u64 start, u64 end)
+bool tdp_mmu_recover_huge(struct tdp_vm *vm, u64 start, u64 end, u64 *flush_start, u64 *flush_end)
 {
 	struct tdp_op op;
 	tdp_op_init(vm, &op, OP_RECOVER_HUGE, ROOTS_VALID, start, end, true);
 	tdp_op_run(vm, &op, false);
+	*flush_start = op.chg_hi ? op.chg_lo : start;
+	*flush_end = op.chg_hi ? op.chg_hi : end;
 	return op.flush;
 }
 

@@ -54,6 +54,7 @@ struct tdp_op {
 	bool result_flush;            /* B1: flushes OR-ed from earlier roots */
 	bool result;                  /* something changed (zapped, protected, ...) */
 	bool changed;                 /* an SPTE was written */
+	u64 chg_lo, chg_hi;           /* gfns covered by the SPTEs replaced (recover) */
 	int yield_every;
 	u64 since_yield;
 	int nx_left, nx_done;
@@ -68,7 +69,8 @@ bool tdp_mmu_wrprot(struct tdp_vm *vm, u64 start, u64 end, int min_level);
 bool tdp_mmu_clear_dirty(struct tdp_vm *vm, u64 start, u64 end);
 bool tdp_mmu_age(struct tdp_vm *vm, u64 start, u64 end);
 int tdp_mmu_split(struct tdp_vm *vm, u64 start, u64 end, int target_level);
-bool tdp_mmu_recover_huge(struct tdp_vm *vm, u64 start, u64 end);
+/* Returns whether a flush is needed, and the range it must cover. */
+bool tdp_mmu_recover_huge(struct tdp_vm *vm, u64 start, u64 end, u64 *flush_start, u64 *flush_end);
 int tdp_mmu_recover_nx(struct tdp_vm *vm, int count, int *zapped);
 bool tdp_mmu_zap_sp_frame(struct tdp_vm *vm, u32 frame);
 bool tdp_mmu_write_protect_gfn(struct tdp_vm *vm, u64 gfn);

@@ -888,8 +888,9 @@ int tdp_dirty_log_enable(tdp_vm *vm, int slot_id, int enable)
 		free(s->dirty);
 		s->dirty = NULL;
 		/* Recover huge pages in place; flush the memslot if any changed. */
-		if (tdp_mmu_recover_huge(vm, start, end))
-			kvm_flush_remote_tlbs_range(vm, start, end - start);
+		u64 fs, fe;
+		if (tdp_mmu_recover_huge(vm, start, end, &fs, &fe))
+			kvm_flush_remote_tlbs_range(vm, fs < start ? fs : start, (fe > end ? fe : end) - (fs < start ? fs : start));
 	}
 	vm_log(vm, EV_DIRTY_LOG_ENABLE, (u64)slot_id, (u64)enable, 0, 0, 0);
 	op_end(vm);
@@ -1296,9 +1297,10 @@ int tdp_mmu_recover_huge_pages(tdp_vm *vm, uint64_t start, uint64_t end, int *fl
 	op_begin(vm);
 	if ((r = check_range(vm, start, end)))
 		return r;
-	bool f = tdp_mmu_recover_huge(vm, start, end);
+	u64 fs, fe;
+	bool f = tdp_mmu_recover_huge(vm, start, end, &fs, &fe);
 	if (f)
-		kvm_flush_remote_tlbs_range(vm, start, end - start);
+		kvm_flush_remote_tlbs_range(vm, fs, fe - fs);
 	*flush = f;
 	vm_log(vm, EV_RECOVER, start, end, 0, 0, 0);
 	op_end(vm);
@@ -2041,7 +2043,8 @@ static int op_finish(tdp_vm *vm, struct vm_op *o)
 		return op->result;
 	case TDP_OP_RECOVER_HUGE:
 		if (flush)
-			kvm_flush_remote_tlbs_range(vm, o->a, o->b - o->a);
+			kvm_flush_remote_tlbs_range(vm, op->chg_hi ? op->chg_lo : o->a,
+						    (op->chg_hi ? op->chg_hi : o->b) - (op->chg_hi ? op->chg_lo : o->a));
 		return flush;
 	case TDP_OP_NX_RECOVER:
 		return op->nx_done;

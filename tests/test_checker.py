@@ -488,3 +488,21 @@ def test_b1_a_yield_in_a_later_root_loses_the_flush():
 def test_b1_fixed_the_pending_flush_is_done_before_the_yield():
     vm, r = _b1(Policy.kvm())
     assert vm.violations == [] and r.tlb is None    # flushed before the yield: the access walked
+
+
+def test_recovering_a_1g_page_flushes_all_of_it_in_precise_range_mode():
+    """Found by `tdpfast fuzz --policy precise-range`: recovering huge pages in a window
+    can install a 1G leaf whose unlinked tables lie outside the window; the flush must
+    cover the huge page (KVM flushes the memslot), or a paging-structure-cache entry
+    keeps pointing at a freed table."""
+    vm = VM(vcpus=2, pcpus=2, policy=Policy.named("precise-range"), tlb=TLBConfig.adversarial())
+    vm.add_memslot(0x40000, 0x40000, max_level=3)
+    vm.vcpu_run(0, 1)
+    vm.vcpu_run(1, 0)
+    vm.access(1, 0x40202ad5, "r")                    # a 1G leaf
+    vm.mmu.split_huge_pages(0x4014C, 0x404FD, 1)     # 2M, then 4K tables in the window
+    vm.access(0, 0x401D1DE6, "x")                    # caches the PDE for gfns 0x40000-0x401ff
+    assert vm.mmu.recover_huge_pages(0x40200, 0x40400) is True   # back to one 1G leaf
+    r = vm.access(0, 0x40003F0C, "x")
+    assert vm.violations == [] and r.outcome == "ok"
+    assert vm.stats["range_flushes"] >= 1

@@ -604,9 +604,9 @@ class MMU:
 
     def recover_huge_pages(self, start_gfn: int, end_gfn: int) -> bool:
         def body(s, e):
-            flush = tdp_mmu.recover_huge_pages(self._k, s, e)
+            flush, (fs, fe) = tdp_mmu.recover_huge_pages(self._k, s, e)
             if flush:
-                cpu.kvm_flush_remote_tlbs_range(self._k, s, e - s)
+                cpu.kvm_flush_remote_tlbs_range(self._k, fs, fe - fs)
             return flush
         return self._range_op("recover_huge_pages", start_gfn, end_gfn, body)
 
@@ -958,8 +958,10 @@ class VM:
         elif not enable and s.dirty_log:
             s.flags &= ~ms.DIRTY_LOG
             s.dirty = None
-            if tdp_mmu.recover_huge_pages(k, s.base_gfn, s.end_gfn):
-                cpu.kvm_flush_remote_tlbs_range(k, s.base_gfn, s.npages)
+            flush, (fs, fe) = tdp_mmu.recover_huge_pages(k, s.base_gfn, s.end_gfn)
+            if flush:
+                lo, hi = min(fs, s.base_gfn), max(fe, s.end_gfn)
+                cpu.kvm_flush_remote_tlbs_range(k, lo, hi - lo)
         k.log("set_dirty_logging", sid, int(enable))
         k.op_end()
 
@@ -1372,7 +1374,8 @@ class VM:
             return int(op.result)
         if o.kind == 8:
             if flush:
-                cpu.kvm_flush_remote_tlbs_range(k, o.a, o.b - o.a)
+                fs, fe = tdp_mmu.recover_flush_range(op, o.a, o.b)
+                cpu.kvm_flush_remote_tlbs_range(k, fs, fe - fs)
             return int(flush)
         if o.kind == 9:
             return op.nx_done

@@ -270,6 +270,8 @@ class Op:
     nx_left: int = 0
     nx_done: int = 0
     changed: bool = False        # some SPTE was written (for flush_after_zap)
+    chg_lo: int = 0              # gfns covered by the SPTEs recovery replaced ...
+    chg_hi: int = 0              # ... (0, 0: none)
     err: Optional[str] = None    # "nomem" when a split ran out of frames
     it: Optional[TdpIter] = None
 
@@ -516,6 +518,12 @@ def _recover_huge_body(vm, op: Op) -> Optional[str]:
         return "retry"
     vm.stats["huge_pages_recovered"] += 1
     op.flush = True
+    # The flush covers the whole huge page (KVM flushes the memslot), not just the
+    # window: a 1G leaf unlinks tables outside it.
+    lo, hi = it.gfn, it.gfn + pages_per_level(it.level)
+    if not op.chg_hi or lo < op.chg_lo:
+        op.chg_lo = lo
+    op.chg_hi = max(op.chg_hi, hi)
     return None
 
 
@@ -648,10 +656,16 @@ def split_huge_pages(vm, start: int, end: int, target_level: int) -> Optional[st
     return op.err
 
 
-def recover_huge_pages(vm, start: int, end: int) -> bool:
+def recover_flush_range(op: Op, start: int, end: int):
+    """The range a recovery's flush must cover: every huge page it installed."""
+    return (op.chg_lo, op.chg_hi) if op.chg_hi else (start, end)
+
+
+def recover_huge_pages(vm, start: int, end: int):
+    """Returns (flush needed, (flush start, flush end))."""
     op = new_op(vm, RECOVER_HUGE, ROOTS_VALID, start, end, True)
     run(run_op(vm, op))
-    return op.flush
+    return op.flush, recover_flush_range(op, start, end)
 
 
 def recover_nx_huge_pages(vm, count: int) -> int:
