@@ -566,19 +566,13 @@ static int op_body_inner(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *
 		return 0;
 	}
 	case OP_WRPROT:
-		/* wrprot_gfn_range(): clear W (MMU-writable kept for the fast path). */
-		if (!is_shadow_present_pte(old) || !is_last_spte(old, it->level) || !(old & SPTE_W))
-			return 0;
-		if (tdp_mmu_set_spte_atomic(vm, it, old & ~SPTE_W))
-			return 1;
-		op->result = true;
-		return 0;
 	case OP_CLEAR_DIRTY: {
-		/* clear_dirty_gfn_range(): D with A/D, W without. */
-		u64 dbit = vm->masks.ad ? vm->masks.dirty : SPTE_W;
-		if (!is_shadow_present_pte(old) || !is_last_spte(old, it->level) || !(old & dbit))
+		/* wrprot_gfn_range() clears W (MMU-writable kept for the fast path);
+		 * clear_dirty_gfn_range() clears D with A/D, W without. */
+		u64 bit = (op->kind == OP_WRPROT || !vm->masks.ad) ? SPTE_W : vm->masks.dirty;
+		if (!is_shadow_present_pte(old) || !is_last_spte(old, it->level) || !(old & bit))
 			return 0;
-		if (tdp_mmu_set_spte_atomic(vm, it, old & ~dbit))
+		if (tdp_mmu_set_spte_atomic(vm, it, old & ~bit))
 			return 1;
 		op->result = true;
 		return 0;

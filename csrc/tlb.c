@@ -423,12 +423,6 @@ int tlb_psc_fill(struct tlb *t, int ctx, u64 gfn, int level, u64 table_pfn, unsi
 	return 0;
 }
 
-void tlb_psc_drop(struct tlb *t, struct tlb_ent *e)
-{
-	(void)t;
-	e->epoch = 0;
-}
-
 static void kill_vpn_array(struct tlb *t, struct tlb_array *a, u64 vpn, int level)
 {
 	if (!a->sets)

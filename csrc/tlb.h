@@ -73,7 +73,6 @@ int tlb_fill(struct tlb *t, int ctx, u64 gfn, int level, u64 pfn, unsigned perms
 /* Deepest PSC entry for gfn at a level >= min_level (the level of the cached entry). */
 struct tlb_ent *tlb_psc_lookup(struct tlb *t, int ctx, u64 gfn, int top_level);
 int tlb_psc_fill(struct tlb *t, int ctx, u64 gfn, int level, u64 table_pfn, unsigned perms, u32 gen);
-void tlb_psc_drop(struct tlb *t, struct tlb_ent *e);
 
 u64 tlb_live_entries(const struct tlb *t, int psc);
 size_t tlb_dump(const struct tlb *t, struct tdp_tlb_entry *out, size_t max, int svm);

@@ -1484,15 +1484,8 @@ int tdp_hw_walk(const uint64_t *page_addrs, const uint8_t *pages, size_t npages,
 	hp.ad = p->ad && ad;
 	struct walk_mem mem = {image_read, &im};
 	r = walk_gpa(&hp, &mem, table, p->levels, 15, gpa, access, out);
-	if (r == TDP_EMISSING) {
-		/* Find which page was missing, for the message. */
+	if (r == TDP_EMISSING)
 		snprintf(err, errlen, "memory image has no page for a table the walk reads (after %d references)", out->refs);
-		u64 probe;
-		struct image *imp = &im;
-		(void)imp;
-		(void)probe;
-		return r;
-	}
 	return r;
 }
 
