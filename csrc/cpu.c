@@ -352,6 +352,29 @@ static int check_translation(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int acc
 	return 0;
 }
 
+/* For the explorer: does the vCPU's current root still give this translation? */
+static void probe_hazard(struct tdp_vm *vm, struct vcpu *v, u64 gfn, u64 pfn, int cached_level)
+{
+	struct tdp_root *root = tdp_mmu_find_root(vm, v->root_id);
+	int level;
+	if (!root)
+		return;
+	u64 spte = tdp_mmu_lookup(vm, root, gfn, &level, NULL);
+	if (is_shadow_present_pte(spte) && is_last_spte(spte, level) &&
+	    spte_to_pfn(spte) + (gfn & (pages_per_level(level) - 1)) == pfn) {
+		/* The same page, but maybe not the same page size. */
+		if (level != cached_level && !vm->hazard_weak) {
+			vm->hazard_weak = true;
+			vm->hazard_vcpu = v->id;
+			vm->hazard_gfn = gfn;
+		}
+		return;
+	}
+	vm->hazard = true;
+	vm->hazard_vcpu = v->id;
+	vm->hazard_gfn = gfn;
+}
+
 int tdp_mmu_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int access);
 
 #define MAX_FAULT_RETRIES 8
@@ -410,6 +433,8 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 				out->tlb_hit = hit;
 				out->hpa = ((e->pfn + off) << 12) | (gpa & 0xfff);
 				check_translation(vm, v, gpa, access, e->pfn + off, e->level, tag, batch_index);
+				if (vm->hazard_probe && !vm->hazard)
+					probe_hazard(vm, v, gfn, e->pfn + off, e->level);
 				goto done;
 			}
 			if (!permitted) {

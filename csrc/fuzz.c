@@ -3,7 +3,13 @@
  * stepped operations stopped at yield points, MMU-notifier invalidations, page
  * migration, memslot changes, dirty logging, aging and root churn, and stops at the
  * first violation. Every step goes through the public API, so the VM's event log is
- * a replayable reproducer. */
+ * a replayable reproducer.
+ *
+ * Grey-box, without knowing any bug: picks return to gfns the guest touched lately;
+ * an operation stopped at a yield point is raced by host events and accesses on its
+ * range; and when an access hits a cached translation that the vCPU's tables no
+ * longer give (a hazard, probed in cpu.c), the host changes that gfn's page and the
+ * guest touches it again, so a missing flush shows up at once. */
 #include <stdlib.h>
 #include <string.h>
 #include "vm.h"
@@ -21,6 +27,12 @@ enum fuzz_kind { FZ_ACCESS, FZ_RUN, FZ_EXIT, FZ_UNMAP, FZ_MIGRATE, FZ_MEMSLOT, F
  * some runs flush rarely and others churn roots or memslots a lot. */
 static const int base_weight[FZ_NKINDS] = {300, 60, 15, 40, 30, 12, 35, 30, 20, 25, 30, 20, 25, 100, 25, 15, 15,
 					   12, 12, 10, 25, 25};
+/* Long operations started stepwise (by enum tdp_op_kind), scaled per VM the same
+ * way: mostly the zaps that walk several roots, and the zaps of invalidated roots
+ * that leave emptied tables behind them while they yield. */
+static const int base_op_weight[TDP_OP_NX_RECOVER + 1] = {0, 300, 300, 100, 120, 33, 33, 33, 33, 33};
+
+#define RECENT 64u /* gfns the guest touched lately */
 
 struct fuzz {
 	tdp_vm *vm;
@@ -29,6 +41,13 @@ struct fuzz {
 	int weight[FZ_NKINDS];
 	int total;
 	int yield_max;
+	u64 recent[RECENT]; /* picks reuse them, and racers at a yield aim at them */
+	unsigned nrecent;
+	int locality;  /* per VM: how often a pick reuses a recent gfn (of 16) */
+	u64 focus;     /* a gfn where the TLB and the tables disagree ... */
+	int focus_left; /* ... and for how many more operations picks stay near it */
+	int op_weight[TDP_OP_NX_RECOVER + 1]; /* per VM: which long operations are stepped */
+	int op_total;
 };
 
 static u64 rnd(struct fuzz *f)
@@ -47,7 +66,15 @@ static const u64 hot_region[4] = {0, 512, FUZZ_SLOT1_BASE, FUZZ_SLOT1_BASE + 512
 
 static u64 pick_gfn(struct fuzz *f)
 {
+	/* Near a disagreement between the TLB and the tables: the gfn itself, or
+	 * another in its 2M region. */
+	if (f->focus_left > 0 && below(f, 4)) {
+		f->focus_left--;
+		return below(f, 2) ? f->focus : (f->focus & ~511ull) + below(f, 512);
+	}
 	/* Mostly a small hot set, so that zaps and accesses meet. */
+	if (f->nrecent && (int)below(f, 16) < f->locality)
+		return f->recent[below(f, f->nrecent < RECENT ? f->nrecent : RECENT)];
 	u64 r = below(f, 8);
 	if (r < 5)
 		return hot_region[below(f, 4)] + below(f, 8);
@@ -98,7 +125,64 @@ static void step_ops(struct fuzz *f)
 		return;
 	u32 id = ids[below(f, (u64)(n < 16 ? n : 16))];
 	int done, res;
-	tdp_op_step(f->vm, id, &done, &res);
+	if (tdp_op_step(f->vm, id, &done, &res) || done || below(f, 4) == 0)
+		return;
+	/* Stopped at a yield point with mmu_lock dropped: other threads race on the
+	 * gfns the operation is working on. */
+	struct vm_op *o = NULL;
+	for (int k = 0; k < f->vm->nops; k++)
+		if (f->vm->ops[k]->id == id)
+			o = f->vm->ops[k];
+	if (!o || o->kind == TDP_OP_DELETE_MEMSLOT || o->kind == TDP_OP_NX_RECOVER || o->b <= o->a)
+		return;
+	u64 lo = o->a, hi = o->b;
+	u64 g = lo + below(f, hi - lo), nw;
+	if (below(f, 4)) {
+		/* a gfn the guest touched lately, if one is in range */
+		unsigned m = f->nrecent < RECENT ? f->nrecent : RECENT, i0 = (unsigned)below(f, RECENT);
+		for (unsigned k = 0; k < m; k++)
+			if (f->recent[(i0 + k) % m] >= lo && f->recent[(i0 + k) % m] < hi) {
+				g = f->recent[(i0 + k) % m];
+				break;
+			}
+	}
+	for (int k = 0, n = 1 + (int)below(f, 4); k < n; k++) {
+		struct tdp_access_result out;
+		int v = any_vcpu(f);
+		switch (below(f, k ? 8 : 3)) {
+		case 0: tdp_host_unmap(f->vm, g, g + 1); break;
+		case 1: tdp_host_migrate(f->vm, g, &nw); break;
+		default:
+			/* a vCPU in guest mode, if any */
+			for (int i = 0; i < f->vm->cfg.nvcpus && f->vm->vcpus[v].mode == TDP_OUTSIDE_GUEST; i++)
+				v = (v + 1) % f->vm->cfg.nvcpus;
+			if (f->vm->vcpus[v].mode != TDP_OUTSIDE_GUEST)
+				tdp_access(f->vm, v, g << 12, below(f, 2) ? TDP_ACC_READ : TDP_ACC_WRITE, &out);
+		}
+	}
+}
+
+/* A guest access hit a cached translation that its tables no longer give: the
+ * host changing that gfn's page, then the guest touching it again, shows whether
+ * a flush still stands between the two. */
+static void chase_hazard(struct fuzz *f)
+{
+	tdp_vm *vm = f->vm;
+	u64 g = vm->hazard_gfn, nw;
+	int v = vm->hazard_vcpu;
+	struct tdp_access_result out;
+
+	vm->hazard = false;
+	f->focus = g;
+	f->focus_left = 32;
+	if (below(f, 4) == 0)
+		return;
+	if (below(f, 2))
+		tdp_host_migrate(vm, g, &nw);
+	else
+		tdp_host_unmap(vm, g, g + 1);
+	if (vm->vcpus[v].mode != TDP_OUTSIDE_GUEST)
+		tdp_access(vm, v, g << 12, below(f, 4) ? TDP_ACC_READ : TDP_ACC_WRITE, &out);
 }
 
 static void one_op(struct fuzz *f)
@@ -116,7 +200,9 @@ static void one_op(struct fuzz *f)
 			return;
 		}
 		int acc = below(f, 10) < 6 ? TDP_ACC_READ : (below(f, 4) ? TDP_ACC_WRITE : TDP_ACC_EXEC);
-		tdp_access(vm, v, pick_gfn(f) << 12 | below(f, 4096), acc, &out);
+		u64 g = pick_gfn(f);
+		f->recent[f->nrecent++ % RECENT] = g;
+		tdp_access(vm, v, g << 12 | below(f, 4096), acc, &out);
 	} else if (kind == FZ_RUN) {
 		tdp_vcpu_run(vm, any_vcpu(f), any_pcpu(f));
 	} else if (kind == FZ_EXIT) {
@@ -173,6 +259,10 @@ static void one_op(struct fuzz *f)
 	} else if (kind == FZ_ROOTS) {
 		/* Root churn: a root of another role (SMM), mapped, later put. */
 		if (below(f, 2)) {
+			/* Sometimes right after a fast zap, before the vCPUs reload theirs:
+			 * then the vCPUs' new root is the newest, walked first. */
+			if (below(f, 2))
+				tdp_mmu_zap_all_fast(vm);
 			if (tdp_mmu_alloc_root(vm, 1, 0, &id) == 0) {
 				pick_range(f, &s, &e);
 				u64 m;
@@ -193,8 +283,12 @@ static void one_op(struct fuzz *f)
 	} else if (kind == FZ_OP) {
 		if (below(f, 3) == 0 || !vm->nops) {
 			/* Mostly the zaps that run over several roots. */
-			u64 pk = below(f, 10);
-			int okind = pk < 4 ? TDP_OP_ZAP_GFN_RANGE : pk < 7 ? TDP_OP_HOST_UNMAP : 1 + (int)below(f, 9);
+			int okind = TDP_OP_ZAP_GFN_RANGE, r = (int)below(f, (u64)f->op_total + 1);
+			for (int k = 1; k <= TDP_OP_NX_RECOVER; r -= f->op_weight[k++])
+				if (r < f->op_weight[k]) {
+					okind = k;
+					break;
+				}
 			u64 a = 0, b = 0, c = 0;
 			pick_range(f, &a, &b);
 			if (okind == TDP_OP_DELETE_MEMSLOT) {
@@ -261,13 +355,31 @@ int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done)
 		f.weight[k] = base_weight[k] * m / 8;
 		f.total += f.weight[k];
 	}
+	for (int k = 1; k <= TDP_OP_NX_RECOVER; k++) {
+		static const int mult8[6] = {0, 1, 2, 4, 8, 16};
+		f.op_weight[k] = base_op_weight[k] * mult8[below(&f, 6)] / 8;
+		f.op_total += f.op_weight[k];
+	}
 	f.yield_max = below(&f, 2) ? 64 : 600;
+	f.locality = (int)below(&f, 12);
 	if (vm->cfg.maxphyaddr < 24)
 		return vm_err(vm, TDP_EINVAL, "maxphyaddr too small for the explorer");
 	add_slot(&f, 0);
 	add_slot(&f, 1);
-	for (n = 0; n < max_ops && !vm->nviol; n++)
+	vm->hazard_probe = true;
+	for (n = 0; n < max_ops && !vm->nviol; n++) {
 		one_op(&f);
+		if (vm->hazard)
+			chase_hazard(&f);
+		if (vm->hazard_weak) {
+			vm->hazard_weak = false;
+			if (f.focus_left <= 0) {
+				f.focus = vm->hazard_gfn;
+				f.focus_left = 32;
+			}
+		}
+	}
+	vm->hazard_probe = vm->hazard = vm->hazard_weak = false;
 	*ops_done = n;
 	return 0;
 }

@@ -93,6 +93,13 @@ struct tdp_vm {
 	int nops;
 	u32 next_op_id;
 
+	/* Explorer feedback (tdp_fuzz only; never changes the engine's behaviour): the
+	 * last TLB hit whose translation the vCPU's current tables no longer give. One
+	 * host event on that gfn turns it into a violation if no flush comes first.
+	 * A weak hazard: the same page, cached at another page size. */
+	bool hazard_probe, hazard, hazard_weak;
+	int hazard_vcpu;
+	u64 hazard_gfn;
 };
 
 enum ev_op {
