@@ -44,6 +44,7 @@ struct fuzz {
 	u64 recent[RECENT]; /* picks reuse them, and racers at a yield aim at them */
 	unsigned nrecent;
 	int locality;  /* per VM: how often a pick reuses a recent gfn (of 16) */
+	int exec_pct;  /* per VM: instruction fetches among guest accesses (%) */
 	u64 focus;     /* a gfn where the TLB and the tables disagree ... */
 	int focus_left; /* ... and for how many more operations picks stay near it */
 	int op_weight[TDP_OP_NX_RECOVER + 1]; /* per VM: which long operations are stepped */
@@ -185,6 +186,33 @@ static void chase_hazard(struct fuzz *f)
 		tdp_access(vm, v, g << 12, below(f, 4) ? TDP_ACC_READ : TDP_ACC_WRITE, &out);
 }
 
+/* The same page, cached at another size than the tables now map it: does the
+ * flush after zapping another gfn of the larger of the two pages (a sub-range
+ * kvm_zap_gfn_range(), which flushes just its range) also drop this entry? The
+ * guest then touches the gfn again; a strong hazard there is chased as above. */
+static void chase_weak_hazard(struct fuzz *f)
+{
+	tdp_vm *vm = f->vm;
+	u64 g = vm->hazard_gfn, s;
+	int v = vm->hazard_vcpu, flag;
+	struct tdp_access_result out;
+
+	vm->hazard_weak = false;
+	if (f->focus_left <= 0) {
+		f->focus = g;
+		f->focus_left = 32;
+	}
+	if (below(f, 2))
+		return;
+	s = (g & ~511ull) + below(f, 512);
+	if (s == g || tdp_mmu_zap_gfn_range(vm, s, s + 1, 0, &flag))
+		return;
+	if (flag)
+		tdp_flush_remote_tlbs_range(vm, s, 1);
+	if (vm->vcpus[v].mode != TDP_OUTSIDE_GUEST)
+		tdp_access(vm, v, g << 12, TDP_ACC_READ, &out);
+}
+
 static void one_op(struct fuzz *f)
 {
 	tdp_vm *vm = f->vm;
@@ -199,7 +227,8 @@ static void one_op(struct fuzz *f)
 			tdp_vcpu_run(vm, v, any_pcpu(f));
 			return;
 		}
-		int acc = below(f, 10) < 6 ? TDP_ACC_READ : (below(f, 4) ? TDP_ACC_WRITE : TDP_ACC_EXEC);
+		u64 r = below(f, 100);
+		int acc = r < (u64)f->exec_pct ? TDP_ACC_EXEC : r < 60 ? TDP_ACC_READ : TDP_ACC_WRITE;
 		u64 g = pick_gfn(f);
 		f->recent[f->nrecent++ % RECENT] = g;
 		tdp_access(vm, v, g << 12 | below(f, 4096), acc, &out);
@@ -342,7 +371,11 @@ static void one_op(struct fuzz *f)
 
 int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done)
 {
-	struct fuzz f = {.vm = vm, .rng = seed * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull};
+	/* splitmix64 of the seed: neighbouring seeds must not share swarm settings. */
+	u64 z = seed + 0x9e3779b97f4a7c15ull;
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	struct fuzz f = {.vm = vm, .rng = z ^ (z >> 31)};
 	u64 n;
 
 	f.slot_id[0] = f.slot_id[1] = -1;
@@ -351,7 +384,7 @@ int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done)
 	for (int k = 0; k < FZ_NKINDS; k++) {
 		/* x0, x1/8, x1/4, x1/2, x1, x2: some VMs rarely flush, others churn. */
 		static const int mult8[6] = {0, 1, 2, 4, 8, 16};
-		int m = k == FZ_ACCESS ? 8 : mult8[below(&f, 6)];
+		int m = k == FZ_ACCESS ? 8 << below(&f, 3) : mult8[below(&f, 6)];
 		f.weight[k] = base_weight[k] * m / 8;
 		f.total += f.weight[k];
 	}
@@ -362,6 +395,7 @@ int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done)
 	}
 	f.yield_max = below(&f, 2) ? 64 : 600;
 	f.locality = (int)below(&f, 12);
+	f.exec_pct = (int[]){2, 10, 10, 40}[below(&f, 4)];
 	if (vm->cfg.maxphyaddr < 24)
 		return vm_err(vm, TDP_EINVAL, "maxphyaddr too small for the explorer");
 	add_slot(&f, 0);
@@ -371,13 +405,8 @@ int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done)
 		one_op(&f);
 		if (vm->hazard)
 			chase_hazard(&f);
-		if (vm->hazard_weak) {
-			vm->hazard_weak = false;
-			if (f.focus_left <= 0) {
-				f.focus = vm->hazard_gfn;
-				f.focus_left = 32;
-			}
-		}
+		if (vm->hazard_weak)
+			chase_weak_hazard(&f);
 	}
 	vm->hazard_probe = vm->hazard = vm->hazard_weak = false;
 	*ops_done = n;

@@ -108,6 +108,25 @@ def shrink(cfg: FuzzConfig, seed: int, events: List[Event], kind: str,
         return bool(v) and v[0].kind == kind
 
     cur = list(events)
+    # Two cheap passes before ddmin, for long histories: cut a prefix (keeping the memslot
+    # layout), then drop whole kinds of event; the last event (the violating access) stays.
+    layout = ("add_memslot", "delete_memslot")
+    lo, hi = 0, len(cur) - 1
+    while lo < hi and not (deadline and time.monotonic() > deadline):
+        mid = (lo + hi + 1) // 2
+        cand = [e for e in cur[:mid] if e.op in layout] + cur[mid:]
+        if fails(cand):
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo:
+        cur = [e for e in cur[:lo] if e.op in layout] + cur[lo:]
+    for op in sorted({e.op for e in cur[:-1]}):
+        cand = [e for e in cur[:-1] if e.op != op] + cur[-1:]
+        if len(cand) < len(cur) and not (deadline and time.monotonic() > deadline) and fails(cand):
+            cur = cand
+    if progress:
+        progress(len(cur))
     n = 2
     while len(cur) >= 2:
         if deadline and time.monotonic() > deadline:
