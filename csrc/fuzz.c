@@ -32,7 +32,8 @@ static const int base_weight[FZ_NKINDS] = {300, 60, 15, 40, 30, 12, 35, 30, 20, 
  * that leave emptied tables behind them while they yield. */
 static const int base_op_weight[TDP_OP_NX_RECOVER + 1] = {0, 300, 300, 100, 120, 33, 33, 33, 33, 33};
 
-#define RECENT 64u /* gfns the guest touched lately */
+#define RECENT 64u   /* gfns the guest touched lately */
+#define FOCUS_OPS 32 /* picks stay near a hazard for this many operations */
 
 struct fuzz {
 	tdp_vm *vm;
@@ -103,19 +104,38 @@ static void add_slot(struct fuzz *f, int i)
 		f->slot_id[i] = id;
 }
 
+/* Index of the weight that r (0 <= r < the sum) falls in; `fallback` past the end. */
+static int pick_weighted(const int *w, int n, int r, int fallback)
+{
+	for (int k = 0; k < n; r -= w[k++])
+		if (r < w[k])
+			return k;
+	return fallback;
+}
+
 static int pick_kind(struct fuzz *f)
 {
-	int r = (int)below(f, (u64)f->total);
-	for (int k = 0; k < FZ_NKINDS; k++) {
-		if (r < f->weight[k])
-			return k;
-		r -= f->weight[k];
-	}
-	return FZ_ACCESS;
+	return pick_weighted(f->weight, FZ_NKINDS, (int)below(f, (u64)f->total), FZ_ACCESS);
+}
+
+/* Swarm testing: each VM scales a base weight by x0, x1/8, x1/4, x1/2, x1 or x2. */
+static int swarm_scale(struct fuzz *f, int base)
+{
+	static const int mult8[6] = {0, 1, 2, 4, 8, 16};
+	return base * mult8[below(f, 6)] / 8;
 }
 
 static int any_vcpu(struct fuzz *f) { return (int)below(f, (u64)f->vm->cfg.nvcpus); }
 static int any_pcpu(struct fuzz *f) { return (int)below(f, (u64)f->vm->cfg.npcpus); }
+
+/* The first vCPU in guest mode from v on (wrapping), or -1. */
+static int in_guest_from(tdp_vm *vm, int v)
+{
+	for (int i = 0; i < vm->cfg.nvcpus; i++, v = (v + 1) % vm->cfg.nvcpus)
+		if (vm->vcpus[v].mode != TDP_OUTSIDE_GUEST)
+			return v;
+	return -1;
+}
 
 static void step_ops(struct fuzz *f)
 {
@@ -130,10 +150,7 @@ static void step_ops(struct fuzz *f)
 		return;
 	/* Stopped at a yield point with mmu_lock dropped: other threads race on the
 	 * gfns the operation is working on. */
-	struct vm_op *o = NULL;
-	for (int k = 0; k < f->vm->nops; k++)
-		if (f->vm->ops[k]->id == id)
-			o = f->vm->ops[k];
+	struct vm_op *o = vm_find_op(f->vm, id, NULL);
 	if (!o || o->kind == TDP_OP_DELETE_MEMSLOT || o->kind == TDP_OP_NX_RECOVER || o->b <= o->a)
 		return;
 	u64 lo = o->a, hi = o->b;
@@ -141,11 +158,13 @@ static void step_ops(struct fuzz *f)
 	if (below(f, 4)) {
 		/* a gfn the guest touched lately, if one is in range */
 		unsigned m = f->nrecent < RECENT ? f->nrecent : RECENT, i0 = (unsigned)below(f, RECENT);
-		for (unsigned k = 0; k < m; k++)
-			if (f->recent[(i0 + k) % m] >= lo && f->recent[(i0 + k) % m] < hi) {
-				g = f->recent[(i0 + k) % m];
+		for (unsigned k = 0; k < m; k++) {
+			u64 r = f->recent[(i0 + k) % m];
+			if (r >= lo && r < hi) {
+				g = r;
 				break;
 			}
+		}
 	}
 	for (int k = 0, n = 1 + (int)below(f, 4); k < n; k++) {
 		struct tdp_access_result out;
@@ -154,10 +173,7 @@ static void step_ops(struct fuzz *f)
 		case 0: tdp_host_unmap(f->vm, g, g + 1); break;
 		case 1: tdp_host_migrate(f->vm, g, &nw); break;
 		default:
-			/* a vCPU in guest mode, if any */
-			for (int i = 0; i < f->vm->cfg.nvcpus && f->vm->vcpus[v].mode == TDP_OUTSIDE_GUEST; i++)
-				v = (v + 1) % f->vm->cfg.nvcpus;
-			if (f->vm->vcpus[v].mode != TDP_OUTSIDE_GUEST)
+			if ((v = in_guest_from(f->vm, v)) >= 0)
 				tdp_access(f->vm, v, g << 12, below(f, 2) ? TDP_ACC_READ : TDP_ACC_WRITE, &out);
 		}
 	}
@@ -175,7 +191,7 @@ static void chase_hazard(struct fuzz *f)
 
 	vm->hazard = false;
 	f->focus = g;
-	f->focus_left = 32;
+	f->focus_left = FOCUS_OPS;
 	if (below(f, 4) == 0)
 		return;
 	if (below(f, 2))
@@ -200,7 +216,7 @@ static void chase_weak_hazard(struct fuzz *f)
 	vm->hazard_weak = false;
 	if (f->focus_left <= 0) {
 		f->focus = g;
-		f->focus_left = 32;
+		f->focus_left = FOCUS_OPS;
 	}
 	if (below(f, 2))
 		return;
@@ -312,12 +328,8 @@ static void one_op(struct fuzz *f)
 	} else if (kind == FZ_OP) {
 		if (below(f, 3) == 0 || !vm->nops) {
 			/* Mostly the zaps that run over several roots. */
-			int okind = TDP_OP_ZAP_GFN_RANGE, r = (int)below(f, (u64)f->op_total + 1);
-			for (int k = 1; k <= TDP_OP_NX_RECOVER; r -= f->op_weight[k++])
-				if (r < f->op_weight[k]) {
-					okind = k;
-					break;
-				}
+			int okind = pick_weighted(f->op_weight, TDP_OP_NX_RECOVER + 1,
+						  (int)below(f, (u64)f->op_total + 1), TDP_OP_ZAP_GFN_RANGE);
 			u64 a = 0, b = 0, c = 0;
 			pick_range(f, &a, &b);
 			if (okind == TDP_OP_DELETE_MEMSLOT) {
@@ -382,15 +394,12 @@ int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done)
 	if (f.rng == 0)
 		f.rng = 1;
 	for (int k = 0; k < FZ_NKINDS; k++) {
-		/* x0, x1/8, x1/4, x1/2, x1, x2: some VMs rarely flush, others churn. */
-		static const int mult8[6] = {0, 1, 2, 4, 8, 16};
-		int m = k == FZ_ACCESS ? 8 << below(&f, 3) : mult8[below(&f, 6)];
-		f.weight[k] = base_weight[k] * m / 8;
+		/* Some VMs rarely flush, others churn; the guest's own access volume varies too. */
+		f.weight[k] = k == FZ_ACCESS ? base_weight[k] << below(&f, 3) : swarm_scale(&f, base_weight[k]);
 		f.total += f.weight[k];
 	}
 	for (int k = 1; k <= TDP_OP_NX_RECOVER; k++) {
-		static const int mult8[6] = {0, 1, 2, 4, 8, 16};
-		f.op_weight[k] = base_op_weight[k] * mult8[below(&f, 6)] / 8;
+		f.op_weight[k] = swarm_scale(&f, base_op_weight[k]);
 		f.op_total += f.op_weight[k];
 	}
 	f.yield_max = below(&f, 2) ? 64 : 600;

@@ -1889,7 +1889,7 @@ size_t tdp_trace(tdp_vm *vm, struct tdp_trace_rec *out, size_t start, size_t max
 
 /* ------------------------------------------------------------------ stepped operations */
 
-static struct vm_op *find_op(tdp_vm *vm, u32 id, int *idx)
+struct vm_op *vm_find_op(tdp_vm *vm, u32 id, int *idx)
 {
 	for (int i = 0; i < vm->nops; i++)
 		if (vm->ops[i]->id == id) {
@@ -2052,7 +2052,7 @@ int tdp_op_step(tdp_vm *vm, uint32_t op_id, int *done, int *result)
 	struct vm_op *o;
 
 	op_begin(vm);
-	o = find_op(vm, op_id, &idx);
+	o = vm_find_op(vm, op_id, &idx);
 	if (!o)
 		return vm_err(vm, TDP_ENOENT, "operation %u does not exist (finished, or never started)", op_id);
 	int r = tdp_op_run(vm, &o->op, true);

@@ -128,6 +128,7 @@ static inline void vm_cost(struct tdp_vm *vm, u64 c) { vm->stats[ST_cycles] += c
 
 /* Memslots: the truth the checker compares against. */
 struct memslot *vm_slot_of(struct tdp_vm *vm, u64 gfn);
+struct vm_op *vm_find_op(struct tdp_vm *vm, u32 id, int *idx); /* a stepped operation in flight */
 u64 vm_gfn_to_pfn(struct tdp_vm *vm, struct memslot *s, u64 gfn);
 u64 vm_fault_in_pfn(struct tdp_vm *vm, struct memslot *s, u64 gfn); /* allocates if unbacked */
 int vm_max_mapping_level(struct tdp_vm *vm, struct memslot *s, u64 gfn);
