@@ -1,7 +1,8 @@
 /* cpu.c — vCPUs on pCPUs: loading, requests serviced in KVM's order on entry,
  * remote flushes with IPIs, vendor flush primitives (VMX INVEPT/INVVPID, SVM
  * TLB_CONTROL / ASIDs), and guest accesses through TLB, paging-structure caches
- * and the hardware walker, with the checker at the end of every access. */
+ * and the hardware walker; every translation an access uses goes to the checker
+ * (checker.c). */
 #include <string.h>
 #include "vm.h"
 
@@ -285,6 +286,28 @@ int cpu_vcpu_run(struct tdp_vm *vm, int vcpu, int pcpu)
 	return vcpu_enter(vm, v);
 }
 
+/* Junk TLB entries (tlb.junk): translations a previous user of the pCPU left,
+ * tagged like this VM's contexts could be. */
+int cpu_fill_tlb_junk(struct tdp_vm *vm, int p, u32 count, u64 max_gfn)
+{
+	struct tlb *t = &vm->pcpus[p].tlb;
+	u64 rng = vm->cfg.seed * 0x2545f4914f6cdd1dull + (u64)p * 0x9e3779b97f4a7c15ull + 1;
+	for (u32 i = 0; i < count; i++) {
+		rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+		/* Tags a later root or ASID of this VM may carry: the first pool frames
+		 * (LIFO makes them likely roots) and low ASIDs. */
+		u64 key = vm->cfg.arch == TDP_VMX ? tlb_ctx_key_ept(vm->mem.base_pfn + (rng % 64))
+						  : tlb_ctx_key_asid(vm->cfg.min_asid + (u32)(rng % 64));
+		int c = tlb_ctx(t, key);
+		if (c < 0)
+			return TDP_ENOMEM;
+		u64 r2 = rng * 0x9e3779b97f4a7c15ull;
+		if (tlb_fill(t, c, (r2 >> 8) % max_gfn, 1, (r2 >> 20) & 0xffffff, 7, 1))
+			return TDP_ENOMEM;
+	}
+	return 0;
+}
+
 /* ---------------------------------------------------------------- guest accesses */
 
 static int engine_read(void *ctx, u64 hpa, u64 *val)
@@ -324,59 +347,6 @@ static unsigned need_perm(struct tdp_vm *vm, int access)
 	}
 }
 
-/* The checker: compare the translation a guest access used with the truth. */
-static int check_translation(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, u64 pfn,
-			     int level, u64 tag, u64 batch_index)
-{
-	u64 gfn = gpa >> 12;
-	struct memslot *s = vm_slot_of(vm, gfn);
-	u64 expected = s ? vm_gfn_to_pfn(vm, s, gfn) : NO_PFN;
-
-	u32 f = hostmem_frame_of(&vm->mem, pfn);
-	int st = f == NO_FRAME ? (pfn == expected ? 5 : 0) : vm->mem.frames[f].state;
-
-	if (pfn != expected) {
-		vm_report(vm, TDP_V_USE_AFTER_FREE, v, gpa, tag, pfn, expected, access, level, st, batch_index);
-		return 1;
-	}
-	if (access == TDP_ACC_WRITE) {
-		if (!vm_gfn_writable(vm, s, gfn)) {
-			vm_report(vm, TDP_V_STALE_WRITE, v, gpa, tag, pfn, expected, access, level, st, batch_index);
-			return 1;
-		}
-		if ((s->flags & TDP_SLOT_DIRTY_LOG) && !vm_gfn_is_dirty(s, gfn)) {
-			vm_report(vm, TDP_V_LOST_DIRTY, v, gpa, tag, pfn, expected, access, level, st, batch_index);
-			return 1;
-		}
-	}
-	return 0;
-}
-
-/* For the explorer: does the vCPU's current root still give this translation? */
-static void probe_hazard(struct tdp_vm *vm, struct vcpu *v, u64 gfn, u64 pfn, int cached_level)
-{
-	struct tdp_root *root = tdp_mmu_find_root(vm, v->root_id);
-	int level;
-	if (!root)
-		return;
-	u64 spte = tdp_mmu_lookup(vm, root, gfn, &level, NULL);
-	if (is_shadow_present_pte(spte) && is_last_spte(spte, level) &&
-	    spte_to_pfn(spte) + (gfn & (pages_per_level(level) - 1)) == pfn) {
-		/* The same page, but maybe not the same page size. */
-		if (level != cached_level && !vm->hazard_weak) {
-			vm->hazard_weak = true;
-			vm->hazard_vcpu = v->id;
-			vm->hazard_gfn = gfn;
-		}
-		return;
-	}
-	vm->hazard = true;
-	vm->hazard_vcpu = v->id;
-	vm->hazard_gfn = gfn;
-}
-
-int tdp_mmu_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int access);
-
 #define MAX_FAULT_RETRIES 8
 
 /* An EPT violation / #NPF reaches KVM's fault handler: 1 when the access ends here
@@ -384,7 +354,7 @@ int tdp_mmu_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int ac
 static int take_fault(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct tdp_access_result *out)
 {
 	out->faults++;
-	switch (tdp_mmu_page_fault(vm, tdp_mmu_find_root(vm, v->root_id), gpa >> 12, access)) {
+	switch (kvm_tdp_page_fault(vm, tdp_mmu_find_root(vm, v->root_id), gpa >> 12, access)) {
 	case RET_PF_EMULATE:
 		out->outcome = TDP_OUT_MMIO;
 		return 1;
@@ -432,9 +402,9 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 				vm_cost(vm, vm->costs.tlb_hit);
 				out->tlb_hit = hit;
 				out->hpa = ((e->pfn + off) << 12) | (gpa & 0xfff);
-				check_translation(vm, v, gpa, access, e->pfn + off, e->level, tag, batch_index);
+				checker_check_translation(vm, v, gpa, access, e->pfn + off, e->level, tag, batch_index);
 				if (vm->hazard_probe && !vm->hazard)
-					probe_hazard(vm, v, gfn, e->pfn + off, e->level);
+					checker_probe_hazard(vm, v, gfn, e->pfn + off, e->level);
 				goto done;
 			}
 			if (!permitted) {
@@ -461,14 +431,8 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 		bool stale_reported = false;
 		if (psc) {
 			vm->stats[ST_psc_hits_l2 + psc->level - 2]++;
-			u32 f = hostmem_frame_of(&vm->mem, psc->pfn);
-			if (f == NO_FRAME || vm->mem.frames[f].gen != psc->gen || vm->mem.frames[f].sp_unlinked ||
-			    vm->mem.frames[f].state != FRAME_TABLE) {
-				int st = f == NO_FRAME ? 0 : vm->mem.frames[f].state;
-				vm_report(vm, TDP_V_STALE_PAGE_TABLE, v, gpa, tag, psc->pfn, NO_PFN, access,
-					  psc->level, st, batch_index);
-				stale_reported = true;
-			}
+			stale_reported = checker_check_psc(vm, v, gpa, access, psc->pfn, psc->gen, psc->level, tag,
+							   batch_index);
 			table = psc->pfn << 12;
 			level = psc->level - 1;
 			perms = psc->perms;
@@ -502,7 +466,7 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 			vm->stats[ST_tlb_fills]++;
 			out->hpa = w.hpa;
 			if (!stale_reported)
-				check_translation(vm, v, gpa, access, w.hpa >> 12, w.level, tag, batch_index);
+				checker_check_translation(vm, v, gpa, access, w.hpa >> 12, w.level, tag, batch_index);
 			goto done;
 		}
 		/* EPT violation / misconfiguration, #NPF. */
@@ -527,7 +491,7 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 	/* Liveness: the fault kept retrying (e.g. a root invalidated without the
 	 * FREE_OBSOLETE_ROOTS request, or B19's permanent retry). */
 	out->outcome = TDP_OUT_LIVELOCK;
-	vm_report(vm, TDP_V_LIVELOCK, v, gpa, 0, NO_PFN, NO_PFN, access, 0, 0, batch_index);
+	checker_report_livelock(vm, v, gpa, access, batch_index);
 done:
 	if (vm->nviol > nviol_before)
 		out->violation = (int)vm->nviol;

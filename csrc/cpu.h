@@ -43,5 +43,7 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 	       u64 batch_index);
 u64 cpu_eptp(struct tdp_vm *vm, u32 root_frame);
 int cpu_context_of(struct tdp_vm *vm, struct vcpu *v);
+/* Fill pCPU p's TLB with `count` junk entries below max_gfn (tlb.junk). */
+int cpu_fill_tlb_junk(struct tdp_vm *vm, int p, u32 count, u64 max_gfn);
 
 #endif

@@ -221,10 +221,8 @@ static void chase_weak_hazard(struct fuzz *f)
 	if (below(f, 2))
 		return;
 	s = (g & ~511ull) + below(f, 512);
-	if (s == g || tdp_mmu_zap_gfn_range(vm, s, s + 1, 0, &flag))
+	if (s == g || tdp_kvm_zap_gfn_range(vm, s, s + 1, 0, &flag))
 		return;
-	if (flag)
-		tdp_flush_remote_tlbs_range(vm, s, 1);
 	if (vm->vcpus[v].mode != TDP_OUTSIDE_GUEST)
 		tdp_access(vm, v, g << 12, TDP_ACC_READ, &out);
 }
@@ -267,8 +265,7 @@ static void one_op(struct fuzz *f)
 	} else if (kind == FZ_ZAP) {
 		/* kvm_zap_gfn_range(): zap, then flush before unlocking. */
 		pick_range(f, &s, &e);
-		if (tdp_mmu_zap_gfn_range(vm, s, e, (int)below(f, 2), &flag) == 0 && flag)
-			tdp_flush_remote_tlbs_range(vm, s, e - s);
+		tdp_kvm_zap_gfn_range(vm, s, e, (int)below(f, 2), &flag);
 	} else if (kind == FZ_MAP) {
 		u64 g = pick_gfn(f);
 		int level = 1 + (int)below(f, 3);

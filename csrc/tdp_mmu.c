@@ -9,7 +9,7 @@ static inline u64 min_u64(u64 a, u64 b) { return a < b ? a : b; }
 
 /* ------------------------------------------------------------------ pages */
 
-static u32 tdp_mmu_alloc_sp(struct tdp_vm *vm, int level, u64 gfn, u32 root_id, u32 parent)
+u32 tdp_mmu_alloc_sp(struct tdp_vm *vm, int level, u64 gfn, u32 root_id, u32 parent)
 {
 	u32 f = hostmem_alloc(&vm->mem, FRAME_TABLE);
 	u64 *t;
@@ -36,38 +36,9 @@ static u32 tdp_mmu_alloc_sp(struct tdp_vm *vm, int level, u64 gfn, u32 root_id, 
 	return f;
 }
 
-static void untrack_possible_nx(struct tdp_vm *vm, u32 f)
-{
-	for (u32 i = 0; i < vm->nnx; i++) {
-		if (vm->nx_list[i] == f) {
-			memmove(&vm->nx_list[i], &vm->nx_list[i + 1], (vm->nnx - i - 1) * sizeof(u32));
-			vm->nnx--;
-			break;
-		}
-	}
-	vm->mem.frames[f].sp_nx = 0;
-	vm->stats[ST_nx_lpage_splits] = vm->nnx;
-}
-
-static int track_possible_nx(struct tdp_vm *vm, u32 f)
-{
-	if (vm->nnx == vm->nx_cap) {
-		u32 ncap = vm->nx_cap ? vm->nx_cap * 2 : 64;
-		u32 *n = realloc(vm->nx_list, ncap * sizeof(u32));
-		if (!n)
-			return -1;
-		vm->nx_list = n;
-		vm->nx_cap = ncap;
-	}
-	vm->nx_list[vm->nnx++] = f;
-	vm->mem.frames[f].sp_nx = 1;
-	vm->stats[ST_nx_lpage_splits] = vm->nnx;
-	return 0;
-}
-
 static void handle_removed_pt(struct tdp_vm *vm, u32 f, bool shared);
 
-static void account_leaf(struct tdp_vm *vm, int level, int delta)
+void tdp_mmu_account_leaf(struct tdp_vm *vm, int level, int delta)
 {
 	static const int st[4] = {0, ST_pages_4k, ST_pages_2m, ST_pages_1g};
 	if (level >= 1 && level <= 3)
@@ -89,9 +60,9 @@ static void handle_changed_spte(struct tdp_vm *vm, u64 gfn, u64 old, u64 new, in
 	vm_cost(vm, vm->costs.spte_write);
 	vm_trace(vm, TR_SPTE_CHANGED, (u32)level, gfn, old, new);
 	if (was_leaf)
-		account_leaf(vm, level, -1);
+		tdp_mmu_account_leaf(vm, level, -1);
 	if (is_leaf)
-		account_leaf(vm, level, +1);
+		tdp_mmu_account_leaf(vm, level, +1);
 	if (was_present && !was_leaf && (is_leaf || !is_present || spte_to_pfn(old) != spte_to_pfn(new))) {
 		u32 child = spte_to_child_frame(&vm->mem, old, level);
 		if (child != NO_FRAME && !vm->mem.frames[child].sp_unlinked)
@@ -114,7 +85,7 @@ static void handle_removed_pt(struct tdp_vm *vm, u32 f, bool shared)
 	vm->stats[ST_mmu_shadow_zapped]++;
 	vm->stats[ST_mmu_pages]--;
 	if (fr->sp_nx)
-		untrack_possible_nx(vm, f);
+		untrack_possible_nx_huge_page(vm, f);
 	for (int i = 0; i < 512; i++) {
 		u64 old = t[i];
 		if (!shared && !is_shadow_present_pte(old))
@@ -136,7 +107,7 @@ static void handle_removed_pt(struct tdp_vm *vm, u32 f, bool shared)
 
 /* tdp_mmu_set_spte(): exclusive (write lock) writer. No flush: the caller
  * accumulates "flush needed". */
-static void tdp_mmu_iter_set_spte(struct tdp_vm *vm, struct tdp_iter *it, u64 new)
+void tdp_mmu_iter_set_spte(struct tdp_vm *vm, struct tdp_iter *it, u64 new)
 {
 	u64 old = it->old_spte;
 
@@ -147,7 +118,7 @@ static void tdp_mmu_iter_set_spte(struct tdp_vm *vm, struct tdp_iter *it, u64 ne
 
 /* tdp_mmu_set_spte_atomic(): shared (read lock) writer, CMPXCHG against the
  * snapshot; -1 (EBUSY) and a refreshed snapshot if the SPTE changed. No flush. */
-static int tdp_mmu_set_spte_atomic(struct tdp_vm *vm, struct tdp_iter *it, u64 new)
+int tdp_mmu_set_spte_atomic(struct tdp_vm *vm, struct tdp_iter *it, u64 new)
 {
 	u64 old = it->old_spte;
 
@@ -162,7 +133,7 @@ static int tdp_mmu_set_spte_atomic(struct tdp_vm *vm, struct tdp_iter *it, u64 n
 
 /* tdp_mmu_zap_spte_atomic(): freeze, flush (gfn, level), then clear. Because it
  * flushes for itself, shared-mode zaps never report "flush needed". */
-static int tdp_mmu_zap_spte_atomic(struct tdp_vm *vm, struct tdp_iter *it)
+int tdp_mmu_zap_spte_atomic(struct tdp_vm *vm, struct tdp_iter *it)
 {
 	u64 old = it->old_spte;
 
@@ -179,7 +150,7 @@ static int tdp_mmu_zap_spte_atomic(struct tdp_vm *vm, struct tdp_iter *it)
 	return 0;
 }
 
-static bool op_need_resched(struct tdp_op *op)
+bool tdp_op_need_resched(struct tdp_op *op)
 {
 	/* need_resched(): every `yield_every` steps of the operation (0: never). */
 	if (op->yield_every <= 0)
@@ -199,7 +170,7 @@ static bool tdp_mmu_iter_cond_resched(struct tdp_vm *vm, struct tdp_op *op, bool
 
 	if (it->next_last_level_gfn == it->yielded_gfn)
 		return false;
-	if (!op_need_resched(op))
+	if (!tdp_op_need_resched(op))
 		return false;
 	if (*flush && vm->pol.flush_before_yield) {
 		kvm_flush_remote_tlbs(vm);
@@ -329,17 +300,6 @@ static int root_ids(struct tdp_vm *vm, u32 *ids, int max)
 
 
 
-/* kvm_mmu_zap_all_fast(): invalidate every root and ask every vCPU to drop its
- * obsolete root in the same critical section, then zap the invalid roots before
- * returning. No flush: vCPUs flush when they load their next root. */
-void kvm_mmu_zap_all_fast(struct tdp_vm *vm)
-{
-	vm->memslots_gen++;
-	tdp_mmu_invalidate_roots(vm);
-	kvm_make_all_cpus_request(vm, TDP_REQ_MMU_FREE_OBSOLETE_ROOTS);
-	tdp_mmu_zap_invalidated(vm, true);
-}
-
 /* ------------------------------------------------------------------ long operations */
 
 /* kvm_tdp_mmu_zap_sp(): zap the parent SPTE of a table; the subtree goes through
@@ -367,125 +327,11 @@ bool tdp_mmu_zap_sp_frame(struct tdp_vm *vm, u32 f)
 	return true;
 }
 
-static bool subtree_has_leaf(struct tdp_vm *vm, u32 f)
-{
-	u64 *t = table_of(vm, f);
-	int level = vm->mem.frames[f].sp_level;
-
-	for (int i = 0; i < 512; i++) {
-		if (!is_shadow_present_pte(t[i]))
-			continue;
-		if (is_last_spte(t[i], level))
-			return true;
-		u32 c = spte_to_child_frame(&vm->mem, t[i], level);
-		if (c != NO_FRAME && subtree_has_leaf(vm, c))
-			return true;
-	}
-	return false;
-}
-
-/* tdp_mmu_split_huge_page(): fill a child table with make_small_spte() and link
- * it over the huge leaf. No flush: the translations are identical. */
-static int split_huge_page(struct tdp_vm *vm, struct tdp_iter *it, struct tdp_root *root, bool shared,
-			   bool nx_disallowed)
-{
-	u32 f = tdp_mmu_alloc_sp(vm, it->level - 1, it->gfn, root->id, tdp_iter_frame(it));
-	u64 *t;
-
-	if (f == NO_FRAME)
-		return TDP_ENOMEM;
-	t = table_of(vm, f);
-	for (int i = 0; i < 512; i++)
-		t[i] = make_small_spte(&vm->masks, it->old_spte, it->level, i);
-	if (vm->pol.nx_huge_pages && it->level - 1 == 1)
-		for (int i = 0; i < 512; i++)
-			t[i] = make_spte_executable(&vm->masks, t[i]); /* 4K children are executable again */
-	account_leaf(vm, it->level - 1, 512);
-	u64 nw = make_nonleaf_spte(&vm->masks, hostmem_pfn(&vm->mem, f));
-	if (shared) {
-		if (tdp_mmu_set_spte_atomic(vm, it, nw)) {
-			account_leaf(vm, it->level - 1, -512);
-			vm->mem.frames[f].sp_unlinked = 1;
-			vm->stats[ST_mmu_pages]--;
-			hostmem_free_now(&vm->mem, f);
-			return -1;
-		}
-	} else {
-		tdp_mmu_iter_set_spte(vm, it, nw);
-	}
-	if (nx_disallowed)
-		track_possible_nx(vm, f);
-	vm->stats[ST_huge_pages_split]++;
-	return 0;
-}
-
 /* Long operations run through one driver so that they can stop at a yield point
  * and be resumed later (by then other operations may have run, as when KVM drops
  * mmu_lock): each is "for every root the operation visits, for every SPTE the
  * iterator yields: maybe yield, then the body". A synchronous call runs the driver
  * to the end; tdp_op_step() runs it to its next yield point. */
-
-/* recover_huge_pages_range() (~v6.13+): CMPXCHG a huge SPTE built from a child
- * leaf over a table whose range may now be mapped huge; the pending flush is done
- * before yielding and at the end. huge_recovery="zap_collapsible" is the older
- * zap_collapsible_spte_range() (<= v6.12): zap the table with the self-flushing
- * atomic zap, one flush per collapsed huge page; the next fault maps it huge. */
-static int recover_huge_body(struct tdp_vm *vm, struct tdp_op *op)
-{
-	struct tdp_iter *it = &op->it;
-
-	if (it->level > 3 || !is_shadow_present_pte(it->old_spte) || is_last_spte(it->old_spte, it->level))
-		return 0;
-	struct memslot *s = vm_slot_of(vm, it->gfn);
-	if (!s || vm_max_mapping_level(vm, s, it->gfn) < it->level)
-		return 0;
-	/* A present leaf below to build the huge SPTE from. */
-	u32 c = spte_to_child_frame(&vm->mem, it->old_spte, it->level);
-	u64 leaf = 0;
-	int lv = it->level - 1;
-	while (c != NO_FRAME) {
-		u64 *t = table_of(vm, c);
-		u64 found = 0;
-		for (int k = 0; k < 512; k++)
-			if (is_shadow_present_pte(t[k])) {
-				found = t[k];
-				break;
-			}
-		if (!found)
-			break;
-		if (is_last_spte(found, lv)) {
-			leaf = found;
-			break;
-		}
-		c = spte_to_child_frame(&vm->mem, found, lv);
-		lv--;
-	}
-	if (!leaf)
-		return 0;
-	if (vm->pol.huge_recovery == 1) {
-		if (tdp_mmu_zap_spte_atomic(vm, it))
-			return 1;
-		vm->stats[ST_huge_pages_recovered]++;
-		return 0;
-	}
-	u64 pfn = vm_gfn_to_pfn(vm, s, it->gfn);
-	u64 huge = make_huge_spte(&vm->masks, leaf, it->level);
-	huge = (huge & ~SPTE_PFN_MASK) | ((pfn << 12) & SPTE_PFN_MASK);
-	if (vm->pol.nx_huge_pages)
-		huge = (huge & ~vm->masks.x) | vm->masks.nx;
-	if (tdp_mmu_set_spte_atomic(vm, it, huge))
-		return 1;
-	vm->stats[ST_huge_pages_recovered]++;
-	op->flush = true;
-	/* The flush must cover the whole huge page (KVM flushes the memslot), not
-	 * just the window: a 1G leaf unlinks tables outside it. */
-	u64 lo = it->gfn, hi = it->gfn + pages_per_level(it->level);
-	if (!op->chg_hi || lo < op->chg_lo)
-		op->chg_lo = lo;
-	if (hi > op->chg_hi)
-		op->chg_hi = hi;
-	return 0;
-}
 
 static int op_min_level(const struct tdp_op *op, const struct tdp_root *r)
 {
@@ -580,66 +426,22 @@ static int op_body_inner(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *
 	case OP_SPLIT: {
 		if (!is_shadow_present_pte(old) || !is_large_pte(old))
 			return 0;
-		int rc = split_huge_page(vm, it, r, true, false);
+		int rc = tdp_mmu_split_huge_page(vm, it, r, true, false);
 		if (rc == TDP_ENOMEM)
 			return TDP_ENOMEM;
 		return rc ? 1 : 0;
 	}
 	case OP_RECOVER_HUGE:
-		return recover_huge_body(vm, op);
+		return tdp_mmu_recover_huge_spte(vm, op);
 	default:
 		return 0;
 	}
 }
 
-/* kvm_recover_nx_huge_pages(): zap a batch of possible-NX tables; flush before
- * every yield and at the end (B4: the pending flush was overwritten, not OR-ed;
- * v5.12's zap_sp returned whether the table's range still had leaves). */
-static int nx_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yield)
-{
-	for (; op->nx_left > 0 && vm->nnx; op->nx_left--) {
-		if (op->resume_next) {
-			op->resume_next = false;
-			continue; /* this SP was handled before the yield */
-		}
-		u32 f = vm->nx_list[0];
-		struct memslot *s = vm_slot_of(vm, vm->mem.frames[f].sp_gfn);
-		if (s && (s->flags & TDP_SLOT_DIRTY_LOG)) {
-			untrack_possible_nx(vm, f);
-		} else {
-			if (vm->pol.nx_recovery_flush_assign) {
-				bool had = subtree_has_leaf(vm, f);
-				tdp_mmu_zap_sp_frame(vm, f);
-				op->flush = had;
-			} else {
-				op->flush |= tdp_mmu_zap_sp_frame(vm, f);
-			}
-			if (vm->mem.frames[f].sp_nx)
-				untrack_possible_nx(vm, f);
-			op->nx_done++;
-		}
-		if (op_need_resched(op)) {
-			if (op->flush)
-				kvm_flush_remote_tlbs(vm);
-			op->flush = false;
-			vm->stats[ST_iter_yields]++;
-			vm_rcu_quiescent(vm, true);
-			if (stop_at_yield) {
-				op->resume_next = true;
-				return 0;
-			}
-		}
-	}
-	if (op->flush)
-		kvm_flush_remote_tlbs(vm);
-	op->flush = false;
-	return 1;
-}
-
 int tdp_op_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yield)
 {
 	if (op->kind == OP_NX_RECOVER)
-		return nx_run(vm, op, stop_at_yield);
+		return tdp_mmu_nx_recover_run(vm, op, stop_at_yield);
 	for (;;) {
 		struct tdp_root *r;
 		if (!op->cur) {
@@ -799,37 +601,6 @@ bool tdp_mmu_clear_dirty(struct tdp_vm *vm, u64 start, u64 end)
 	return op.result;
 }
 
-int tdp_mmu_split(struct tdp_vm *vm, u64 start, u64 end, int target_level)
-{
-	struct tdp_op op;
-	tdp_op_init(vm, &op, OP_SPLIT, ROOTS_VALID, start, end, true);
-	op.target_level = target_level;
-	int r = tdp_op_run(vm, &op, false);
-	return r < 0 ? r : 0;
-}
-
-bool tdp_mmu_recover_huge(struct tdp_vm *vm, u64 start, u64 end, u64 *flush_start, u64 *flush_end)
-{
-	struct tdp_op op;
-	tdp_op_init(vm, &op, OP_RECOVER_HUGE, ROOTS_VALID, start, end, true);
-	tdp_op_run(vm, &op, false);
-	*flush_start = op.chg_hi ? op.chg_lo : start;
-	*flush_end = op.chg_hi ? op.chg_hi : end;
-	return op.flush;
-}
-
-int tdp_mmu_recover_nx(struct tdp_vm *vm, int count, int *zapped)
-{
-	struct tdp_op op;
-	tdp_op_init(vm, &op, OP_NX_RECOVER, ROOTS_ALL, 0, 0, false);
-	if (count <= 0)
-		count = vm->pol.nx_recovery_ratio > 0 ? (int)((vm->nnx + (u32)vm->pol.nx_recovery_ratio - 1) / (u32)vm->pol.nx_recovery_ratio) : 0;
-	op.nx_left = count;
-	nx_run(vm, &op, false);
-	*zapped = op.nx_done;
-	return 0;
-}
-
 /* kvm_tdp_mmu_age_gfn_range(): clear A (A/D on) or access-track the SPTE (A/D
  * off), on every root of the address space. Not through handle_changed_spte,
  * and never a flush (x86 elides it, ~v6.13). */
@@ -959,7 +730,7 @@ int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int goal_
 			continue;
 		/* Non-present, or a huge leaf above the goal: split it in place (v6.2+). */
 		if (is_shadow_present_pte(it.old_spte)) {
-			int rc = split_huge_page(vm, &it, root, true, huge_disallowed && req_level >= it.level);
+			int rc = tdp_mmu_split_huge_page(vm, &it, root, true, huge_disallowed && req_level >= it.level);
 			if (rc == TDP_ENOMEM)
 				return RET_PF_NOMEM;
 			if (rc)
@@ -975,7 +746,7 @@ int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int goal_
 				return RET_PF_RETRY;
 			}
 			if (huge_disallowed && req_level >= it.level)
-				track_possible_nx(vm, f);
+				track_possible_nx_huge_page(vm, f);
 		}
 	}
 	return RET_PF_RETRY;
@@ -1021,92 +792,4 @@ map_target_level:;
 	}
 	(void)exec_fault;
 	return ret;
-}
-
-/* ------------------------------------------------------------------ page fault entry */
-
-static bool spte_allows(const struct spte_masks *m, u64 s, int access)
-{
-	unsigned p = spte_hw_perms(m, s);
-	switch (access) {
-	case TDP_ACC_READ: return (p & 1) != 0;
-	case TDP_ACC_WRITE: return (p & 2) != 0;
-	default: return (p & 4) != 0;
-	}
-}
-
-/* kvm_tdp_page_fault(): fast_page_fault() first (lockless; only ever adds
- * permissions, so never a flush), then the slow path: faultin the pfn, pick the
- * goal level (kvm_mmu_hugepage_adjust), retry if stale, and map. */
-int tdp_mmu_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int access)
-{
-	bool write = access == TDP_ACC_WRITE;
-	bool exec = access == TDP_ACC_EXEC || access == TDP_ACC_EXEC_USER;
-	struct memslot *slot = vm_slot_of(vm, gfn);
-	int lvl;
-	u64 *sptep;
-	u64 spte;
-
-	vm->stats[ST_pf_taken]++;
-	vm_cost(vm, vm->costs.fault);
-	vm_trace(vm, TR_FAULT, (u32)access, gfn, root ? root->id : 0, 0);
-	if (!root || root->invalid) {
-		vm->stats[ST_pf_retry]++;
-		return RET_PF_RETRY;
-	}
-	spte = tdp_mmu_lookup(vm, root, gfn, &lvl, &sptep);
-	if (is_shadow_present_pte(spte) && is_last_spte(spte, lvl)) {
-		u64 nw = spte;
-		if (is_access_tracked_spte(&vm->masks, spte))
-			nw = restore_acc_track_spte(&vm->masks, spte);
-		if (write && !(nw & SPTE_W) && is_mmu_writable_spte(&vm->masks, nw) &&
-		    !(lvl > 1 && slot && (slot->flags & TDP_SLOT_DIRTY_LOG)))
-			nw |= SPTE_W;
-		if (spte_allows(&vm->masks, nw, access)) {
-			if (nw == spte) {
-				vm->stats[ST_pf_spurious]++;
-				return RET_PF_SPURIOUS;
-			}
-			*sptep = nw;
-			vm->stats[ST_pf_fast]++;
-			vm->stats[ST_spte_writes]++;
-			vm_cost(vm, vm->costs.spte_write);
-			vm_trace(vm, TR_SPTE_CHANGED, (u32)lvl, gfn, spte, nw);
-			if ((nw & SPTE_W) && !(spte & SPTE_W) && slot && (slot->flags & TDP_SLOT_DIRTY_LOG))
-				vm_mark_dirty(vm, slot, gfn);
-			return RET_PF_FIXED;
-		}
-	}
-	if (slot && write && (slot->flags & TDP_SLOT_READONLY)) {
-		vm->stats[ST_pf_emulate]++;
-		return RET_PF_EMULATE;
-	}
-	int goal = slot ? vm_max_mapping_level(vm, slot, gfn) : 1;
-	int req_level = goal;
-	bool huge_disallowed = false;
-	if (exec && vm->pol.nx_huge_pages && goal > 1) {
-		huge_disallowed = true;
-		goal = 1;
-	}
-	/* is_page_fault_stale() / the memslot being deleted: the fault retries
-	 * until the invalidation ends; the vCPU is blocked, not livelocked. */
-	if ((vm->mmu_invalidate_in_progress && gfn >= vm->mmu_invalidate_start && gfn < vm->mmu_invalidate_end) ||
-	    (slot && slot->deleting)) {
-		vm->stats[ST_pf_retry]++;
-		return RET_PF_BLOCKED;
-	}
-	if (slot && vm_fault_in_pfn(vm, slot, gfn) == NO_PFN)
-		return RET_PF_NOMEM;
-	bool flushed;
-	/* The walk follows the faulting gfn; the target level aligns it (so a goal
-	 * lowered on the way down still maps this gfn). */
-	int r = tdp_mmu_map_gfn(vm, root, gfn, goal, req_level, write, exec, huge_disallowed, false, &flushed);
-	switch (r) {
-	case RET_PF_FIXED: vm->stats[ST_pf_fixed]++; break;
-	case RET_PF_SPURIOUS: vm->stats[ST_pf_spurious]++; break;
-	case RET_PF_EMULATE: vm->stats[ST_pf_emulate]++; break;
-	case RET_PF_RETRY: vm->stats[ST_pf_retry]++; break;
-	default: break;
-	}
-	return r;
 }

@@ -26,7 +26,6 @@ void tdp_mmu_put_root_internal(struct tdp_vm *vm, u32 id, bool shared);
 void tdp_mmu_invalidate_roots(struct tdp_vm *vm);
 void tdp_mmu_zap_invalidated(struct tdp_vm *vm, bool shared);
 void tdp_mmu_zap_whole_root(struct tdp_vm *vm, struct tdp_root *root, bool shared);
-void kvm_mmu_zap_all_fast(struct tdp_vm *vm);
 
 /* Range operations over roots. `which`: valid roots only, all roots, the invalid
  * roots scheduled for zapping, or one root. */
@@ -74,6 +73,20 @@ bool tdp_mmu_recover_huge(struct tdp_vm *vm, u64 start, u64 end, u64 *flush_star
 int tdp_mmu_recover_nx(struct tdp_vm *vm, int count, int *zapped);
 bool tdp_mmu_zap_sp_frame(struct tdp_vm *vm, u32 frame);
 bool tdp_mmu_write_protect_gfn(struct tdp_vm *vm, u64 gfn);
+
+/* Shared by tdp_mmu.c and tdp_mmu_huge.c (the TDP MMU's own helpers). */
+u32 tdp_mmu_alloc_sp(struct tdp_vm *vm, int level, u64 gfn, u32 root_id, u32 parent);
+void tdp_mmu_account_leaf(struct tdp_vm *vm, int level, int delta);
+void tdp_mmu_iter_set_spte(struct tdp_vm *vm, struct tdp_iter *it, u64 new);
+int tdp_mmu_set_spte_atomic(struct tdp_vm *vm, struct tdp_iter *it, u64 new);
+int tdp_mmu_zap_spte_atomic(struct tdp_vm *vm, struct tdp_iter *it);
+bool tdp_op_need_resched(struct tdp_op *op);
+int track_possible_nx_huge_page(struct tdp_vm *vm, u32 f);
+void untrack_possible_nx_huge_page(struct tdp_vm *vm, u32 f);
+int tdp_mmu_split_huge_page(struct tdp_vm *vm, struct tdp_iter *it, struct tdp_root *root, bool shared,
+			    bool nx_disallowed);
+int tdp_mmu_recover_huge_spte(struct tdp_vm *vm, struct tdp_op *op);
+int tdp_mmu_nx_recover_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yield);
 
 /* The fault path (kvm_tdp_mmu_map). */
 enum { RET_PF_FIXED = 0, RET_PF_SPURIOUS, RET_PF_RETRY, RET_PF_EMULATE, RET_PF_NOMEM, RET_PF_BLOCKED };

@@ -326,6 +326,14 @@ int tdp_op_start(tdp_vm *vm, int kind, uint64_t a, uint64_t b, uint64_t c, int y
 int tdp_op_step(tdp_vm *vm, uint32_t op_id, int *done, int *result);
 int tdp_op_list(tdp_vm *vm, uint32_t *ids, int max, int *n);
 
+/* kvm_zap_gfn_range() as its callers run it: zap the leaf SPTEs of [start, end) on
+ * the valid roots, then perform the flush the zap reported as needed (a ranged
+ * remote flush of [start, end)) before returning. *flushed: whether it flushed.
+ * Logged as tdp_mmu_zap_gfn_range() followed, if it flushed, by
+ * tdp_flush_remote_tlbs_range(). tdp_mmu_zap_gfn_range() alone only reports
+ * "flush needed" and leaves the flush to the caller. */
+int tdp_kvm_zap_gfn_range(tdp_vm *vm, uint64_t start, uint64_t end, int shared, int *flushed);
+
 /* the random explorer (fuzz.c): random operations until a violation or max_ops */
 int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done);
 

@@ -628,3 +628,55 @@ u64 tlb_digest(const struct tlb *t, u64 h)
 		h = mix(h, t->ctx[i].key);
 	return h;
 }
+
+/* ------------------------------------------------------------------ presets
+ * The TLB geometry of known CPUs (entries and associativity per array). */
+
+static void arr(struct tdp_tlb_array_config *a, int entries, int ways)
+{
+	a->ways = ways;
+	a->sets = entries / ways;
+}
+
+int tdp_tlb_preset(const char *name, struct tdp_tlb_config *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->mode = TDP_TLB_SETASSOC;
+	c->repl = TDP_REPL_LRU;
+	/* [MODEL CHOICE] PSC sizes are not enumerated by any CPU (§6). */
+	arr(&c->psc[2], 32, 32);
+	arr(&c->psc[3], 4, 4);
+	arr(&c->psc[4], 2, 2);
+	arr(&c->psc[5], 2, 2);
+	if (!strcmp(name, "skylake")) {
+		arr(&c->l1[0], 64, 4);
+		arr(&c->l1[1], 32, 4);
+		arr(&c->l1[2], 4, 4);
+		arr(&c->l2, 1536, 12);
+		arr(&c->l2_1g, 16, 4);
+	} else if (!strcmp(name, "icelake") || !strcmp(name, "goldencove")) {
+		arr(&c->l1[0], 64, 4);
+		arr(&c->l1[1], 32, 4);
+		arr(&c->l1[2], 8, 8);
+		arr(&c->l2, 1024, 8);
+		arr(&c->l2_1g, 1024, 8);
+	} else if (!strcmp(name, "zen2") || !strcmp(name, "zen3")) {
+		arr(&c->l1[0], 64, 64);
+		arr(&c->l1[1], 64, 64);
+		arr(&c->l1[2], 64, 64);
+		arr(&c->l2, 2048, 8);
+		if (!strcmp(name, "zen3"))
+			arr(&c->l2_1g, 64, 64);
+	} else if (!strcmp(name, "zen4")) {
+		arr(&c->l1[0], 72, 72);
+		arr(&c->l1[1], 72, 72);
+		arr(&c->l1[2], 72, 72);
+		arr(&c->l2, 3072, 12);
+		arr(&c->l2_1g, 64, 64);
+	} else if (!strcmp(name, "adversarial")) {
+		c->mode = TDP_TLB_ADVERSARIAL;
+	} else {
+		return TDP_EINVAL;
+	}
+	return 0;
+}

@@ -296,3 +296,80 @@ int walk_gpa(const struct tdp_hw_params *p, const struct walk_mem *mem, u64 tabl
 	}
 	return 0;
 }
+
+/* ------------------------------------------------------------------ hardware walker on images */
+
+struct image {
+	const uint64_t *addrs;
+	const uint8_t *pages;
+	size_t n;
+};
+
+static int image_read(void *ctx, u64 hpa, u64 *val)
+{
+	struct image *im = ctx;
+	u64 page = hpa & ~0xfffull;
+	size_t lo = 0, hi = im->n;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (im->addrs[mid] < page)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == im->n || im->addrs[lo] != page) {
+		*val = page;
+		return TDP_EMISSING;
+	}
+	memcpy(val, im->pages + lo * 4096 + (hpa & 0xfff), 8);
+	return 0;
+}
+
+int tdp_hw_walk(const uint64_t *page_addrs, const uint8_t *pages, size_t npages, uint64_t root_pointer,
+		uint64_t gpa, int access, const struct tdp_hw_params *p, struct tdp_walk_result *out,
+		char *err, size_t errlen)
+{
+	struct image im = {page_addrs, pages, npages};
+	struct tdp_hw_params hp = *p;
+	u64 table;
+	int ad, r;
+
+	if (p->fmt != FMT_EPT && p->fmt != FMT_NPT) {
+		snprintf(err, errlen, "fmt must be 'ept' or 'npt'");
+		return TDP_EINVAL;
+	}
+	if (p->levels != 4 && p->levels != 5) {
+		snprintf(err, errlen, "levels must be 4 or 5, got %d", p->levels);
+		return TDP_EINVAL;
+	}
+	if (p->maxphyaddr < 36 || p->maxphyaddr > 52) {
+		snprintf(err, errlen, "maxphyaddr must be between 36 and 52, got %d", p->maxphyaddr);
+		return TDP_EINVAL;
+	}
+	if (access < 0 || access > 3) {
+		snprintf(err, errlen, "access must be 'r', 'w', 'x' or 'xu'");
+		return TDP_EINVAL;
+	}
+	if (gpa >> p->maxphyaddr) {
+		snprintf(err, errlen, "gpa 0x%llx is beyond MAXPHYADDR=%d", (unsigned long long)gpa, p->maxphyaddr);
+		return TDP_EINVAL;
+	}
+	for (size_t i = 0; i < npages; i++) {
+		if (page_addrs[i] & 0xfff) {
+			snprintf(err, errlen, "memory image: address 0x%llx is not 4 KiB aligned", (unsigned long long)page_addrs[i]);
+			return TDP_EIMAGE;
+		}
+		if (i && page_addrs[i] <= page_addrs[i - 1]) {
+			snprintf(err, errlen, "memory image: addresses must be unique and sorted (0x%llx)", (unsigned long long)page_addrs[i]);
+			return TDP_EIMAGE;
+		}
+	}
+	if ((r = walk_decode_root_pointer(p, root_pointer, &table, &ad, err, errlen)))
+		return r;
+	hp.ad = p->ad && ad;
+	struct walk_mem mem = {image_read, &im};
+	r = walk_gpa(&hp, &mem, table, p->levels, 15, gpa, access, out);
+	if (r == TDP_EMISSING)
+		snprintf(err, errlen, "memory image has no page for a table the walk reads (after %d references)", out->refs);
+	return r;
+}

@@ -1,0 +1,367 @@
+/* mmu.c — KVM's mmu/mmu.c role over the TDP MMU: the page-fault entry
+ * (kvm_tdp_page_fault(), fast_page_fault() then the slow path), mapping a gfn on
+ * request (kvm_tdp_map_page()), the MMU-wide fast zap (kvm_mmu_zap_all_fast()), and
+ * the callers of the TDP MMU's zaps with the flush each owes:
+ * kvm_zap_gfn_range(), kvm_arch_flush_shadow_memslot(). The TDP MMU's zaps return
+ * "flush needed"; the functions here perform it, once, for every path that calls
+ * them (synchronous API, stepped operations, the explorer).
+ *
+ * Stepped operations: a long operation started by tdp_op_start() runs to its next
+ * yield point on every tdp_op_step() (KVM drops mmu_lock there), and op_finish()
+ * does what its caller does once the walk is over. */
+#include <stdlib.h>
+#include <string.h>
+#include "vm.h"
+
+/* kvm_mmu_zap_all_fast(): invalidate every root and ask every vCPU to drop its
+ * obsolete root in the same critical section, then zap the invalid roots before
+ * returning. No flush: vCPUs flush when they load their next root. */
+void kvm_mmu_zap_all_fast(struct tdp_vm *vm)
+{
+	vm->memslots_gen++;
+	tdp_mmu_invalidate_roots(vm);
+	kvm_make_all_cpus_request(vm, TDP_REQ_MMU_FREE_OBSOLETE_ROOTS);
+	tdp_mmu_zap_invalidated(vm, true);
+}
+
+static bool spte_allows(const struct spte_masks *m, u64 s, int access)
+{
+	unsigned p = spte_hw_perms(m, s);
+	switch (access) {
+	case TDP_ACC_READ: return (p & 1) != 0;
+	case TDP_ACC_WRITE: return (p & 2) != 0;
+	default: return (p & 4) != 0;
+	}
+}
+
+/* kvm_tdp_page_fault(): fast_page_fault() first (lockless; only ever adds
+ * permissions, so never a flush), then the slow path: faultin the pfn, pick the
+ * goal level (kvm_mmu_hugepage_adjust), retry if stale, and map. */
+int kvm_tdp_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int access)
+{
+	bool write = access == TDP_ACC_WRITE;
+	bool exec = access == TDP_ACC_EXEC || access == TDP_ACC_EXEC_USER;
+	struct memslot *slot = vm_slot_of(vm, gfn);
+	int lvl;
+	u64 *sptep;
+	u64 spte;
+
+	vm->stats[ST_pf_taken]++;
+	vm_cost(vm, vm->costs.fault);
+	vm_trace(vm, TR_FAULT, (u32)access, gfn, root ? root->id : 0, 0);
+	if (!root || root->invalid) {
+		vm->stats[ST_pf_retry]++;
+		return RET_PF_RETRY;
+	}
+	spte = tdp_mmu_lookup(vm, root, gfn, &lvl, &sptep);
+	if (is_shadow_present_pte(spte) && is_last_spte(spte, lvl)) {
+		u64 nw = spte;
+		if (is_access_tracked_spte(&vm->masks, spte))
+			nw = restore_acc_track_spte(&vm->masks, spte);
+		if (write && !(nw & SPTE_W) && is_mmu_writable_spte(&vm->masks, nw) &&
+		    !(lvl > 1 && slot && (slot->flags & TDP_SLOT_DIRTY_LOG)))
+			nw |= SPTE_W;
+		if (spte_allows(&vm->masks, nw, access)) {
+			if (nw == spte) {
+				vm->stats[ST_pf_spurious]++;
+				return RET_PF_SPURIOUS;
+			}
+			*sptep = nw;
+			vm->stats[ST_pf_fast]++;
+			vm->stats[ST_spte_writes]++;
+			vm_cost(vm, vm->costs.spte_write);
+			vm_trace(vm, TR_SPTE_CHANGED, (u32)lvl, gfn, spte, nw);
+			if ((nw & SPTE_W) && !(spte & SPTE_W) && slot && (slot->flags & TDP_SLOT_DIRTY_LOG))
+				vm_mark_dirty(vm, slot, gfn);
+			return RET_PF_FIXED;
+		}
+	}
+	if (slot && write && (slot->flags & TDP_SLOT_READONLY)) {
+		vm->stats[ST_pf_emulate]++;
+		return RET_PF_EMULATE;
+	}
+	int goal = slot ? vm_max_mapping_level(vm, slot, gfn) : 1;
+	int req_level = goal;
+	bool huge_disallowed = false;
+	if (exec && vm->pol.nx_huge_pages && goal > 1) {
+		huge_disallowed = true;
+		goal = 1;
+	}
+	/* is_page_fault_stale() / the memslot being deleted: the fault retries
+	 * until the invalidation ends; the vCPU is blocked, not livelocked. */
+	if ((vm->mmu_invalidate_in_progress && gfn >= vm->mmu_invalidate_start && gfn < vm->mmu_invalidate_end) ||
+	    (slot && slot->deleting)) {
+		vm->stats[ST_pf_retry]++;
+		return RET_PF_BLOCKED;
+	}
+	if (slot && vm_fault_in_pfn(vm, slot, gfn) == NO_PFN)
+		return RET_PF_NOMEM;
+	bool flushed;
+	/* The walk follows the faulting gfn; the target level aligns it (so a goal
+	 * lowered on the way down still maps this gfn). */
+	int r = tdp_mmu_map_gfn(vm, root, gfn, goal, req_level, write, exec, huge_disallowed, false, &flushed);
+	switch (r) {
+	case RET_PF_FIXED: vm->stats[ST_pf_fixed]++; break;
+	case RET_PF_SPURIOUS: vm->stats[ST_pf_spurious]++; break;
+	case RET_PF_EMULATE: vm->stats[ST_pf_emulate]++; break;
+	case RET_PF_RETRY: vm->stats[ST_pf_retry]++; break;
+	default: break;
+	}
+	return r;
+}
+
+/* ------------------------------------------------------------------ map on request */
+
+int kvm_tdp_map_page(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int level, bool *flushed)
+{
+	for (int tries = 0; tries < 4; tries++) {
+		struct memslot *s = vm_slot_of(vm, gfn);
+		if (s && vm_fault_in_pfn(vm, s, gfn) == NO_PFN)
+			return vm_err(vm, TDP_ENOMEM, "frame pool exhausted");
+		int r = tdp_mmu_map_gfn(vm, root, gfn, level, level, false, false, false, false, flushed);
+		if (r == RET_PF_NOMEM)
+			return vm_err(vm, TDP_ENOMEM, "frame pool exhausted");
+		if (r != RET_PF_RETRY) {
+			if (r == RET_PF_FIXED)
+				vm->stats[ST_pf_fixed]++;
+			return 0;
+		}
+	}
+	return vm_err(vm, TDP_ELIVELOCK, "mapping gfn 0x%llx kept retrying", (unsigned long long)gfn);
+}
+
+/* ------------------------------------------------------------------ callers of the zaps */
+
+/* kvm_arch_flush_shadow_memslot(): the fast zap of everything (upstream), or
+ * only the slot's gfns with a flush (the reverted precise zap, B18). */
+void kvm_arch_flush_shadow_memslot(struct tdp_vm *vm, struct memslot *s)
+{
+	u64 start = s->base_gfn, end = s->base_gfn + s->npages;
+
+	if (vm->pol.memslot_delete_zap_all) {
+		kvm_mmu_zap_all_fast(vm);
+	} else {
+		if (tdp_mmu_zap_leafs_all(vm, start, end, ROOTS_ALL, false, false))
+			kvm_flush_remote_tlbs_range(vm, start, end - start);
+	}
+}
+
+/* kvm_zap_gfn_range(): the zap reports "flush needed"; the caller flushes the
+ * range before dropping mmu_lock. */
+void kvm_zap_gfn_range_flush(struct tdp_vm *vm, u64 start, u64 end, bool flush_needed)
+{
+	if (flush_needed)
+		kvm_flush_remote_tlbs_range(vm, start, end - start);
+}
+
+int tdp_kvm_zap_gfn_range(tdp_vm *vm, uint64_t start, uint64_t end, int shared, int *flushed)
+{
+	/* Logged as the two public steps it is made of, tdp_mmu_zap_gfn_range() and
+	 * (if it reported "flush needed") tdp_flush_remote_tlbs_range(), so an event
+	 * log replays it with the vocabulary it always had. */
+	int flush, r = tdp_mmu_zap_gfn_range(vm, start, end, shared, &flush);
+	if (r)
+		return r;
+	*flushed = flush;
+	if (!flush)
+		return 0;
+	vm_op_begin(vm);
+	kvm_zap_gfn_range_flush(vm, start, end, true);
+	vm_log(vm, EV_FLUSH_RANGE, start, end - start, 0, 0, 0);
+	vm_op_end(vm);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ stepped operations */
+
+struct vm_op *vm_find_op(tdp_vm *vm, u32 id, int *idx)
+{
+	for (int i = 0; i < vm->nops; i++)
+		if (vm->ops[i]->id == id) {
+			if (idx)
+				*idx = i;
+			return vm->ops[i];
+		}
+	return NULL;
+}
+
+int tdp_op_start(tdp_vm *vm, int kind, uint64_t a, uint64_t b, uint64_t c, int yield_every, uint32_t *op_id)
+{
+	int r = 0;
+	struct memslot *slot = NULL;
+
+	vm_op_begin(vm);
+	if (yield_every < 1 || yield_every > (1 << 24))
+		return vm_err(vm, TDP_EINVAL, "yield_every must be 1..16777216, got %d", yield_every);
+	switch (kind) {
+	case TDP_OP_ZAP_GFN_RANGE: case TDP_OP_HOST_UNMAP: case TDP_OP_WRPROT: case TDP_OP_CLEAR_DIRTY:
+	case TDP_OP_RECOVER_HUGE:
+		r = vm_check_range(vm, a, b);
+		if (!r && kind == TDP_OP_HOST_UNMAP)
+			r = mmu_notifier_unmap_prepare(vm, a, b);
+		break;
+	case TDP_OP_SPLIT:
+		if (!(r = vm_check_range(vm, a, b)) && (c < 1 || c > 2))
+			r = vm_err(vm, TDP_EINVAL, "target_level must be 1 (4K) or 2 (2M), got %llu", (unsigned long long)c);
+		break;
+	case TDP_OP_ZAP_INVALIDATED_ROOTS:
+		break;
+	case TDP_OP_DELETE_MEMSLOT:
+		slot = a > 0x7fffffff ? NULL : memslot_by_id(vm, (int)a);
+		if (!slot)
+			r = vm_err(vm, TDP_ENOENT, "memslot %llu does not exist (deleted or never added)", (unsigned long long)a);
+		else if (slot->deleting)
+			r = vm_err(vm, TDP_ESTATE, "memslot %llu is already being deleted", (unsigned long long)a);
+		break;
+	case TDP_OP_NX_RECOVER:
+		if (a > (1u << 30))
+			r = vm_err(vm, TDP_EINVAL, "count must be 0..%u", 1u << 30);
+		break;
+	default:
+		r = vm_err(vm, TDP_EINVAL, "unknown operation kind %d", kind);
+	}
+	if (r)
+		return r;
+	struct vm_op *o = calloc(1, sizeof(*o));
+	struct vm_op **n = o ? realloc(vm->ops, (size_t)(vm->nops + 1) * sizeof(*n)) : NULL;
+	if (!n) {
+		free(o);
+		return vm_err(vm, TDP_ENOMEM, "out of host memory");
+	}
+	vm->ops = n;
+	o->id = ++vm->next_op_id;
+	o->kind = kind;
+	o->a = a;
+	o->b = b;
+	o->c = c;
+	struct tdp_op *op = &o->op;
+	switch (kind) {
+	case TDP_OP_ZAP_GFN_RANGE:
+		tdp_op_init(vm, op, OP_ZAP_LEAFS, ROOTS_VALID, a, b, c != 0);
+		break;
+	case TDP_OP_HOST_UNMAP:
+		kvm_mmu_invalidate_begin(vm, a, b);
+		tdp_op_init(vm, op, OP_ZAP_LEAFS, mmu_notifier_roots(vm), a, b, false);
+		break;
+	case TDP_OP_ZAP_INVALIDATED_ROOTS:
+		tdp_op_init(vm, op, OP_ZAP_ROOTS, ROOTS_SCHEDULED, 0, vm_max_gfn(vm), true);
+		break;
+	case TDP_OP_DELETE_MEMSLOT:
+		/* The slot becomes KVM_MEMSLOT_INVALID (faults on it wait), then the
+		 * roots go as in kvm_mmu_zap_all_fast(), or only the slot (B18). */
+		slot->deleting = true;
+		vm->memslots_gen++;
+		if (vm->pol.memslot_delete_zap_all) {
+			tdp_mmu_invalidate_roots(vm);
+			kvm_make_all_cpus_request(vm, TDP_REQ_MMU_FREE_OBSOLETE_ROOTS);
+			tdp_op_init(vm, op, OP_ZAP_ROOTS, ROOTS_SCHEDULED, 0, vm_max_gfn(vm), true);
+		} else {
+			tdp_op_init(vm, op, OP_ZAP_LEAFS, ROOTS_ALL, slot->base_gfn, slot->base_gfn + slot->npages, false);
+		}
+		break;
+	case TDP_OP_WRPROT:
+		tdp_op_init(vm, op, OP_WRPROT, ROOTS_VALID, a, b, true);
+		break;
+	case TDP_OP_CLEAR_DIRTY:
+		tdp_op_init(vm, op, OP_CLEAR_DIRTY, ROOTS_VALID, a, b, true);
+		break;
+	case TDP_OP_SPLIT:
+		tdp_op_init(vm, op, OP_SPLIT, ROOTS_VALID, a, b, true);
+		op->target_level = (int)c;
+		break;
+	case TDP_OP_RECOVER_HUGE:
+		tdp_op_init(vm, op, OP_RECOVER_HUGE, ROOTS_VALID, a, b, true);
+		break;
+	case TDP_OP_NX_RECOVER:
+		tdp_op_init(vm, op, OP_NX_RECOVER, ROOTS_ALL, 0, 0, false);
+		op->nx_left = a ? (int)a : (vm->pol.nx_recovery_ratio > 0 ? (int)((vm->nnx + (u32)vm->pol.nx_recovery_ratio - 1) / (u32)vm->pol.nx_recovery_ratio) : 0);
+		break;
+	}
+	op->yield_every = yield_every;
+	vm->ops[vm->nops++] = o;
+	*op_id = o->id;
+	/* a[4]: yield_every, and the id the operation got (for replays). */
+	vm_log(vm, EV_OP_START, (u64)kind, a, b, c, (u64)(u32)yield_every | ((u64)o->id << 32));
+	vm_op_end(vm);
+	return 0;
+}
+
+/* What the caller of each operation does once the walk is over. */
+static int op_finish(tdp_vm *vm, struct vm_op *o)
+{
+	struct tdp_op *op = &o->op;
+	bool flush = op->flush || op->result_flush;
+
+	switch (o->kind) {
+	case TDP_OP_ZAP_GFN_RANGE:
+		kvm_zap_gfn_range_flush(vm, o->a, o->b, flush);
+		return flush;
+	case TDP_OP_HOST_UNMAP:
+		mmu_notifier_unmap_finish(vm, o->a, o->b, flush);
+		return flush;
+	case TDP_OP_DELETE_MEMSLOT: {
+		int idx;
+		struct memslot *s = NULL;
+		for (idx = 0; idx < vm->nslots; idx++)
+			if (vm->slots[idx].used && vm->slots[idx].id == (int)o->a)
+				s = &vm->slots[idx];
+		if (!vm->pol.memslot_delete_zap_all && flush && s)
+			kvm_flush_remote_tlbs_range(vm, s->base_gfn, s->npages);
+		if (s)
+			memslot_free(vm, s);
+		vm->memslots_gen++;
+		return 0;
+	}
+	case TDP_OP_WRPROT: case TDP_OP_CLEAR_DIRTY:
+		/* As their callers do: flush the range if an SPTE lost W or D. */
+		if (op->result)
+			kvm_flush_remote_tlbs_range(vm, o->a, o->b - o->a);
+		return op->result;
+	case TDP_OP_RECOVER_HUGE:
+		if (flush)
+			kvm_flush_remote_tlbs_range(vm, op->chg_hi ? op->chg_lo : o->a,
+						    (op->chg_hi ? op->chg_hi : o->b) - (op->chg_hi ? op->chg_lo : o->a));
+		return flush;
+	case TDP_OP_NX_RECOVER:
+		return op->nx_done;
+	default:
+		return 0;
+	}
+}
+
+int tdp_op_step(tdp_vm *vm, uint32_t op_id, int *done, int *result)
+{
+	int idx;
+	struct vm_op *o;
+
+	vm_op_begin(vm);
+	o = vm_find_op(vm, op_id, &idx);
+	if (!o)
+		return vm_err(vm, TDP_ENOENT, "operation %u does not exist (finished, or never started)", op_id);
+	int r = tdp_op_run(vm, &o->op, true);
+	*done = 0;
+	*result = 0;
+	if (r != 0) {
+		/* Finished (or failed: the walk stopped where it was, as KVM's
+		 * would on -ENOMEM; what it changed stays changed). */
+		*result = op_finish(vm, o);
+		*done = 1;
+		memmove(&vm->ops[idx], &vm->ops[idx + 1], (size_t)(vm->nops - idx - 1) * sizeof(*vm->ops));
+		vm->nops--;
+		free(o);
+	}
+	vm_log(vm, EV_OP_STEP, op_id, 0, 0, 0, 0);
+	vm_op_end(vm);
+	if (r < 0)
+		return vm_err(vm, r, "operation %u ran out of frames and stopped", op_id);
+	return 0;
+}
+
+int tdp_op_list(tdp_vm *vm, uint32_t *ids, int max, int *n)
+{
+	for (int i = 0; i < vm->nops && i < max; i++)
+		ids[i] = vm->ops[i]->id;
+	*n = vm->nops;
+	return 0;
+}
+
