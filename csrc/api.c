@@ -467,7 +467,7 @@ int tdp_vcpu_request(tdp_vm *vm, int vcpu, uint32_t requests)
 	vm_op_begin(vm);
 	if ((r = check_vcpu(vm, vcpu)))
 		return r;
-	if (requests & ~31u)
+	if (requests & ~(u32)TDP_REQ_ALL)
 		return vm_err(vm, TDP_EINVAL, "unknown request bits 0x%x", requests);
 	struct vcpu *v = &vm->vcpus[vcpu];
 	v->requests |= requests;

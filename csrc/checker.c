@@ -37,7 +37,7 @@ int checker_check_translation(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int ac
 	u64 expected = s ? vm_gfn_to_pfn(vm, s, gfn) : NO_PFN;
 
 	u32 f = hostmem_frame_of(&vm->mem, pfn);
-	int st = f == NO_FRAME ? (pfn == expected ? 5 : 0) : vm->mem.frames[f].state;
+	int st = f == NO_FRAME ? (pfn == expected ? TDP_FRAME_CURRENT : TDP_FRAME_UNUSED) : vm->mem.frames[f].state;
 
 	if (pfn != expected) {
 		vm_report(vm, TDP_V_USE_AFTER_FREE, v, gpa, tag, pfn, expected, access, level, st, batch_index);
@@ -87,7 +87,7 @@ bool checker_check_psc(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, u
 	u32 f = hostmem_frame_of(&vm->mem, table_pfn);
 	if (f == NO_FRAME || vm->mem.frames[f].gen != gen || vm->mem.frames[f].sp_unlinked ||
 	    vm->mem.frames[f].state != FRAME_TABLE) {
-		int st = f == NO_FRAME ? 0 : vm->mem.frames[f].state;
+		int st = f == NO_FRAME ? TDP_FRAME_UNUSED : vm->mem.frames[f].state;
 		vm_report(vm, TDP_V_STALE_PAGE_TABLE, v, gpa, tag, table_pfn, NO_PFN, access, level, st, batch_index);
 		return true;
 	}

@@ -7,9 +7,26 @@
 #include <string.h>
 #include "vm.h"
 
+static const char *const event_names[EV_COUNT] = {
+#define EVENT(code, name, nargs) [EV_##code] = name,
+#include "events.def"
+#undef EVENT
+};
+
+static const signed char event_nargs[EV_COUNT] = {
+	[EV_NONE] = -1,
+#define EVENT(code, name, nargs) [EV_##code] = nargs,
+#include "events.def"
+#undef EVENT
+};
+
 /* The codes are a public format (event_log()): they never move. */
 _Static_assert(EV_MEMSLOT_ADD == 1 && EV_ZAP_RANGE == 16 && EV_ACCESS_BATCH == 29 && EV_OP_STEP == 38 &&
 	       EV_COUNT == 39, "event codes are the public event_log() format and never change");
+
+int tdp_event_kinds(void) { return EV_COUNT; }
+const char *tdp_event_name(int code) { return code > 0 && code < EV_COUNT ? event_names[code] : NULL; }
+int tdp_event_nargs(int code) { return code > 0 && code < EV_COUNT ? event_nargs[code] : -1; }
 
 void vm_trace_rec(struct tdp_vm *vm, u32 kind, u32 level, u64 a, u64 b, u64 c)
 {

@@ -5,6 +5,7 @@
 #define TDPFAST_EVENT_H
 #include <stddef.h>
 #include "spte.h"
+#include "tdpfast.h"
 
 struct tdp_vm;
 
@@ -16,9 +17,12 @@ enum ev_op {
 	EV_COUNT     /* codes 0 .. EV_COUNT - 1 */
 };
 
+/* Trace record kinds: enum tdp_trace_kind (tdpfast.h). */
 enum tr_kind {
-	TR_SPTE_CHANGED = 1, TR_REMOTE_FLUSH, TR_RANGE_FLUSH, TR_VENDOR_FLUSH, TR_ROOT_ALLOC,
-	TR_ROOT_PUT, TR_ROOT_FREE, TR_FAULT, TR_YIELD, TR_IPI, TR_NEW_ASID
+	TR_SPTE_CHANGED = TDP_TR_SPTE_CHANGED, TR_REMOTE_FLUSH = TDP_TR_REMOTE_FLUSH,
+	TR_RANGE_FLUSH = TDP_TR_RANGE_FLUSH, TR_VENDOR_FLUSH = TDP_TR_VENDOR_FLUSH,
+	TR_ROOT_ALLOC = TDP_TR_ROOT_ALLOC, TR_ROOT_PUT = TDP_TR_ROOT_PUT, TR_ROOT_FREE = TDP_TR_ROOT_FREE,
+	TR_FAULT = TDP_TR_FAULT, TR_YIELD = TDP_TR_YIELD, TR_IPI = TDP_TR_IPI, TR_NEW_ASID = TDP_TR_NEW_ASID
 };
 
 /* Append one event (when the VM records). */

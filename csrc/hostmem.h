@@ -5,13 +5,16 @@
 #define TDPFAST_HOSTMEM_H
 #include <stddef.h>
 #include "spte.h"
+#include "tdpfast.h"
 
+/* The states of a pool frame: enum tdp_frame_state (tdpfast.h), which also names
+ * the page a violation's stale translation points at outside the pool. */
 enum frame_state {
-	FRAME_UNUSED = 0, /* never handed out */
-	FRAME_FREE,       /* on the free stack */
-	FRAME_TABLE,      /* a TDP page-table page (struct kvm_mmu_page) */
-	FRAME_GUEST,      /* backs a guest page */
-	FRAME_RCU,        /* unlinked/released, waiting for the grace period */
+	FRAME_UNUSED = TDP_FRAME_UNUSED, /* never handed out */
+	FRAME_FREE = TDP_FRAME_FREE,     /* on the free stack */
+	FRAME_TABLE = TDP_FRAME_TABLE,   /* a TDP page-table page (struct kvm_mmu_page) */
+	FRAME_GUEST = TDP_FRAME_GUEST,   /* backs a guest page */
+	FRAME_RCU = TDP_FRAME_RCU,       /* unlinked/released, waiting for the grace period */
 };
 
 #define NO_FRAME 0xffffffffu

@@ -38,11 +38,33 @@ enum tdp_violation_kind {
 	TDP_V_LIVELOCK = 5
 };
 enum tdp_access_outcome { TDP_OUT_OK = 0, TDP_OUT_MMIO = 1, TDP_OUT_LIVELOCK = 2, TDP_OUT_BLOCKED = 3 };
+/* What a host frame is (tdp_frame_state(), and struct tdp_violation's frame_state). */
+enum tdp_frame_state {
+	TDP_FRAME_UNUSED = 0,   /* a pool frame never handed out; in a violation: a page outside
+				 * the pool (a memslot's own page) that the gfn no longer maps */
+	TDP_FRAME_FREE = 1,     /* on the pool's free stack */
+	TDP_FRAME_TABLE = 2,    /* a TDP page-table page */
+	TDP_FRAME_GUEST = 3,    /* a pool page backing a guest page */
+	TDP_FRAME_RCU = 4,      /* unlinked or released, waiting for the RCU grace period */
+	TDP_FRAME_CURRENT = 5   /* violations only: a page outside the pool that backs the gfn now */
+};
 enum tdp_memslot_flags { TDP_SLOT_READONLY = 1, TDP_SLOT_DIRTY_LOG = 2 };
 enum tdp_vcpu_mode { TDP_OUTSIDE_GUEST = 0, TDP_IN_GUEST = 1, TDP_EXITING_GUEST = 2 };
 enum tdp_request {
 	TDP_REQ_TLB_FLUSH = 1, TDP_REQ_TLB_FLUSH_CURRENT = 2, TDP_REQ_TLB_FLUSH_GUEST = 4,
-	TDP_REQ_MMU_FREE_OBSOLETE_ROOTS = 8, TDP_REQ_LOAD_MMU_PGD = 16
+	TDP_REQ_MMU_FREE_OBSOLETE_ROOTS = 8, TDP_REQ_LOAD_MMU_PGD = 16,
+	TDP_REQ_ALL = 31        /* every request bit tdp_vcpu_request() accepts */
+};
+/* The switches of struct tdp_policy that take one of several values. */
+enum tdp_dirty_log_enable_flush { TDP_DIRTY_LOG_FLUSH_ALWAYS = 0, TDP_DIRTY_LOG_FLUSH_IF_CHANGED = 1 };
+enum tdp_removed_pt_flush { TDP_REMOVED_PT_FLUSH_NONE = 0, TDP_REMOVED_PT_FLUSH_TABLE = 1,
+			    TDP_REMOVED_PT_FLUSH_LAST_CHILD = 2 };
+enum tdp_huge_recovery { TDP_HUGE_RECOVERY_RECOVER = 0, TDP_HUGE_RECOVERY_ZAP_COLLAPSIBLE = 1 };
+/* Kinds of the internal trace records (struct tdp_trace_rec). */
+enum tdp_trace_kind {
+	TDP_TR_SPTE_CHANGED = 1, TDP_TR_REMOTE_FLUSH = 2, TDP_TR_RANGE_FLUSH = 3, TDP_TR_VENDOR_FLUSH = 4,
+	TDP_TR_ROOT_ALLOC = 5, TDP_TR_ROOT_PUT = 6, TDP_TR_ROOT_FREE = 7, TDP_TR_FAULT = 8, TDP_TR_YIELD = 9,
+	TDP_TR_IPI = 10, TDP_TR_NEW_ASID = 11
 };
 
 struct tdp_config {
@@ -196,7 +218,7 @@ struct tdp_violation {
 	uint64_t event;       /* index of the event that exposed it */
 	int access;
 	int level;            /* page size of the stale translation, or table level */
-	int frame_state;      /* what the stale frame is now (enum in hostmem.h) */
+	int frame_state;      /* what the stale frame is now (enum tdp_frame_state) */
 	uint64_t batch_index; /* position inside an access batch */
 };
 
@@ -347,5 +369,28 @@ int tdp_event_batch(tdp_vm *vm, size_t event, uint64_t *gpas, uint8_t *accesses,
 int tdp_replay(tdp_vm *vm, const struct tdp_event *ev, size_t n, int stop_at_violation, size_t *applied);
 size_t tdp_trace_count(tdp_vm *vm);
 size_t tdp_trace(tdp_vm *vm, struct tdp_trace_rec *out, size_t start, size_t max);
+
+/* The event vocabulary (the first byte of each event_log() record): codes run from 1
+ * to tdp_event_kinds() - 1 (0 is never used); the name is the public call the event
+ * replays as, nargs how many of the record's five words are its arguments. */
+int tdp_event_kinds(void);
+const char *tdp_event_name(int code);  /* NULL: unused code or out of range */
+int tdp_event_nargs(int code);         /* -1: unknown code */
+
+/* Names of the public enums, so that bindings never retype them: each returns NULL
+ * for a value that is not in its enum. */
+const char *tdp_error_name(int code);              /* enum tdp_err: "ok", "invalid_argument", ... */
+const char *tdp_arch_name(int arch);               /* enum tdp_arch: "vmx", "svm" */
+const char *tdp_access_name(int access);           /* enum tdp_access: "r", "w", "x", "xu" */
+const char *tdp_access_outcome_name(int outcome);  /* enum tdp_access_outcome: "ok", "mmio", ... */
+const char *tdp_violation_kind_name(int kind);     /* enum tdp_violation_kind: "use_after_free", ... */
+const char *tdp_frame_state_name(int state);       /* enum tdp_frame_state: "unused", "free", ... */
+const char *tdp_vcpu_mode_name(int mode);          /* enum tdp_vcpu_mode: "outside_guest", ... */
+const char *tdp_request_name(uint32_t bit);        /* one bit of enum tdp_request: "tlb_flush", ... */
+const char *tdp_op_kind_name(int kind);            /* enum tdp_op_kind: "zap_gfn_range", ... */
+const char *tdp_trace_kind_name(int kind);         /* enum tdp_trace_kind: "spte_changed", ... */
+/* A policy switch that takes one of several values (root_lifetime,
+ * dirty_log_enable_flush, removed_pt_flush, huge_recovery): the name of `value`. */
+const char *tdp_policy_value_name(const char *policy_switch, int value);
 
 #endif

@@ -91,10 +91,45 @@ static int run(int arch, int levels, int tlb_preset, int buggy, unsigned long lo
 	return 0;
 }
 
+/* The public vocabulary: every event code has a name and an arity, every enum value
+ * a name, and nothing outside the enums has one. */
+static int vocabulary(void)
+{
+	int kinds = tdp_event_kinds();
+	if (kinds < 2 || tdp_event_name(0) || tdp_event_name(kinds) || tdp_event_nargs(0) != -1 ||
+	    tdp_event_nargs(kinds) != -1)
+		return fail("event vocabulary: code 0 and codes past the end must be unnamed");
+	for (int i = 1; i < kinds; i++)
+		if (!tdp_event_name(i) || tdp_event_nargs(i) < 0 || tdp_event_nargs(i) > 5)
+			return fail("event vocabulary: a code without a name or with an arity outside 0..5");
+	for (int e = TDP_ELIVELOCK; e <= 0; e++)
+		if (!tdp_error_name(e))
+			return fail("an error code without a name");
+	if (tdp_error_name(TDP_ELIVELOCK - 1) || tdp_error_name(1))
+		return fail("a name for an error code that does not exist");
+	for (uint32_t bit = 1; bit <= TDP_REQ_ALL; bit <<= 1)
+		if (!tdp_request_name(bit))
+			return fail("a request bit without a name");
+	if (tdp_request_name(0) || tdp_request_name(3) || tdp_request_name((uint32_t)TDP_REQ_ALL + 1))
+		return fail("a name for something that is not one request bit");
+	if (!tdp_op_kind_name(TDP_OP_ZAP_GFN_RANGE) || !tdp_op_kind_name(TDP_OP_NX_RECOVER) || tdp_op_kind_name(0) ||
+	    tdp_op_kind_name(TDP_OP_NX_RECOVER + 1) || !tdp_violation_kind_name(TDP_V_LIVELOCK) ||
+	    tdp_violation_kind_name(0) || !tdp_frame_state_name(TDP_FRAME_CURRENT) ||
+	    tdp_frame_state_name(TDP_FRAME_CURRENT + 1) || !tdp_access_outcome_name(TDP_OUT_BLOCKED) ||
+	    tdp_access_outcome_name(-1) || !tdp_trace_kind_name(TDP_TR_NEW_ASID) || tdp_trace_kind_name(0) ||
+	    !tdp_vcpu_mode_name(TDP_EXITING_GUEST) || !tdp_access_name(TDP_ACC_EXEC_USER) || tdp_access_name(4) ||
+	    !tdp_arch_name(TDP_SVM) || tdp_arch_name(2) ||
+	    strcmp(tdp_policy_value_name("removed_pt_flush", TDP_REMOVED_PT_FLUSH_LAST_CHILD), "last_child") ||
+	    tdp_policy_value_name("removed_pt_flush", 3) || tdp_policy_value_name("no_such_switch", 0) ||
+	    tdp_policy_value_name(NULL, 0))
+		return fail("enum names");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	unsigned long long ops = argc > 1 ? strtoull(argv[1], NULL, 0) : 20000;
-	int rc = 0;
+	int rc = vocabulary();
 	for (unsigned long long seed = 0; seed < 6; seed++)
 		for (int arch = 0; arch < 2; arch++)
 			rc |= run(arch, 4 + (int)(seed % 2), (int)(seed % 3), (int)(seed / 3), seed, ops);
