@@ -3,7 +3,8 @@
  * then the call goes to the file that models it: the TDP MMU (tdp_mmu*.c), the
  * fault entry and the zaps' callers (mmu.c), vCPUs and pCPUs (cpu.c), and the
  * queries of roots, tables and SPTEs. Each call that changes the model is one
- * top-level operation: vm_op_begin(), the work, one event (event.c), vm_op_end(). */
+ * top-level operation: VM_OP_BEGIN() (which fails if records were lost since the
+ * last call), the work, one event (event.c), vm_op_end(). */
 #include <string.h>
 #include "vm.h"
 
@@ -36,7 +37,7 @@ uint32_t tdp_mmu_newest_root(tdp_vm *vm)
 int tdp_mmu_alloc_root(tdp_vm *vm, int as_id, int guest_mode, uint32_t *root_id)
 {
 	int r;
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if (as_id < 0 || as_id > 1)
 		return vm_err(vm, TDP_EINVAL, "as_id must be 0 or 1 (SMM), got %d", as_id);
 	if (guest_mode < 0 || guest_mode > 1)
@@ -54,7 +55,7 @@ int tdp_mmu_put_root(tdp_vm *vm, uint32_t root_id)
 	struct tdp_root *r;
 	int rc;
 
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if (root_id == 0)
 		return vm_err(vm, TDP_ENOENT, "root 0 does not exist");
 	if ((rc = resolve_root(vm, root_id, &r)))
@@ -72,7 +73,7 @@ int tdp_mmu_put_root(tdp_vm *vm, uint32_t root_id)
 
 int tdp_mmu_invalidate_all_roots(tdp_vm *vm)
 {
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	tdp_mmu_invalidate_roots(vm);
 	vm_log(vm, EV_INVALIDATE_ALL, 0, 0, 0, 0, 0);
 	vm_op_end(vm);
@@ -81,7 +82,7 @@ int tdp_mmu_invalidate_all_roots(tdp_vm *vm)
 
 int tdp_mmu_zap_invalidated_roots(tdp_vm *vm)
 {
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	tdp_mmu_zap_invalidated(vm, true);
 	vm_log(vm, EV_ZAP_INVALIDATED, 0, 0, 0, 0, 0);
 	vm_op_end(vm);
@@ -90,7 +91,7 @@ int tdp_mmu_zap_invalidated_roots(tdp_vm *vm)
 
 int tdp_mmu_zap_all_fast(tdp_vm *vm)
 {
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	kvm_mmu_zap_all_fast(vm);
 	vm_log(vm, EV_ZAP_ALL_FAST, 0, 0, 0, 0, 0);
 	vm_op_end(vm);
@@ -156,7 +157,7 @@ int tdp_mmu_map(tdp_vm *vm, uint32_t root_id, uint64_t gfn, int level, int *flus
 	int r;
 	bool flushed = false;
 
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if ((r = vm_check_gfn(vm, "gfn", gfn)) || (r = check_level(vm, level)) || (r = resolve_root(vm, root_id, &root)) ||
 	    (r = map_checks(vm, root, gfn, gfn + pages_per_level(level), level)))
 		return r;
@@ -174,7 +175,7 @@ int tdp_mmu_map_range(tdp_vm *vm, uint32_t root_id, uint64_t start, uint64_t end
 	int r;
 	u64 n = 0;
 
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if ((r = vm_check_range(vm, start, end)) || (r = check_level(vm, level)) || (r = resolve_root(vm, root_id, &root)) ||
 	    (r = map_checks(vm, root, start, end, level)))
 		return r;
@@ -194,7 +195,7 @@ int tdp_mmu_map_range(tdp_vm *vm, uint32_t root_id, uint64_t start, uint64_t end
 int tdp_mmu_zap_gfn_range(tdp_vm *vm, uint64_t start, uint64_t end, int shared, int *flush)
 {
 	int r;
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if ((r = vm_check_range(vm, start, end)))
 		return r;
 	/* kvm_tdp_mmu_zap_leafs() over the valid roots; the caller flushes. */
@@ -208,7 +209,7 @@ int tdp_mmu_zap_root(tdp_vm *vm, uint32_t root_id, int shared)
 {
 	struct tdp_root *root;
 	int r;
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if (root_id == 0)
 		return vm_err(vm, TDP_ENOENT, "root 0 does not exist");
 	if ((r = resolve_root(vm, root_id, &root)))
@@ -225,7 +226,7 @@ int tdp_mmu_zap_sp(tdp_vm *vm, uint32_t root_id, uint64_t gfn, int level, int *f
 {
 	struct tdp_root *root;
 	int r;
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if ((r = vm_check_gfn(vm, "gfn", gfn)) || (r = resolve_root(vm, root_id, &root)))
 		return r;
 	if (level < 1 || level >= root->level)
@@ -250,7 +251,7 @@ static int range_walk(tdp_vm *vm, uint64_t start, uint64_t end, int *out, u32 ev
 		      bool (*walk)(struct tdp_vm *, u64, u64))
 {
 	int r;
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if ((r = vm_check_range(vm, start, end)))
 		return r;
 	*out = walk(vm, start, end);
@@ -279,7 +280,7 @@ int tdp_mmu_age_range(tdp_vm *vm, uint64_t start, uint64_t end, int *young)
 int tdp_mmu_split_huge_pages(tdp_vm *vm, uint64_t start, uint64_t end, int target_level)
 {
 	int r;
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if ((r = vm_check_range(vm, start, end)))
 		return r;
 	if (target_level < 1 || target_level > 2)
@@ -298,7 +299,7 @@ int tdp_mmu_split_huge_pages(tdp_vm *vm, uint64_t start, uint64_t end, int targe
 int tdp_mmu_recover_huge_pages(tdp_vm *vm, uint64_t start, uint64_t end, int *flush)
 {
 	int r;
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if ((r = vm_check_range(vm, start, end)))
 		return r;
 	u64 fs, fe;
@@ -313,7 +314,7 @@ int tdp_mmu_recover_huge_pages(tdp_vm *vm, uint64_t start, uint64_t end, int *fl
 
 int tdp_mmu_recover_nx_huge_pages(tdp_vm *vm, int count, int *zapped)
 {
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if (count < 0)
 		return vm_err(vm, TDP_EINVAL, "count must be >= 0 (0: nx_recovery_ratio decides), got %d", count);
 	tdp_mmu_recover_nx(vm, count, zapped);
@@ -435,7 +436,7 @@ static int check_pcpu(tdp_vm *vm, int pcpu)
 int tdp_vcpu_run(tdp_vm *vm, int vcpu, int pcpu)
 {
 	int r;
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if ((r = check_vcpu(vm, vcpu)) || (r = check_pcpu(vm, pcpu)))
 		return r;
 	struct vcpu *v = &vm->vcpus[vcpu];
@@ -452,7 +453,7 @@ int tdp_vcpu_run(tdp_vm *vm, int vcpu, int pcpu)
 int tdp_vcpu_exit(tdp_vm *vm, int vcpu)
 {
 	int r;
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if ((r = check_vcpu(vm, vcpu)))
 		return r;
 	cpu_vcpu_exit(vm, &vm->vcpus[vcpu]);
@@ -464,7 +465,7 @@ int tdp_vcpu_exit(tdp_vm *vm, int vcpu)
 int tdp_vcpu_request(tdp_vm *vm, int vcpu, uint32_t requests)
 {
 	int r;
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if ((r = check_vcpu(vm, vcpu)))
 		return r;
 	if (requests & ~(u32)TDP_REQ_ALL)
@@ -523,7 +524,7 @@ static int check_access_args(tdp_vm *vm, int vcpu, int access)
 int tdp_access(tdp_vm *vm, int vcpu, uint64_t gpa, int access, struct tdp_access_result *out)
 {
 	int r;
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if ((r = check_access_args(vm, vcpu, access)))
 		return r;
 	if (gpa >> vm->cfg.maxphyaddr)
@@ -541,8 +542,8 @@ int tdp_access_batch(tdp_vm *vm, int vcpu, const uint64_t *gpas, const uint8_t *
 {
 	int r;
 	struct tdp_access_result tmp;
-	vm_op_begin(vm);
 	*done = 0;
+	VM_OP_BEGIN(vm);
 	if ((r = check_access_args(vm, vcpu, default_access)))
 		return r;
 	for (size_t i = 0; i < n; i++) {
@@ -582,7 +583,7 @@ int tdp_access_batch(tdp_vm *vm, int vcpu, const uint64_t *gpas, const uint8_t *
 
 int tdp_flush_remote_tlbs(tdp_vm *vm)
 {
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	kvm_flush_remote_tlbs(vm);
 	vm_log(vm, EV_FLUSH_REMOTE, 0, 0, 0, 0, 0);
 	vm_op_end(vm);
@@ -592,7 +593,7 @@ int tdp_flush_remote_tlbs(tdp_vm *vm)
 int tdp_flush_remote_tlbs_range(tdp_vm *vm, uint64_t gfn, uint64_t npages)
 {
 	int r;
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if ((r = vm_check_range(vm, gfn, gfn + npages)))
 		return r;
 	kvm_flush_remote_tlbs_range(vm, gfn, npages);
@@ -604,7 +605,7 @@ int tdp_flush_remote_tlbs_range(tdp_vm *vm, uint64_t gfn, uint64_t npages)
 int tdp_invept(tdp_vm *vm, int pcpu, int type, uint64_t eptp)
 {
 	int r;
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if (vm->cfg.arch != TDP_VMX)
 		return vm_err(vm, TDP_ESTATE, "INVEPT exists on VMX only (this VM is svm)");
 	if ((r = check_pcpu(vm, pcpu)))
@@ -634,7 +635,7 @@ int tdp_invept(tdp_vm *vm, int pcpu, int type, uint64_t eptp)
 int tdp_invvpid(tdp_vm *vm, int pcpu, int type, uint32_t vpid, uint64_t gla)
 {
 	int r;
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if (vm->cfg.arch != TDP_VMX)
 		return vm_err(vm, TDP_ESTATE, "INVVPID exists on VMX only (this VM is svm)");
 	if ((r = check_pcpu(vm, pcpu)))
@@ -662,7 +663,7 @@ int tdp_invvpid(tdp_vm *vm, int pcpu, int type, uint32_t vpid, uint64_t gla)
 int tdp_svm_set_tlb_control(tdp_vm *vm, int vcpu, int value)
 {
 	int r;
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if (vm->cfg.arch != TDP_SVM)
 		return vm_err(vm, TDP_ESTATE, "TLB_CONTROL exists on SVM only (this VM is vmx)");
 	if ((r = check_vcpu(vm, vcpu)))
@@ -687,7 +688,7 @@ int tdp_tlb_dump(tdp_vm *vm, int pcpu, struct tdp_tlb_entry *out, size_t max, si
 int tdp_tlb_fill_junk(tdp_vm *vm, int pcpu, uint32_t count, uint64_t max_gfn)
 {
 	int r;
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if ((r = check_pcpu(vm, pcpu)))
 		return r;
 	if (max_gfn == 0 || max_gfn > vm_max_gfn(vm))
@@ -701,7 +702,7 @@ int tdp_tlb_fill_junk(tdp_vm *vm, int pcpu, uint32_t count, uint64_t max_gfn)
 
 int tdp_synchronize_rcu(tdp_vm *vm)
 {
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	hostmem_synchronize_rcu(&vm->mem);
 	vm->stats[ST_rcu_grace_periods] = vm->mem.grace_periods;
 	vm_log(vm, EV_SYNC_RCU, 0, 0, 0, 0, 0);

@@ -13,12 +13,15 @@
 void vm_report(struct tdp_vm *vm, int kind, struct vcpu *v, u64 gpa, u64 tag, u64 stale_pfn,
 	       u64 expected_pfn, int access, int level, int frame_state, u64 batch_index)
 {
+	TDP_WARN_ON(vm, kind < TDP_V_USE_AFTER_FREE || kind > TDP_V_LIVELOCK);
 	vm->stats[ST_violations]++;
 	if (vm->nviol == vm->viol_cap) {
 		size_t ncap = vm->viol_cap ? vm->viol_cap * 2 : 64;
 		struct tdp_violation *n = realloc(vm->viol, ncap * sizeof(*n));
-		if (!n)
+		if (!n) {
+			vm_drop_record(vm); /* counted in ST_violations; the next call fails */
 			return;
+		}
 		vm->viol = n;
 		vm->viol_cap = ncap;
 	}

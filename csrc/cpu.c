@@ -424,6 +424,8 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 		vm->stats[ST_tlb_misses]++;
 		vm_cost(vm, vm->costs.tlb_miss);
 		struct tdp_root *root = tdp_mmu_find_root(vm, v->root_id);
+		if (TDP_WARN_ON(vm, !root)) /* a vCPU in guest mode holds a reference to its root */
+			return vm_err(vm, TDP_ESTATE, "vcpu %d runs without a root", v->id);
 		u64 table = hostmem_pfn(&vm->mem, root->frame) << 12;
 		int level = root->level;
 		unsigned perms = PERM_ALL;

@@ -20,6 +20,11 @@ static const signed char event_nargs[EV_COUNT] = {
 #undef EVENT
 };
 
+/* An access-batch record in the store: the gpa, then the access kind. */
+_Static_assert(sizeof(u64) + sizeof(u8) == 9, "an access-batch record is 9 bytes");
+/* The event_log() record: a one-byte code and five words. */
+_Static_assert(EV_COUNT <= 256 && sizeof(((struct tdp_event *)0)->a) == 5 * sizeof(u64),
+	       "an event code fits the log's one byte; an event has five words");
 /* The codes are a public format (event_log()): they never move. */
 _Static_assert(EV_MEMSLOT_ADD == 1 && EV_ZAP_RANGE == 16 && EV_ACCESS_BATCH == 29 && EV_OP_STEP == 38 &&
 	       EV_COUNT == 39, "event codes are the public event_log() format and never change");
@@ -33,8 +38,10 @@ void vm_trace_rec(struct tdp_vm *vm, u32 kind, u32 level, u64 a, u64 b, u64 c)
 	if (vm->ntr == vm->tr_cap) {
 		size_t ncap = vm->tr_cap ? vm->tr_cap * 2 : 1024;
 		struct tdp_trace_rec *n = realloc(vm->tr, ncap * sizeof(*n));
-		if (!n)
-			return; /* the trace is best effort; the model is unaffected */
+		if (!n) {
+			vm_drop_record(vm); /* the model is unaffected; the caller learns it */
+			return;
+		}
 		vm->tr = n;
 		vm->tr_cap = ncap;
 	}
@@ -48,8 +55,10 @@ void vm_log(struct tdp_vm *vm, u32 op, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4)
 	if (vm->nev == vm->ev_cap) {
 		size_t ncap = vm->ev_cap ? vm->ev_cap * 2 : 256;
 		struct tdp_event *n = realloc(vm->ev, ncap * sizeof(*n));
-		if (!n)
+		if (!n) {
+			vm_drop_record(vm);
 			return;
+		}
 		vm->ev = n;
 		vm->ev_cap = ncap;
 	}

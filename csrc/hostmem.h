@@ -19,6 +19,7 @@ enum frame_state {
 
 #define NO_FRAME 0xffffffffu
 #define ARENA_CHUNK_FRAMES 512u
+_Static_assert((ARENA_CHUNK_FRAMES & (ARENA_CHUNK_FRAMES - 1)) == 0, "arena chunks are a power of two frames");
 
 /* Metadata of one pool frame; the sp_* fields describe a page-table page. */
 struct frame {

@@ -215,7 +215,7 @@ int tdp_memslot_add(tdp_vm *vm, uint64_t base_gfn, uint64_t npages, uint32_t fla
 {
 	int r;
 
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if (npages == 0)
 		return vm_err(vm, TDP_EINVAL, "npages must be positive");
 	if ((r = vm_check_range(vm, base_gfn, base_gfn + npages)) || base_gfn + npages < base_gfn)
@@ -310,7 +310,7 @@ int tdp_memslot_delete(tdp_vm *vm, int slot_id)
 {
 	struct memslot *s;
 
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	s = memslot_by_id(vm, slot_id);
 	if (!s)
 		return vm_err(vm, TDP_ENOENT, "memslot %d does not exist (deleted or never added)", slot_id);
@@ -328,7 +328,7 @@ int tdp_dirty_log_enable(tdp_vm *vm, int slot_id, int enable)
 {
 	struct memslot *s;
 
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	s = memslot_by_id(vm, slot_id);
 	if (!s)
 		return vm_err(vm, TDP_ENOENT, "memslot %d does not exist (deleted or never added)", slot_id);
@@ -373,7 +373,7 @@ int tdp_dirty_log_get(tdp_vm *vm, int slot_id, uint64_t *bitmap, size_t nwords, 
 {
 	struct memslot *s;
 
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	s = memslot_by_id(vm, slot_id);
 	if (!s)
 		return vm_err(vm, TDP_ENOENT, "memslot %d does not exist (deleted or never added)", slot_id);
@@ -413,7 +413,7 @@ int tdp_write_protect_gfn(tdp_vm *vm, uint64_t gfn, int enable)
 	struct memslot *s;
 	int r;
 
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if ((r = vm_check_gfn(vm, "gfn", gfn)))
 		return r;
 	s = vm_slot_of(vm, gfn);

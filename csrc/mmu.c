@@ -165,7 +165,7 @@ int tdp_kvm_zap_gfn_range(tdp_vm *vm, uint64_t start, uint64_t end, int shared, 
 	*flushed = flush;
 	if (!flush)
 		return 0;
-	vm_op_begin(vm);
+	vm_op_start(vm); /* the flush the zap owes happens whatever else is pending */
 	kvm_zap_gfn_range_flush(vm, start, end, true);
 	vm_log(vm, EV_FLUSH_RANGE, start, end - start, 0, 0, 0);
 	vm_op_end(vm);
@@ -190,7 +190,7 @@ int tdp_op_start(tdp_vm *vm, int kind, uint64_t a, uint64_t b, uint64_t c, int y
 	int r = 0;
 	struct memslot *slot = NULL;
 
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if (yield_every < 1 || yield_every > (1 << 24))
 		return vm_err(vm, TDP_EINVAL, "yield_every must be 1..16777216, got %d", yield_every);
 	switch (kind) {
@@ -324,7 +324,10 @@ static int op_finish(tdp_vm *vm, struct vm_op *o)
 		return flush;
 	case TDP_OP_NX_RECOVER:
 		return op->nx_done;
+	case TDP_OP_ZAP_INVALIDATED_ROOTS: case TDP_OP_SPLIT:
+		return 0; /* neither owes a flush */
 	default:
+		TDP_WARN_ON(vm, o->kind < TDP_OP_ZAP_GFN_RANGE || o->kind > TDP_OP_NX_RECOVER);
 		return 0;
 	}
 }
@@ -334,7 +337,7 @@ int tdp_op_step(tdp_vm *vm, uint32_t op_id, int *done, int *result)
 	int idx;
 	struct vm_op *o;
 
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	o = vm_find_op(vm, op_id, &idx);
 	if (!o)
 		return vm_err(vm, TDP_ENOENT, "operation %u does not exist (finished, or never started)", op_id);

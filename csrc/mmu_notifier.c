@@ -66,7 +66,7 @@ void mmu_notifier_unmap_finish(struct tdp_vm *vm, u64 start, u64 end, bool flush
 			u64 pfn = vm_gfn_to_pfn(vm, s, g);
 			if (pfn == NO_PFN)
 				continue;
-			memslot_set_backing(vm, s, g, NO_PFN);
+			TDP_WARN_ON(vm, memslot_set_backing(vm, s, g, NO_PFN)); /* prepared: cannot fail */
 			memslot_release_pfn(vm, pfn);
 		}
 	}
@@ -77,7 +77,7 @@ int tdp_host_unmap(tdp_vm *vm, uint64_t start, uint64_t end)
 {
 	int r;
 
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if ((r = vm_check_range(vm, start, end)) || (r = mmu_notifier_unmap_prepare(vm, start, end)))
 		return r;
 	kvm_mmu_invalidate_begin(vm, start, end);
@@ -93,7 +93,7 @@ int tdp_host_migrate(tdp_vm *vm, uint64_t gfn, uint64_t *new_pfn)
 	int r;
 	struct memslot *s;
 
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if ((r = vm_check_gfn(vm, "gfn", gfn)))
 		return r;
 	s = vm_slot_of(vm, gfn);
@@ -109,9 +109,11 @@ int tdp_host_migrate(tdp_vm *vm, uint64_t gfn, uint64_t *new_pfn)
 	kvm_mmu_invalidate_begin(vm, gfn, gfn + 1);
 	if (tdp_mmu_zap_leafs_all(vm, gfn, gfn + 1, mmu_notifier_roots(vm), false, false))
 		kvm_flush_remote_tlbs(vm);
-	u32 f = hostmem_alloc(&vm->mem, FRAME_GUEST);
+	u32 f = hostmem_alloc(&vm->mem, FRAME_GUEST); /* a frame is available: checked above */
+	if (TDP_WARN_ON(vm, f == NO_FRAME))
+		return vm_err(vm, TDP_ENOMEM, "frame pool exhausted while migrating gfn 0x%llx", (unsigned long long)gfn);
 	vm->mem.frames[f].owner_gfn = gfn;
-	memslot_set_backing(vm, s, gfn, hostmem_pfn(&vm->mem, f));
+	TDP_WARN_ON(vm, memslot_set_backing(vm, s, gfn, hostmem_pfn(&vm->mem, f))); /* prepared above */
 	memslot_release_pfn(vm, old);
 	kvm_mmu_invalidate_end(vm);
 	*new_pfn = hostmem_pfn(&vm->mem, f);
@@ -123,7 +125,7 @@ int tdp_host_migrate(tdp_vm *vm, uint64_t gfn, uint64_t *new_pfn)
 int tdp_host_age(tdp_vm *vm, uint64_t start, uint64_t end, int *young)
 {
 	int r;
-	vm_op_begin(vm);
+	VM_OP_BEGIN(vm);
 	if ((r = vm_check_range(vm, start, end)))
 		return r;
 	/* clear_flush_young: x86 elides the flush (~v6.13). */

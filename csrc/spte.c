@@ -1,6 +1,28 @@
 /* spte.c — building and editing SPTEs exactly as KVM's mmu/spte.c does for TDP. */
 #include "spte.h"
 
+/* The encodings the model relies on (mmu/spte.h). A frozen SPTE must look
+ * not-present to hardware (EPT: no R/W/X; NPT: P clear) and to KVM (no
+ * SPTE_MMU_PRESENT), as must SHADOW_NONPRESENT_VALUE. */
+_Static_assert(!(FROZEN_SPTE & SPTE_MMU_PRESENT) && !(SHADOW_NONPRESENT_VALUE & SPTE_MMU_PRESENT),
+	       "frozen and non-present SPTEs are not shadow-present");
+_Static_assert(!(FROZEN_SPTE & (EPT_R | EPT_W | EPT_X)) && !(FROZEN_SPTE & NPT_P),
+	       "a frozen SPTE is not present to the hardware walker");
+_Static_assert(SPTE_PFN_MASK == (((1ull << 52) - 1) & ~0xfffull), "the PFN field is bits 51:12");
+/* KVM's software bits stay clear of the hardware fields and of each other. */
+_Static_assert(!((EPT_HOST_WRITABLE | EPT_MMU_WRITABLE | SPTE_MMU_PRESENT | (3ull << SPTE_TDP_AD_SHIFT) |
+		  (7ull << SPTE_ACC_TRACK_SAVED_SHIFT)) & SPTE_PFN_MASK),
+	       "EPT software bits outside the PFN field");
+_Static_assert(SPTE_TDP_AD_SHIFT + 2 <= SPTE_ACC_TRACK_SAVED_SHIFT &&
+	       SPTE_ACC_TRACK_SAVED_SHIFT + 3 <= 57 && EPT_HOST_WRITABLE == 1ull << 57 && EPT_MMU_WRITABLE == 1ull << 58,
+	       "A/D type (53:52), saved access-track bits (56:54), host/MMU-writable (57, 58) do not overlap");
+_Static_assert(!((NPT_HOST_WRITABLE | NPT_MMU_WRITABLE | SPTE_MMU_PRESENT) & (NPT_P | NPT_W | NPT_U | NPT_A | NPT_D | NPT_NX)) &&
+	       NPT_HOST_WRITABLE != SPTE_MMU_PRESENT && NPT_MMU_WRITABLE != SPTE_MMU_PRESENT,
+	       "NPT software bits live in the available bits 11:9");
+_Static_assert(SPTE_W == EPT_W && SPTE_W == NPT_W && SPTE_PS == 1ull << 7, "W is bit 1 and PS bit 7 in both formats");
+/* A table is 512 eight-byte entries: one 4 KiB page. */
+_Static_assert(512 * sizeof(u64) == 4096, "a page table fills one 4 KiB frame");
+
 void spte_masks_init(struct spte_masks *m, int fmt, bool ad)
 {
 	*m = (struct spte_masks){0};

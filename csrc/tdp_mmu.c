@@ -41,8 +41,10 @@ static void handle_removed_pt(struct tdp_vm *vm, u32 f, bool shared);
 void tdp_mmu_account_leaf(struct tdp_vm *vm, int level, int delta)
 {
 	static const int st[4] = {0, ST_pages_4k, ST_pages_2m, ST_pages_1g};
-	if (level >= 1 && level <= 3)
+	if (level >= 1 && level <= 3) {
+		TDP_WARN_ON(vm, delta < 0 && vm->stats[st[level]] < (u64)-(int64_t)delta); /* a gauge below zero */
 		vm->stats[st[level]] += (u64)(int64_t)delta;
+	}
 }
 
 /* handle_changed_spte(): bookkeeping for every change made through the TDP MMU
@@ -65,7 +67,8 @@ static void handle_changed_spte(struct tdp_vm *vm, u64 gfn, u64 old, u64 new, in
 		tdp_mmu_account_leaf(vm, level, +1);
 	if (was_present && !was_leaf && (is_leaf || !is_present || spte_to_pfn(old) != spte_to_pfn(new))) {
 		u32 child = spte_to_child_frame(&vm->mem, old, level);
-		if (child != NO_FRAME && !vm->mem.frames[child].sp_unlinked)
+		/* A present non-leaf SPTE always points at a table of the pool. */
+		if (!TDP_WARN_ON(vm, child == NO_FRAME) && !vm->mem.frames[child].sp_unlinked)
 			handle_removed_pt(vm, child, shared);
 	}
 }
@@ -256,6 +259,7 @@ void tdp_mmu_put_root_internal(struct tdp_vm *vm, u32 id, bool shared)
 
 	if (!r || --r->refcount > 0)
 		return;
+	TDP_WARN_ON(vm, r->refcount < 0);
 	vm_trace(vm, TR_ROOT_PUT, 0, id, hostmem_pfn(&vm->mem, r->frame), 0);
 	/* Whatever is still mapped goes now (v5.17: the whole root; v6.6+: a
 	 * root that was invalidated but not zapped yet), without a flush. */

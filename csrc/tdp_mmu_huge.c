@@ -35,8 +35,10 @@ int track_possible_nx_huge_page(struct tdp_vm *vm, u32 f)
 	if (vm->nnx == vm->nx_cap) {
 		u32 ncap = vm->nx_cap ? vm->nx_cap * 2 : 64;
 		u32 *n = realloc(vm->nx_list, ncap * sizeof(u32));
-		if (!n)
+		if (!n) {
+			vm_drop_record(vm); /* the page is not recovered later; the caller learns it */
 			return -1;
+		}
 		vm->nx_list = n;
 		vm->nx_cap = ncap;
 	}

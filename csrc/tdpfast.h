@@ -370,6 +370,15 @@ int tdp_replay(tdp_vm *vm, const struct tdp_event *ev, size_t n, int stop_at_vio
 size_t tdp_trace_count(tdp_vm *vm);
 size_t tdp_trace(tdp_vm *vm, struct tdp_trace_rec *out, size_t start, size_t max);
 
+/* Health of the model. tdp_warn_count(): states the model must never reach (KVM's
+ * WARN_ON()) that it reached, with the first described by tdp_warn_message() (""
+ * when none); tests assert it is 0. tdp_dropped_records(): events, violations or
+ * trace records that could not be kept for want of host memory; the call after
+ * the one that lost them fails with TDP_ENOMEM. */
+uint64_t tdp_warn_count(tdp_vm *vm);
+const char *tdp_warn_message(tdp_vm *vm);
+uint64_t tdp_dropped_records(tdp_vm *vm);
+
 /* The event vocabulary (the first byte of each event_log() record): codes run from 1
  * to tdp_event_kinds() - 1 (0 is never used); the name is the public call the event
  * replays as, nargs how many of the record's five words are its arguments. */

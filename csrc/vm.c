@@ -34,14 +34,46 @@ int vm_err(struct tdp_vm *vm, int code, const char *fmt, ...)
 const char *tdp_errmsg(tdp_vm *vm) { return vm->err; }
 
 /* Every top-level operation starts and ends here. */
-void vm_op_begin(struct tdp_vm *vm)
+void vm_op_start(struct tdp_vm *vm)
 {
 	vm->cur_event = vm->nev;
 	vm->err[0] = 0;
 }
 
+int vm_op_begin(struct tdp_vm *vm)
+{
+	vm_op_start(vm);
+	if (vm->records_lost) {
+		/* Reported once, by the call after the one that lost them; the count
+		 * stays (tdp_dropped_records()). */
+		vm->records_lost = false;
+		return vm_err(vm, TDP_ENOMEM, "out of host memory: %llu record(s) of the event log, the violations "
+			      "or the trace could not be kept, so the log is no longer a complete reproducer",
+			      (unsigned long long)vm->dropped_records);
+	}
+	return 0;
+}
+
+void vm_drop_record(struct tdp_vm *vm)
+{
+	vm->dropped_records++;
+	vm->records_lost = true;
+}
+
+bool vm_warn(struct tdp_vm *vm, const char *cond, const char *file, int line)
+{
+	if (!vm->warnings++)
+		snprintf(vm->warning, sizeof(vm->warning), "WARN_ON(%s) at %s:%d", cond, file, line);
+	return true;
+}
+
+uint64_t tdp_warn_count(tdp_vm *vm) { return vm->warnings; }
+const char *tdp_warn_message(tdp_vm *vm) { return vm->warning; }
+uint64_t tdp_dropped_records(tdp_vm *vm) { return vm->dropped_records; }
+
 void vm_op_end(struct tdp_vm *vm)
 {
+	TDP_WARN_ON(vm, vm->mmu_invalidate_in_progress < 0);
 	if (vm->pol.rcu_gp_at_op_end)
 		hostmem_synchronize_rcu(&vm->mem);
 	vm->stats[ST_rcu_grace_periods] = vm->mem.grace_periods;

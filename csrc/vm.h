@@ -69,6 +69,11 @@ struct tdp_vm {
 	int nops;
 	u32 next_op_id;
 
+	u64 dropped_records;  /* events, violations, trace records lost for want of host memory */
+	bool records_lost;    /* ... since the last top-level call: the next one fails */
+	u64 warnings;         /* TDP_WARN_ON()s that fired */
+	char warning[192];    /* the first of them */
+
 	/* Explorer feedback (tdp_fuzz only; never changes the engine's behaviour): the
 	 * last TLB hit whose translation the vCPU's current tables no longer give. One
 	 * host event on that gfn turns it into a violation if no flush comes first.
@@ -90,8 +95,25 @@ static inline void vm_cost(struct tdp_vm *vm, u64 c) { vm->stats[ST_cycles] += c
 /* Every top-level operation (a public call that changes the model) starts and
  * ends here: the event index a violation is attributed to, and the grace period
  * the policy may end after it. */
-void vm_op_begin(struct tdp_vm *vm);
+int vm_op_begin(struct tdp_vm *vm);   /* TDP_ENOMEM if records were lost since the last call */
+void vm_op_start(struct tdp_vm *vm);  /* the same, for the second step of a composed call */
 void vm_op_end(struct tdp_vm *vm);
+#define VM_OP_BEGIN(vm)                       \
+	do {                                  \
+		int op_begin_err_ = vm_op_begin(vm); \
+		if (op_begin_err_)            \
+			return op_begin_err_; \
+	} while (0)
+
+/* A record (event, violation, trace) that could not be kept: counted, and the next
+ * top-level call fails with TDP_ENOMEM so that the loss is never silent. */
+void vm_drop_record(struct tdp_vm *vm);
+
+/* KVM's WARN_ON(): a state the model must never reach. It is counted and the first
+ * one described (tdp_warn_count(), tdp_warn_message()); tests assert there are
+ * none. Evaluates to the condition, so it can guard a way out. */
+bool vm_warn(struct tdp_vm *vm, const char *cond, const char *file, int line);
+#define TDP_WARN_ON(vm, cond) ((cond) ? vm_warn((vm), #cond, __FILE__, __LINE__) : false)
 /* Argument checks shared by the entry points (0, or TDP_EINVAL with the message set). */
 int vm_check_gfn(struct tdp_vm *vm, const char *what, u64 gfn);
 int vm_check_range(struct tdp_vm *vm, u64 start, u64 end);

@@ -23,6 +23,7 @@ static int run(int arch, int levels, int tlb_preset, int buggy, unsigned long lo
 	char err[256];
 	tdp_vm *vm;
 	uint64_t n;
+	int rc = 0;
 
 	tdp_default_config(&c);
 	tdp_default_policy(&p);
@@ -84,11 +85,16 @@ static int run(int arch, int levels, int tlb_preset, int buggy, unsigned long lo
 	if (!tdp_vm_create(&c, &t, &p, &k, &again, err, sizeof(err))) {
 		size_t applied;
 		tdp_replay(again, ev, nev, 1, &applied);
+		if (tdp_warn_count(again) || tdp_dropped_records(again))
+			rc = fail(tdp_warn_count(again) ? tdp_warn_message(again) : "records dropped (replay)");
 		tdp_vm_destroy(again);
 	}
 	free(ev);
+	/* No state the model must never reach, and no record lost. */
+	if (tdp_warn_count(vm) || tdp_dropped_records(vm))
+		rc = fail(tdp_warn_count(vm) ? tdp_warn_message(vm) : "records dropped");
 	tdp_vm_destroy(vm);
-	return 0;
+	return rc;
 }
 
 /* The public vocabulary: every event code has a name and an arity, every enum value
