@@ -13,11 +13,8 @@
 static int resolve_root(tdp_vm *vm, u32 id, struct tdp_root **out)
 {
 	if (id == 0) {
-		for (int i = vm->nroots - 1; i >= 0; i--)
-			if (!vm->roots[i].invalid) {
-				*out = &vm->roots[i];
-				return 0;
-			}
+		if ((*out = tdp_mmu_newest_valid_root(vm)))
+			return 0;
 		return vm_err(vm, TDP_ESTATE, "no valid root: call vm.mmu.alloc_root() first (or pass root=)");
 	}
 	*out = tdp_mmu_find_root(vm, id);
@@ -28,10 +25,8 @@ static int resolve_root(tdp_vm *vm, u32 id, struct tdp_root **out)
 
 uint32_t tdp_mmu_newest_root(tdp_vm *vm)
 {
-	for (int i = vm->nroots - 1; i >= 0; i--)
-		if (!vm->roots[i].invalid)
-			return vm->roots[i].id;
-	return 0;
+	struct tdp_root *r = tdp_mmu_newest_valid_root(vm);
+	return r ? r->id : 0;
 }
 
 int tdp_mmu_alloc_root(tdp_vm *vm, int as_id, int guest_mode, uint32_t *root_id)
@@ -231,15 +226,10 @@ int tdp_mmu_zap_sp(tdp_vm *vm, uint32_t root_id, uint64_t gfn, int level, int *f
 		return r;
 	if (level < 1 || level >= root->level)
 		return vm_err(vm, TDP_EINVAL, "level must name a non-root table: 1..%d, got %d", root->level - 1, level);
-	/* Find the table holding level-`level` entries for gfn. */
-	u32 f = root->frame;
-	for (int l = root->level; l > level; l--) {
-		u64 s = hostmem_table(&vm->mem, f)[spte_index(gfn, l)];
-		f = spte_to_child_frame(&vm->mem, s, l);
-		if (f == NO_FRAME)
-			return vm_err(vm, TDP_ENOENT, "no level-%d table maps gfn 0x%llx in root %u", level,
-				      (unsigned long long)gfn, root->id);
-	}
+	u32 f = tdp_mmu_find_sp(vm, root, gfn, level);
+	if (f == NO_FRAME)
+		return vm_err(vm, TDP_ENOENT, "no level-%d table maps gfn 0x%llx in root %u", level,
+			      (unsigned long long)gfn, root->id);
 	*flush = tdp_mmu_zap_sp_frame(vm, f);
 	vm_log(vm, EV_ZAP_SP, root->id, gfn, (u64)level, 0, 0);
 	vm_op_end(vm);
@@ -304,8 +294,7 @@ int tdp_mmu_recover_huge_pages(tdp_vm *vm, uint64_t start, uint64_t end, int *fl
 		return r;
 	u64 fs, fe;
 	bool f = tdp_mmu_recover_huge(vm, start, end, &fs, &fe);
-	if (f)
-		kvm_flush_remote_tlbs_range(vm, fs, fe - fs);
+	kvm_recover_huge_pages_flush(vm, fs, fe, f);
 	*flush = f;
 	vm_log(vm, EV_RECOVER, start, end, 0, 0, 0);
 	vm_op_end(vm);
@@ -396,7 +385,7 @@ int tdp_mmu_tables(tdp_vm *vm, uint32_t root_id, uint64_t *addrs, uint8_t *data,
 int tdp_mmu_read_spte(tdp_vm *vm, uint32_t root_id, uint64_t gfn, int level, uint64_t *spte)
 {
 	struct tdp_root *root;
-	int r, got;
+	int r;
 	if ((r = vm_check_gfn(vm, "gfn", gfn)) || (r = resolve_root(vm, root_id, &root)))
 		return r;
 	if (level < 1 || level > root->level)
@@ -412,7 +401,6 @@ int tdp_mmu_read_spte(tdp_vm *vm, uint32_t root_id, uint64_t gfn, int level, uin
 			return vm_err(vm, TDP_ENOENT, "no level-%d table on the path to gfn 0x%llx (the walk ends at level %d)",
 				      level, (unsigned long long)gfn, l);
 	}
-	(void)got;
 	*spte = *p;
 	return 0;
 }

@@ -7,8 +7,9 @@
  * them (synchronous API, stepped operations, the explorer).
  *
  * Stepped operations: a long operation started by tdp_op_start() runs to its next
- * yield point on every tdp_op_step() (KVM drops mmu_lock there), and op_finish()
- * does what its caller does once the walk is over. */
+ * yield point on every tdp_op_step() (KVM drops mmu_lock there); a handler per
+ * kind checks its arguments, starts it, and finishes it as its caller does once
+ * the walk is over. */
 #include <stdlib.h>
 #include <string.h>
 #include "vm.h"
@@ -39,9 +40,11 @@ static bool spte_allows(const struct spte_masks *m, u64 s, int access)
  * goal level (kvm_mmu_hugepage_adjust), retry if stale, and map. */
 int kvm_tdp_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int access)
 {
-	bool write = access == TDP_ACC_WRITE;
-	bool exec = access == TDP_ACC_EXEC || access == TDP_ACC_EXEC_USER;
-	struct memslot *slot = vm_slot_of(vm, gfn);
+	struct kvm_page_fault fault = {
+		.gfn = gfn, .slot = vm_slot_of(vm, gfn), .write = access == TDP_ACC_WRITE,
+		.exec = access == TDP_ACC_EXEC || access == TDP_ACC_EXEC_USER, .prefetch = false};
+	struct memslot *slot = fault.slot;
+	bool write = fault.write;
 	int lvl;
 	u64 *sptep;
 	u64 spte;
@@ -80,12 +83,11 @@ int kvm_tdp_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int ac
 		vm->stats[ST_pf_emulate]++;
 		return RET_PF_EMULATE;
 	}
-	int goal = slot ? vm_max_mapping_level(vm, slot, gfn) : 1;
-	int req_level = goal;
-	bool huge_disallowed = false;
-	if (exec && vm->pol.nx_huge_pages && goal > 1) {
-		huge_disallowed = true;
-		goal = 1;
+	/* kvm_mmu_hugepage_adjust(), and the NX mitigation's exec fault at 4K. */
+	fault.req_level = fault.goal_level = slot ? vm_max_mapping_level(vm, slot, gfn) : 1;
+	if (fault.exec && vm->pol.nx_huge_pages && fault.goal_level > 1) {
+		fault.huge_page_disallowed = true;
+		fault.goal_level = 1;
 	}
 	/* is_page_fault_stale() / the memslot being deleted: the fault retries
 	 * until the invalidation ends; the vCPU is blocked, not livelocked. */
@@ -99,7 +101,7 @@ int kvm_tdp_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int ac
 	bool flushed;
 	/* The walk follows the faulting gfn; the target level aligns it (so a goal
 	 * lowered on the way down still maps this gfn). */
-	int r = tdp_mmu_map_gfn(vm, root, gfn, goal, req_level, write, exec, huge_disallowed, false, &flushed);
+	int r = tdp_mmu_map_gfn(vm, root, &fault, &flushed);
 	switch (r) {
 	case RET_PF_FIXED: vm->stats[ST_pf_fixed]++; break;
 	case RET_PF_SPURIOUS: vm->stats[ST_pf_spurious]++; break;
@@ -115,10 +117,11 @@ int kvm_tdp_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int ac
 int kvm_tdp_map_page(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int level, bool *flushed)
 {
 	for (int tries = 0; tries < 4; tries++) {
-		struct memslot *s = vm_slot_of(vm, gfn);
-		if (s && vm_fault_in_pfn(vm, s, gfn) == NO_PFN)
+		struct kvm_page_fault fault = {.gfn = gfn, .slot = vm_slot_of(vm, gfn), .req_level = level,
+					       .goal_level = level};
+		if (fault.slot && vm_fault_in_pfn(vm, fault.slot, gfn) == NO_PFN)
 			return vm_err(vm, TDP_ENOMEM, "frame pool exhausted");
-		int r = tdp_mmu_map_gfn(vm, root, gfn, level, level, false, false, false, false, flushed);
+		int r = tdp_mmu_map_gfn(vm, root, &fault, flushed);
 		if (r == RET_PF_NOMEM)
 			return vm_err(vm, TDP_ENOMEM, "frame pool exhausted");
 		if (r != RET_PF_RETRY) {
@@ -149,6 +152,14 @@ void kvm_arch_flush_shadow_memslot(struct tdp_vm *vm, struct memslot *s)
 /* kvm_zap_gfn_range(): the zap reports "flush needed"; the caller flushes the
  * range before dropping mmu_lock. */
 void kvm_zap_gfn_range_flush(struct tdp_vm *vm, u64 start, u64 end, bool flush_needed)
+{
+	if (flush_needed)
+		kvm_flush_remote_tlbs_range(vm, start, end - start);
+}
+
+/* After recovering huge pages (recover_huge_pages_range()): the caller flushes the
+ * huge pages it rebuilt, [start, end). */
+void kvm_recover_huge_pages_flush(struct tdp_vm *vm, u64 start, u64 end, bool flush_needed)
 {
 	if (flush_needed)
 		kvm_flush_remote_tlbs_range(vm, start, end - start);
@@ -185,42 +196,208 @@ struct vm_op *vm_find_op(tdp_vm *vm, u32 id, int *idx)
 	return NULL;
 }
 
+/* Per stepped-operation kind: its argument checks (before anything changes), what
+ * its caller does before the walk and how the walk is set up, and what the caller
+ * does once the walk is over (the flush it owes), returning the operation's result. */
+struct stepped_op_handler {
+	int (*check)(struct tdp_vm *vm, u64 a, u64 b, u64 c);
+	void (*start)(struct tdp_vm *vm, struct vm_op *o);
+	int (*finish)(struct tdp_vm *vm, struct vm_op *o);
+};
+
+static bool op_flush_needed(const struct vm_op *o) { return o->op.flush || o->op.result_flush; }
+
+static int check_range_args(struct tdp_vm *vm, u64 a, u64 b, u64 c)
+{
+	(void)c;
+	return vm_check_range(vm, a, b);
+}
+
+static int check_no_args(struct tdp_vm *vm, u64 a, u64 b, u64 c)
+{
+	(void)vm, (void)a, (void)b, (void)c;
+	return 0;
+}
+
+/* kvm_zap_gfn_range(): a start, b end, c shared. */
+static void zap_gfn_range_start(struct tdp_vm *vm, struct vm_op *o)
+{
+	tdp_op_init(vm, &o->op, OP_ZAP_LEAFS, ROOTS_VALID, o->a, o->b, o->c != 0);
+}
+
+static int zap_gfn_range_finish(struct tdp_vm *vm, struct vm_op *o)
+{
+	bool flush = op_flush_needed(o);
+	kvm_zap_gfn_range_flush(vm, o->a, o->b, flush);
+	return flush;
+}
+
+/* The MMU notifier's invalidation of [a, b). */
+static int host_unmap_check(struct tdp_vm *vm, u64 a, u64 b, u64 c)
+{
+	int r = check_range_args(vm, a, b, c);
+	return r ? r : mmu_notifier_unmap_prepare(vm, a, b);
+}
+
+static void host_unmap_start(struct tdp_vm *vm, struct vm_op *o)
+{
+	kvm_mmu_invalidate_begin(vm, o->a, o->b);
+	tdp_op_init(vm, &o->op, OP_ZAP_LEAFS, mmu_notifier_roots(vm), o->a, o->b, false);
+}
+
+static int host_unmap_finish(struct tdp_vm *vm, struct vm_op *o)
+{
+	bool flush = op_flush_needed(o);
+	mmu_notifier_unmap_finish(vm, o->a, o->b, flush);
+	return flush;
+}
+
+/* kvm_tdp_mmu_zap_invalidated_roots(): never a flush. */
+static void zap_invalidated_roots_start(struct tdp_vm *vm, struct vm_op *o)
+{
+	tdp_op_init(vm, &o->op, OP_ZAP_ROOTS, ROOTS_SCHEDULED, 0, vm_max_gfn(vm), true);
+}
+
+static int no_flush_finish(struct tdp_vm *vm, struct vm_op *o)
+{
+	(void)vm, (void)o;
+	return 0;
+}
+
+/* A memslot deletion: a is the slot id. */
+static int delete_memslot_check(struct tdp_vm *vm, u64 a, u64 b, u64 c)
+{
+	struct memslot *slot = a > 0x7fffffff ? NULL : memslot_by_id(vm, (int)a);
+	(void)b, (void)c;
+	if (!slot)
+		return vm_err(vm, TDP_ENOENT, "memslot %llu does not exist (deleted or never added)", (unsigned long long)a);
+	if (slot->deleting)
+		return vm_err(vm, TDP_ESTATE, "memslot %llu is already being deleted", (unsigned long long)a);
+	return 0;
+}
+
+static void delete_memslot_start(struct tdp_vm *vm, struct vm_op *o)
+{
+	struct memslot *slot = memslot_by_id(vm, (int)o->a);
+
+	/* The slot becomes KVM_MEMSLOT_INVALID (faults on it wait), then the roots
+	 * go as in kvm_mmu_zap_all_fast(), or only the slot (B18). */
+	slot->deleting = true;
+	vm->memslots_gen++;
+	if (vm->pol.memslot_delete_zap_all) {
+		tdp_mmu_invalidate_roots(vm);
+		kvm_make_all_cpus_request(vm, TDP_REQ_MMU_FREE_OBSOLETE_ROOTS);
+		tdp_op_init(vm, &o->op, OP_ZAP_ROOTS, ROOTS_SCHEDULED, 0, vm_max_gfn(vm), true);
+	} else {
+		tdp_op_init(vm, &o->op, OP_ZAP_LEAFS, ROOTS_ALL, slot->base_gfn, slot->base_gfn + slot->npages, false);
+	}
+}
+
+static int delete_memslot_finish(struct tdp_vm *vm, struct vm_op *o)
+{
+	struct memslot *s = memslot_by_id(vm, (int)o->a);
+	if (!vm->pol.memslot_delete_zap_all && op_flush_needed(o) && s)
+		kvm_flush_remote_tlbs_range(vm, s->base_gfn, s->npages);
+	if (s)
+		memslot_free(vm, s);
+	vm->memslots_gen++;
+	return 0;
+}
+
+/* Write-protect or clear dirty bits over [a, b): the caller flushes the range if
+ * an SPTE lost W or D. */
+static void wrprot_start(struct tdp_vm *vm, struct vm_op *o)
+{
+	tdp_op_init(vm, &o->op, OP_WRPROT, ROOTS_VALID, o->a, o->b, true);
+}
+
+static void clear_dirty_start(struct tdp_vm *vm, struct vm_op *o)
+{
+	tdp_op_init(vm, &o->op, OP_CLEAR_DIRTY, ROOTS_VALID, o->a, o->b, true);
+}
+
+static int wrprot_finish(struct tdp_vm *vm, struct vm_op *o)
+{
+	if (o->op.result)
+		kvm_flush_remote_tlbs_range(vm, o->a, o->b - o->a);
+	return o->op.result;
+}
+
+/* Split huge pages in [a, b) down to level c: never a flush. */
+static int split_check(struct tdp_vm *vm, u64 a, u64 b, u64 c)
+{
+	int r = vm_check_range(vm, a, b);
+	if (!r && (c < 1 || c > 2))
+		r = vm_err(vm, TDP_EINVAL, "target_level must be 1 (4K) or 2 (2M), got %llu", (unsigned long long)c);
+	return r;
+}
+
+static void split_start(struct tdp_vm *vm, struct vm_op *o)
+{
+	tdp_op_init(vm, &o->op, OP_SPLIT, ROOTS_VALID, o->a, o->b, true);
+	o->op.target_level = (int)o->c;
+}
+
+/* Recover huge pages in [a, b): the flush covers every huge page recovered. */
+static void recover_huge_start(struct tdp_vm *vm, struct vm_op *o)
+{
+	tdp_op_init(vm, &o->op, OP_RECOVER_HUGE, ROOTS_VALID, o->a, o->b, true);
+}
+
+static int recover_huge_finish(struct tdp_vm *vm, struct vm_op *o)
+{
+	const struct tdp_op *op = &o->op;
+	bool flush = op_flush_needed(o);
+	kvm_recover_huge_pages_flush(vm, op->chg_hi ? op->chg_lo : o->a, op->chg_hi ? op->chg_hi : o->b, flush);
+	return flush;
+}
+
+/* kvm_recover_nx_huge_pages(): a count (0: by nx_recovery_ratio); it flushes itself. */
+static int nx_recover_check(struct tdp_vm *vm, u64 a, u64 b, u64 c)
+{
+	(void)b, (void)c;
+	if (a > (1u << 30))
+		return vm_err(vm, TDP_EINVAL, "count must be 0..%u", 1u << 30);
+	return 0;
+}
+
+static void nx_recover_start(struct tdp_vm *vm, struct vm_op *o)
+{
+	tdp_op_init(vm, &o->op, OP_NX_RECOVER, ROOTS_ALL, 0, 0, false);
+	o->op.nx_left = o->a ? (int)o->a : (vm->pol.nx_recovery_ratio > 0 ? (int)((vm->nnx + (u32)vm->pol.nx_recovery_ratio - 1) / (u32)vm->pol.nx_recovery_ratio) : 0);
+}
+
+static int nx_recover_finish(struct tdp_vm *vm, struct vm_op *o)
+{
+	(void)vm;
+	return o->op.nx_done;
+}
+
+static const struct stepped_op_handler stepped_ops[] = {
+	[TDP_OP_ZAP_GFN_RANGE] = {check_range_args, zap_gfn_range_start, zap_gfn_range_finish},
+	[TDP_OP_HOST_UNMAP] = {host_unmap_check, host_unmap_start, host_unmap_finish},
+	[TDP_OP_ZAP_INVALIDATED_ROOTS] = {check_no_args, zap_invalidated_roots_start, no_flush_finish},
+	[TDP_OP_DELETE_MEMSLOT] = {delete_memslot_check, delete_memslot_start, delete_memslot_finish},
+	[TDP_OP_WRPROT] = {check_range_args, wrprot_start, wrprot_finish},
+	[TDP_OP_CLEAR_DIRTY] = {check_range_args, clear_dirty_start, wrprot_finish},
+	[TDP_OP_SPLIT] = {split_check, split_start, no_flush_finish},
+	[TDP_OP_RECOVER_HUGE] = {check_range_args, recover_huge_start, recover_huge_finish},
+	[TDP_OP_NX_RECOVER] = {nx_recover_check, nx_recover_start, nx_recover_finish},
+};
+_Static_assert(sizeof(stepped_ops) / sizeof(stepped_ops[0]) == TDP_OP_NX_RECOVER + 1,
+	       "a handler for every enum tdp_op_kind");
+
 int tdp_op_start(tdp_vm *vm, int kind, uint64_t a, uint64_t b, uint64_t c, int yield_every, uint32_t *op_id)
 {
-	int r = 0;
-	struct memslot *slot = NULL;
+	int r;
 
 	VM_OP_BEGIN(vm);
 	if (yield_every < 1 || yield_every > (1 << 24))
 		return vm_err(vm, TDP_EINVAL, "yield_every must be 1..16777216, got %d", yield_every);
-	switch (kind) {
-	case TDP_OP_ZAP_GFN_RANGE: case TDP_OP_HOST_UNMAP: case TDP_OP_WRPROT: case TDP_OP_CLEAR_DIRTY:
-	case TDP_OP_RECOVER_HUGE:
-		r = vm_check_range(vm, a, b);
-		if (!r && kind == TDP_OP_HOST_UNMAP)
-			r = mmu_notifier_unmap_prepare(vm, a, b);
-		break;
-	case TDP_OP_SPLIT:
-		if (!(r = vm_check_range(vm, a, b)) && (c < 1 || c > 2))
-			r = vm_err(vm, TDP_EINVAL, "target_level must be 1 (4K) or 2 (2M), got %llu", (unsigned long long)c);
-		break;
-	case TDP_OP_ZAP_INVALIDATED_ROOTS:
-		break;
-	case TDP_OP_DELETE_MEMSLOT:
-		slot = a > 0x7fffffff ? NULL : memslot_by_id(vm, (int)a);
-		if (!slot)
-			r = vm_err(vm, TDP_ENOENT, "memslot %llu does not exist (deleted or never added)", (unsigned long long)a);
-		else if (slot->deleting)
-			r = vm_err(vm, TDP_ESTATE, "memslot %llu is already being deleted", (unsigned long long)a);
-		break;
-	case TDP_OP_NX_RECOVER:
-		if (a > (1u << 30))
-			r = vm_err(vm, TDP_EINVAL, "count must be 0..%u", 1u << 30);
-		break;
-	default:
-		r = vm_err(vm, TDP_EINVAL, "unknown operation kind %d", kind);
-	}
-	if (r)
+	if (kind < TDP_OP_ZAP_GFN_RANGE || kind > TDP_OP_NX_RECOVER)
+		return vm_err(vm, TDP_EINVAL, "unknown operation kind %d", kind);
+	const struct stepped_op_handler *h = &stepped_ops[kind];
+	if ((r = h->check(vm, a, b, c)))
 		return r;
 	struct vm_op *o = calloc(1, sizeof(*o));
 	struct vm_op **n = o ? realloc(vm->ops, (size_t)(vm->nops + 1) * sizeof(*n)) : NULL;
@@ -234,102 +411,14 @@ int tdp_op_start(tdp_vm *vm, int kind, uint64_t a, uint64_t b, uint64_t c, int y
 	o->a = a;
 	o->b = b;
 	o->c = c;
-	struct tdp_op *op = &o->op;
-	switch (kind) {
-	case TDP_OP_ZAP_GFN_RANGE:
-		tdp_op_init(vm, op, OP_ZAP_LEAFS, ROOTS_VALID, a, b, c != 0);
-		break;
-	case TDP_OP_HOST_UNMAP:
-		kvm_mmu_invalidate_begin(vm, a, b);
-		tdp_op_init(vm, op, OP_ZAP_LEAFS, mmu_notifier_roots(vm), a, b, false);
-		break;
-	case TDP_OP_ZAP_INVALIDATED_ROOTS:
-		tdp_op_init(vm, op, OP_ZAP_ROOTS, ROOTS_SCHEDULED, 0, vm_max_gfn(vm), true);
-		break;
-	case TDP_OP_DELETE_MEMSLOT:
-		/* The slot becomes KVM_MEMSLOT_INVALID (faults on it wait), then the
-		 * roots go as in kvm_mmu_zap_all_fast(), or only the slot (B18). */
-		slot->deleting = true;
-		vm->memslots_gen++;
-		if (vm->pol.memslot_delete_zap_all) {
-			tdp_mmu_invalidate_roots(vm);
-			kvm_make_all_cpus_request(vm, TDP_REQ_MMU_FREE_OBSOLETE_ROOTS);
-			tdp_op_init(vm, op, OP_ZAP_ROOTS, ROOTS_SCHEDULED, 0, vm_max_gfn(vm), true);
-		} else {
-			tdp_op_init(vm, op, OP_ZAP_LEAFS, ROOTS_ALL, slot->base_gfn, slot->base_gfn + slot->npages, false);
-		}
-		break;
-	case TDP_OP_WRPROT:
-		tdp_op_init(vm, op, OP_WRPROT, ROOTS_VALID, a, b, true);
-		break;
-	case TDP_OP_CLEAR_DIRTY:
-		tdp_op_init(vm, op, OP_CLEAR_DIRTY, ROOTS_VALID, a, b, true);
-		break;
-	case TDP_OP_SPLIT:
-		tdp_op_init(vm, op, OP_SPLIT, ROOTS_VALID, a, b, true);
-		op->target_level = (int)c;
-		break;
-	case TDP_OP_RECOVER_HUGE:
-		tdp_op_init(vm, op, OP_RECOVER_HUGE, ROOTS_VALID, a, b, true);
-		break;
-	case TDP_OP_NX_RECOVER:
-		tdp_op_init(vm, op, OP_NX_RECOVER, ROOTS_ALL, 0, 0, false);
-		op->nx_left = a ? (int)a : (vm->pol.nx_recovery_ratio > 0 ? (int)((vm->nnx + (u32)vm->pol.nx_recovery_ratio - 1) / (u32)vm->pol.nx_recovery_ratio) : 0);
-		break;
-	}
-	op->yield_every = yield_every;
+	h->start(vm, o);
+	o->op.yield_every = yield_every;
 	vm->ops[vm->nops++] = o;
 	*op_id = o->id;
 	/* a[4]: yield_every, and the id the operation got (for replays). */
 	vm_log(vm, EV_OP_START, (u64)kind, a, b, c, (u64)(u32)yield_every | ((u64)o->id << 32));
 	vm_op_end(vm);
 	return 0;
-}
-
-/* What the caller of each operation does once the walk is over. */
-static int op_finish(tdp_vm *vm, struct vm_op *o)
-{
-	struct tdp_op *op = &o->op;
-	bool flush = op->flush || op->result_flush;
-
-	switch (o->kind) {
-	case TDP_OP_ZAP_GFN_RANGE:
-		kvm_zap_gfn_range_flush(vm, o->a, o->b, flush);
-		return flush;
-	case TDP_OP_HOST_UNMAP:
-		mmu_notifier_unmap_finish(vm, o->a, o->b, flush);
-		return flush;
-	case TDP_OP_DELETE_MEMSLOT: {
-		int idx;
-		struct memslot *s = NULL;
-		for (idx = 0; idx < vm->nslots; idx++)
-			if (vm->slots[idx].used && vm->slots[idx].id == (int)o->a)
-				s = &vm->slots[idx];
-		if (!vm->pol.memslot_delete_zap_all && flush && s)
-			kvm_flush_remote_tlbs_range(vm, s->base_gfn, s->npages);
-		if (s)
-			memslot_free(vm, s);
-		vm->memslots_gen++;
-		return 0;
-	}
-	case TDP_OP_WRPROT: case TDP_OP_CLEAR_DIRTY:
-		/* As their callers do: flush the range if an SPTE lost W or D. */
-		if (op->result)
-			kvm_flush_remote_tlbs_range(vm, o->a, o->b - o->a);
-		return op->result;
-	case TDP_OP_RECOVER_HUGE:
-		if (flush)
-			kvm_flush_remote_tlbs_range(vm, op->chg_hi ? op->chg_lo : o->a,
-						    (op->chg_hi ? op->chg_hi : o->b) - (op->chg_hi ? op->chg_lo : o->a));
-		return flush;
-	case TDP_OP_NX_RECOVER:
-		return op->nx_done;
-	case TDP_OP_ZAP_INVALIDATED_ROOTS: case TDP_OP_SPLIT:
-		return 0; /* neither owes a flush */
-	default:
-		TDP_WARN_ON(vm, o->kind < TDP_OP_ZAP_GFN_RANGE || o->kind > TDP_OP_NX_RECOVER);
-		return 0;
-	}
 }
 
 int tdp_op_step(tdp_vm *vm, uint32_t op_id, int *done, int *result)
@@ -347,7 +436,7 @@ int tdp_op_step(tdp_vm *vm, uint32_t op_id, int *done, int *result)
 	if (r != 0) {
 		/* Finished (or failed: the walk stopped where it was, as KVM's
 		 * would on -ENOMEM; what it changed stays changed). */
-		*result = op_finish(vm, o);
+		*result = stepped_ops[o->kind].finish(vm, o);
 		*done = 1;
 		memmove(&vm->ops[idx], &vm->ops[idx + 1], (size_t)(vm->nops - idx - 1) * sizeof(*vm->ops));
 		vm->nops--;

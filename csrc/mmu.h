@@ -27,6 +27,8 @@ void kvm_mmu_zap_all_fast(struct tdp_vm *vm);
 void kvm_arch_flush_shadow_memslot(struct tdp_vm *vm, struct memslot *s);
 /* The flush kvm_zap_gfn_range() owes after its zap reported "flush needed". */
 void kvm_zap_gfn_range_flush(struct tdp_vm *vm, u64 start, u64 end, bool flush_needed);
+/* The flush owed after recovering huge pages ([start, end): what they cover). */
+void kvm_recover_huge_pages_flush(struct tdp_vm *vm, u64 start, u64 end, bool flush_needed);
 
 /* Stepped operations in flight. */
 struct vm_op *vm_find_op(struct tdp_vm *vm, u32 id, int *idx);

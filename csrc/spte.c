@@ -87,13 +87,6 @@ bool spte_is_accessed(const struct spte_masks *m, u64 s)
 	return (s & m->accessed) != 0;
 }
 
-bool spte_is_dirty(const struct spte_masks *m, u64 s)
-{
-	if (m->fmt == FMT_EPT && !spte_ad_enabled(s))
-		return is_writable_pte(s);
-	return (s & m->dirty) != 0;
-}
-
 u64 make_leaf_spte(const struct spte_masks *m, u64 pfn, int level, unsigned acc,
 		   bool host_writable, bool write_fault, bool prefetch)
 {
@@ -192,12 +185,6 @@ u64 restore_acc_track_spte(const struct spte_masks *m, u64 s)
 	(void)m;
 	s &= ~((EPT_R | EPT_X) << SPTE_ACC_TRACK_SAVED_SHIFT);
 	return s | saved;
-}
-
-bool leaf_spte_change_needs_tlb_flush(const struct spte_masks *m, u64 old, u64 new)
-{
-	/* KVM: a flush is required iff MMU-writable goes 1 -> 0. */
-	return is_mmu_writable_spte(m, old) && !is_mmu_writable_spte(m, new);
 }
 
 unsigned spte_hw_perms(const struct spte_masks *m, u64 s)

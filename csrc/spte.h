@@ -87,7 +87,6 @@ bool is_writable_pte(u64 s);
 bool is_mmu_writable_spte(const struct spte_masks *m, u64 s);
 bool is_access_tracked_spte(const struct spte_masks *m, u64 s);
 bool spte_is_accessed(const struct spte_masks *m, u64 s);
-bool spte_is_dirty(const struct spte_masks *m, u64 s);
 
 /* make_spte: a leaf mapping pfn at level with ACC_* access. host_writable says whether
  * the host mapping permits writes; write_fault sets D eagerly, prefetch leaves A clear. */
@@ -101,7 +100,6 @@ u64 make_huge_spte(const struct spte_masks *m, u64 small, int level);
 u64 mark_spte_for_access_track(const struct spte_masks *m, u64 s);
 u64 restore_acc_track_spte(const struct spte_masks *m, u64 s);
 u64 make_spte_executable(const struct spte_masks *m, u64 s);
-bool leaf_spte_change_needs_tlb_flush(const struct spte_masks *m, u64 old, u64 new);
 /* Hardware-effective permissions of one SPTE as R|W<<1|X<<2|XU<<3 (TLB perm bits). */
 unsigned spte_hw_perms(const struct spte_masks *m, u64 s);
 

@@ -200,6 +200,13 @@ static inline void visited(struct tdp_vm *vm, int level)
 	vm->stats[ST_iter_visited_l1 + level - 1]++;
 }
 
+/* Every present leaf SPTE of root in [start, end) (tdp_root_for_each_leaf_pte()
+ * upstream); every SPTE the iterator passes on the way counts as visited. */
+#define tdp_root_for_each_leaf_pte(vm, it, root, start, end) \
+	for_each_tdp_pte_min_level(vm, it, root, 1, start, end) \
+		if (visited(vm, (it).level), \
+		    !is_shadow_present_pte((it).old_spte) || !is_last_spte((it).old_spte, (it).level)) {} else
+
 /* ------------------------------------------------------------------ roots */
 
 struct tdp_root *tdp_mmu_find_root(struct tdp_vm *vm, u32 id)
@@ -210,15 +217,25 @@ struct tdp_root *tdp_mmu_find_root(struct tdp_vm *vm, u32 id)
 	return NULL;
 }
 
+struct tdp_root *tdp_mmu_newest_valid_root(struct tdp_vm *vm)
+{
+	struct tdp_root *r;
+
+	for_each_valid_tdp_mmu_root(vm, r)
+		return r;
+	return NULL;
+}
+
 void tdp_mmu_get_root(struct tdp_root *r) { r->refcount++; }
 
 /* kvm_tdp_mmu_alloc_root(): reuse a valid root of the same role, else allocate
  * one with refcount 2 (the vCPU's and the TDP MMU's own, v6.4+) or 1 (v5.17). */
 int tdp_mmu_get_vcpu_root(struct tdp_vm *vm, int as_id, int guest_mode, u32 *root_id)
 {
-	for (int i = vm->nroots - 1; i >= 0; i--) {
-		struct tdp_root *r = &vm->roots[i];
-		if (!r->invalid && r->as_id == as_id && r->guest_mode == guest_mode && r->refcount > 0) {
+	struct tdp_root *r;
+
+	for_each_valid_tdp_mmu_root(vm, r) {
+		if (r->as_id == as_id && r->guest_mode == guest_mode && r->refcount > 0) {
 			r->refcount++;
 			*root_id = r->id;
 			return 0;
@@ -337,18 +354,6 @@ bool tdp_mmu_zap_sp_frame(struct tdp_vm *vm, u32 f)
  * iterator yields: maybe yield, then the body". A synchronous call runs the driver
  * to the end; tdp_op_step() runs it to its next yield point. */
 
-static int op_min_level(const struct tdp_op *op, const struct tdp_root *r)
-{
-	static const int passes[3] = {1, 2, 3};
-	switch (op->kind) {
-	case OP_ZAP_ROOTS: return op->pass < 3 ? passes[op->pass] : r->level;
-	case OP_WRPROT: return op->min_level;
-	case OP_SPLIT: return op->target_level + 1;
-	case OP_RECOVER_HUGE: return 2;
-	default: return 1;
-	}
-}
-
 static bool op_wants_root(const struct tdp_op *op, const struct tdp_root *r)
 {
 	switch (op->which) {
@@ -359,16 +364,148 @@ static bool op_wants_root(const struct tdp_op *op, const struct tdp_root *r)
 	}
 }
 
-/* The per-SPTE bodies: 0 done with this SPTE, 1 retry it (CMPXCHG lost), <0 error. */
-static int op_body_inner(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *r);
+/* ------------------------------------------------------------------ per-operation handlers
+ * What each long operation does, as KVM passes a handler (tdp_handler_t) to its
+ * root walkers: the smallest level its iterator descends to, and its body for one
+ * SPTE, which returns 0 when done with the SPTE, 1 to retry it (a CMPXCHG lost to
+ * a racing writer), <0 on error. */
 
-/* The per-SPTE bodies, and the "per-SPTE flush" policy around them. */
+static int min_level_4k(const struct tdp_op *op, const struct tdp_root *r)
+{
+	(void)op;
+	(void)r;
+	return 1;
+}
+
+/* tdp_mmu_zap_leafs(): leaf-only; exclusive mode reports a flush for a valid root
+ * only; shared mode uses the self-flushing atomic zap. */
+static int zap_leafs_spte(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *r)
+{
+	struct tdp_iter *it = &op->it;
+	u64 old = it->old_spte;
+
+	if (!is_shadow_present_pte(old) || !is_last_spte(old, it->level))
+		return 0;
+	if (op->shared) {
+		if (tdp_mmu_zap_spte_atomic(vm, it))
+			return 1;
+	} else {
+		tdp_mmu_iter_set_spte(vm, it, SHADOW_NONPRESENT_VALUE);
+		if (!r->invalid)
+			op->flush = true;
+	}
+	vm->stats[ST_zapped_leaf_l1 + it->level - 1]++;
+	op->result = true;
+	return 0;
+}
+
+/* tdp_mmu_zap_root(): passes of decreasing granularity, 4K, 2M, 1G, then the root
+ * level, so that each freed subtree is small. */
+static int zap_root_pass_level(const struct tdp_op *op, const struct tdp_root *r)
+{
+	static const int passes[3] = {1, 2, 3};
+	return op->pass < 3 ? passes[op->pass] : r->level;
+}
+
+/* __tdp_mmu_zap_root(): zap present entries at exactly the pass level. */
+static int zap_root_spte(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *r)
+{
+	struct tdp_iter *it = &op->it;
+	u64 old = it->old_spte;
+	int zap_level = zap_root_pass_level(op, r);
+
+	if (!is_shadow_present_pte(old) || it->level > zap_level)
+		return 0;
+	if (is_last_spte(old, it->level))
+		vm->stats[ST_zapped_leaf_l1 + it->level - 1]++;
+	else
+		vm->stats[ST_zapped_nonleaf]++;
+	if (!op->shared)
+		tdp_mmu_iter_set_spte(vm, it, SHADOW_NONPRESENT_VALUE);
+	else if (tdp_mmu_set_spte_atomic(vm, it, SHADOW_NONPRESENT_VALUE))
+		return 1;
+	return 0;
+}
+
+static int wrprot_min_level(const struct tdp_op *op, const struct tdp_root *r)
+{
+	(void)r;
+	return op->min_level;
+}
+
+/* wrprot_gfn_range() clears W (MMU-writable kept for the fast path);
+ * clear_dirty_gfn_range() clears D with A/D, W without. */
+static int wrprot_or_clear_dirty_spte(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *r)
+{
+	struct tdp_iter *it = &op->it;
+	u64 old = it->old_spte;
+	u64 bit = (op->kind == OP_WRPROT || !vm->masks.ad) ? SPTE_W : vm->masks.dirty;
+
+	(void)r;
+	if (!is_shadow_present_pte(old) || !is_last_spte(old, it->level) || !(old & bit))
+		return 0;
+	if (tdp_mmu_set_spte_atomic(vm, it, old & ~bit))
+		return 1;
+	op->result = true;
+	return 0;
+}
+
+static int split_min_level(const struct tdp_op *op, const struct tdp_root *r)
+{
+	(void)r;
+	return op->target_level + 1;
+}
+
+/* tdp_mmu_split_huge_pages_root(): split every huge leaf above the target level. */
+static int split_spte(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *r)
+{
+	struct tdp_iter *it = &op->it;
+	u64 old = it->old_spte;
+
+	if (!is_shadow_present_pte(old) || !is_large_pte(old))
+		return 0;
+	int rc = tdp_mmu_split_huge_page(vm, it, r, true, false);
+	if (rc == TDP_ENOMEM)
+		return TDP_ENOMEM;
+	return rc ? 1 : 0;
+}
+
+static int recover_min_level(const struct tdp_op *op, const struct tdp_root *r)
+{
+	(void)op;
+	(void)r;
+	return 2;
+}
+
+static int recover_huge_spte(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *r)
+{
+	(void)r;
+	return tdp_mmu_recover_huge_spte(vm, op);
+}
+
+struct tdp_op_handler {
+	int (*min_level)(const struct tdp_op *op, const struct tdp_root *r);
+	int (*spte)(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *r);
+};
+
+/* OP_NX_RECOVER walks the possible-NX list, not the roots (tdp_mmu_nx_recover_run). */
+static const struct tdp_op_handler op_handlers[] = {
+	[OP_ZAP_LEAFS] = {min_level_4k, zap_leafs_spte},
+	[OP_ZAP_ROOTS] = {zap_root_pass_level, zap_root_spte},
+	[OP_WRPROT] = {wrprot_min_level, wrprot_or_clear_dirty_spte},
+	[OP_CLEAR_DIRTY] = {min_level_4k, wrprot_or_clear_dirty_spte},
+	[OP_SPLIT] = {split_min_level, split_spte},
+	[OP_RECOVER_HUGE] = {recover_min_level, recover_huge_spte},
+};
+_Static_assert(sizeof(op_handlers) / sizeof(op_handlers[0]) == OP_NX_RECOVER, "a handler for every root-walking operation");
+
+/* The per-SPTE body, and the "per-SPTE flush" policy around it. */
 static int op_body(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *r)
 {
 	u64 writes = vm->stats[ST_spte_writes];
 	int level = op->it.level;
 	u64 gfn = op->it.gfn;
-	int rc = op_body_inner(vm, op, r);
+	int rc = op_handlers[op->kind].spte(vm, op, r);
 
 	if (vm->stats[ST_spte_writes] != writes) {
 		op->changed = true;
@@ -376,70 +513,6 @@ static int op_body(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *r)
 			kvm_flush_remote_tlbs_range(vm, gfn, pages_per_level(level));
 	}
 	return rc;
-}
-
-static int op_body_inner(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *r)
-{
-	struct tdp_iter *it = &op->it;
-	u64 old = it->old_spte;
-
-	switch (op->kind) {
-	case OP_ZAP_LEAFS:
-		/* tdp_mmu_zap_leafs(): leaf-only; exclusive mode reports a flush for a
-		 * valid root only; shared mode uses the self-flushing atomic zap. */
-		if (!is_shadow_present_pte(old) || !is_last_spte(old, it->level))
-			return 0;
-		if (op->shared) {
-			if (tdp_mmu_zap_spte_atomic(vm, it))
-				return 1;
-		} else {
-			tdp_mmu_iter_set_spte(vm, it, SHADOW_NONPRESENT_VALUE);
-			if (!r->invalid)
-				op->flush = true;
-		}
-		vm->stats[ST_zapped_leaf_l1 + it->level - 1]++;
-		op->result = true;
-		return 0;
-	case OP_ZAP_ROOTS: {
-		/* __tdp_mmu_zap_root(): zap present entries at exactly the pass level. */
-		int zap_level = op_min_level(op, r);
-		if (!is_shadow_present_pte(old) || it->level > zap_level)
-			return 0;
-		if (is_last_spte(old, it->level))
-			vm->stats[ST_zapped_leaf_l1 + it->level - 1]++;
-		else
-			vm->stats[ST_zapped_nonleaf]++;
-		if (!op->shared)
-			tdp_mmu_iter_set_spte(vm, it, SHADOW_NONPRESENT_VALUE);
-		else if (tdp_mmu_set_spte_atomic(vm, it, SHADOW_NONPRESENT_VALUE))
-			return 1;
-		return 0;
-	}
-	case OP_WRPROT:
-	case OP_CLEAR_DIRTY: {
-		/* wrprot_gfn_range() clears W (MMU-writable kept for the fast path);
-		 * clear_dirty_gfn_range() clears D with A/D, W without. */
-		u64 bit = (op->kind == OP_WRPROT || !vm->masks.ad) ? SPTE_W : vm->masks.dirty;
-		if (!is_shadow_present_pte(old) || !is_last_spte(old, it->level) || !(old & bit))
-			return 0;
-		if (tdp_mmu_set_spte_atomic(vm, it, old & ~bit))
-			return 1;
-		op->result = true;
-		return 0;
-	}
-	case OP_SPLIT: {
-		if (!is_shadow_present_pte(old) || !is_large_pte(old))
-			return 0;
-		int rc = tdp_mmu_split_huge_page(vm, it, r, true, false);
-		if (rc == TDP_ENOMEM)
-			return TDP_ENOMEM;
-		return rc ? 1 : 0;
-	}
-	case OP_RECOVER_HUGE:
-		return tdp_mmu_recover_huge_spte(vm, op);
-	default:
-		return 0;
-	}
 }
 
 int tdp_op_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yield)
@@ -480,7 +553,7 @@ int tdp_op_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yield)
 		}
 		r = tdp_mmu_find_root(vm, op->cur);
 		if (!op->started) {
-			iter_start(vm, &op->it, r, op_min_level(op, r), op->start);
+			iter_start(vm, &op->it, r, op_handlers[op->kind].min_level(op, r), op->start);
 			op->started = true;
 		} else if (op->resume_next) {
 			op->resume_next = false;
@@ -611,14 +684,11 @@ bool tdp_mmu_clear_dirty(struct tdp_vm *vm, u64 start, u64 end)
 bool tdp_mmu_age(struct tdp_vm *vm, u64 start, u64 end)
 {
 	bool young = false;
+	struct tdp_root *r;
+	struct tdp_iter it;
 
-	for (int i = vm->nroots - 1; i >= 0; i--) {
-		struct tdp_root *r = &vm->roots[i];
-		struct tdp_iter it;
-		for_each_tdp_pte_min_level(vm, it, r, 1, start, end) {
-			visited(vm, it.level);
-			if (!is_shadow_present_pte(it.old_spte) || !is_last_spte(it.old_spte, it.level))
-				continue;
+	for_each_tdp_mmu_root(vm, r) {
+		tdp_root_for_each_leaf_pte(vm, it, r, start, end) {
 			if (!spte_is_accessed(&vm->masks, it.old_spte))
 				continue;
 			young = true;
@@ -640,16 +710,11 @@ bool tdp_mmu_age(struct tdp_vm *vm, u64 start, u64 end)
 bool tdp_mmu_write_protect_gfn(struct tdp_vm *vm, u64 gfn)
 {
 	bool set = false;
+	struct tdp_root *r;
+	struct tdp_iter it;
 
-	for (int i = vm->nroots - 1; i >= 0; i--) {
-		struct tdp_root *r = &vm->roots[i];
-		struct tdp_iter it;
-		if (r->invalid)
-			continue;
-		for_each_tdp_pte_min_level(vm, it, r, 1, gfn, gfn + 1) {
-			visited(vm, it.level);
-			if (!is_shadow_present_pte(it.old_spte) || !is_last_spte(it.old_spte, it.level))
-				continue;
+	for_each_valid_tdp_mmu_root(vm, r) {
+		tdp_root_for_each_leaf_pte(vm, it, r, gfn, gfn + 1) {
 			u64 nw = it.old_spte & ~(SPTE_W | vm->masks.mmu_writable);
 			if (nw == it.old_spte)
 				continue;
@@ -661,6 +726,15 @@ bool tdp_mmu_write_protect_gfn(struct tdp_vm *vm, u64 gfn)
 }
 
 /* ------------------------------------------------------------------ fault path */
+
+u32 tdp_mmu_find_sp(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int level)
+{
+	u32 f = root->frame;
+
+	for (int l = root->level; l > level && f != NO_FRAME; l--)
+		f = spte_to_child_frame(&vm->mem, table_of(vm, f)[spte_index(gfn, l)], l);
+	return f;
+}
 
 u64 tdp_mmu_lookup(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int *level, u64 **sptep)
 {
@@ -705,12 +779,12 @@ u64 tdp_mmu_tables_needed(struct tdp_vm *vm, struct tdp_root *root, u64 start, u
 }
 
 /* kvm_tdp_mmu_map() + tdp_mmu_map_handle_target_level(). */
-int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int goal_level, int req_level,
-		    bool write_fault, bool exec_fault, bool huge_disallowed, bool prefetch, bool *flushed)
+int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, struct kvm_page_fault *fault, bool *flushed)
 {
 	/* req_level: the level the memslot allowed before the NX mitigation
-	 * lowered goal_level (fault->req_level). */
-	struct memslot *slot = vm_slot_of(vm, gfn);
+	 * lowered goal_level. */
+	struct memslot *slot = fault->slot;
+	u64 gfn = fault->gfn;
 	struct tdp_iter it;
 	bool nx_workaround = vm->pol.nx_huge_pages != 0;
 
@@ -720,21 +794,21 @@ int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int goal_
 	for_each_tdp_pte_min_level(vm, it, root, 1, gfn, gfn + 1) {
 		/* disallowed_hugepage_adjust(): a table that exists because of the NX
 		 * mitigation forces the fault one level down. */
-		if (nx_workaround && it.level > 1 && it.level == goal_level &&
+		if (nx_workaround && it.level > 1 && it.level == fault->goal_level &&
 		    is_shadow_present_pte(it.old_spte) && !is_large_pte(it.old_spte)) {
 			u32 c = spte_to_child_frame(&vm->mem, it.old_spte, it.level);
 			if (c != NO_FRAME && vm->mem.frames[c].sp_nx)
-				goal_level--;
+				fault->goal_level--;
 		}
 		if (is_frozen_spte(it.old_spte))
 			return RET_PF_RETRY;
-		if (it.level == goal_level)
+		if (it.level == fault->goal_level)
 			goto map_target_level;
 		if (is_shadow_present_pte(it.old_spte) && !is_large_pte(it.old_spte))
 			continue;
 		/* Non-present, or a huge leaf above the goal: split it in place (v6.2+). */
 		if (is_shadow_present_pte(it.old_spte)) {
-			int rc = tdp_mmu_split_huge_page(vm, &it, root, true, huge_disallowed && req_level >= it.level);
+			int rc = tdp_mmu_split_huge_page(vm, &it, root, true, fault->huge_page_disallowed && fault->req_level >= it.level);
 			if (rc == TDP_ENOMEM)
 				return RET_PF_NOMEM;
 			if (rc)
@@ -749,7 +823,7 @@ int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int goal_
 				hostmem_free_now(&vm->mem, f);
 				return RET_PF_RETRY;
 			}
-			if (huge_disallowed && req_level >= it.level)
+			if (fault->huge_page_disallowed && fault->req_level >= it.level)
 				track_possible_nx_huge_page(vm, f);
 		}
 	}
@@ -764,7 +838,7 @@ map_target_level:;
 	} else {
 		unsigned acc = ACC_ALL;
 		bool host_writable = !(slot->flags & TDP_SLOT_READONLY);
-		if (goal_level > 1 && nx_workaround)
+		if (fault->goal_level > 1 && nx_workaround)
 			acc &= ~ACC_EXEC; /* huge SPTEs are NX under the mitigation */
 		if (!vm_gfn_writable(vm, slot, gfn) && host_writable) {
 			/* gfn write-tracked: make_spte write-protects it. */
@@ -772,7 +846,7 @@ map_target_level:;
 			wrprot = true;
 		}
 		u64 pfn = vm_gfn_to_pfn(vm, slot, it.gfn);
-		new_spte = make_leaf_spte(&vm->masks, pfn, goal_level, acc, host_writable, write_fault, prefetch);
+		new_spte = make_leaf_spte(&vm->masks, pfn, fault->goal_level, acc, host_writable, fault->write, fault->prefetch);
 		if (wrprot) /* host-writable stays, MMU-writable does not */
 			new_spte &= ~(SPTE_W | vm->masks.mmu_writable);
 	}
@@ -788,12 +862,11 @@ map_target_level:;
 	}
 	if (slot && (new_spte & SPTE_W) && (slot->flags & TDP_SLOT_DIRTY_LOG))
 		vm_mark_dirty(vm, slot, it.gfn);
-	if (wrprot && write_fault)
+	if (wrprot && fault->write)
 		ret = RET_PF_EMULATE;
 	if (!slot) {
 		vm->stats[ST_pf_mmio_spte_created]++;
 		ret = RET_PF_EMULATE;
 	}
-	(void)exec_fault;
 	return ret;
 }

@@ -1,5 +1,11 @@
 /* tdp_mmu.h — KVM's TDP MMU (mmu/tdp_mmu.c): roots, the fault path, the zap family
- * and the other SPTE writers. Flush contracts are written next to each function. */
+ * and the other SPTE writers. Flush contracts are written next to each function.
+ * The zaps and writers here RETURN whether a flush is needed (a bool named for what
+ * changed) and leave it to their caller, as upstream; the callers that OWE and
+ * perform it are in mmu.c (kvm_zap_gfn_range_flush(), kvm_recover_huge_pages_flush(),
+ * kvm_arch_flush_shadow_memslot()), mmu_notifier.c and memslot.c. The only flushes
+ * made here are the ones KVM makes inside the TDP MMU (the atomic zap's, the
+ * yield's, a huge leaf replacing a table) and the buggy policies'. */
 #ifndef TDPFAST_TDP_MMU_H
 #define TDPFAST_TDP_MMU_H
 #include "tdp_iter.h"
@@ -18,9 +24,19 @@ struct tdp_root {
 	bool scheduled;      /* tdp_mmu_scheduled_root_to_zap */
 };
 
+/* The roots, newest first, as KVM walks its list of TDP MMU roots (list_add_rcu()
+ * adds at the head): r is a struct tdp_root * the caller declares. The body must
+ * not free a root. The _valid_ variant skips invalid roots
+ * (for_each_valid_tdp_mmu_root() upstream). */
+#define for_each_tdp_mmu_root(vm, r) \
+	for (int r##_i_ = (vm)->nroots - 1; r##_i_ >= 0 && ((r) = &(vm)->roots[r##_i_], 1); r##_i_--)
+#define for_each_valid_tdp_mmu_root(vm, r) \
+	for_each_tdp_mmu_root(vm, r) if ((r)->invalid) {} else
+
 /* Root lifecycle (§3). */
 int tdp_mmu_get_vcpu_root(struct tdp_vm *vm, int as_id, int guest_mode, u32 *root_id);
 struct tdp_root *tdp_mmu_find_root(struct tdp_vm *vm, u32 id);
+struct tdp_root *tdp_mmu_newest_valid_root(struct tdp_vm *vm); /* NULL: none */
 void tdp_mmu_get_root(struct tdp_root *r);
 void tdp_mmu_put_root_internal(struct tdp_vm *vm, u32 id, bool shared);
 void tdp_mmu_invalidate_roots(struct tdp_vm *vm);
@@ -72,6 +88,8 @@ int tdp_mmu_split(struct tdp_vm *vm, u64 start, u64 end, int target_level);
 bool tdp_mmu_recover_huge(struct tdp_vm *vm, u64 start, u64 end, u64 *flush_start, u64 *flush_end);
 int tdp_mmu_recover_nx(struct tdp_vm *vm, int count, int *zapped);
 bool tdp_mmu_zap_sp_frame(struct tdp_vm *vm, u32 frame);
+/* The table (frame) of root holding gfn's level-`level` entries, NO_FRAME if none. */
+u32 tdp_mmu_find_sp(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int level);
 bool tdp_mmu_write_protect_gfn(struct tdp_vm *vm, u64 gfn);
 
 /* Shared by tdp_mmu.c and tdp_mmu_huge.c (the TDP MMU's own helpers). */
@@ -90,9 +108,17 @@ int tdp_mmu_nx_recover_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yi
 
 /* The fault path (kvm_tdp_mmu_map). */
 enum { RET_PF_FIXED = 0, RET_PF_SPURIOUS, RET_PF_RETRY, RET_PF_EMULATE, RET_PF_NOMEM, RET_PF_BLOCKED };
-int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int goal_level, int req_level,
-		    bool write_fault, bool exec_fault, bool huge_disallowed, bool prefetch,
-		    bool *flushed);
+struct memslot;
+/* KVM's struct kvm_page_fault: one fault as the fault path sees it. */
+struct kvm_page_fault {
+	u64 gfn;
+	struct memslot *slot;      /* NULL: no memslot (MMIO) */
+	bool write, exec, prefetch;
+	int req_level;             /* the largest level the memslot and the host allow */
+	int goal_level;            /* the level to map at; lowered on the way down */
+	bool huge_page_disallowed; /* the NX mitigation forbids a huge page here */
+};
+int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, struct kvm_page_fault *fault, bool *flushed);
 /* Upper bound of frames a single map needs (levels - 1 tables). */
 u64 tdp_mmu_tables_needed(struct tdp_vm *vm, struct tdp_root *root, u64 start, u64 end, int level);
 /* Read the SPTE mapping gfn at `level` in root, or the deepest one on the path. */
