@@ -641,7 +641,8 @@ int tdp_invvpid(tdp_vm *vm, int pcpu, int type, uint32_t vpid, uint64_t gla)
 			return vm_err(vm, TDP_EINVAL, "INVVPID individual-address: gla 0x%llx is not canonical", (unsigned long long)gla);
 	}
 	/* INVVPID drops linear and combined mappings only; guest-physical
-	 * mappings (everything this model caches for TDP) survive (§3.2). */
+	 * mappings (everything this model caches for TDP) survive (Intel SDM Vol. 3C
+	 * "Operations that Invalidate Cached Mappings", 28.3.3.1 in the 2016 edition). */
 	vm->stats[ST_invvpid]++;
 	vm_log(vm, EV_INVVPID, (u64)pcpu, (u64)type, vpid, gla, 0);
 	vm_op_end(vm);

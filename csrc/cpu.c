@@ -10,7 +10,7 @@ static inline struct pcpu *pc_of(struct tdp_vm *vm, struct vcpu *v) { return &vm
 
 u64 cpu_eptp(struct tdp_vm *vm, u32 root_frame)
 {
-	/* construct_eptp(): WB, page-walk length, A/D enable, root HPA (§5.4). */
+	/* construct_eptp() (vmx/vmx.c): WB, page-walk length, A/D enable, root HPA. */
 	return (MT_WB) | ((u64)(vm->cfg.levels - 1) << 3) | ((u64)(vm->cfg.ad ? 1 : 0) << 6) |
 	       (hostmem_pfn(&vm->mem, root_frame) << 12);
 }
@@ -33,7 +33,7 @@ int cpu_context_of(struct tdp_vm *vm, struct vcpu *v)
 void kvm_make_all_cpus_request(struct tdp_vm *vm, u32 req)
 {
 	/* Set the request everywhere; vCPUs in guest mode go IN_GUEST -> EXITING
-	 * and get an IPI (the request has WAIT semantics, §5.2). */
+	 * and get an IPI (the request has KVM_REQUEST_WAIT semantics, virt/kvm/kvm_main.c). */
 	for (int i = 0; i < vm->cfg.nvcpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];
 		v->requests |= req;
@@ -59,7 +59,8 @@ void kvm_flush_remote_tlbs(struct tdp_vm *vm)
 void kvm_flush_remote_tlbs_range(struct tdp_vm *vm, u64 gfn, u64 npages)
 {
 	if (!vm->pol.precise_range_flush) {
-		/* Bare metal: a ranged flush is a full remote flush (§5.2). */
+		/* Bare metal: a ranged flush is a full remote flush (only the Hyper-V
+		 * hook, hyperv_flush_guest_mapping_range(), honours the range). */
 		kvm_flush_remote_tlbs(vm);
 		return;
 	}
@@ -139,13 +140,15 @@ void vendor_flush_tlb_guest(struct tdp_vm *vm, struct vcpu *v)
 		return;
 	}
 	/* INVVPID single-context: linear and combined mappings only; the
-	 * guest-physical mappings this model caches are untouched (§3.2). */
+	 * guest-physical mappings this model caches are untouched (Intel SDM Vol. 3C
+	 * "Operations that Invalidate Cached Mappings", 28.3.3.1 in the 2016 edition). */
 	vm->stats[ST_invvpid]++;
 	vm_cost(vm, vm->costs.flush_current);
 }
 
 /* pre_svm_run() / new_asid(): hand out ASIDs per pCPU within a generation;
- * running out bumps the generation and flushes every ASID (§5.3). */
+ * running out bumps the generation and flushes every ASID (svm/svm.c; AMD APM
+ * Vol. 2 15.16 "TLB Control"). */
 static void svm_new_asid(struct tdp_vm *vm, struct pcpu *pc, struct vcpu *v)
 {
 	if (pc->next_asid > pc->max_asid) {
@@ -192,7 +195,7 @@ static void svm_pre_run(struct tdp_vm *vm, struct vcpu *v)
 	v->tlb_control = 0;
 }
 
-/* vcpu_enter_guest(): service requests in KVM's order (§5.1), reload the MMU
+/* vcpu_enter_guest() (x86.c): service requests in KVM's order, reload the MMU
  * (loading a root always flushes the current context), then enter. */
 static int vcpu_enter(struct tdp_vm *vm, struct vcpu *v)
 {
@@ -409,7 +412,9 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 			}
 			if (!permitted) {
 				/* The cached entry denies the access: an EPT violation /
-				 * #NPF from the TLB, which drops the entry (§3.3). */
+				 * #NPF from the TLB, which drops the entry (Intel SDM Vol. 3C
+				 * 28.3.3.1: an EPT violation invalidates the mappings that would
+				 * translate the faulting GPA). */
 				vm->stats[hit == 1 ? ST_tlb_hits_l1 : ST_tlb_hits_l2]++;
 				tlb_flush_gfn_ctx(&pc->tlb, ctx, gfn);
 				int r = take_fault(vm, v, gpa, access, out);
@@ -476,7 +481,7 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 		tlb_flush_gfn_ctx(&pc->tlb, ctx, gfn);
 		if (w.status == TDP_WALK_MISCONFIG || (w.status == TDP_WALK_NPF && (w.error_code & 8))) {
 			/* KVM's MMIO SPTE: emulate without a full fault, if its memslot
-			 * generation is current (check_mmio_spte, §1.4); a stale one is
+			 * generation is current (check_mmio_spte(), mmu/mmu.c); a stale one is
 			 * handled as an ordinary fault and rebuilt. */
 			if (is_mmio_spte(&vm->masks, last) &&
 			    mmio_spte_gen(last) == (vm->memslots_gen & ((1u << 19) - 1))) {

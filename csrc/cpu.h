@@ -1,6 +1,8 @@
 /* cpu.h — physical CPUs (their TLBs, SVM ASID allocator) and vCPUs (mode, requests,
  * current root, VMCS/VMCB placement), KVM's flush requests and vendor flush
- * primitives (kvm-tdp-mmu.md §5; x86-translation.md §3–§4). */
+ * primitives (virt/kvm/kvm_main.c, x86.c, vmx/vmx.c, svm/svm.c; Intel SDM Vol. 3C
+ * "Caching Translation Information", 28.3 in the 2016 edition; AMD APM Vol. 2 15.16
+ * "TLB Control"). */
 #ifndef TDPFAST_CPU_H
 #define TDPFAST_CPU_H
 #include "tlb.h"

@@ -42,7 +42,8 @@ void spte_masks_init(struct spte_masks *m, int fmt, bool ad)
 		m->mmu_writable = EPT_MMU_WRITABLE;
 		m->memtype = (MT_WB << EPT_MT_SHIFT) | EPT_IPAT;
 		m->acc_track = EPT_R | EPT_W | EPT_X;
-		/* MMIO: W|X without R is an EPT misconfiguration (§1.2). */
+		/* MMIO: W|X without R is an EPT misconfiguration (VMX_EPT_MISCONFIG_WX_VALUE;
+		 * Intel SDM Vol. 3C "EPT Misconfigurations", 28.2.3.1 in the 2016 edition). */
 		m->mmio_value = EPT_W | EPT_X;
 		m->mmio_mask = EPT_R | EPT_W | EPT_X | EPT_SVE;
 	} else {
@@ -58,7 +59,8 @@ void spte_masks_init(struct spte_masks *m, int fmt, bool ad)
 		m->mmu_writable = NPT_MMU_WRITABLE;
 		m->memtype = 0;
 		m->acc_track = 0;
-		/* MMIO: reserved physical-address bit 51 with P set (§1.3). */
+		/* MMIO: reserved physical-address bit 51 with P set, so the walk faults with
+		 * RSVD (kvm_mmu_reset_all_pte_masks(); AMD APM Vol. 2 15.25.6). */
 		m->mmio_value = (1ull << 51) | NPT_P;
 		m->mmio_mask = (1ull << 51) | NPT_P;
 	}
@@ -134,7 +136,8 @@ u64 make_nonleaf_spte(const struct spte_masks *m, u64 table_pfn)
 
 u64 make_mmio_spte(const struct spte_masks *m, u64 gfn, u32 gen)
 {
-	/* §1.4: 19 generation bits in SPTE bits 3-10 (8 low bits) and 52-62 (11 high bits).
+	/* make_mmio_spte() (mmu/spte.c): 19 generation bits in SPTE bits 3-10 (8 low
+	 * bits) and 52-62 (11 high bits).
 	 * For NPT bit 51 is the reserved-bit marker, so the gfn must stay below it. */
 	u64 s = m->mmio_value; /* no SHADOW_NONPRESENT_VALUE: the MMIO mask covers SVE */
 
@@ -166,7 +169,8 @@ u64 make_huge_spte(const struct spte_masks *m, u64 small, int level)
 
 u64 mark_spte_for_access_track(const struct spte_masks *m, u64 s)
 {
-	/* §1.1: save R and X at bit 54/56, clear RWX (W is not saved). */
+	/* mark_spte_for_access_track() (mmu/spte.c): save R and X at bit 54/56
+	 * (SHADOW_ACC_TRACK_SAVED_BITS_SHIFT), clear RWX (W is not saved). */
 	u64 saved = s & (EPT_R | EPT_X);
 
 	if (m->fmt != FMT_EPT || spte_ad_enabled(s))

@@ -1,6 +1,6 @@
 /* spte.h — KVM's shadow-page-table-entry encodings for TDP (EPT and NPT).
  *
- * Bit assignments follow kvm-tdp-mmu.md §1 (mmu/spte.h, kvm_mmu_set_ept_masks,
+ * Bit assignments follow KVM (mmu/spte.h, kvm_mmu_set_ept_masks,
  * kvm_mmu_reset_all_pte_masks) in the v6.10+ era: SHADOW_NONPRESENT_VALUE is
  * BIT(63) and FROZEN_SPTE is 0x5a0 | SHADOW_NONPRESENT_VALUE. */
 #ifndef TDPFAST_SPTE_H
@@ -15,7 +15,8 @@ typedef uint8_t u8;
 
 enum { FMT_EPT = 0, FMT_NPT = 1 };
 
-/* Common KVM software conventions (§1.1). */
+/* Common KVM software conventions (mmu/spte.h: SPTE_MMU_PRESENT_MASK, PT_WRITABLE_MASK,
+ * PT_PAGE_SIZE_MASK). */
 #define SPTE_MMU_PRESENT (1ull << 11)
 #define SPTE_W (1ull << 1)
 #define SPTE_PS (1ull << 7)
@@ -23,7 +24,8 @@ enum { FMT_EPT = 0, FMT_NPT = 1 };
 #define SHADOW_NONPRESENT_VALUE (1ull << 63)
 #define FROZEN_SPTE (0x5a0ull | SHADOW_NONPRESENT_VALUE)
 
-/* EPT hardware bits (§1.2 / x86-translation.md §1.3). */
+/* EPT hardware bits (Intel SDM Vol. 3C "EPT Translation Mechanism", 28.2.2 in the
+ * 2016 edition; Linux asm/vmx.h VMX_EPT_*). */
 #define EPT_R (1ull << 0)
 #define EPT_W (1ull << 1)
 #define EPT_X (1ull << 2)
@@ -40,7 +42,8 @@ enum { FMT_EPT = 0, FMT_NPT = 1 };
 #define SPTE_ACC_TRACK_SAVED_SHIFT 54 /* R -> 54, X -> 56 */
 #define MT_WB 6ull
 
-/* NPT (long-mode PTE) bits (§1.3 / x86-translation.md §2.1). */
+/* NPT (long-mode PTE) bits (AMD APM Vol. 2 15.25 "Nested Paging": the host's
+ * long-mode format; KVM's host-/MMU-writable in the available bits 9 and 10). */
 #define NPT_P (1ull << 0)
 #define NPT_W (1ull << 1)
 #define NPT_U (1ull << 2)

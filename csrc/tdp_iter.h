@@ -1,6 +1,7 @@
 /* tdp_iter.h — KVM's TDP iterator (mmu/tdp_iter.c): a pre-order walk over the
  * SPTEs of one root that overlap a gfn window, able to yield and restart from the
- * root at next_last_level_gfn without skipping an entry (kvm-tdp-mmu.md §2). */
+ * root at next_last_level_gfn without skipping an entry (tdp_iter_restart(),
+ * tdp_mmu_iter_cond_resched()). */
 #ifndef TDPFAST_TDP_ITER_H
 #define TDPFAST_TDP_ITER_H
 #include "hostmem.h"

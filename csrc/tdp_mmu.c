@@ -1,4 +1,4 @@
-/* tdp_mmu.c — KVM's TDP MMU (kvm-tdp-mmu.md §1–§4, §6). Function names follow
+/* tdp_mmu.c — KVM's TDP MMU (arch/x86/kvm/mmu/tdp_mmu.c). Function names follow
  * mmu/tdp_mmu.c; the flush contract of each writer is stated where it is defined. */
 #include <stdlib.h>
 #include <string.h>

@@ -33,7 +33,8 @@ struct tdp_root {
 #define for_each_valid_tdp_mmu_root(vm, r) \
 	for_each_tdp_mmu_root(vm, r) if ((r)->invalid) {} else
 
-/* Root lifecycle (§3). */
+/* Root lifecycle: kvm_tdp_mmu_alloc_root(), kvm_tdp_mmu_put_root(),
+ * kvm_tdp_mmu_invalidate_all_roots(), kvm_tdp_mmu_zap_invalidated_roots(). */
 int tdp_mmu_get_vcpu_root(struct tdp_vm *vm, int as_id, int guest_mode, u32 *root_id);
 struct tdp_root *tdp_mmu_find_root(struct tdp_vm *vm, u32 id);
 struct tdp_root *tdp_mmu_newest_valid_root(struct tdp_vm *vm); /* NULL: none */

@@ -1,5 +1,6 @@
 /* tlb.c — see tlb.h. Replacement: LRU (stamps), tree-PLRU for power-of-two ways
- * (bit-PLRU otherwise), or seeded random [MODEL CHOICE, x86-translation.md §6]. */
+ * (bit-PLRU otherwise), or seeded random [MODEL CHOICE: no vendor documents the
+ * replacement policy of its TLBs]. */
 #include <stdlib.h>
 #include <string.h>
 #include "tlb.h"
@@ -510,7 +511,8 @@ void tlb_flush_range(struct tlb *t, u64 gfn, u64 npages)
 void tlb_flush_gfn_ctx(struct tlb *t, int ctx, u64 gfn)
 {
 	/* An EPT violation drops the guest-physical mappings (TLB and PSC) that
-	 * would translate the faulting GPA in the current context (§3.2). */
+	 * would translate the faulting GPA in the current context (Intel SDM Vol. 3C
+	 * "Operations that Invalidate Cached Mappings", 28.3.3.1 in the 2016 edition). */
 	struct tlb_ent *e;
 	u32 set, way;
 
@@ -643,7 +645,10 @@ int tdp_tlb_preset(const char *name, struct tdp_tlb_config *c)
 	memset(c, 0, sizeof(*c));
 	c->mode = TDP_TLB_SETASSOC;
 	c->repl = TDP_REPL_LRU;
-	/* [MODEL CHOICE] PSC sizes are not enumerated by any CPU (§6). */
+	/* [MODEL CHOICE] PSC sizes are not enumerated by any CPU (no CPUID leaf
+	 * describes them): PDE cache 32, PDPTE cache 4, PML4E/PML5E caches 2, fully
+	 * associative. The TLB arrays below are what CPUID leaf 18h (Intel) and leaves
+	 * 8000_0005/6/19 (AMD) enumerate on each CPU. */
 	arr(&c->psc[2], 32, 32);
 	arr(&c->psc[3], 4, 4);
 	arr(&c->psc[4], 2, 2);

@@ -3,7 +3,9 @@
  *
  * Invalidation is by epoch: every context has an epoch and every entry records the
  * epoch it was filled in, so flushing a context (or all of them) is O(1) per
- * context, never a scan of the arrays (x86-translation.md §3–§4, §6). */
+ * context, never a scan of the arrays. What is cached and what invalidates it:
+ * Intel SDM Vol. 3C "Caching Translation Information" (28.3 in the 2016 edition);
+ * AMD APM Vol. 2 15.16 "TLB Control". */
 #ifndef TDPFAST_TLB_H
 #define TDPFAST_TLB_H
 #include "spte.h"

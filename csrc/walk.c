@@ -1,4 +1,6 @@
-/* walk.c — see walk.h. Each rule names its source section in x86-translation.md. */
+/* walk.c — see walk.h. Each rule names its source: Intel SDM Vol. 3C sections by
+ * their 2016-edition numbers (chapter 28, "VMX Support for Address Translation"),
+ * AMD APM Vol. 2 sections of 15.25 "Nested Paging". */
 #include <stdio.h>
 #include <string.h>
 #include "walk.h"
@@ -14,7 +16,8 @@ int walk_decode_root_pointer(const struct tdp_hw_params *p, u64 rp, u64 *table, 
 			     char *err, size_t errlen)
 {
 	if (p->fmt == FMT_EPT) {
-		/* §1.1: memtype UC/WB, PWL-1 = levels-1, bit 6 A/D, 11:8 reserved,
+		/* EPTP (VMCS field 0x201A; SDM 26.2.1.1 VM-entry checks): memtype
+		 * UC/WB, PWL-1 = levels-1, bit 6 A/D, 11:8 reserved,
 		 * bit 7 (supervisor shadow stack in newer SDMs) ignored, 63:M reserved. */
 		unsigned mt = rp & 7, pwl = (rp >> 3) & 7;
 		if (mt != 0 && mt != 6) {
@@ -35,7 +38,7 @@ int walk_decode_root_pointer(const struct tdp_hw_params *p, u64 rp, u64 *table, 
 		}
 		*ad = (int)((rp >> 6) & 1);
 	} else {
-		/* §2.1: nCR3 has the CR3 format: base 51:12, PWT/PCD; MBZ above MAXPHYADDR. */
+		/* APM 15.25.3: nCR3 has the CR3 format: base 51:12, PWT/PCD; MBZ above MAXPHYADDR. */
 		if (rp & bits(63, p->maxphyaddr)) {
 			snprintf(err, errlen, "root_pointer: nCR3 has bits at or above MAXPHYADDR=%d (0x%llx)", p->maxphyaddr, (unsigned long long)rp);
 			return TDP_EINVAL;
@@ -54,7 +57,8 @@ static void record_fault(struct tdp_walk_result *out, int status, int level)
 	out->hpa = 0;
 }
 
-/* Data-access bits of the qualification for an access of `kind` (§1.4): a guest
+/* Data-access bits of the qualification for an access of `kind` (the SDM's table of
+ * the exit qualification for EPT violations; 28.2.3.2 "EPT Violations"): a guest
  * paging-structure access is a read, a write (it will set guest A/D), or with EPT
  * A/D on always a write that also reports the read. */
 static u64 ept_qual(int access, const struct tdp_hw_params *p, bool ad_on, unsigned perms)
@@ -84,7 +88,7 @@ static u64 ept_qual(int access, const struct tdp_hw_params *p, bool ad_on, unsig
 
 static u64 npt_ec(int access, bool present, bool rsvd, bool paging_structure)
 {
-	u64 ec = 1ull << 2; /* US: every nested walk is a user access (§2.2) */
+	u64 ec = 1ull << 2; /* US: every nested walk is a user access (APM 15.25.5) */
 
 	if (present)
 		ec |= 1;
@@ -103,14 +107,15 @@ static int walk_ept(const struct tdp_hw_params *p, const struct walk_mem *mem, u
 		    struct tdp_walk_result *out)
 {
 	bool ad_on = p->ad != 0;
-	/* §1.4: with EPT A/D on, guest paging-structure accesses count as writes;
+	/* SDM 28.2.3.2 and 28.2.4: with EPT A/D on, guest paging-structure accesses count as writes;
 	 * without, they are reads unless the walk writes guest A/D (access "w"). */
 	bool is_write = access == TDP_ACC_WRITE || (p->paging_structure && ad_on);
 	int level;
 	u64 e = 0;
 
 	if (p->levels == 4 && (gpa & bits(51, 48))) {
-		/* §1.2: 4-level EPT with GPA bits 51:48 set is a violation, perms 0. */
+		/* 4-level EPT with GPA bits 51:48 set is a violation, perms 0 (SDM "EPT
+		 * Translation Mechanism"; the exit-qualification table's note 2). */
 		record_fault(out, TDP_WALK_VIOLATION, p->levels);
 		out->qualification = ept_qual(access, p, ad_on, 0);
 		return 0;
@@ -124,7 +129,8 @@ static int walk_ept(const struct tdp_hw_params *p, const struct walk_mem *mem, u
 		out->entries[out->nentries++] = e;
 		bool present = (e & 7) || (p->mbec && (e & EPT_XU));
 		if (!present) {
-			/* §1.4: not present -> violation; bits 62:3 ignored; perms read 0. */
+			/* SDM 28.2.3.3 ordering: not present -> violation; bits 62:3
+			 * ignored; perms read 0. */
 			record_fault(out, TDP_WALK_VIOLATION, level);
 			out->qualification = ept_qual(access, p, ad_on, 0);
 			out->perms = 0;
@@ -175,7 +181,8 @@ static int walk_ept(const struct tdp_hw_params *p, const struct walk_mem *mem, u
 	out->level = level;
 	out->hpa = (e & bits(51, 12 + 9 * (level - 1))) | (gpa & ((1ull << (12 + 9 * (level - 1))) - 1));
 	if (ad_on) {
-		/* §1.5: A in every entry used, D in the leaf on a write; one update per entry. */
+		/* SDM 28.2.4 "Accessed and Dirty Flags for EPT": A in every entry used, D in
+		 * the leaf on a write; one update per entry. */
 		int n = out->nentries, first = n - (start_level - level + 1);
 		for (int i = first; i < n; i++) {
 			u64 old = out->entries[i], nw = old | EPT_A;
@@ -226,7 +233,7 @@ static int walk_npt(const struct tdp_hw_params *p, const struct walk_mem *mem, u
 		if (level >= 4)
 			/* PS, and bit 8 (Linux nonleaf_bit8_rsvd). Not in a PDPE: the
 			 * Linux fix "bit 8 of non-leaf PDPEs is not reserved" (2020)
-			 * overrides x86-translation.md §2.1 here. */
+			 * overrides APM 15.25.3's reading of the format here. */
 			rsvd |= (1ull << 7) | (1ull << 8);
 		else if (leaf && level == 3)
 			rsvd |= bits(29, 13);

@@ -1,6 +1,7 @@
 /* walk.h — the hardware two-dimensional-paging walker (EPT per SDM "EPT
- * Translation Mechanism", NPT per APM2 §15.25), over any memory: the engine's own
- * frames or a memory image (x86-translation.md §1.2–§1.5, §2.1–§2.3). */
+ * Translation Mechanism", 28.2.2, and "EPT-Induced VM Exits", 28.2.3, in the 2016
+ * edition of Intel SDM Vol. 3C; NPT per AMD APM Vol. 2 15.25 "Nested Paging"), over
+ * any memory: the engine's own frames or a memory image. */
 #ifndef TDPFAST_WALK_H
 #define TDPFAST_WALK_H
 #include "spte.h"
