@@ -8,7 +8,7 @@
  * Grey-box, without knowing any bug: picks return to gfns the guest touched lately;
  * an operation stopped at a yield point is raced by host events and accesses on its
  * range; and when an access hits a cached translation that the vCPU's tables no
- * longer give (a hazard, probed in cpu.c), the host changes that gfn's page and the
+ * longer give (a hazard, probed in checker.c), the host changes that gfn's page and the
  * guest touches it again, so a missing flush shows up at once. */
 #include <stdlib.h>
 #include <string.h>

@@ -83,8 +83,8 @@ struct tdp_vm {
 	u64 hazard_gfn;
 };
 
+/* Set the message tdp_errmsg() returns; returns code. */
 int vm_err(struct tdp_vm *vm, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-void vm_trace_rec(struct tdp_vm *vm, u32 kind, u32 level, u64 a, u64 b, u64 c);
 static inline void vm_trace(struct tdp_vm *vm, u32 kind, u32 level, u64 a, u64 b, u64 c)
 {
 	if (vm->cfg.trace)
@@ -98,11 +98,11 @@ static inline void vm_cost(struct tdp_vm *vm, u64 c) { vm->stats[ST_cycles] += c
 int vm_op_begin(struct tdp_vm *vm);   /* TDP_ENOMEM if records were lost since the last call */
 void vm_op_start(struct tdp_vm *vm);  /* the same, for the second step of a composed call */
 void vm_op_end(struct tdp_vm *vm);
-#define VM_OP_BEGIN(vm)                       \
-	do {                                  \
+#define VM_OP_BEGIN(vm)                              \
+	do {                                         \
 		int op_begin_err_ = vm_op_begin(vm); \
-		if (op_begin_err_)            \
-			return op_begin_err_; \
+		if (op_begin_err_)                   \
+			return op_begin_err_;        \
 	} while (0)
 
 /* A record (event, violation, trace) that could not be kept: counted, and the next
@@ -114,6 +114,7 @@ void vm_drop_record(struct tdp_vm *vm);
  * none. Evaluates to the condition, so it can guard a way out. */
 bool vm_warn(struct tdp_vm *vm, const char *cond, const char *file, int line);
 #define TDP_WARN_ON(vm, cond) ((cond) ? vm_warn((vm), #cond, __FILE__, __LINE__) : false)
+
 /* Argument checks shared by the entry points (0, or TDP_EINVAL with the message set). */
 int vm_check_gfn(struct tdp_vm *vm, const char *what, u64 gfn);
 int vm_check_range(struct tdp_vm *vm, u64 start, u64 end);
