@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import FramePoolExhausted
-from . import hostmem, page_walker, tdp_mmu
+from . import checker, hostmem, mmu, page_walker, tdp_mmu
 from .spte import (MMIO_GEN_MASK, MT_WB, PERM_ALL, PERM_R, PERM_W, PERM_X, PERM_XU, PFN_MASK,
                    is_mmio_spte, mmio_spte_gen, pages_per_level, spte_hw_perms)
 from .tlb import TLB, asid_context, ept_context
@@ -20,14 +20,16 @@ U64 = (1 << 64) - 1
 OUTSIDE_GUEST, IN_GUEST, EXITING_GUEST = 0, 1, 2
 REQ_TLB_FLUSH, REQ_TLB_FLUSH_CURRENT, REQ_TLB_FLUSH_GUEST = 1, 2, 4
 REQ_MMU_FREE_OBSOLETE_ROOTS, REQ_LOAD_MMU_PGD = 8, 16
+REQUESTS = {"tlb_flush": REQ_TLB_FLUSH, "tlb_flush_current": REQ_TLB_FLUSH_CURRENT,
+            "tlb_flush_guest": REQ_TLB_FLUSH_GUEST, "mmu_free_obsolete_roots": REQ_MMU_FREE_OBSOLETE_ROOTS,
+            "load_mmu_pgd": REQ_LOAD_MMU_PGD}
 
 # SVM VMCB TLB_CONTROL values (§5.5, XT §4.2).
 TLB_CONTROL_DO_NOTHING, TLB_CONTROL_FLUSH_ALL_ASID = 0, 1
 TLB_CONTROL_FLUSH_ASID, TLB_CONTROL_FLUSH_ASID_LOCAL = 3, 7
 
-# Access outcomes and violation kinds.
+# Access outcomes.
 OUT_OK, OUT_MMIO, OUT_LIVELOCK, OUT_BLOCKED = 0, 1, 2, 3
-V_USE_AFTER_FREE, V_STALE_PAGE_TABLE, V_LOST_DIRTY, V_STALE_WRITE, V_LIVELOCK = 1, 2, 3, 4, 5
 MAX_FAULT_RETRIES = 8
 
 
@@ -291,28 +293,6 @@ def _need_perm(vm, access: int) -> int:
     return {0: PERM_R, 1: PERM_W, 2: PERM_X}.get(access, PERM_XU if vm.cfg.mbec else PERM_X)
 
 
-def check_translation(vm, v: Vcpu, gpa: int, access: int, pfn: int, level: int, tag: int,
-                      batch_index: int) -> None:
-    """The checker: the frame a guest access reached must be the one its gfn is backed
-    by now (else use-after-free), a write must be to a writable gfn (else stale write)
-    and, with dirty logging, to a gfn already marked dirty (else lost dirty, I6)."""
-    gfn = gpa >> 12
-    s = vm.slot_of(gfn)
-    expected = s.gfn_to_pfn(gfn) if s is not None else None
-    # What the frame used is now: a pool frame's state, else (a memslot page) whether it
-    # is still the gfn's page (FRAME_CURRENT) or one it no longer maps (0).
-    f = vm.mem.frame_of(pfn)
-    state = vm.mem.frames[f].state if f is not None else (hostmem.CURRENT if pfn == expected else 0)
-    if pfn != expected:
-        vm.report(V_USE_AFTER_FREE, v, gpa, tag, pfn, expected, access, level, state, batch_index)
-        return
-    if access == 1:
-        if not s.writable(gfn):
-            vm.report(V_STALE_WRITE, v, gpa, tag, pfn, expected, access, level, state, batch_index)
-        elif s.dirty_log and not s.is_dirty(gfn):
-            vm.report(V_LOST_DIRTY, v, gpa, tag, pfn, expected, access, level, state, batch_index)
-
-
 def _engine_read(vm):
     def read(hpa: int) -> int:
         f = vm.mem.frame_of(hpa >> 12)
@@ -334,7 +314,7 @@ def _engine_write(vm, hpa: int, old: int, new: int) -> None:
 def _fault(vm, v: Vcpu, gfn: int, gpa: int, access: int, out: AccessOut) -> bool:
     """Take the EPT violation / #NPF; True when the access is over (emulated, blocked)."""
     out.faults += 1
-    r = tdp_mmu.page_fault(vm, tdp_mmu.find_root(vm, v.root_id), gfn, access)
+    r = mmu.page_fault(vm, tdp_mmu.find_root(vm, v.root_id), gfn, access)
     if r == tdp_mmu.RET_PF_EMULATE:
         out.outcome = OUT_MMIO
         return True
@@ -374,7 +354,7 @@ def access(vm, v: Vcpu, gpa: int, access: int, batch_index: int = 0) -> AccessOu
                 off = gfn & (pages_per_level(e.level) - 1)
                 out.tlb_hit = hit
                 out.hpa = ((e.pfn + off) << 12) | (gpa & 0xFFF)
-                check_translation(vm, v, gpa, access, e.pfn + off, e.level, tag, batch_index)
+                checker.check_translation(vm, v, gpa, access, e.pfn + off, e.level, tag, batch_index)
                 break
             if not permitted:
                 # The cached entry denies the access: an EPT violation / #NPF from the
@@ -389,9 +369,8 @@ def access(vm, v: Vcpu, gpa: int, access: int, batch_index: int = 0) -> AccessOu
         if _walk_and_fill(vm, v, pc, ctx, tag, gpa, access, is_write, ad, out, batch_index):
             break
     else:
-        # Liveness: the fault kept retrying.
         out.outcome = OUT_LIVELOCK
-        vm.report(V_LIVELOCK, v, gpa, 0, None, None, access, 0, 0, batch_index)
+        checker.report_livelock(vm, v, gpa, access, batch_index)
     if len(vm.violations) > nviol_before:
         out.violation = len(vm.violations)
     return out
@@ -406,14 +385,7 @@ def _walk_and_fill(vm, v, pc, ctx, tag, gpa, access, is_write, ad, out, batch_in
     psc = pc.tlb.psc_lookup(ctx, gfn, root.level)
     if psc is not None:
         vm.stats[f"psc_hits_l{psc.level}"] += 1
-        # The cached entry must still point at a live table of the same generation;
-        # otherwise the walk continues through a freed or reused frame (I2, §3.7).
-        f = vm.mem.frame_of(psc.pfn)
-        fr = vm.mem.frames[f] if f is not None else None
-        if fr is None or fr.gen != psc.gen or fr.sp_unlinked or fr.state != hostmem.TABLE:
-            vm.report(V_STALE_PAGE_TABLE, v, gpa, tag, psc.pfn, None, access, psc.level,
-                      fr.state if fr is not None else 0, batch_index)
-            stale_reported = True
+        stale_reported = checker.check_psc_entry(vm, v, gpa, access, psc, tag, batch_index)
         table, level, perms = psc.pfn << 12, psc.level - 1, psc.perms
     w = page_walker.walk(_engine_read(vm), vm.hw, table, level, perms, gpa, access)
     vm.stats["walks"] += 1
@@ -438,7 +410,7 @@ def _walk_and_fill(vm, v, pc, ctx, tag, gpa, access, is_write, ad, out, batch_in
         vm.stats["tlb_fills"] += 1
         out.hpa = w.hpa
         if not stale_reported:
-            check_translation(vm, v, gpa, access, w.hpa >> 12, w.level, tag, batch_index)
+            checker.check_translation(vm, v, gpa, access, w.hpa >> 12, w.level, tag, batch_index)
         return True
     # EPT violation / misconfiguration, #NPF: the walk drops what it would have used.
     last = w.entries[-1] if w.entries else 0

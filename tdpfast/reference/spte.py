@@ -133,10 +133,6 @@ def spte_ad_enabled(s: int) -> bool:
     return (s >> TDP_AD_SHIFT) & 3 == 0
 
 
-def is_writable_pte(s: int) -> bool:
-    return bool(s & W)
-
-
 def is_mmu_writable_spte(m: Masks, s: int) -> bool:
     return bool(s & m.mmu_writable)
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional
 
-from . import cpu, hostmem, memslot
+from . import cpu, hostmem
 from .spte import (ACC_ALL, ACC_EXEC, ACC_WRITE, FROZEN_SPTE, PFN_MASK, SHADOW_NONPRESENT_VALUE, W,
-                   is_access_tracked_spte, is_frozen_spte, is_large_pte, is_last_spte,
-                   is_mmu_writable_spte, is_present_leaf, is_shadow_present_pte, make_huge_spte,
-                   make_leaf_spte, make_mmio_spte, make_nonleaf_spte, make_small_spte, make_spte_executable,
-                   mark_spte_for_access_track, pages_per_level, restore_acc_track_spte,
-                   spte_hw_perms, spte_index, spte_is_accessed, spte_to_pfn)
+                   is_frozen_spte, is_large_pte, is_last_spte, is_present_leaf, is_shadow_present_pte,
+                   make_huge_spte, make_leaf_spte, make_mmio_spte, make_nonleaf_spte, make_small_spte,
+                   make_spte_executable, mark_spte_for_access_track, pages_per_level, spte_index,
+                   spte_is_accessed, spte_to_pfn)
 from .tdp_iter import TdpIter, spte_to_child_frame
 
 # Fault outcomes (RET_PF_*); NOMEM and BLOCKED are the model's.
@@ -232,16 +231,6 @@ def invalidate_all_roots(vm) -> None:
             r.refcount += 1
 
 
-def kvm_mmu_zap_all_fast(vm) -> None:
-    """§3.6: invalidate every root and request FREE_OBSOLETE_ROOTS in the same critical
-    section, then zap the invalid roots before returning -- without a flush (vCPUs flush
-    when they load their next root)."""
-    vm.memslots_gen += 1
-    invalidate_all_roots(vm)
-    cpu.kvm_make_all_cpus_request(vm, cpu.REQ_MMU_FREE_OBSOLETE_ROOTS)
-    zap_invalidated_roots(vm, shared=True)
-
-
 # ======================================================================== long operations
 # A long operation is "for every root it visits (newest first, holding a reference), for
 # every SPTE the iterator yields: maybe yield, then the body".  Written as a generator
@@ -335,9 +324,6 @@ def _min_levels(op: Op, r: Root) -> List[int]:
 
 def run_op(vm, op: Op):
     """The driver (a generator: it yields at every yield point)."""
-    if op.kind == NX_RECOVER:
-        yield from nx_recovery(vm, op)
-        return
     for root_id in op.root_ids:
         r = find_root(vm, root_id)
         if r is None or r.refcount <= 0 or not _wants_root(op, r):
@@ -550,59 +536,6 @@ def tdp_mmu_zap_sp(vm, f: int) -> bool:
     return True
 
 
-def _subtree_has_leaf(vm, f: int) -> bool:
-    level = vm.mem.frames[f].sp_level
-    for s in vm.mem.table(f):
-        if not is_shadow_present_pte(s):
-            continue
-        if is_last_spte(s, level):
-            return True
-        c = spte_to_child_frame(vm.mem, s, level)
-        if c is not None and _subtree_has_leaf(vm, c):
-            return True
-    return False
-
-
-def nx_recovery_count(vm, count: int) -> int:
-    if count > 0:
-        return count
-    ratio = vm.pol.nx_recovery_ratio
-    return -(-len(vm.nx_list) // ratio) if ratio > 0 else 0
-
-
-def nx_recovery(vm, op: Op):
-    """kvm_recover_nx_huge_pages(): zap the oldest possible-NX tables (a slot being dirty
-    logged just untracks them); flush before every yield and at the end, inside RCU.
-    B4 (``nx_recovery_flush_assign``): flush = zap_sp() instead of |=, with v5.12's
-    zap_sp, which said whether the table still mapped anything."""
-    while op.nx_left > 0 and vm.nx_list:
-        f = vm.nx_list[0]
-        s = vm.slot_of(vm.mem.frames[f].sp_gfn)
-        if s is not None and s.dirty_log:
-            untrack_possible_nx(vm, f)
-        else:
-            if vm.pol.nx_recovery_flush_assign:
-                had = _subtree_has_leaf(vm, f)
-                tdp_mmu_zap_sp(vm, f)
-                op.flush = had
-            else:
-                op.flush |= tdp_mmu_zap_sp(vm, f)
-            if vm.mem.frames[f].sp_nx:
-                untrack_possible_nx(vm, f)
-            op.nx_done += 1
-        if op_need_resched(op):
-            if op.flush:
-                cpu.kvm_flush_remote_tlbs(vm)
-            op.flush = False
-            vm.stats["iter_yields"] += 1
-            vm.rcu_quiescent(at_yield=True)
-            yield
-        op.nx_left -= 1
-    if op.flush:
-        cpu.kvm_flush_remote_tlbs(vm)
-    op.flush = False
-
-
 # ------------------------------------------------------------------------ the synchronous forms
 def zap_leafs(vm, start: int, end: int, which: int, shared: bool) -> bool:
     """kvm_tdp_mmu_zap_leafs() (valid roots) / kvm_tdp_mmu_unmap_gfn_range() (all roots):
@@ -666,13 +599,6 @@ def recover_huge_pages(vm, start: int, end: int):
     op = new_op(vm, RECOVER_HUGE, ROOTS_VALID, start, end, True)
     run(run_op(vm, op))
     return op.flush, recover_flush_range(op, start, end)
-
-
-def recover_nx_huge_pages(vm, count: int) -> int:
-    op = new_op(vm, NX_RECOVER, ROOTS_ALL, 0, 0, False)
-    op.nx_left = nx_recovery_count(vm, count)
-    run(nx_recovery(vm, op))
-    return op.nx_done
 
 
 # ======================================================================== aging, write tracking
@@ -827,66 +753,3 @@ def _map_target_level(vm, it: TdpIter, slot, gfn: int, level: int, write_fault: 
         vm.stats["pf_mmio_spte_created"] += 1
         ret = RET_PF_EMULATE
     return ret, replaced_table
-
-
-def _spte_allows(vm, s: int, access: int) -> bool:
-    p = spte_hw_perms(vm.masks, s)
-    return bool(p & {0: 1, 1: 2}.get(access, 4))
-
-
-def page_fault(vm, r: Optional[Root], gfn: int, access: int) -> int:
-    """kvm_tdp_page_fault(): fast_page_fault() first (lockless, only ever adds
-    permissions: never a flush, §6.4), then the slow path -- hugepage adjust, staleness
-    check (§4.4, §6.1), fault the pfn in, map."""
-    write = access == 1
-    exec_ = access in (2, 3)
-    slot = vm.slot_of(gfn)
-    vm.stats["pf_taken"] += 1
-    vm.cost("fault")
-    if r is None or r.invalid:
-        vm.stats["pf_retry"] += 1
-        return RET_PF_RETRY
-    spte, level, f, i = lookup(vm, r, gfn)
-    if is_present_leaf(spte, level):
-        new = spte
-        if is_access_tracked_spte(vm.masks, spte):
-            new = restore_acc_track_spte(spte)
-        # Never make a huge SPTE writable while the slot is dirty logged (§6.4).
-        if write and not new & W and is_mmu_writable_spte(vm.masks, new) and \
-                not (level > 1 and slot is not None and slot.dirty_log):
-            new |= W
-        if _spte_allows(vm, new, access):
-            if new == spte:
-                vm.stats["pf_spurious"] += 1
-                return RET_PF_SPURIOUS
-            vm.mem.table(f)[i] = new
-            vm.stats["pf_fast"] += 1
-            vm.stats["spte_writes"] += 1
-            vm.cost("spte_write")
-            if new & W and not spte & W and slot is not None and slot.dirty_log:
-                slot.mark_dirty(gfn)
-            return RET_PF_FIXED
-    if slot is not None and write and slot.readonly:
-        vm.stats["pf_emulate"] += 1
-        return RET_PF_EMULATE
-    goal = vm.max_mapping_level(slot, gfn) if slot is not None else 1
-    req_level = goal
-    huge_disallowed = False
-    if exec_ and vm.pol.nx_huge_pages and goal > 1:
-        huge_disallowed, goal = True, 1
-    # is_page_fault_stale() / a memslot being deleted: retry until the invalidation ends
-    # (the vCPU is blocked, not livelocked).
-    if (vm.mmu_invalidate_in_progress and vm.mmu_invalidate_start <= gfn < vm.mmu_invalidate_end) or \
-            (slot is not None and slot.deleting):
-        vm.stats["pf_retry"] += 1
-        return RET_PF_BLOCKED
-    if slot is not None and memslot.fault_in_pfn(vm.mem, slot, gfn) is None:
-        return RET_PF_NOMEM
-    # The walk follows the faulting gfn; the target level aligns it (so a goal lowered
-    # on the way down by disallowed_hugepage_adjust() still maps this gfn).
-    ret, _ = map_gfn(vm, r, gfn, goal, write, huge_disallowed, req_level)
-    name = {RET_PF_FIXED: "pf_fixed", RET_PF_SPURIOUS: "pf_spurious", RET_PF_EMULATE: "pf_emulate",
-            RET_PF_RETRY: "pf_retry"}.get(ret)
-    if name:
-        vm.stats[name] += 1
-    return ret
