@@ -1,8 +1,8 @@
-"""KVM's TDP MMU (mmu/tdp_mmu.c): roots, the SPTE writers, the long operations (zaps,
-write-protection, split, recovery), the fault path.  Section numbers are those of
-/work/shared/spec/kvm-tdp-mmu.md.
+"""KVM's TDP MMU (arch/x86/kvm/mmu/tdp_mmu.c): roots, the SPTE writers, the long
+operations (zaps, write-protection, split, recovery), kvm_tdp_mmu_map().  The fault
+entry, kvm_mmu_zap_all_fast() and NX recovery are mmu/mmu.c's (:mod:`.mmu`).
 
-Every function takes the VM state ``vm`` (see :class:`tdpfast.reference.model.Kvm`):
+Every function takes the VM state ``vm`` (see :class:`tdpfast.reference.vm.Kvm`):
 ``vm.mem`` (frame pool), ``vm.masks``, ``vm.pol`` (the Policy), ``vm.roots`` (oldest
 first; KVM's list is newest first), ``vm.stats``, ``vm.nx_list``.
 
@@ -83,7 +83,7 @@ def account_leaf(vm, level: int, delta: int) -> None:
 
 # ======================================================================== SPTE bookkeeping
 def handle_changed_spte(vm, gfn: int, old: int, new: int, level: int, shared: bool) -> None:
-    """Bookkeeping for every change made through the TDP MMU helpers (§4.1): leaf
+    """handle_changed_spte(): bookkeeping for every change made through the TDP MMU helpers: leaf
     accounting, and the teardown of a child table that is no longer linked.  No flush."""
     if old == new:
         return
@@ -104,9 +104,9 @@ def handle_changed_spte(vm, gfn: int, old: int, new: int, level: int, shared: bo
 
 
 def handle_removed_pt(vm, f: int, shared: bool) -> None:
-    """An unlinked table (§4.1): freeze its entries so a racing fault retries (shared
+    """handle_removed_pt(): an unlinked table: freeze its entries so a racing fault retries (shared
     mode: all 512; exclusive: the present ones), tear each child down, and free the page
-    through RCU (§3.7).  The flush is the caller's since v5.18; ``removed_pt_flush``
+    through RCU (call_rcu()).  The flush is the caller's since v5.18; ``removed_pt_flush``
     reproduces the older in-place flush and bug B6's wrong range."""
     fr = vm.mem.frames[f]
     level, base, span = fr.sp_level, fr.sp_gfn, pages_per_level(fr.sp_level)
@@ -144,7 +144,7 @@ def tdp_mmu_iter_set_spte(vm, it: TdpIter, new: int) -> None:
 
 
 def tdp_mmu_set_spte_atomic(vm, it: TdpIter, new: int) -> bool:
-    """The shared (read lock) writer: CMPXCHG against the snapshot (§4.1).  False (EBUSY)
+    """The shared (read lock) writer: CMPXCHG against the snapshot.  False (EBUSY)
     with a refreshed snapshot if the SPTE changed or is frozen.  No flush.  On success
     the snapshot keeps the old value, as KVM's try_cmpxchg leaves it."""
     old = it.old_spte
@@ -157,7 +157,7 @@ def tdp_mmu_set_spte_atomic(vm, it: TdpIter, new: int) -> bool:
 
 
 def tdp_mmu_zap_spte_atomic(vm, it: TdpIter) -> bool:
-    """freeze -> flush (gfn, level) -> clear (§4.1).  It flushes by itself, so shared-mode
+    """freeze -> flush (gfn, level) -> clear.  It flushes by itself, so shared-mode
     zaps never report "flush needed" (bug B5 drops the flush: ``shared_zap_flush``)."""
     old = it.old_spte
     if it.read() != old or is_frozen_spte(old):
@@ -172,7 +172,7 @@ def tdp_mmu_zap_spte_atomic(vm, it: TdpIter) -> bool:
     return True
 
 
-# ======================================================================== roots (§3)
+# ======================================================================== roots
 def find_root(vm, root_id: int) -> Optional[Root]:
     for r in vm.roots:
         if r.id == root_id:
@@ -181,7 +181,7 @@ def find_root(vm, root_id: int) -> Optional[Root]:
 
 
 def get_vcpu_root(vm, as_id: int, guest_mode: int) -> Optional[int]:
-    """kvm_tdp_mmu_alloc_root() (§3.2): reuse the newest valid root of the role, else a
+    """kvm_tdp_mmu_alloc_root(): reuse the newest valid root of the role, else a
     new one with refcount 2 (the vCPU's and the TDP MMU's own; v6.4+) or 1 (v5.17).
     None when no frame is left."""
     for r in reversed(vm.roots):
@@ -200,7 +200,7 @@ def get_vcpu_root(vm, as_id: int, guest_mode: int) -> Optional[int]:
 
 
 def put_root(vm, root_id: int, shared: bool) -> None:
-    """kvm_tdp_mmu_put_root() (§3.3): at zero, zap what is left (v5.17: everything; v6.6+:
+    """kvm_tdp_mmu_put_root(): at zero, zap what is left (v5.17: everything; v6.6+:
     nothing, the root was zapped when invalidated) and free the page through RCU -- with
     no flush (the deferred-flush argument; ``flush_on_put_root`` flushes eagerly)."""
     r = find_root(vm, root_id)
@@ -220,7 +220,7 @@ def put_root(vm, root_id: int, shared: bool) -> None:
 
 
 def invalidate_all_roots(vm) -> None:
-    """kvm_tdp_mmu_invalidate_all_roots() (§3.4): every valid root becomes invalid and
+    """kvm_tdp_mmu_invalidate_all_roots(): every valid root becomes invalid and
     scheduled for zapping.  In the v5.17 lifetime the invalidation takes a reference so
     the root survives until zap_invalidated_roots."""
     for r in vm.roots:
@@ -287,9 +287,11 @@ def op_need_resched(op: Op) -> bool:
 
 
 def tdp_mmu_iter_cond_resched(vm, op: Op) -> bool:
-    """Yield only after forward progress (§2 "Yielding"); a pending flush is done first
-    (mandatory before leaving RCU, I2 -- ``flush_before_yield``), then RCU is left, so a
-    grace period may end while the walker is away (``rcu_gp_at_yield``)."""
+    """Yield only after forward progress; a pending flush is done first (mandatory before
+    leaving RCU: an unlinked table must be flushed before its grace period can end --
+    ``flush_before_yield``; B1, fixed by a835429cda91 "KVM: x86/mmu: Ensure TLBs are flushed
+    when yielding during GFN range zap"), then RCU is left, so a grace period may end while
+    the walker is away (``rcu_gp_at_yield``)."""
     it = op.it
     if it.next_last_level_gfn == it.yielded_gfn:
         return False
@@ -316,7 +318,7 @@ def _wants_root(op: Op, r: Root) -> bool:
 
 def _min_levels(op: Op, r: Root) -> List[int]:
     """The iterator passes over one root: tdp_mmu_zap_root() zaps 4K, 2M, 1G, then the
-    root level (~v6.9+, §3.4) so that each freed subtree is small."""
+    root level (~v6.9+; two passes since 1b6043e8e584) so that each freed subtree is small."""
     if op.kind == ZAP_ROOTS:
         return [1, 2, 3, r.level]
     return [{WRPROT: op.min_level, SPLIT: op.target_level + 1, RECOVER_HUGE: 2}.get(op.kind, 1)]
@@ -355,7 +357,7 @@ def run_op(vm, op: Op):
             if op.err:
                 break
         if op.which == ROOTS_SCHEDULED:
-            put_root(vm, r.id, op.shared)   # the TDP MMU's own reference (§3.4)
+            put_root(vm, r.id, op.shared)   # the TDP MMU's own reference (v6.6+)
         put_root(vm, r.id, op.shared)
         if op.err:
             return
@@ -382,9 +384,9 @@ def _op_body(vm, op: Op, r: Root, min_level: int) -> Optional[str]:
     it = op.it
     old = it.old_spte
     if op.kind == ZAP_LEAFS:
-        # tdp_mmu_zap_leafs() (§4.2): leaves only; exclusive mode reports a flush for a
-        # valid root only (invalid roots never need one, §3.4); shared mode zaps with the
-        # self-flushing atomic zap.
+        # tdp_mmu_zap_leafs(): leaves only (since cf3e26427c08); exclusive mode reports a
+        # flush for a valid root only (invalid roots never need one: 7ae5840e6f33); shared
+        # mode zaps with the self-flushing atomic zap.
         if not is_present_leaf(old, it.level):
             return None
         if op.shared:
@@ -409,14 +411,14 @@ def _op_body(vm, op: Op, r: Root, min_level: int) -> Optional[str]:
         elif not tdp_mmu_set_spte_atomic(vm, it, SHADOW_NONPRESENT_VALUE):
             return "retry"
     elif op.kind == WRPROT:
-        # wrprot_gfn_range() (§6.2): clear W, keep MMU-writable for the fast path.
+        # wrprot_gfn_range(): clear W, keep MMU-writable for the fast path.
         if not is_present_leaf(old, it.level) or not old & W:
             return None
         if not tdp_mmu_set_spte_atomic(vm, it, old & ~W):
             return "retry"
         op.result = True
     elif op.kind == CLEAR_DIRTY:
-        # clear_dirty_gfn_range() (§6.2): D with A/D, W without.
+        # clear_dirty_gfn_range(): D with A/D, W without.
         dbit = vm.masks.dirty if vm.masks.ad else W
         if not is_present_leaf(old, it.level) or not old & dbit:
             return None
@@ -435,9 +437,9 @@ def _op_body(vm, op: Op, r: Root, min_level: int) -> Optional[str]:
 
 
 def split_huge_page(vm, it: TdpIter, r: Root, shared: bool, nx_disallowed: bool) -> Optional[str]:
-    """tdp_mmu_split_huge_page() (§4.1, §6.5): a child table of make_small_spte() entries
+    """tdp_mmu_split_huge_page(): a child table of make_small_spte() entries
     linked over the huge leaf -- no flush, the translations are identical.  Under the NX
-    mitigation the 4K children are executable again (§1.6)."""
+    mitigation the 4K children are executable again (make_small_spte())."""
     f = tdp_mmu_alloc_sp(vm, it.level - 1, it.gfn, r.id, it.frame)
     if f is None:
         return "nomem"
@@ -477,7 +479,7 @@ def _first_leaf_below(vm, spte: int, level: int) -> int:
 
 
 def _recover_huge_body(vm, op: Op) -> Optional[str]:
-    """recover_huge_pages_range() (~v6.13+, §6.5): CMPXCHG a huge SPTE built from a
+    """recover_huge_pages_range() (~v6.13+): CMPXCHG a huge SPTE built from a
     child leaf over a table whose range may now be mapped huge; the caller flushes
     (before yielding and at the end).  ``huge_recovery="zap_collapsible"`` is the
     <= v6.12 zap_collapsible_spte_range(): zap the table with the self-flushing atomic
@@ -513,9 +515,9 @@ def _recover_huge_body(vm, op: Op) -> Optional[str]:
     return None
 
 
-# ------------------------------------------------------------------------ NX recovery (§6.6)
+# ------------------------------------------------------------------------ zap one table (NX recovery)
 def tdp_mmu_zap_sp(vm, f: int) -> bool:
-    """kvm_tdp_mmu_zap_sp() (§4.3): zap the parent SPTE of a table with the exclusive
+    """kvm_tdp_mmu_zap_sp(): zap the parent SPTE of a table with the exclusive
     writer; the subtree goes through handle_removed_pt.  Returns "caller must flush"."""
     fr = vm.mem.frames[f]
     if fr.parent is None:
@@ -564,7 +566,7 @@ def zap_whole_root(vm, r: Root, shared: bool) -> None:
 
 
 def zap_invalidated_roots(vm, shared: bool) -> None:
-    """kvm_tdp_mmu_zap_invalidated_roots() (§3.4): zap each scheduled root in full with NO
+    """kvm_tdp_mmu_zap_invalidated_roots(): zap each scheduled root in full with NO
     TLB flush, then drop the TDP MMU's reference."""
     run(run_op(vm, new_op(vm, ZAP_ROOTS, ROOTS_SCHEDULED, 0, vm.max_gfn, shared)))
 
@@ -603,7 +605,7 @@ def recover_huge_pages(vm, start: int, end: int):
 
 # ======================================================================== aging, write tracking
 def age_gfn_range(vm, start: int, end: int) -> bool:
-    """kvm_tdp_mmu_age_gfn_range() (§6.3): clear A (A/D on) or access-track the SPTE (A/D
+    """kvm_tdp_mmu_age_gfn_range(): clear A (A/D on) or access-track the SPTE (A/D
     off) in every root; not through handle_changed_spte and never a flush (x86 elides it,
     ~v6.13).  Returns "young"."""
     young = False
@@ -625,7 +627,7 @@ def age_gfn_range(vm, start: int, end: int) -> bool:
 
 
 def write_protect_gfn(vm, gfn: int) -> bool:
-    """kvm_tdp_mmu_write_protect_gfn() (§6.2): clear W and MMU-writable on the leaves
+    """kvm_tdp_mmu_write_protect_gfn(): clear W and MMU-writable on the leaves
     mapping gfn in valid roots (gfn write tracking).  The caller flushes if it changed
     anything."""
     changed = False
@@ -644,7 +646,7 @@ def write_protect_gfn(vm, gfn: int) -> bool:
     return changed
 
 
-# ======================================================================== the fault path (§4.4)
+# ======================================================================== the fault path (kvm_tdp_mmu_map())
 def lookup(vm, r: Root, gfn: int):
     """The SPTE that ends the walk for gfn: (value, level, frame, index)."""
     f = r.frame
@@ -679,7 +681,8 @@ def map_gfn(vm, r: Root, gfn: int, goal_level: int, write_fault: bool, huge_disa
     creating tables (CMPXCHG), splitting a huge leaf above the goal in place (v6.2+: no
     flush), then install the leaf.  ``req_level`` is the level the fault could have used
     without the NX mitigation: tables created at or below it for a huge-disallowed fault
-    go on the possible-NX list (§1.6).  Returns (RET_PF_*, "replaced a table")."""
+    go on the possible-NX list (possible_nx_huge_pages).  Returns (RET_PF_*, "replaced a
+    table")."""
     slot = vm.slot_of(gfn)
     nx = vm.pol.nx_huge_pages
     if r.invalid:
@@ -728,12 +731,12 @@ def _map_target_level(vm, it: TdpIter, slot, gfn: int, level: int, write_fault: 
         acc = ACC_ALL
         host_writable = not slot.readonly
         if level > 1 and vm.pol.nx_huge_pages:
-            acc &= ~ACC_EXEC   # huge SPTEs are NX under the mitigation (§1.6)
+            acc &= ~ACC_EXEC   # huge SPTEs are NX under the mitigation (make_spte())
         if not slot.writable(gfn) and host_writable:
             acc &= ~ACC_WRITE  # a write-tracked gfn: make_spte write-protects it
             wrprot = True
         new = make_leaf_spte(vm.masks, slot.gfn_to_pfn(it.gfn), level, acc, host_writable)
-        if wrprot:  # host-writable stays, MMU-writable does not (§1.1 "100")
+        if wrprot:  # host-writable stays, MMU-writable does not (spte.h: the "100" state)
             new &= ~(W | vm.masks.mmu_writable)
     ret, replaced_table = RET_PF_FIXED, False
     if new == it.old_spte:

@@ -50,7 +50,7 @@ from .tlb import TLB
 if TYPE_CHECKING:  # pragma: no cover
     from .mmu import _StepOp
 
-#: Deviations of the C engine from the spec that the reference can reproduce on request.
+#: Deviations of the C engine from KVM's behaviour that the reference can reproduce on request.
 #: None are left. (Fixed in the engine: MMIO SPTEs carrying SHADOW_NONPRESENT_VALUE, i.e.
 #: SVE on EPT, so that is_mmio_spte() never matched; the NX-reduced goal passed as
 #: req_level, so no table was tracked as a possible NX huge page; a TLB hit that denies the
