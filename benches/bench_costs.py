@@ -1,6 +1,8 @@
 """Zap versus flush in modelled costs: every workload under every policy (deterministic
 counters in extra_info: flushes, IPIs, TLB misses, walk refs, SPTE writes, cycles,
-violations), and the published dirty-logging-disable counts (calibration.md §1.1)."""
+violations), and the published dirty-logging-disable counts (D. Matlack, "KVM: x86/mmu:
+Batch TLB flushes when zapping collapsible TDP MMU SPTEs", kvm@vger, 2024-08-05:
+131,072 flushes before, 76 after)."""
 import pytest
 
 from tdpfast import bench

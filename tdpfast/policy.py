@@ -1,5 +1,5 @@
 """Flush policies: KVM's behaviour, every flush decision point as a named switch, and the
-historical bugs of ``kvm-tdp-mmu.md`` §8 as named policies."""
+historical flush bugs of KVM's TDP MMU as named policies (each names its upstream fix)."""
 from __future__ import annotations
 
 import dataclasses
@@ -23,7 +23,8 @@ class Policy:
     """
 
     flush_on_root_load: bool = True
-    """kvm_mmu_load() flushes the current context after loading a root (the seed thread)."""
+    """kvm_mmu_load() flushes the current context after loading a root (the deferred-flush
+    argument of db01416b22d9)."""
     flush_on_migrate: bool = True
     """VMX: KVM_REQ_TLB_FLUSH when a VMCS was last loaded elsewhere; SVM: fresh ASID."""
     flush_on_put_root: bool = False

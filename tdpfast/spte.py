@@ -1,5 +1,5 @@
 """Decode any 64-bit (S)PTE value into named fields, for EPT or NPT, with KVM's software
-bits (kvm-tdp-mmu.md §1). Constants mirror csrc/spte.h."""
+bits (arch/x86/kvm/mmu/spte.h). Constants mirror csrc/spte.h."""
 from __future__ import annotations
 
 from typing import Dict, Union

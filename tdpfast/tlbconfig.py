@@ -27,7 +27,7 @@ class TLBConfig:
     l1_1g: Array = (0, 0)
     l2: Array = (0, 0)
     l2_1g: Array = (0, 0)
-    psc_pde: Array = (1, 32)     # fully associative [MODEL CHOICE, x86-translation.md §6]
+    psc_pde: Array = (1, 32)     # fully associative [MODEL CHOICE: Intel does not enumerate PSC sizes]
     psc_pdpte: Array = (1, 4)
     psc_pml4e: Array = (1, 2)
     psc_pml5e: Array = (1, 2)
@@ -37,8 +37,9 @@ class TLBConfig:
 
     @classmethod
     def preset(cls, name: str, **changes) -> "TLBConfig":
-        """Geometry of a real CPU (x86-translation.md §6): skylake, icelake, goldencove,
-        zen2, zen3, zen4; or "adversarial"."""
+        """Geometry of a real CPU (CPUID leaf 18H on Intel, Fn8000_0005/6/19 on AMD, as
+        dumped by InstLatx64; Skylake: Intel Optimization Manual 248966, Table 2-15):
+        skylake, icelake, goldencove, zen2, zen3, zen4; or "adversarial"."""
         from . import _native
         from .errors import InvalidArgumentError
 

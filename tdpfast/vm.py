@@ -1,311 +1,28 @@
-"""The VM: the thin Python face of the C model (one C handle, hot loops in C)."""
+"""The VM: the thin Python face of the C model (one C handle, hot loops in C). ``vm.mmu``
+lives in :mod:`tdpfast.mmu`, stepped operations in :mod:`tdpfast.ops`, the event
+vocabulary and replay in :mod:`tdpfast.events`."""
 from __future__ import annotations
 
 import array
-import struct
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
-from . import _native
+from . import _native, events as _events, ops as _ops
+from ._args import _access_code, _choice, _int
 from ._native import check, ffi, lib
-from .errors import InvalidArgumentError, NotFoundError
+from .errors import InvalidArgumentError
+from .events import OPS
+from .mmu import MMU, Root, walk_result_from_c  # noqa: F401  (walk_result_from_c: tdpfast.hw)
+from .ops import Op
 from .policy import Policy
 from .results import (ACCESS_NAMES, FRAME_STATES, VIOLATION_KINDS, AccessResult, BatchResult, Event,
-                      Memslot, Violation, WalkResult)
+                      Memslot, Violation)
 from .tlbconfig import TLBConfig
 
 _NO_PFN = (1 << 64) - 1
 _ARCH = {"vmx": 0, "svm": 1}
-_EVENT_OPS = [None, "add_memslot", "delete_memslot", "host_unmap", "host_migrate", "host_age",
-              "set_dirty_logging", "get_dirty_log", "write_protect_gfn", "alloc_root", "put_root",
-              "invalidate_all_roots", "zap_invalidated_roots", "zap_all_fast", "map", "map_range",
-              "zap_gfn_range", "zap_root", "zap_sp", "write_protect_range", "clear_dirty_range", "age",
-              "split_huge_pages", "recover_huge_pages", "recover_nx_huge_pages", "vcpu_run", "vcpu_exit",
-              "vcpu_request", "access", "access_batch", "flush_remote_tlbs", "flush_remote_tlbs_range",
-              "invept", "invvpid", "set_tlb_control", "synchronize_rcu", "tlb_fill_junk", "start_op", "step_op"]
-_EVENT_NARGS = {"add_memslot": 4, "delete_memslot": 1, "host_unmap": 2, "host_migrate": 1, "host_age": 2,
-                "set_dirty_logging": 2, "get_dirty_log": 1, "write_protect_gfn": 2, "alloc_root": 2,
-                "put_root": 1, "invalidate_all_roots": 0, "zap_invalidated_roots": 0, "zap_all_fast": 0,
-                "map": 3, "map_range": 4, "zap_gfn_range": 3, "zap_root": 2, "zap_sp": 3,
-                "write_protect_range": 2, "clear_dirty_range": 2, "age": 2, "split_huge_pages": 3,
-                "recover_huge_pages": 2, "recover_nx_huge_pages": 1, "vcpu_run": 2, "vcpu_exit": 1,
-                "vcpu_request": 2, "access": 3, "access_batch": 1, "flush_remote_tlbs": 0,
-                "flush_remote_tlbs_range": 2, "invept": 3, "invvpid": 4, "set_tlb_control": 2,
-                "synchronize_rcu": 0, "tlb_fill_junk": 3, "start_op": 6, "step_op": 1}
-OPS = {"zap_gfn_range": 1, "host_unmap": 2, "zap_invalidated_roots": 3, "delete_memslot": 4,
-       "write_protect_range": 5, "clear_dirty_range": 6, "split_huge_pages": 7, "recover_huge_pages": 8,
-       "recover_nx_huge_pages": 9}
-_OP_NAMES = {v: k for k, v in OPS.items()}
 REQUESTS = {"tlb_flush": 1, "tlb_flush_current": 2, "tlb_flush_guest": 4, "mmu_free_obsolete_roots": 8,
             "load_mmu_pgd": 16}
 _MODES = ("outside_guest", "in_guest", "exiting_guest")
-
-
-def _choice(name: str, value, options) -> None:
-    """Reject a value that is not one of the (string) options, whatever its type."""
-    if not isinstance(value, str) or value not in options:
-        raise InvalidArgumentError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
-
-
-def _access_code(access: Union[str, int]) -> int:
-    if isinstance(access, str) and access in ACCESS_NAMES:
-        return ACCESS_NAMES.index(access)
-    if isinstance(access, int) and not isinstance(access, bool) and 0 <= access < 4:
-        return access
-    raise InvalidArgumentError(f"access must be 'r', 'w', 'x' or 'xu', got {access!r}")
-
-
-def _int(name: str, v, lo: int = 0, hi: int = (1 << 64) - 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        try:
-            import operator
-            v = operator.index(v)
-        except TypeError:
-            raise InvalidArgumentError(f"{name} must be an integer, got {v!r}") from None
-    if not lo <= v <= hi:
-        raise InvalidArgumentError(f"{name} must be between {lo:#x} and {hi:#x}, got {v:#x}" if v >= 0
-                                   else f"{name} must not be negative, got {v}")
-    return v
-
-
-def walk_result_from_c(w) -> WalkResult:
-    """Convert a ``struct tdp_walk_result`` (shared with :mod:`tdpfast.hw`)."""
-    status = w.status
-    fault = {0: None, 1: "violation", 2: "misconfig", 3: "npf"}[status]
-    return WalkResult(
-        ok=status == 0, hpa=w.hpa if status == 0 else None, fault=fault,
-        qualification=w.qualification if status == 1 else None,
-        error_code=w.error_code if status == 3 else None, level=w.level, refs=w.refs,
-        ad_writes=tuple((w.ad_addr[i], w.ad_old[i], w.ad_new[i]) for i in range(w.nad)),
-        entries=tuple(w.entries[i] for i in range(w.nentries)))
-
-
-class Root:
-    """A TDP root (``struct kvm_mmu_page`` of the top level). Properties read live state."""
-
-    __slots__ = ("_vm", "id")
-
-    def __init__(self, vm: "VM", root_id: int):
-        self._vm = vm
-        self.id = root_id
-
-    def _info(self):
-        for r in self._vm.mmu._root_infos():
-            if r.id == self.id:
-                return r
-        raise NotFoundError(f"root {self.id} does not exist (it was freed)")
-
-    @property
-    def hpa(self) -> int:
-        """Host physical address of the root table (VMX: the EP4TA)."""
-        return self._info().hpa
-
-    @property
-    def level(self) -> int:
-        return self._info().level
-
-    @property
-    def valid(self) -> bool:
-        return bool(self._info().valid)
-
-    @property
-    def refcount(self) -> int:
-        return self._info().refcount
-
-    @property
-    def alive(self) -> bool:
-        """False once the root was freed."""
-        return any(r.id == self.id for r in self._vm.mmu._root_infos())
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Root) and other._vm is self._vm and other.id == self.id
-
-    def __hash__(self) -> int:
-        return hash((id(self._vm), self.id))
-
-    def __repr__(self) -> str:
-        try:
-            i = self._info()
-            return (f"Root(id={self.id}, hpa={i.hpa:#x}, level={i.level}, valid={bool(i.valid)}, "
-                    f"refcount={i.refcount})")
-        except NotFoundError:
-            return f"Root(id={self.id}, freed)"
-
-
-RootArg = Optional[Union[Root, int]]
-
-
-class MMU:
-    """KVM's TDP MMU of one VM (``vm.mmu``): roots, the fault path, the zap family."""
-
-    def __init__(self, vm: "VM"):
-        self._vm = vm
-
-    @property
-    def _h(self):
-        return self._vm._h
-
-    def _rid(self, root: RootArg) -> int:
-        if root is None:
-            return 0
-        if isinstance(root, Root):
-            if root._vm is not self._vm:
-                raise InvalidArgumentError("root belongs to another VM")
-            return root.id
-        rid = _int("root", root, 0, 0xffffffff)
-        if rid == 0:
-            raise NotFoundError("root 0 does not exist")
-        return rid
-
-    def _root_infos(self):
-        n = ffi.new("int *")
-        lib.tdp_mmu_roots(self._h, ffi.NULL, 0, n)
-        buf = ffi.new("struct tdp_root_info[]", max(n[0], 1))
-        lib.tdp_mmu_roots(self._h, buf, n[0], n)
-        return [buf[i] for i in range(n[0])]
-
-    # ---------------------------------------------------------------- roots
-    def alloc_root(self, *, as_id: int = 0, guest_mode: bool = False) -> Root:
-        """Get a root for the role (reusing a valid one, as KVM does) and take a reference."""
-        out = ffi.new("uint32_t *")
-        check(self._h, lib.tdp_mmu_alloc_root(self._h, _int("as_id", as_id, 0, 1), int(bool(guest_mode)), out))
-        return Root(self._vm, out[0])
-
-    @property
-    def roots(self) -> List[Root]:
-        """Live roots, newest first (KVM's tdp_mmu_roots list order)."""
-        return [Root(self._vm, r.id) for r in self._root_infos()]
-
-    def newest_root(self) -> Optional[Root]:
-        """The newest valid root, or None."""
-        rid = lib.tdp_mmu_newest_root(self._h)
-        return Root(self._vm, rid) if rid else None
-
-    def put_root(self, root: Union[Root, int]) -> None:
-        """Drop one reference (kvm_tdp_mmu_put_root). A root is freed through RCU at zero."""
-        check(self._h, lib.tdp_mmu_put_root(self._h, self._rid(root)))
-
-    def invalidate_all_roots(self) -> None:
-        """Mark every valid root invalid and scheduled for zapping (no request to vCPUs)."""
-        check(self._h, lib.tdp_mmu_invalidate_all_roots(self._h))
-
-    def zap_invalidated_roots(self) -> None:
-        """Zap every scheduled invalid root in full, without a TLB flush, and drop the MMU's reference."""
-        check(self._h, lib.tdp_mmu_zap_invalidated_roots(self._h))
-
-    def zap_all_fast(self) -> None:
-        """kvm_mmu_zap_all_fast(): invalidate all roots, ask vCPUs to free them, zap them (memslot delete)."""
-        check(self._h, lib.tdp_mmu_zap_all_fast(self._h))
-
-    # ---------------------------------------------------------------- faults
-    def map(self, gfn: int, level: int = 1, root: RootArg = None) -> bool:
-        """Map ``gfn`` at ``level`` (1=4K, 2=2M, 3=1G) the way the fault path does.
-
-        Returns True when a huge leaf replaced an existing table (the fault path then
-        flushes that range). ``root=None`` means the newest valid root.
-        """
-        out = ffi.new("int *")
-        check(self._h, lib.tdp_mmu_map(self._h, self._rid(root), _int("gfn", gfn), _int("level", level, 0, 99), out))
-        return bool(out[0])
-
-    def map_range(self, start_gfn: int, end_gfn: int, level: int = 1, root: RootArg = None) -> int:
-        """Map every level-sized page of [start_gfn, end_gfn) in one C call; returns the count."""
-        out = ffi.new("uint64_t *")
-        check(self._h, lib.tdp_mmu_map_range(self._h, self._rid(root), _int("start_gfn", start_gfn),
-                                             _int("end_gfn", end_gfn), _int("level", level, 0, 99), out))
-        return out[0]
-
-    # ---------------------------------------------------------------- zaps and other writers
-    def zap_gfn_range(self, start_gfn: int, end_gfn: int, shared: bool = False) -> bool:
-        """Zap the leaf SPTEs of [start, end) in every valid root (kvm_tdp_mmu_zap_leafs).
-
-        Returns "flush needed", exactly as KVM: only when a valid root changed and never
-        in shared mode (the atomic zap flushes for itself). The caller flushes.
-        """
-        out = ffi.new("int *")
-        check(self._h, lib.tdp_mmu_zap_gfn_range(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn),
-                                                 int(bool(shared)), out))
-        return bool(out[0])
-
-    def zap_root(self, root: Union[Root, int], shared: bool = False) -> None:
-        """Zap a whole root in passes by level (tdp_mmu_zap_root); never flushes."""
-        check(self._h, lib.tdp_mmu_zap_root(self._h, self._rid(root), int(bool(shared))))
-
-    def zap_sp(self, gfn: int, level: int, root: RootArg = None) -> bool:
-        """Zap the level-``level`` table that maps ``gfn`` through its parent entry; returns "flush needed"."""
-        out = ffi.new("int *")
-        check(self._h, lib.tdp_mmu_zap_sp(self._h, self._rid(root), _int("gfn", gfn), _int("level", level, 0, 99), out))
-        return bool(out[0])
-
-    def write_protect_range(self, start_gfn: int, end_gfn: int) -> bool:
-        """Clear W on the leaves of [start, end) in valid roots; returns "flush needed"."""
-        out = ffi.new("int *")
-        check(self._h, lib.tdp_mmu_wrprot_range(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn), out))
-        return bool(out[0])
-
-    def clear_dirty_range(self, start_gfn: int, end_gfn: int) -> bool:
-        """Clear D (A/D on) or W (A/D off) on the leaves of [start, end); returns "flush needed"."""
-        out = ffi.new("int *")
-        check(self._h, lib.tdp_mmu_clear_dirty_range(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn), out))
-        return bool(out[0])
-
-    def age(self, start_gfn: int, end_gfn: int) -> bool:
-        """Clear A or access-track the leaves of [start, end) (no flush); returns "young"."""
-        out = ffi.new("int *")
-        check(self._h, lib.tdp_mmu_age_range(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn), out))
-        return bool(out[0])
-
-    def split_huge_pages(self, start_gfn: int, end_gfn: int, target_level: int = 1) -> None:
-        """Eager split of the huge leaves of [start, end) down to ``target_level`` (no flush)."""
-        check(self._h, lib.tdp_mmu_split_huge_pages(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn),
-                                                    _int("target_level", target_level, 0, 99)))
-
-    def recover_huge_pages(self, start_gfn: int, end_gfn: int) -> bool:
-        """Install huge leaves over tables where now possible (v6.13+), flushing if any changed."""
-        out = ffi.new("int *")
-        check(self._h, lib.tdp_mmu_recover_huge_pages(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn), out))
-        return bool(out[0])
-
-    def recover_nx_huge_pages(self, count: int = 0) -> int:
-        """One run of the NX-huge-page recovery worker; ``count=0`` uses ``nx_recovery_ratio``."""
-        out = ffi.new("int *")
-        check(self._h, lib.tdp_mmu_recover_nx_huge_pages(self._h, _int("count", count, 0, 1 << 30), out))
-        return out[0]
-
-    # ---------------------------------------------------------------- inspection
-    def walk(self, gpa: int, access: str = "r", root: RootArg = None) -> WalkResult:
-        """Walk a root for ``gpa`` as the hardware would (without side effects)."""
-        w = ffi.new("struct tdp_walk_result *")
-        check(self._h, lib.tdp_mmu_walk(self._h, self._rid(root), _int("gpa", gpa), _access_code(access), w))
-        return walk_result_from_c(w)
-
-    def root_pointer(self, root: RootArg = None) -> int:
-        """The EPTP (VMX) or nCR3 (SVM) value that loads this root."""
-        out = ffi.new("uint64_t *")
-        check(self._h, lib.tdp_mmu_root_pointer(self._h, self._rid(root), out))
-        return out[0]
-
-    def tables(self, root: RootArg = None) -> Dict[int, bytes]:
-        """Every table of a root as {host physical address: 4096 bytes} (a memory image)."""
-        n = ffi.new("size_t *")
-        rid = self._rid(root)
-        check(self._h, lib.tdp_mmu_tables(self._h, rid, ffi.NULL, ffi.NULL, 0, n))
-        cnt = n[0]
-        addrs = ffi.new("uint64_t[]", cnt)
-        data = ffi.new("uint8_t[]", cnt * 4096)
-        check(self._h, lib.tdp_mmu_tables(self._h, rid, addrs, data, cnt, n))
-        raw = ffi.buffer(data)[:]
-        return {addrs[i]: raw[i * 4096:(i + 1) * 4096] for i in range(cnt)}
-
-    def spte(self, gfn: int, level: int = 1, root: RootArg = None) -> int:
-        """The raw SPTE at ``level`` on the path to ``gfn``."""
-        out = ffi.new("uint64_t *")
-        check(self._h, lib.tdp_mmu_read_spte(self._h, self._rid(root), _int("gfn", gfn), _int("level", level, 0, 99), out))
-        return out[0]
-
-    @property
-    def stats(self) -> Dict[str, int]:
-        """Counters (same as ``vm.stats``)."""
-        return self._vm.stats
 
 
 class VM:
@@ -576,7 +293,7 @@ class VM:
     def invvpid(self, pcpu: int, kind: str, vpid: int, gla: int = 0) -> None:
         """INVVPID: "individual", "single", "all" or "single_retaining_globals" (never drops
         guest-physical mappings)."""
-        kinds = ("individual", "single", "all", "single_retaining_globals")
+        kinds = _events.INVVPID_KINDS
         _choice("INVVPID kind", kind, kinds)
         check(self._h, lib.tdp_invvpid(self._h, _int("pcpu", pcpu, 0, 1 << 20), kinds.index(kind),
                                        _int("vpid", vpid, 0, 0xffffffff), _int("gla", gla)))
@@ -602,7 +319,7 @@ class VM:
                                              _int("max_gfn", max_gfn)))
 
     # ---------------------------------------------------------------- stepped operations
-    def start_op(self, name: str, *args: int, yield_every: int = 16) -> "Op":
+    def start_op(self, name: str, *args: int, yield_every: int = 16) -> Op:
         """Start a long operation that stops at each yield point (where KVM drops mmu_lock
         and leaves RCU), so that other operations can run before it resumes.
 
@@ -614,23 +331,12 @@ class VM:
         recover_huge_pages(start, end), recover_nx_huge_pages(count=0).
         ``yield_every`` is how many iterator steps pass between yield points.
         """
-        _choice("operation", name, tuple(OPS))
-        vals = [a.id if isinstance(a, (Memslot, Root)) else _int(f"{name} argument", a) for a in args]
-        if len(vals) > 3:
-            raise InvalidArgumentError(f"{name} takes at most 3 arguments, got {len(vals)}")
-        vals += [0] * (3 - len(vals))
-        out = ffi.new("uint32_t *")
-        check(self._h, lib.tdp_op_start(self._h, OPS[name], vals[0], vals[1], vals[2],
-                                        _int("yield_every", yield_every, 0, 1 << 30), out))
-        return Op(self, out[0], name)
+        return _ops.start(self, name, args, yield_every)
 
     @property
-    def ops(self) -> List["Op"]:
+    def ops(self) -> List[Op]:
         """Stepped operations that have not finished."""
-        n = ffi.new("int *")
-        ids = ffi.new("uint32_t[]", 256)
-        lib.tdp_op_list(self._h, ids, 256, n)
-        return [Op(self, ids[i], "?") for i in range(min(n[0], 256))]
+        return _ops.in_flight(self)
 
     def synchronize_rcu(self) -> None:
         """End a grace period: page tables freed with call_rcu() return to the pool (LIFO)."""
@@ -690,8 +396,7 @@ class VM:
         out = []
         for i in range(n):
             e = buf[i]
-            name = _EVENT_OPS[e.op]
-            nargs = _EVENT_NARGS[name]
+            name = _events.EVENT_NAMES[e.op]
             batch = None
             if name == "access_batch":
                 cnt = e.a[2]
@@ -699,21 +404,12 @@ class VM:
                 a = ffi.new("uint8_t[]", max(cnt, 1))
                 lib.tdp_event_batch(self._h, i, g, a, cnt)
                 batch = tuple((g[k], ACCESS_NAMES[a[k]]) for k in range(cnt))
-            raw = tuple(e.a[k] for k in range(5))
-            args = raw[:nargs]
-            if name == "start_op":  # (kind, a, b, c, yield_every, op id)
-                args = raw[:4] + (raw[4] & 0xFFFFFFFF, raw[4] >> 32)
-            out.append(Event(i, name, args, batch, raw))
+            out.append(_events.make_event(i, name, tuple(e.a[k] for k in range(5)), batch))
         return out
 
     def event_log(self) -> bytes:
         """The event log as bytes (byte-for-byte identical for the same seed and inputs)."""
-        parts = []
-        for e in self.events:
-            parts.append(struct.pack("<B5Q", _EVENT_OPS.index(e.op), *e.raw))
-            if e.batch:
-                parts.append(b"".join(struct.pack("<QB", g, ACCESS_NAMES.index(a)) for g, a in e.batch))
-        return b"".join(parts)
+        return _events.encode((e.op, e.raw, e.batch) for e in self.events)
 
     def trace(self) -> List[tuple]:
         """The internal trace (``VM(trace=True)``): (kind, level, a, b, c) records."""
@@ -728,7 +424,7 @@ class VM:
         """Apply an event log (from another VM of the same configuration, started fresh) to
         this fresh VM."""
         for e in events:
-            _replay_one(self, e)
+            _events.replay_one(self, e, requests=REQUESTS, op_cls=Op)
 
     def replay_fast(self, events: Sequence[Event], *, stop_at_violation: bool = True) -> int:
         """Apply events in one C call (no access batches); events that fail are skipped, and
@@ -739,7 +435,7 @@ class VM:
         for i, e in enumerate(evs):
             if e.op == "access_batch":
                 raise InvalidArgumentError("replay_fast cannot replay access batches; use replay()")
-            buf[i].op = _EVENT_OPS.index(e.op)
+            buf[i].op = _events.EVENT_CODES[e.op]
             for k, w in enumerate(e.raw):
                 buf[i].a[k] = w
         n = ffi.new("size_t *")
@@ -749,38 +445,6 @@ class VM:
     def __repr__(self) -> str:
         return (f"VM(arch={self.arch!r}, levels={self.levels}, vcpus={self.nvcpus}, pcpus={self.npcpus}, "
                 f"roots={len(self.mmu.roots)}, memslots={len(self.memslots)})")
-
-
-class Op:
-    """A long operation in flight (see :meth:`VM.start_op`)."""
-
-    def __init__(self, vm: VM, op_id: int, name: str):
-        self._vm = vm
-        self.id = op_id
-        self.name = name
-        self.done = False
-        self.result: Optional[int] = None
-
-    def step(self) -> bool:
-        """Run to the next yield point (True once the operation has finished)."""
-        if self.done:
-            return True
-        done = ffi.new("int *")
-        res = ffi.new("int *")
-        check(self._vm._h, lib.tdp_op_step(self._vm._h, self.id, done, res))
-        if done[0]:
-            self.done = True
-            self.result = res[0]
-        return self.done
-
-    def finish(self) -> int:
-        """Run to the end; returns the operation's result (e.g. whether a zap flushed)."""
-        while not self.step():
-            pass
-        return self.result
-
-    def __repr__(self) -> str:
-        return f"Op(id={self.id}, {self.name}, done={self.done})"
 
 
 _STAT_NAMES: List[str] = []
@@ -818,90 +482,6 @@ def _u8_buffer(name: str, obj):
         return memoryview(array.array("B", [_access_code(a) for a in obj]))
     except TypeError:
         raise InvalidArgumentError(f"{name} must be a string, or a sequence/buffer of access kinds") from None
-
-
-def _replay_one(vm: VM, e: Event) -> None:
-    a = e.args
-    op = e.op
-    m = vm.mmu
-    if op == "add_memslot":
-        vm.add_memslot(a[0], a[1], readonly=bool(a[2] & 1), dirty_log=bool(a[2] & 2), max_level=a[3])
-    elif op == "delete_memslot":
-        vm.delete_memslot(a[0])
-    elif op == "host_unmap":
-        vm.host_unmap(a[0], a[1])
-    elif op == "host_migrate":
-        vm.host_migrate(a[0])
-    elif op == "host_age":
-        vm.host_age(a[0], a[1])
-    elif op == "set_dirty_logging":
-        vm.set_dirty_logging(a[0], bool(a[1]))
-    elif op == "get_dirty_log":
-        vm.get_dirty_log(a[0])
-    elif op == "write_protect_gfn":
-        vm.write_protect_gfn(a[0], bool(a[1]))
-    elif op == "alloc_root":
-        m.alloc_root(as_id=a[0], guest_mode=bool(a[1]))
-    elif op == "put_root":
-        m.put_root(a[0])
-    elif op == "invalidate_all_roots":
-        m.invalidate_all_roots()
-    elif op == "zap_invalidated_roots":
-        m.zap_invalidated_roots()
-    elif op == "zap_all_fast":
-        m.zap_all_fast()
-    elif op == "map":
-        m.map(a[1], a[2], root=a[0] or None)
-    elif op == "map_range":
-        m.map_range(a[1], a[2], a[3], root=a[0] or None)
-    elif op == "zap_gfn_range":
-        m.zap_gfn_range(a[0], a[1], shared=bool(a[2]))
-    elif op == "zap_root":
-        m.zap_root(a[0], shared=bool(a[1]))
-    elif op == "zap_sp":
-        m.zap_sp(a[1], a[2], root=a[0])
-    elif op == "write_protect_range":
-        m.write_protect_range(a[0], a[1])
-    elif op == "clear_dirty_range":
-        m.clear_dirty_range(a[0], a[1])
-    elif op == "age":
-        m.age(a[0], a[1])
-    elif op == "split_huge_pages":
-        m.split_huge_pages(a[0], a[1], a[2])
-    elif op == "recover_huge_pages":
-        m.recover_huge_pages(a[0], a[1])
-    elif op == "recover_nx_huge_pages":
-        m.recover_nx_huge_pages(a[0])
-    elif op == "vcpu_run":
-        vm.vcpu_run(a[0], a[1])
-    elif op == "vcpu_exit":
-        vm.vcpu_exit(a[0])
-    elif op == "vcpu_request":
-        vm.vcpu_request(a[0], *[k for k, b in REQUESTS.items() if a[1] & b])
-    elif op == "access":
-        vm.access(a[0], a[1], ACCESS_NAMES[a[2]])
-    elif op == "access_batch":
-        vm.access_batch(a[0], [g for g, _ in e.batch], [acc for _, acc in e.batch])
-    elif op == "flush_remote_tlbs":
-        vm.flush_remote_tlbs()
-    elif op == "flush_remote_tlbs_range":
-        vm.flush_remote_tlbs_range(a[0], a[1])
-    elif op == "invept":
-        vm.invept(a[0], "single" if a[1] == 1 else "global", a[2])
-    elif op == "invvpid":
-        vm.invvpid(a[0], ("individual", "single", "all", "single_retaining_globals")[a[1]], a[2], a[3])
-    elif op == "set_tlb_control":
-        vm.set_tlb_control(a[0], a[1])
-    elif op == "synchronize_rcu":
-        vm.synchronize_rcu()
-    elif op == "tlb_fill_junk":
-        vm.tlb_fill_junk(a[0], a[1], a[2])
-    elif op == "start_op":
-        vm.start_op(_OP_NAMES[a[0]], a[1], a[2], a[3], yield_every=a[4])  # ids match in a fresh replay
-    elif op == "step_op":
-        Op(vm, a[0], "?").step()
-    else:  # pragma: no cover - every op is listed above
-        raise InvalidArgumentError(f"unknown event {op!r}")
 
 
 __all__ = ["VM", "MMU", "Root", "Op", "REQUESTS", "OPS"]

@@ -5,7 +5,9 @@ stale translations that are still correct must not be reported; the scenarios of
 
 The checker compares the translation a guest access used (TLB, paging-structure
 cache or walk) with the truth: the gfn's current backing, its write protection and
-its dirty-log state (kvm-tdp-mmu.md §4.6, invariants I1-I7).
+its dirty-log state: KVM's contracts that no TLB reaches a page once the MMU notifier
+has unmapped it, that an unlinked table is flushed before RCU frees it, and that a
+write after KVM_GET_DIRTY_LOG faults or is logged (see tdpfast/reference/checker.py).
 """
 from __future__ import annotations
 

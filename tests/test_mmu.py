@@ -2,9 +2,9 @@
 flush contract, the fault path, the root lifecycle, the other SPTE writers, the
 hardware walker on the engine's own tables, and SPTE decoding.
 
-Expected values come from kvm-tdp-mmu.md (KVM) and x86-translation.md (hardware):
-a 4 KiB table holds 512 entries, so 1 GiB (262,144 gfns) at 4K needs one PT per
-2 MiB (512 PTs) below one PD, one PDPT and one PML4 (kvm-tdp-mmu.md §1.1).
+Expected values come from KVM (arch/x86/kvm/mmu/) and the SDM/APM (hardware): a 4 KiB
+table holds 512 entries, so 1 GiB (262,144 gfns) at 4K needs one PT per 2 MiB (512 PTs)
+below one PD, one PDPT and one PML4 (KVM_PAGES_PER_HPAGE()).
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_populate_1gib_at_4k_creates_515_tables_and_zap_counts_every_leaf():
 def test_leaf_zap_keeps_the_non_leaf_tables():
     vm = populated(1)
     vm.mmu.zap_gfn_range(0, GIB)
-    # kvm-tdp-mmu.md §4.2: range zaps never zap non-leaf SPTEs; empty tables stay.
+    # tdp_mmu_zap_leafs() (cf3e26427c08): range zaps never zap non-leaf SPTEs; empty tables stay.
     assert len(vm.mmu.tables()) == 515
     assert vm.stats["mmu_pages"] == 515
     assert vm.stats["tables_unlinked"] == 0
@@ -293,7 +293,8 @@ def test_yielding_range_zap_still_zaps_everything(every):
 def test_yield_flushes_the_pending_flush_first():
     vm = populated(1, npages=4096, policy=Policy.kvm().replace(yield_every=64))
     vm.mmu.zap_gfn_range(0, 4096)
-    # Every yield after a zapped SPTE flushes before dropping the lock (§2).
+    # Every yield after a zapped SPTE flushes before dropping the lock
+    # (tdp_mmu_iter_cond_resched()).
     assert vm.stats["remote_tlb_flush"] == vm.stats["iter_yields"] > 0
 
 
@@ -446,7 +447,7 @@ def test_nx_huge_page_tables_are_tracked_and_protected_from_huge_faults():
     vm.add_memslot(0, 4 * PAGES_2M, max_level=2)
     vm.vcpu_run(0, 0)
     vm.access(0, 0x0, "x")
-    # kvm-tdp-mmu.md §1.6: the table made for the exec fault is on the possible-NX list.
+    # kvm_tdp_mmu_map(): the table made for the exec fault is on the possible-NX list.
     assert vm.stats["nx_lpage_splits"] == 1
     # disallowed_hugepage_adjust: a read fault in that 2M maps 4K, it does not replace the table.
     vm.access(0, 1 << 12, "r")
@@ -639,7 +640,7 @@ def test_a_cached_mmio_spte_is_emulated_without_a_page_fault(arch):
     first = vm.access(0, 0x800 << 12, "r")
     assert first.outcome == "mmio" and first.faults == 1
     assert vm.stats["pf_mmio_spte_created"] == 1
-    # kvm-tdp-mmu.md §1.2-§1.4: the MMIO SPTE makes the next access exit with an EPT
+    # make_mmio_spte(): the MMIO SPTE makes the next access exit with an EPT
     # misconfiguration / a #NPF with RSVD, which KVM emulates without a page fault.
     again = vm.access(0, 0x800 << 12, "r")
     assert again.outcome == "mmio" and again.faults == 0
@@ -653,7 +654,7 @@ def test_an_mmio_spte_from_an_older_memslot_generation_is_not_used(arch):
     vm.vcpu_run(0, 0)
     assert vm.access(0, 0x800 << 12, "r").outcome == "mmio"
     vm.add_memslot(0x800, 16, max_level=1)        # the gfn is memory now (no zap on create)
-    # §1.4: the generation in the MMIO SPTE no longer matches -> a normal fault.
+    # check_mmio_spte(): the generation in the MMIO SPTE no longer matches -> a normal fault.
     r = vm.access(0, 0x800 << 12, "r")
     assert r.outcome == "ok" and r.hpa == vm.backing(0x800) << 12
     assert vm.violations == []

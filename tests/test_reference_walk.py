@@ -1,6 +1,7 @@
 """Tests for the pure-Python reference EPT/NPT walker (tdpfast/reference/walk.py).
 
-Every vector below is derived by hand from /work/shared/spec/x86-translation.md ("XT"),
+Every vector below is derived by hand from the Intel SDM Vol. 3C (2016 edition, 28.2 "The
+Extended Page Table Mechanism") and the AMD64 APM Vol. 2 (15.25 "Nested Paging"),
 sections 1 (Intel EPT) and 2 (AMD NPT); the expected values are literals, not values
 recomputed with the module under test.
 
@@ -58,7 +59,7 @@ FIELDS = ("ok", "hpa", "fault", "qualification", "error_code", "level", "refs",
 T0, T1, T2, T3, T4 = 0x10000, 0x11000, 0x12000, 0x13000, 0x14000
 MISSING = 0x7F000  # a page never put in any image
 
-# GPA with PML4 index 3, PDPT index 5, PD index 7, PT index 9 and offset 0xabc (XT §1.2):
+# GPA with PML4 index 3, PDPT index 5, PD index 7, PT index 9 and offset 0xabc (SDM 28.2.2):
 # 3<<39 | 5<<30 | 7<<21 | 9<<12 | 0xabc.
 GPA = 0x181_40E0_9ABC
 # Entry addresses along GPA's path: table | index << 3.
@@ -68,7 +69,7 @@ E4, E3, E2, E1 = T0 + 0x18, T1 + 0x28, T2 + 0x38, T3 + 0x48
 PAGE = 0xABCDE000
 HPA = 0xABCDEABC
 
-# EPTP values (XT §1.1): memtype WB (6) in 2:0, PWL-1 in 5:3, A/D enable in bit 6.
+# EPTP values (SDM 24.6.11): memtype WB (6) in 2:0, PWL-1 in 5:3, A/D enable in bit 6.
 EPTP4_AD = T0 | 0x5E  # 6 | 3<<3 | 1<<6
 EPTP4 = T0 | 0x1E  # 6 | 3<<3, A/D disabled
 EPTP5_AD = T0 | 0x66  # 6 | 4<<3 | 1<<6
@@ -328,7 +329,7 @@ def test_ept_address_bits_above_maxphyaddr_ok_when_maxphyaddr_52():
 # ------------------------------------------------------------------------------ permissions
 # (leaf XWR, access) -> qualification of the violation, or None for success.  Upper entries
 # are RWX; final translation, so bits 7 and 8 (0x180) are set.  Qualification = access
-# bit (0 read, 1 write, 2 fetch) | leaf R/W/X in bits 3/4/5 (XT §1.4).
+# bit (0 read, 1 write, 2 fetch) | leaf R/W/X in bits 3/4/5 (SDM 27.2.1).
 LEAF_PERMS = {
     (0b001, "r"): None, (0b001, "w"): 0x18A, (0b001, "x"): 0x18C,
     (0b011, "r"): None, (0b011, "w"): None, (0b011, "x"): 0x19C,
@@ -503,7 +504,7 @@ def test_ept_pml4e_reserved_7_3(bit):
 
 
 def test_ept_ps_in_pml4e_is_misconfig():
-    # A PML4E never maps a page: bit 7 is reserved (XT §1.2).
+    # A PML4E never maps a page: bit 7 is reserved (SDM 28.2.2).
     check(walk(image4(0x80 | 0x37), EPTP4, GPA, "r"), **misconfig(4, 1))
 
 
@@ -599,7 +600,7 @@ def test_ept_pml5e_reserved_7_3(bit):
 
 def test_ept_4level_gpa_above_48_bits():
     # GPA bits 51:48 must be zero with 4-level EPT: violation, permission bits 3-6 zero,
-    # nothing read (an empty image proves it).  XT §1.2.
+    # nothing read (an empty image proves it).  SDM 28.2.2.
     for bit in (48, 50, 51):
         gpa = 1 << bit | 0x1000
         check(walk({}, EPTP4_AD, gpa, "r", maxphyaddr=52),

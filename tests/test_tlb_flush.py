@@ -1,6 +1,7 @@
 """TLBs, paging-structure caches and every invalidation primitive (issue 3), checked
-against the tag rules of x86-translation.md §3-§4 and KVM's flush requests and
-remote flushes (kvm-tdp-mmu.md §5); TLB geometry presets (x86-translation.md §6).
+against the tag rules of the Intel SDM Vol. 3C (28.3 "Caching Translation Information")
+and the AMD64 APM Vol. 2 (15.16 "TLB Control"), and KVM's flush requests and remote
+flushes (kvm_flush_remote_tlbs(), vcpu_enter_guest()); TLB geometry presets (CPUID).
 
 Guest-physical mappings and EPT paging-structure-cache entries are tagged by the
 EP4TA (VMX, EPTP bits 51:12) or by the ASID (SVM); `vm.tlb_entries(pcpu)` lists them
@@ -70,7 +71,7 @@ def test_invept_single_context_drops_only_that_ep4ta():
 def test_invept_single_context_matches_the_ep4ta_not_the_whole_eptp():
     vm, eptp_a, tag_a, eptp_b, tag_b = vmx_two_contexts()
     keep = entries(vm, tag=tag_b)
-    # Same EP4TA (bits 51:12), memory type UC and A/D off: still that context (SDM §3.2).
+    # Same EP4TA (bits 51:12), memory type UC and A/D off: still that context (SDM 28.3.3.1).
     vm.invept(0, "single", (eptp_a & ~0xFFF) | (3 << 3))
     assert entries(vm) == keep
 
@@ -459,7 +460,7 @@ def test_adversarial_preset_and_default():
 
 
 def test_default_paging_structure_caches_are_fully_associative():
-    # x86-translation.md §6: defaults PML4E-cache 2, PDPTE-cache 4, PDE-cache 32, fully associative.
+    # [MODEL CHOICE] (Intel does not enumerate them): PML4E-cache 2, PDPTE-cache 4, PDE-cache 32, fully assoc.
     t = TLBConfig()
     assert (t.psc_pde, t.psc_pdpte, t.psc_pml4e, t.psc_pml5e) == ((1, 32), (1, 4), (1, 2), (1, 2))
 
@@ -560,7 +561,7 @@ def test_accessed_and_dirty_are_set_by_walks_not_by_cached_translations(arch):
     vm.mmu.age(0, 16)
     vm.mmu.clear_dirty_range(0, 16)
     assert ad() == (False, False)
-    r = vm.access(0, GPA(5), "r")                 # x86-translation.md §1.5: the walk sets A
+    r = vm.access(0, GPA(5), "r")                 # SDM 28.2.4: the walk sets A
     assert r.tlb is None and ad() == (True, False)
     r = vm.access(0, GPA(5), "w")                 # the cached entry has not recorded D: re-walk
     assert r.tlb is None and r.walk_refs > 0 and ad() == (True, True)
@@ -581,7 +582,7 @@ def test_zap_all_fast_kicks_vcpus_to_free_obsolete_roots_and_each_flushes_on_rel
     old = vm.mmu.newest_root()
     vm.reset_stats()
     vm.mmu.zap_all_fast()
-    # kvm-tdp-mmu.md §3.6: no TLB flush; KVM_REQ_MMU_FREE_OBSOLETE_ROOTS (WAIT) to every vCPU.
+    # kvm_mmu_zap_all_fast(): no TLB flush; KVM_REQ_MMU_FREE_OBSOLETE_ROOTS (WAIT) to every vCPU.
     assert stats(vm, "remote_tlb_flush", "ipis", "flush_current") == {"remote_tlb_flush": 0, "ipis": 2,
                                                                        "flush_current": 0}
     assert all(vm.vcpu_info(v)["requests"] == ["mmu_free_obsolete_roots"] for v in range(2))

@@ -1,33 +1,36 @@
 """vCPUs on physical CPUs: KVM's requests and remote flushes (virt/kvm/kvm_main.c, x86.c),
 the vendor flush primitives (VMX INVEPT/INVVPID, SVM TLB_CONTROL and ASIDs), vCPU entry
 and migration, and guest accesses through the TLB, the paging-structure caches and the
-hardware walk -- with the checker at the end of every access.  Sections: kvm-tdp-mmu.md
-§5 (flush mechanics), x86-translation.md (XT) §3-§4.
+hardware walk -- with the checker (:mod:`.checker`) at the end of every access.  KVM's
+names are those of virt/kvm/kvm_main.c, arch/x86/kvm/x86.c, vmx/vmx.c and svm/svm.c; SDM
+section numbers are those of the 2016 Intel SDM Vol. 3C, APM is AMD64 APM Vol. 2.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..errors import FramePoolExhausted
-from . import hostmem, page_walker, tdp_mmu
+from . import checker, hostmem, mmu, page_walker, tdp_mmu
 from .spte import (MMIO_GEN_MASK, MT_WB, PERM_ALL, PERM_R, PERM_W, PERM_X, PERM_XU, PFN_MASK,
                    is_mmio_spte, mmio_spte_gen, pages_per_level, spte_hw_perms)
 from .tlb import TLB, asid_context, ept_context
 
 U64 = (1 << 64) - 1
 
-# vCPU modes and requests (include/linux/kvm_host.h, §5.1).
+# vCPU modes and requests (include/linux/kvm_host.h, arch/x86/include/asm/kvm_host.h).
 OUTSIDE_GUEST, IN_GUEST, EXITING_GUEST = 0, 1, 2
 REQ_TLB_FLUSH, REQ_TLB_FLUSH_CURRENT, REQ_TLB_FLUSH_GUEST = 1, 2, 4
 REQ_MMU_FREE_OBSOLETE_ROOTS, REQ_LOAD_MMU_PGD = 8, 16
+REQUESTS = {"tlb_flush": REQ_TLB_FLUSH, "tlb_flush_current": REQ_TLB_FLUSH_CURRENT,
+            "tlb_flush_guest": REQ_TLB_FLUSH_GUEST, "mmu_free_obsolete_roots": REQ_MMU_FREE_OBSOLETE_ROOTS,
+            "load_mmu_pgd": REQ_LOAD_MMU_PGD}
 
-# SVM VMCB TLB_CONTROL values (§5.5, XT §4.2).
+# SVM VMCB TLB_CONTROL values (arch/x86/include/asm/svm.h; APM 15.16.1, "TLB Flush").
 TLB_CONTROL_DO_NOTHING, TLB_CONTROL_FLUSH_ALL_ASID = 0, 1
 TLB_CONTROL_FLUSH_ASID, TLB_CONTROL_FLUSH_ASID_LOCAL = 3, 7
 
-# Access outcomes and violation kinds.
+# Access outcomes.
 OUT_OK, OUT_MMIO, OUT_LIVELOCK, OUT_BLOCKED = 0, 1, 2, 3
-V_USE_AFTER_FREE, V_STALE_PAGE_TABLE, V_LOST_DIRTY, V_STALE_WRITE, V_LIVELOCK = 1, 2, 3, 4, 5
 MAX_FAULT_RETRIES = 8
 
 
@@ -53,7 +56,7 @@ class Pcpu:
     vcpu: int = -1              # vCPU in guest mode here
     cur_ctx: int = 0            # TLB context of that vCPU
     # svm_cpu_init(): generation 1, next_asid past the end, so the first VMRUN on each
-    # pCPU bumps the generation and flushes every ASID (§5.3).
+    # pCPU bumps the generation and flushes every ASID (new_asid()).
     asid_generation: int = 1
     next_asid: int = 0
 
@@ -61,7 +64,7 @@ class Pcpu:
         self.next_asid = self.max_asid + 1
 
 
-# ============================================================================ remote flushes (§5.2)
+# ============================================================================ remote flushes (kvm_main.c)
 def kvm_make_all_cpus_request(vm, req: int) -> None:
     """Set the request on every vCPU; those in guest mode go IN_GUEST -> EXITING and get
     an IPI (the requests used here have WAIT semantics)."""
@@ -83,7 +86,8 @@ def kvm_flush_remote_tlbs(vm) -> None:
 
 
 def kvm_flush_remote_tlbs_range(vm, gfn: int, npages: int) -> None:
-    """On bare metal a ranged flush is a full remote flush (§5.2).  With
+    """kvm_flush_remote_tlbs_range(): on bare metal a full remote flush (only the Hyper-V
+    hook, hyperv_flush_guest_mapping_range(), honours the range).  With
     ``precise_range_flush`` the hypervisor below flushes just the GPA range on every
     pCPU, without requests or IPIs (Hyper-V style; [MODEL CHOICE] in every context)."""
     if not vm.pol.precise_range_flush:
@@ -98,7 +102,7 @@ def kvm_flush_remote_tlbs_range(vm, gfn: int, npages: int) -> None:
 
 # ============================================================================ vendor primitives
 def cpu_eptp(vm, root_frame: int) -> int:
-    """construct_eptp(): WB, page-walk length - 1, A/D enable, root HPA (§5.4)."""
+    """construct_eptp() (vmx/vmx.c): WB, page-walk length - 1, A/D enable, root HPA."""
     return MT_WB | ((vm.cfg.levels - 1) << 3) | (int(vm.cfg.ad) << 6) | (vm.mem.pfn(root_frame) << 12)
 
 
@@ -116,7 +120,7 @@ def invept_global(vm, pcpu: int) -> None:
 
 def svm_flush_tlb_asid(vm, v: Vcpu) -> None:
     """TLB_CONTROL_FLUSH_ASID with FlushByAsid (unless a full flush is already due),
-    otherwise a new ASID at the next VMRUN (§5.5)."""
+    otherwise a new ASID at the next VMRUN (svm_flush_tlb_asid())."""
     if vm.cfg.flush_by_asid:
         if v.tlb_control != TLB_CONTROL_FLUSH_ALL_ASID:
             v.tlb_control = TLB_CONTROL_FLUSH_ASID
@@ -137,7 +141,8 @@ def vendor_flush_tlb_current(vm, v: Vcpu) -> None:
 
 
 def vendor_flush_tlb_all(vm, v: Vcpu) -> None:
-    """VMX: INVEPT global (every EPTP context, §5.4); SVM: the current ASID suffices."""
+    """vmx_flush_tlb_all(): INVEPT global (every EPTP context); SVM: the current ASID
+    suffices (svm_flush_tlb_all() -> svm_flush_tlb_asid())."""
     vm.stats["flush_all"] += 1
     if vm.cfg.arch == "svm":
         svm_flush_tlb_asid(vm, v)
@@ -148,7 +153,8 @@ def vendor_flush_tlb_all(vm, v: Vcpu) -> None:
 
 def vendor_flush_tlb_guest(vm, v: Vcpu) -> None:
     """VMX: INVVPID single-context -- linear and combined mappings only; the
-    guest-physical mappings this model caches survive (XT §3.2)."""
+    guest-physical mappings this model caches survive (SDM 28.3.3.1, "Operations that
+    Invalidate Cached Mappings": INVVPID)."""
     vm.stats["flush_guest"] += 1
     if vm.cfg.arch == "svm":
         svm_flush_tlb_asid(vm, v)
@@ -159,7 +165,7 @@ def vendor_flush_tlb_guest(vm, v: Vcpu) -> None:
 
 def svm_new_asid(vm, pc: Pcpu, v: Vcpu) -> None:
     """new_asid(): ASIDs are handed out per pCPU within a generation; running out bumps
-    the generation and flushes every ASID (§5.3)."""
+    the generation and flushes every ASID (svm/svm.c)."""
     if pc.next_asid > pc.max_asid:
         pc.asid_generation += 1
         pc.next_asid = pc.min_asid
@@ -204,14 +210,14 @@ def vcpu_context(vm, v: Vcpu) -> int:
 
 # ============================================================================ entry / exit
 def vcpu_enter(vm, v: Vcpu) -> None:
-    """vcpu_enter_guest(): service the requests in KVM's order (§5.1), reload the MMU --
-    loading a root always flushes the current context (§3.2 step 4: the root's provenance
-    is unknown) -- then enter."""
+    """vcpu_enter_guest() (x86.c): service the requests in KVM's order, reload the MMU --
+    kvm_mmu_load() always flushes the current context (the root's provenance is unknown:
+    it may have been torn down without a flush) -- then enter."""
     pc = vm.pcpus[v.pcpu]
     if v.requests & REQ_MMU_FREE_OBSOLETE_ROOTS:
         v.requests &= ~REQ_MMU_FREE_OBSOLETE_ROOTS
         r = tdp_mmu.find_root(vm, v.root_id)
-        if v.root_id and (r is None or r.invalid):       # §3.5
+        if v.root_id and (r is None or r.invalid):       # kvm_mmu_free_obsolete_roots()
             tdp_mmu.put_root(vm, v.root_id, shared=True)
             v.root_id = 0
     v.requests &= ~REQ_LOAD_MMU_PGD
@@ -259,7 +265,7 @@ def vcpu_run(vm, v: Vcpu, pcpu: int) -> None:
     """Leave guest mode wherever the vCPU is (a kicked vCPU first re-enters where it is,
     servicing its requests), load it on ``pcpu`` (preempting whoever runs there), enter.
     VMX (vmx_vcpu_load_vmcs): a VMCS last loaded elsewhere requests a flush of every
-    EPTP context (§5.3); SVM handles migration in pre_svm_run."""
+    EPTP context; SVM handles migration in pre_svm_run."""
     pc = vm.pcpus[pcpu]
     if v.mode == EXITING_GUEST:
         vcpu_enter(vm, v)
@@ -291,28 +297,6 @@ def _need_perm(vm, access: int) -> int:
     return {0: PERM_R, 1: PERM_W, 2: PERM_X}.get(access, PERM_XU if vm.cfg.mbec else PERM_X)
 
 
-def check_translation(vm, v: Vcpu, gpa: int, access: int, pfn: int, level: int, tag: int,
-                      batch_index: int) -> None:
-    """The checker: the frame a guest access reached must be the one its gfn is backed
-    by now (else use-after-free), a write must be to a writable gfn (else stale write)
-    and, with dirty logging, to a gfn already marked dirty (else lost dirty, I6)."""
-    gfn = gpa >> 12
-    s = vm.slot_of(gfn)
-    expected = s.gfn_to_pfn(gfn) if s is not None else None
-    # What the frame used is now: a pool frame's state, else (a memslot page) whether it
-    # is still the gfn's page (FRAME_CURRENT) or one it no longer maps (0).
-    f = vm.mem.frame_of(pfn)
-    state = vm.mem.frames[f].state if f is not None else (hostmem.CURRENT if pfn == expected else 0)
-    if pfn != expected:
-        vm.report(V_USE_AFTER_FREE, v, gpa, tag, pfn, expected, access, level, state, batch_index)
-        return
-    if access == 1:
-        if not s.writable(gfn):
-            vm.report(V_STALE_WRITE, v, gpa, tag, pfn, expected, access, level, state, batch_index)
-        elif s.dirty_log and not s.is_dirty(gfn):
-            vm.report(V_LOST_DIRTY, v, gpa, tag, pfn, expected, access, level, state, batch_index)
-
-
 def _engine_read(vm):
     def read(hpa: int) -> int:
         f = vm.mem.frame_of(hpa >> 12)
@@ -334,7 +318,7 @@ def _engine_write(vm, hpa: int, old: int, new: int) -> None:
 def _fault(vm, v: Vcpu, gfn: int, gpa: int, access: int, out: AccessOut) -> bool:
     """Take the EPT violation / #NPF; True when the access is over (emulated, blocked)."""
     out.faults += 1
-    r = tdp_mmu.page_fault(vm, tdp_mmu.find_root(vm, v.root_id), gfn, access)
+    r = mmu.page_fault(vm, tdp_mmu.find_root(vm, v.root_id), gfn, access)
     if r == tdp_mmu.RET_PF_EMULATE:
         out.outcome = OUT_MMIO
         return True
@@ -366,19 +350,19 @@ def access(vm, v: Vcpu, gpa: int, access: int, batch_index: int = 0) -> AccessOu
         hit, e = pc.tlb.lookup(ctx, gfn)
         if hit:
             permitted = bool(e.perms & need)
-            # XT §3.1 [MODEL CHOICE]: a write through an entry that has not recorded D
-            # re-walks to set it.
+            # [MODEL CHOICE] a write through an entry that has not recorded D re-walks to
+            # set it (SDM 28.2.4: D is set in the leaf on a write).
             if permitted and not (is_write and ad and not e.dirty):
                 vm.stats["tlb_hits_l1" if hit == 1 else "tlb_hits_l2"] += 1
                 vm.cost("tlb_hit")
                 off = gfn & (pages_per_level(e.level) - 1)
                 out.tlb_hit = hit
                 out.hpa = ((e.pfn + off) << 12) | (gpa & 0xFFF)
-                check_translation(vm, v, gpa, access, e.pfn + off, e.level, tag, batch_index)
+                checker.check_translation(vm, v, gpa, access, e.pfn + off, e.level, tag, batch_index)
                 break
             if not permitted:
                 # The cached entry denies the access: an EPT violation / #NPF from the
-                # TLB, which drops the entries translating the gpa (XT §3.2).
+                # TLB, which drops the entries translating the gpa (SDM 28.3.3.1).
                 vm.stats["tlb_hits_l1" if hit == 1 else "tlb_hits_l2"] += 1
                 pc.tlb.flush_gfn_ctx(ctx, gfn)
                 if _fault(vm, v, gfn, gpa, access, out):
@@ -389,9 +373,8 @@ def access(vm, v: Vcpu, gpa: int, access: int, batch_index: int = 0) -> AccessOu
         if _walk_and_fill(vm, v, pc, ctx, tag, gpa, access, is_write, ad, out, batch_index):
             break
     else:
-        # Liveness: the fault kept retrying.
         out.outcome = OUT_LIVELOCK
-        vm.report(V_LIVELOCK, v, gpa, 0, None, None, access, 0, 0, batch_index)
+        checker.report_livelock(vm, v, gpa, access, batch_index)
     if len(vm.violations) > nviol_before:
         out.violation = len(vm.violations)
     return out
@@ -406,14 +389,7 @@ def _walk_and_fill(vm, v, pc, ctx, tag, gpa, access, is_write, ad, out, batch_in
     psc = pc.tlb.psc_lookup(ctx, gfn, root.level)
     if psc is not None:
         vm.stats[f"psc_hits_l{psc.level}"] += 1
-        # The cached entry must still point at a live table of the same generation;
-        # otherwise the walk continues through a freed or reused frame (I2, §3.7).
-        f = vm.mem.frame_of(psc.pfn)
-        fr = vm.mem.frames[f] if f is not None else None
-        if fr is None or fr.gen != psc.gen or fr.sp_unlinked or fr.state != hostmem.TABLE:
-            vm.report(V_STALE_PAGE_TABLE, v, gpa, tag, psc.pfn, None, access, psc.level,
-                      fr.state if fr is not None else 0, batch_index)
-            stale_reported = True
+        stale_reported = checker.check_psc_entry(vm, v, gpa, access, psc, tag, batch_index)
         table, level, perms = psc.pfn << 12, psc.level - 1, psc.perms
     w = page_walker.walk(_engine_read(vm), vm.hw, table, level, perms, gpa, access)
     vm.stats["walks"] += 1
@@ -438,14 +414,14 @@ def _walk_and_fill(vm, v, pc, ctx, tag, gpa, access, is_write, ad, out, batch_in
         vm.stats["tlb_fills"] += 1
         out.hpa = w.hpa
         if not stale_reported:
-            check_translation(vm, v, gpa, access, w.hpa >> 12, w.level, tag, batch_index)
+            checker.check_translation(vm, v, gpa, access, w.hpa >> 12, w.level, tag, batch_index)
         return True
     # EPT violation / misconfiguration, #NPF: the walk drops what it would have used.
     last = w.entries[-1] if w.entries else 0
     pc.tlb.flush_gfn_ctx(ctx, gfn)
     if w.status == page_walker.MISCONFIG or (w.status == page_walker.NPF and w.error_code & 8):
         # KVM's MMIO SPTE: emulate without a full fault if its memslot generation is
-        # current (check_mmio_spte, §1.4); a stale one is an ordinary fault and rebuilt.
+        # current (check_mmio_spte()); a stale one is an ordinary fault and rebuilt.
         if is_mmio_spte(vm.masks, last) and mmio_spte_gen(last) == vm.memslots_gen & MMIO_GEN_MASK:
             out.outcome = OUT_MMIO
             return True

@@ -4,7 +4,7 @@ Pool frame ``i`` is host pfn ``base_pfn + i``.  Frames are handed out from a LIF
 stack (the most recently freed frame first), otherwise fresh in index order.  Every free
 bumps the frame's generation, which lets the checker recognise a reused frame.  Page
 tables are freed through RCU: ``free_rcu`` queues the frame and a grace period
-(``synchronize_rcu``) frees the queue in order (kvm-tdp-mmu.md §3.7).
+(``synchronize_rcu``) frees the queue in order (handle_removed_pt() frees with call_rcu()).
 
 A frame's 512 entries survive a free: only becoming a page table again refills them
 (``tdp_mmu_alloc_sp``).  A frame that never was a table reads as zeroes.

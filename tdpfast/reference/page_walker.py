@@ -5,7 +5,8 @@ EPTP/nCR3 over a memory *image*.  The engine needs more than that: a walk that s
 from a paging-structure-cache entry (a table at some level, with the permissions
 accumulated above it), reads the engine's live frames, and reports the accumulated
 permissions that a TLB entry records.  This module is that walk; its rules are the
-same sections of x86-translation.md (XT) and every rule names its source.
+same (Intel SDM Vol. 3C 28.2, 2016 edition; AMD64 APM Vol. 2 15.25) and every rule
+names its source.
 """
 from __future__ import annotations
 
@@ -50,12 +51,12 @@ class Walk:
 
 
 def _entry_addr(table: int, gpa: int, level: int) -> int:
-    """Entry address = table | index << 3 (XT §1.2)."""
+    """Entry address = table | index << 3 (SDM 28.2.2)."""
     return table | (((gpa >> (12 + 9 * (level - 1))) & 511) << 3)
 
 
 def _ept_qual(access: int, p: HwParams, perms: int) -> int:
-    """EPT-violation exit qualification (XT §1.4): access bits 0-2, the AND of R/W/X in
+    """EPT-violation exit qualification (SDM 27.2.1): access bits 0-2, the AND of R/W/X in
     3-5 (XU in 6 with MBEC), bit 7 GLA valid, bit 8 for a final translation."""
     if p.paging_structure:
         q = 3 if p.ad else (2 if access == WRITE else 1)
@@ -71,7 +72,7 @@ def _ept_qual(access: int, p: HwParams, perms: int) -> int:
 
 
 def _npt_error_code(access: int, present: bool, rsvd: bool, paging_structure: bool) -> int:
-    """#NPF EXITINFO1 (XT §2.3): P, RW (also for guest-table walks), US always, RSV,
+    """#NPF EXITINFO1 (APM 15.25.6): P, RW (also for guest-table walks), US always, RSV,
     ID for a final fetch, bit 32 final GPA / bit 33 guest page table."""
     ec = 1 << 2
     if present:
@@ -88,7 +89,7 @@ def _npt_error_code(access: int, present: bool, rsvd: bool, paging_structure: bo
 def _ad_updates(w: Walk, tables: List[int], gpa: int, start_level: int, accessed: int,
                 dirty: int, is_write: bool) -> None:
     """A in every entry used, D in the leaf on a write; one update per entry that
-    changes (XT §1.5 EPT, §2.2 NPT)."""
+    changes (SDM 28.2.4 EPT, APM 15.25.5 NPT)."""
     for i, old in enumerate(w.entries):
         new = old | accessed
         if i == len(w.entries) - 1 and is_write:
@@ -107,10 +108,10 @@ def walk(read: Callable[[int], int], p: HwParams, table: int, start_level: int, 
 
 def _walk_ept(read, p: HwParams, table, start_level, perms, gpa, access) -> Walk:
     w = Walk()
-    # With EPT A/D on, guest paging-structure accesses count as writes (XT §1.4).
+    # With EPT A/D on, guest paging-structure accesses count as writes (SDM 28.2.3.2).
     is_write = access == WRITE or (p.paging_structure and p.ad)
     if p.levels == 4 and gpa & bits(51, 48):
-        # 4-level EPT with GPA bits 51:48 set: violation, permissions read 0 (XT §1.2).
+        # 4-level EPT with GPA bits 51:48 set: violation, permissions read 0 (SDM 28.2.2).
         w.status, w.level, w.qualification = VIOLATION, p.levels, _ept_qual(access, p, 0)
         return w
     tables = []
@@ -119,12 +120,12 @@ def _walk_ept(read, p: HwParams, table, start_level, perms, gpa, access) -> Walk
         tables.append(table)
         e = read(_entry_addr(table, gpa, level))
         w.entries.append(e)
-        # Present iff any of bits 2:0 (or XU with MBEC) (XT §1.4 "Present").
+        # Present iff any of bits 2:0 (or XU with MBEC) (SDM 28.2.2).
         if not (e & 7 or (p.mbec and e & EPT_XU)):
             w.status, w.level, w.qualification, w.perms = VIOLATION, level, _ept_qual(access, p, 0), 0
             return w
         leaf = level == 1 or (level in (2, 3) and bool(e & PS))
-        # Reserved bits (XT §1.3): MAXPHYADDR..51 everywhere; 7:3 in PML4E/PML5E; 6:3 in a
+        # Reserved bits (SDM 28.2.2): MAXPHYADDR..51 everywhere; 7:3 in PML4E/PML5E; 6:3 in a
         # non-leaf PDPTE/PDE; unaligned address bits in a huge leaf.
         rsvd = bits(51, p.maxphyaddr)
         if level >= 4:
@@ -135,7 +136,7 @@ def _walk_ept(read, p: HwParams, table, start_level, perms, gpa, access) -> Walk
             rsvd |= bits(29, 12)
         elif level == 2:
             rsvd |= bits(20, 12)
-        # Misconfiguration (XT §1.4): W without R; X/XU without R and no exec-only support;
+        # Misconfiguration (SDM 28.2.3.1): W without R; X/XU without R and no exec-only support;
         # a reserved bit; a leaf memory type of 2, 3 or 7.
         misconfig = ((e & 3) == 2
                      or (not e & 1 and not p.exec_only and bool(e & 4 or (p.mbec and e & EPT_XU)))
@@ -150,7 +151,7 @@ def _walk_ept(read, p: HwParams, table, start_level, perms, gpa, access) -> Walk
         table = e & bits(51, 12)
         level -= 1
     w.perms = perms
-    # Permissions are checked after the leaf, on the AND over all levels (XT §1.4).
+    # Permissions are checked after the leaf, on the AND over all levels (SDM 28.2.3.3).
     if is_write:
         ok = perms & PERM_W
     elif access == READ or p.paging_structure:
@@ -171,11 +172,11 @@ def _walk_ept(read, p: HwParams, table, start_level, perms, gpa, access) -> Walk
 
 def _walk_npt(read, p: HwParams, table, start_level, perms, gpa, access) -> Walk:
     w = Walk()
-    # Every nested access is a user access; guest-table walks are writes (XT §2.2).
+    # Every nested access is a user access; guest-table walks are writes (APM 15.25.5).
     is_write = access == WRITE or p.paging_structure
     is_fetch = access in (EXEC, EXEC_USER) and not p.paging_structure
     if p.levels == 4 and gpa >> 48:
-        # [MODEL CHOICE] beyond a 4-level NPT's reach: #NPF, P = 0 (XT §2.1).
+        # [MODEL CHOICE] beyond a 4-level NPT's reach: #NPF, P = 0 (APM 15.25.3).
         w.status, w.level = NPF, p.levels
         w.error_code = _npt_error_code(access, False, False, p.paging_structure)
         return w
@@ -190,7 +191,7 @@ def _walk_npt(read, p: HwParams, table, start_level, perms, gpa, access) -> Walk
             w.error_code = _npt_error_code(access, False, False, p.paging_structure)
             return w
         leaf = level == 1 or (level in (2, 3) and bool(e & PS))
-        # Reserved (XT §2.1, Linux): MAXPHYADDR..51; PS and bit 8 in PML4E/PML5E (bit 8 of
+        # Reserved (APM 5.4, Linux): MAXPHYADDR..51; PS and bit 8 in PML4E/PML5E (bit 8 of
         # a non-leaf PDPE is not reserved, Linux 2020); unaligned huge-leaf address bits.
         rsvd = bits(51, p.maxphyaddr)
         if level >= 4:
@@ -204,7 +205,7 @@ def _walk_npt(read, p: HwParams, table, start_level, perms, gpa, access) -> Walk
             w.error_code = _npt_error_code(access, True, True, p.paging_structure)
             return w
         # Writable only if W everywhere; no fetch through NX; a supervisor (U=0) entry
-        # denies the user-mode nested access (XT §2.2).
+        # denies the user-mode nested access (APM 15.25.5).
         ep = PERM_R | (PERM_W if e & NPT_W else 0) | (0 if e & NPT_NX else PERM_X | PERM_XU)
         if not e & NPT_U:
             ep = 0

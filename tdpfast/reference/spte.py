@@ -1,9 +1,10 @@
 """SPTE encodings for TDP (EPT and NPT) -- the reference model's ``mmu/spte.[ch]``.
 
 Every function is pure: it takes the per-VM :class:`Masks` and 64-bit integers and
-returns integers.  Section numbers (``§1.1`` ...) refer to
-``/work/shared/spec/kvm-tdp-mmu.md``; ``XT §`` to ``x86-translation.md``.
-The era is v6.10+: SHADOW_NONPRESENT_VALUE is BIT(63), FROZEN_SPTE is 0x5a0 | BIT(63) (§1.5).
+returns integers.  KVM's names are those of arch/x86/kvm/mmu/spte.h and spte.c; SDM
+section numbers are those of the 2016 Intel SDM Vol. 3C; APM is AMD64 APM Vol. 2.
+The era is v6.10+: SHADOW_NONPRESENT_VALUE is BIT(63), FROZEN_SPTE is 0x5a0 | BIT(63)
+(REMOVED_SPTE was renamed FROZEN_SPTE in ~v6.12).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 U64 = (1 << 64) - 1
 
-# --- KVM software conventions common to both formats (§1.1) -----------------------------
+# --- KVM software conventions common to both formats (spte.h) ---------------------------
 MMU_PRESENT = 1 << 11          # SPTE_MMU_PRESENT_MASK: "shadow-present"
 W = 1 << 1                     # PT_WRITABLE_MASK (hardware W in EPT and NPT)
 PS = 1 << 7                    # PT_PAGE_SIZE_MASK (huge leaf at levels 2 and 3)
@@ -19,7 +20,7 @@ PFN_MASK = 0x000FFFFFFFFFF000  # bits 51:12
 SHADOW_NONPRESENT_VALUE = 1 << 63
 FROZEN_SPTE = 0x5A0 | SHADOW_NONPRESENT_VALUE
 
-# --- EPT (§1.2, XT §1.3) -------------------------------------------------------------------
+# --- EPT (kvm_mmu_set_ept_masks(); SDM 28.2.2 EPT entry formats) ---------------------------
 EPT_R, EPT_W, EPT_X = 1 << 0, 1 << 1, 1 << 2
 EPT_MT_SHIFT = 3
 EPT_IPAT = 1 << 6
@@ -32,7 +33,7 @@ TDP_AD_DISABLED = 1 << 52
 ACC_TRACK_SAVED_SHIFT = 54     # access tracking saves R -> bit 54, X -> bit 56
 MT_WB = 6
 
-# --- NPT: ordinary long-mode entries (§1.3, XT §2.1) --------------------------------------
+# --- NPT: ordinary long-mode entries (kvm_mmu_reset_all_pte_masks(); APM 15.25) -----------
 NPT_P, NPT_W, NPT_U = 1 << 0, 1 << 1, 1 << 2
 NPT_A, NPT_D = 1 << 5, 1 << 6
 NPT_NX = 1 << 63
@@ -48,12 +49,12 @@ PERM_ALL = 15
 
 
 def pages_per_level(level: int) -> int:
-    """KVM_PAGES_PER_HPAGE(level): 4K gfns covered by one SPTE at ``level`` (§1.1)."""
+    """KVM_PAGES_PER_HPAGE(level): 4K gfns covered by one SPTE at ``level``."""
     return 1 << (9 * (level - 1))
 
 
 def spte_index(gfn: int, level: int) -> int:
-    """SPTE_INDEX: which of the 512 entries of a level-``level`` table maps ``gfn`` (§2)."""
+    """SPTE_INDEX: which of the 512 entries of a level-``level`` table maps ``gfn``."""
     return (gfn >> (9 * (level - 1))) & 511
 
 
@@ -83,8 +84,9 @@ class Masks:
 
     @classmethod
     def for_ept(cls, ad: bool) -> "Masks":
-        # §1.2: user = R, x = X, no nx; present = SVE (+R only without exec-only support,
-        # and every CPU modelled has it); A/D only with EPT A/D; MMIO = W|X (misconfig).
+        # kvm_mmu_set_ept_masks(): user = R, x = X, no nx; present = SVE (+R only without
+        # exec-only support, and every CPU modelled has it); A/D only with EPT A/D;
+        # MMIO = W|X (misconfig).
         return cls(ept=True, ad=ad, present=EPT_SVE, user=EPT_R, x=EPT_X, nx=0,
                    accessed=EPT_A if ad else 0, dirty=EPT_D if ad else 0,
                    host_writable=EPT_HOST_WRITABLE, mmu_writable=EPT_MMU_WRITABLE,
@@ -93,14 +95,15 @@ class Masks:
 
     @classmethod
     def for_npt(cls) -> "Masks":
-        # §1.3: NPT always has hardware A/D; MMIO = reserved bit 51 | P (#NPF with RSVD).
+        # kvm_mmu_reset_all_pte_masks(): NPT always has hardware A/D; MMIO = reserved
+        # bit 51 | P (#NPF with RSVD).
         return cls(ept=False, ad=True, present=NPT_P, user=NPT_U, x=0, nx=NPT_NX,
                    accessed=NPT_A, dirty=NPT_D, host_writable=NPT_HOST_WRITABLE,
                    mmu_writable=NPT_MMU_WRITABLE, memtype=0, acc_track=0,
                    mmio_value=(1 << 51) | NPT_P, mmio_mask=(1 << 51) | NPT_P)
 
 
-# --- predicates (§1.1) ---------------------------------------------------------------------
+# --- predicates (spte.h) ---------------------------------------------------------------------
 def is_shadow_present_pte(s: int) -> bool:
     return bool(s & MMU_PRESENT)
 
@@ -133,16 +136,13 @@ def spte_ad_enabled(s: int) -> bool:
     return (s >> TDP_AD_SHIFT) & 3 == 0
 
 
-def is_writable_pte(s: int) -> bool:
-    return bool(s & W)
-
-
 def is_mmu_writable_spte(m: Masks, s: int) -> bool:
     return bool(s & m.mmu_writable)
 
 
 def is_access_tracked_spte(m: Masks, s: int) -> bool:
-    """An A/D-disabled shadow-present EPT SPTE whose RWX bits were stripped by aging (§1.1)."""
+    """An A/D-disabled shadow-present EPT SPTE whose RWX bits were stripped by aging
+    (mark_spte_for_access_track())."""
     return m.ept and is_shadow_present_pte(s) and not spte_ad_enabled(s) and not (s & m.acc_track)
 
 
@@ -155,7 +155,7 @@ def spte_is_accessed(m: Masks, s: int) -> bool:
 # --- builders ------------------------------------------------------------------------------
 def make_leaf_spte(m: Masks, pfn: int, level: int, acc: int, host_writable: bool,
                    prefetch: bool = False) -> int:
-    """make_spte() for a TDP leaf (§1.1, §1.2): present | memtype | permissions | pfn.
+    """make_spte() for a TDP leaf: present | memtype | permissions | pfn.
 
     A is set unless prefetching (A/D on); a read-only host mapping never yields W; a
     writable SPTE is also MMU-writable and gets D eagerly (A/D on)."""
@@ -182,7 +182,7 @@ def make_leaf_spte(m: Masks, pfn: int, level: int, acc: int, host_writable: bool
 
 def make_nonleaf_spte(m: Masks, table_pfn: int) -> int:
     """A pointer to a child table: present | W | U | X, and A eagerly so hardware never
-    writes A in non-leaf entries (§1.1); AD-disabled flavour without A/D."""
+    writes A in non-leaf entries (make_nonleaf_spte()); AD-disabled flavour without A/D."""
     s = MMU_PRESENT | m.present | W | m.user | m.x
     s |= m.accessed if m.ad else TDP_AD_DISABLED
     return s | ((table_pfn << 12) & PFN_MASK)
@@ -192,8 +192,9 @@ MMIO_GEN_MASK = (1 << 19) - 1
 
 
 def make_mmio_spte(m: Masks, gfn: int, gen: int) -> int:
-    """make_mmio_spte() (§1.4): MMIO value | generation (bits 3-10 and 52-62) | gfn.
-    No SHADOW_NONPRESENT_VALUE: for EPT that bit is SVE, which the MMIO mask covers (§1.2)."""
+    """make_mmio_spte(): MMIO value | generation (bits 3-10 and 52-62) | gfn.
+    No SHADOW_NONPRESENT_VALUE: for EPT that bit is SVE, which the MMIO mask covers
+    (kvm_mmu_set_ept_masks())."""
     s = m.mmio_value
     s |= (gen & 0xFF) << 3
     s |= ((gen >> 8) & 0x7FF) << 52
@@ -202,12 +203,12 @@ def make_mmio_spte(m: Masks, gfn: int, gen: int) -> int:
 
 
 def mmio_spte_gen(s: int) -> int:
-    """The 19 memslot-generation bits of an MMIO SPTE (§1.4)."""
+    """The 19 memslot-generation bits of an MMIO SPTE (get_mmio_spte_generation())."""
     return ((s >> 3) & 0xFF) | (((s >> 52) & 0x7FF) << 8)
 
 
 def make_small_spte(huge: int, huge_level: int, index: int) -> int:
-    """make_small_spte() (§1.6): child ``index`` of a huge leaf, same attributes; PS is
+    """make_small_spte(): child ``index`` of a huge leaf, same attributes; PS is
     cleared at 4K."""
     child = huge_level - 1
     s = (huge & ~PFN_MASK) | ((huge & PFN_MASK) + ((index * pages_per_level(child)) << 12))
@@ -217,14 +218,15 @@ def make_small_spte(huge: int, huge_level: int, index: int) -> int:
 
 
 def make_huge_spte(small: int, level: int) -> int:
-    """make_huge_spte() (§1.6): a huge leaf at ``level`` from one of its children."""
+    """make_huge_spte(): a huge leaf at ``level`` from one of its children."""
     low = (pages_per_level(level) << 12) - 1
     return (small & ~(low & PFN_MASK)) | PS
 
 
 def mark_spte_for_access_track(m: Masks, s: int) -> int:
-    """Aging (§6.3): clear A (A/D on), or for AD-disabled EPT SPTEs save R and X at bits
-    54/56 and clear RWX (W is not saved, §1.1)."""
+    """Aging (kvm_tdp_mmu_age_gfn_range()): clear A (A/D on), or for AD-disabled EPT
+    SPTEs save R and X at bits 54/56 and clear RWX (W is not saved: a write re-faults
+    and fast_page_fault() grants it again)."""
     if not m.ept or spte_ad_enabled(s):
         return s & ~m.accessed
     if is_access_tracked_spte(m, s):
@@ -239,7 +241,7 @@ def restore_acc_track_spte(s: int) -> int:
 
 
 def make_spte_executable(m: Masks, s: int) -> int:
-    """make_spte_executable() (§1.6): X back (NX off) -- for an access-tracked SPTE in its
+    """make_spte_executable(): X back (NX off) -- for an access-tracked SPTE in its
     saved bits."""
     tracked = is_access_tracked_spte(m, s)
     if tracked:

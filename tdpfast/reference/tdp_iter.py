@@ -1,9 +1,10 @@
-"""KVM's TDP iterator (mmu/tdp_iter.c), kvm-tdp-mmu.md §2.
+"""KVM's TDP iterator (arch/x86/kvm/mmu/tdp_iter.c: tdp_iter_start(), tdp_iter_next()).
 
 A pre-order walk over the SPTEs of one root that overlap a gfn window: step down into
 a present non-leaf entry (unless at ``min_level``), else step sideways, else up.  After
 a yield the walk restarts from the root toward ``next_last_level_gfn`` -- without
-advancing past the entry there (bug B9 did advance; ``skip_after_restart`` brings it back).
+advancing past the entry there (bug B9 did advance; ``skip_after_restart`` brings it back;
+fixed by 3a0f64de479c "KVM: x86/mmu: Don't advance iterator after restart due to yielding").
 """
 from __future__ import annotations
 

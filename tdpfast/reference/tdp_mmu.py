@@ -1,8 +1,8 @@
-"""KVM's TDP MMU (mmu/tdp_mmu.c): roots, the SPTE writers, the long operations (zaps,
-write-protection, split, recovery), the fault path.  Section numbers are those of
-/work/shared/spec/kvm-tdp-mmu.md.
+"""KVM's TDP MMU (arch/x86/kvm/mmu/tdp_mmu.c): roots, the SPTE writers, the long
+operations (zaps, write-protection, split, recovery), kvm_tdp_mmu_map().  The fault
+entry, kvm_mmu_zap_all_fast() and NX recovery are mmu/mmu.c's (:mod:`.mmu`).
 
-Every function takes the VM state ``vm`` (see :class:`tdpfast.reference.model.Kvm`):
+Every function takes the VM state ``vm`` (see :class:`tdpfast.reference.vm.Kvm`):
 ``vm.mem`` (frame pool), ``vm.masks``, ``vm.pol`` (the Policy), ``vm.roots`` (oldest
 first; KVM's list is newest first), ``vm.stats``, ``vm.nx_list``.
 
@@ -14,13 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional
 
-from . import cpu, hostmem, memslot
+from . import cpu, hostmem
 from .spte import (ACC_ALL, ACC_EXEC, ACC_WRITE, FROZEN_SPTE, PFN_MASK, SHADOW_NONPRESENT_VALUE, W,
-                   is_access_tracked_spte, is_frozen_spte, is_large_pte, is_last_spte,
-                   is_mmu_writable_spte, is_present_leaf, is_shadow_present_pte, make_huge_spte,
-                   make_leaf_spte, make_mmio_spte, make_nonleaf_spte, make_small_spte, make_spte_executable,
-                   mark_spte_for_access_track, pages_per_level, restore_acc_track_spte,
-                   spte_hw_perms, spte_index, spte_is_accessed, spte_to_pfn)
+                   is_frozen_spte, is_large_pte, is_last_spte, is_present_leaf, is_shadow_present_pte,
+                   make_huge_spte, make_leaf_spte, make_mmio_spte, make_nonleaf_spte, make_small_spte,
+                   make_spte_executable, mark_spte_for_access_track, pages_per_level, spte_index,
+                   spte_is_accessed, spte_to_pfn)
 from .tdp_iter import TdpIter, spte_to_child_frame
 
 # Fault outcomes (RET_PF_*); NOMEM and BLOCKED are the model's.
@@ -84,7 +83,7 @@ def account_leaf(vm, level: int, delta: int) -> None:
 
 # ======================================================================== SPTE bookkeeping
 def handle_changed_spte(vm, gfn: int, old: int, new: int, level: int, shared: bool) -> None:
-    """Bookkeeping for every change made through the TDP MMU helpers (§4.1): leaf
+    """handle_changed_spte(): bookkeeping for every change made through the TDP MMU helpers: leaf
     accounting, and the teardown of a child table that is no longer linked.  No flush."""
     if old == new:
         return
@@ -105,9 +104,9 @@ def handle_changed_spte(vm, gfn: int, old: int, new: int, level: int, shared: bo
 
 
 def handle_removed_pt(vm, f: int, shared: bool) -> None:
-    """An unlinked table (§4.1): freeze its entries so a racing fault retries (shared
+    """handle_removed_pt(): an unlinked table: freeze its entries so a racing fault retries (shared
     mode: all 512; exclusive: the present ones), tear each child down, and free the page
-    through RCU (§3.7).  The flush is the caller's since v5.18; ``removed_pt_flush``
+    through RCU (call_rcu()).  The flush is the caller's since v5.18; ``removed_pt_flush``
     reproduces the older in-place flush and bug B6's wrong range."""
     fr = vm.mem.frames[f]
     level, base, span = fr.sp_level, fr.sp_gfn, pages_per_level(fr.sp_level)
@@ -145,7 +144,7 @@ def tdp_mmu_iter_set_spte(vm, it: TdpIter, new: int) -> None:
 
 
 def tdp_mmu_set_spte_atomic(vm, it: TdpIter, new: int) -> bool:
-    """The shared (read lock) writer: CMPXCHG against the snapshot (§4.1).  False (EBUSY)
+    """The shared (read lock) writer: CMPXCHG against the snapshot.  False (EBUSY)
     with a refreshed snapshot if the SPTE changed or is frozen.  No flush.  On success
     the snapshot keeps the old value, as KVM's try_cmpxchg leaves it."""
     old = it.old_spte
@@ -158,7 +157,7 @@ def tdp_mmu_set_spte_atomic(vm, it: TdpIter, new: int) -> bool:
 
 
 def tdp_mmu_zap_spte_atomic(vm, it: TdpIter) -> bool:
-    """freeze -> flush (gfn, level) -> clear (§4.1).  It flushes by itself, so shared-mode
+    """freeze -> flush (gfn, level) -> clear.  It flushes by itself, so shared-mode
     zaps never report "flush needed" (bug B5 drops the flush: ``shared_zap_flush``)."""
     old = it.old_spte
     if it.read() != old or is_frozen_spte(old):
@@ -173,7 +172,7 @@ def tdp_mmu_zap_spte_atomic(vm, it: TdpIter) -> bool:
     return True
 
 
-# ======================================================================== roots (§3)
+# ======================================================================== roots
 def find_root(vm, root_id: int) -> Optional[Root]:
     for r in vm.roots:
         if r.id == root_id:
@@ -182,7 +181,7 @@ def find_root(vm, root_id: int) -> Optional[Root]:
 
 
 def get_vcpu_root(vm, as_id: int, guest_mode: int) -> Optional[int]:
-    """kvm_tdp_mmu_alloc_root() (§3.2): reuse the newest valid root of the role, else a
+    """kvm_tdp_mmu_alloc_root(): reuse the newest valid root of the role, else a
     new one with refcount 2 (the vCPU's and the TDP MMU's own; v6.4+) or 1 (v5.17).
     None when no frame is left."""
     for r in reversed(vm.roots):
@@ -201,7 +200,7 @@ def get_vcpu_root(vm, as_id: int, guest_mode: int) -> Optional[int]:
 
 
 def put_root(vm, root_id: int, shared: bool) -> None:
-    """kvm_tdp_mmu_put_root() (§3.3): at zero, zap what is left (v5.17: everything; v6.6+:
+    """kvm_tdp_mmu_put_root(): at zero, zap what is left (v5.17: everything; v6.6+:
     nothing, the root was zapped when invalidated) and free the page through RCU -- with
     no flush (the deferred-flush argument; ``flush_on_put_root`` flushes eagerly)."""
     r = find_root(vm, root_id)
@@ -221,7 +220,7 @@ def put_root(vm, root_id: int, shared: bool) -> None:
 
 
 def invalidate_all_roots(vm) -> None:
-    """kvm_tdp_mmu_invalidate_all_roots() (§3.4): every valid root becomes invalid and
+    """kvm_tdp_mmu_invalidate_all_roots(): every valid root becomes invalid and
     scheduled for zapping.  In the v5.17 lifetime the invalidation takes a reference so
     the root survives until zap_invalidated_roots."""
     for r in vm.roots:
@@ -230,16 +229,6 @@ def invalidate_all_roots(vm) -> None:
         r.invalid = r.scheduled = True
         if vm.pol.root_lifetime == "zap_on_last_put":
             r.refcount += 1
-
-
-def kvm_mmu_zap_all_fast(vm) -> None:
-    """§3.6: invalidate every root and request FREE_OBSOLETE_ROOTS in the same critical
-    section, then zap the invalid roots before returning -- without a flush (vCPUs flush
-    when they load their next root)."""
-    vm.memslots_gen += 1
-    invalidate_all_roots(vm)
-    cpu.kvm_make_all_cpus_request(vm, cpu.REQ_MMU_FREE_OBSOLETE_ROOTS)
-    zap_invalidated_roots(vm, shared=True)
 
 
 # ======================================================================== long operations
@@ -298,9 +287,11 @@ def op_need_resched(op: Op) -> bool:
 
 
 def tdp_mmu_iter_cond_resched(vm, op: Op) -> bool:
-    """Yield only after forward progress (§2 "Yielding"); a pending flush is done first
-    (mandatory before leaving RCU, I2 -- ``flush_before_yield``), then RCU is left, so a
-    grace period may end while the walker is away (``rcu_gp_at_yield``)."""
+    """Yield only after forward progress; a pending flush is done first (mandatory before
+    leaving RCU: an unlinked table must be flushed before its grace period can end --
+    ``flush_before_yield``; B1, fixed by a835429cda91 "KVM: x86/mmu: Ensure TLBs are flushed
+    when yielding during GFN range zap"), then RCU is left, so a grace period may end while
+    the walker is away (``rcu_gp_at_yield``)."""
     it = op.it
     if it.next_last_level_gfn == it.yielded_gfn:
         return False
@@ -327,7 +318,7 @@ def _wants_root(op: Op, r: Root) -> bool:
 
 def _min_levels(op: Op, r: Root) -> List[int]:
     """The iterator passes over one root: tdp_mmu_zap_root() zaps 4K, 2M, 1G, then the
-    root level (~v6.9+, §3.4) so that each freed subtree is small."""
+    root level (~v6.9+; two passes since 1b6043e8e584) so that each freed subtree is small."""
     if op.kind == ZAP_ROOTS:
         return [1, 2, 3, r.level]
     return [{WRPROT: op.min_level, SPLIT: op.target_level + 1, RECOVER_HUGE: 2}.get(op.kind, 1)]
@@ -335,9 +326,6 @@ def _min_levels(op: Op, r: Root) -> List[int]:
 
 def run_op(vm, op: Op):
     """The driver (a generator: it yields at every yield point)."""
-    if op.kind == NX_RECOVER:
-        yield from nx_recovery(vm, op)
-        return
     for root_id in op.root_ids:
         r = find_root(vm, root_id)
         if r is None or r.refcount <= 0 or not _wants_root(op, r):
@@ -369,7 +357,7 @@ def run_op(vm, op: Op):
             if op.err:
                 break
         if op.which == ROOTS_SCHEDULED:
-            put_root(vm, r.id, op.shared)   # the TDP MMU's own reference (§3.4)
+            put_root(vm, r.id, op.shared)   # the TDP MMU's own reference (v6.6+)
         put_root(vm, r.id, op.shared)
         if op.err:
             return
@@ -396,9 +384,9 @@ def _op_body(vm, op: Op, r: Root, min_level: int) -> Optional[str]:
     it = op.it
     old = it.old_spte
     if op.kind == ZAP_LEAFS:
-        # tdp_mmu_zap_leafs() (§4.2): leaves only; exclusive mode reports a flush for a
-        # valid root only (invalid roots never need one, §3.4); shared mode zaps with the
-        # self-flushing atomic zap.
+        # tdp_mmu_zap_leafs(): leaves only (since cf3e26427c08); exclusive mode reports a
+        # flush for a valid root only (invalid roots never need one: 7ae5840e6f33); shared
+        # mode zaps with the self-flushing atomic zap.
         if not is_present_leaf(old, it.level):
             return None
         if op.shared:
@@ -423,14 +411,14 @@ def _op_body(vm, op: Op, r: Root, min_level: int) -> Optional[str]:
         elif not tdp_mmu_set_spte_atomic(vm, it, SHADOW_NONPRESENT_VALUE):
             return "retry"
     elif op.kind == WRPROT:
-        # wrprot_gfn_range() (§6.2): clear W, keep MMU-writable for the fast path.
+        # wrprot_gfn_range(): clear W, keep MMU-writable for the fast path.
         if not is_present_leaf(old, it.level) or not old & W:
             return None
         if not tdp_mmu_set_spte_atomic(vm, it, old & ~W):
             return "retry"
         op.result = True
     elif op.kind == CLEAR_DIRTY:
-        # clear_dirty_gfn_range() (§6.2): D with A/D, W without.
+        # clear_dirty_gfn_range(): D with A/D, W without.
         dbit = vm.masks.dirty if vm.masks.ad else W
         if not is_present_leaf(old, it.level) or not old & dbit:
             return None
@@ -449,9 +437,9 @@ def _op_body(vm, op: Op, r: Root, min_level: int) -> Optional[str]:
 
 
 def split_huge_page(vm, it: TdpIter, r: Root, shared: bool, nx_disallowed: bool) -> Optional[str]:
-    """tdp_mmu_split_huge_page() (§4.1, §6.5): a child table of make_small_spte() entries
+    """tdp_mmu_split_huge_page(): a child table of make_small_spte() entries
     linked over the huge leaf -- no flush, the translations are identical.  Under the NX
-    mitigation the 4K children are executable again (§1.6)."""
+    mitigation the 4K children are executable again (make_small_spte())."""
     f = tdp_mmu_alloc_sp(vm, it.level - 1, it.gfn, r.id, it.frame)
     if f is None:
         return "nomem"
@@ -491,7 +479,7 @@ def _first_leaf_below(vm, spte: int, level: int) -> int:
 
 
 def _recover_huge_body(vm, op: Op) -> Optional[str]:
-    """recover_huge_pages_range() (~v6.13+, §6.5): CMPXCHG a huge SPTE built from a
+    """recover_huge_pages_range() (~v6.13+): CMPXCHG a huge SPTE built from a
     child leaf over a table whose range may now be mapped huge; the caller flushes
     (before yielding and at the end).  ``huge_recovery="zap_collapsible"`` is the
     <= v6.12 zap_collapsible_spte_range(): zap the table with the self-flushing atomic
@@ -527,9 +515,9 @@ def _recover_huge_body(vm, op: Op) -> Optional[str]:
     return None
 
 
-# ------------------------------------------------------------------------ NX recovery (§6.6)
+# ------------------------------------------------------------------------ zap one table (NX recovery)
 def tdp_mmu_zap_sp(vm, f: int) -> bool:
-    """kvm_tdp_mmu_zap_sp() (§4.3): zap the parent SPTE of a table with the exclusive
+    """kvm_tdp_mmu_zap_sp(): zap the parent SPTE of a table with the exclusive
     writer; the subtree goes through handle_removed_pt.  Returns "caller must flush"."""
     fr = vm.mem.frames[f]
     if fr.parent is None:
@@ -548,59 +536,6 @@ def tdp_mmu_zap_sp(vm, f: int) -> bool:
     if vm.pol.flush_after_zap:
         cpu.kvm_flush_remote_tlbs(vm)
     return True
-
-
-def _subtree_has_leaf(vm, f: int) -> bool:
-    level = vm.mem.frames[f].sp_level
-    for s in vm.mem.table(f):
-        if not is_shadow_present_pte(s):
-            continue
-        if is_last_spte(s, level):
-            return True
-        c = spte_to_child_frame(vm.mem, s, level)
-        if c is not None and _subtree_has_leaf(vm, c):
-            return True
-    return False
-
-
-def nx_recovery_count(vm, count: int) -> int:
-    if count > 0:
-        return count
-    ratio = vm.pol.nx_recovery_ratio
-    return -(-len(vm.nx_list) // ratio) if ratio > 0 else 0
-
-
-def nx_recovery(vm, op: Op):
-    """kvm_recover_nx_huge_pages(): zap the oldest possible-NX tables (a slot being dirty
-    logged just untracks them); flush before every yield and at the end, inside RCU.
-    B4 (``nx_recovery_flush_assign``): flush = zap_sp() instead of |=, with v5.12's
-    zap_sp, which said whether the table still mapped anything."""
-    while op.nx_left > 0 and vm.nx_list:
-        f = vm.nx_list[0]
-        s = vm.slot_of(vm.mem.frames[f].sp_gfn)
-        if s is not None and s.dirty_log:
-            untrack_possible_nx(vm, f)
-        else:
-            if vm.pol.nx_recovery_flush_assign:
-                had = _subtree_has_leaf(vm, f)
-                tdp_mmu_zap_sp(vm, f)
-                op.flush = had
-            else:
-                op.flush |= tdp_mmu_zap_sp(vm, f)
-            if vm.mem.frames[f].sp_nx:
-                untrack_possible_nx(vm, f)
-            op.nx_done += 1
-        if op_need_resched(op):
-            if op.flush:
-                cpu.kvm_flush_remote_tlbs(vm)
-            op.flush = False
-            vm.stats["iter_yields"] += 1
-            vm.rcu_quiescent(at_yield=True)
-            yield
-        op.nx_left -= 1
-    if op.flush:
-        cpu.kvm_flush_remote_tlbs(vm)
-    op.flush = False
 
 
 # ------------------------------------------------------------------------ the synchronous forms
@@ -631,7 +566,7 @@ def zap_whole_root(vm, r: Root, shared: bool) -> None:
 
 
 def zap_invalidated_roots(vm, shared: bool) -> None:
-    """kvm_tdp_mmu_zap_invalidated_roots() (§3.4): zap each scheduled root in full with NO
+    """kvm_tdp_mmu_zap_invalidated_roots(): zap each scheduled root in full with NO
     TLB flush, then drop the TDP MMU's reference."""
     run(run_op(vm, new_op(vm, ZAP_ROOTS, ROOTS_SCHEDULED, 0, vm.max_gfn, shared)))
 
@@ -668,16 +603,9 @@ def recover_huge_pages(vm, start: int, end: int):
     return op.flush, recover_flush_range(op, start, end)
 
 
-def recover_nx_huge_pages(vm, count: int) -> int:
-    op = new_op(vm, NX_RECOVER, ROOTS_ALL, 0, 0, False)
-    op.nx_left = nx_recovery_count(vm, count)
-    run(nx_recovery(vm, op))
-    return op.nx_done
-
-
 # ======================================================================== aging, write tracking
 def age_gfn_range(vm, start: int, end: int) -> bool:
-    """kvm_tdp_mmu_age_gfn_range() (§6.3): clear A (A/D on) or access-track the SPTE (A/D
+    """kvm_tdp_mmu_age_gfn_range(): clear A (A/D on) or access-track the SPTE (A/D
     off) in every root; not through handle_changed_spte and never a flush (x86 elides it,
     ~v6.13).  Returns "young"."""
     young = False
@@ -699,7 +627,7 @@ def age_gfn_range(vm, start: int, end: int) -> bool:
 
 
 def write_protect_gfn(vm, gfn: int) -> bool:
-    """kvm_tdp_mmu_write_protect_gfn() (§6.2): clear W and MMU-writable on the leaves
+    """kvm_tdp_mmu_write_protect_gfn(): clear W and MMU-writable on the leaves
     mapping gfn in valid roots (gfn write tracking).  The caller flushes if it changed
     anything."""
     changed = False
@@ -718,7 +646,7 @@ def write_protect_gfn(vm, gfn: int) -> bool:
     return changed
 
 
-# ======================================================================== the fault path (§4.4)
+# ======================================================================== the fault path (kvm_tdp_mmu_map())
 def lookup(vm, r: Root, gfn: int):
     """The SPTE that ends the walk for gfn: (value, level, frame, index)."""
     f = r.frame
@@ -753,7 +681,8 @@ def map_gfn(vm, r: Root, gfn: int, goal_level: int, write_fault: bool, huge_disa
     creating tables (CMPXCHG), splitting a huge leaf above the goal in place (v6.2+: no
     flush), then install the leaf.  ``req_level`` is the level the fault could have used
     without the NX mitigation: tables created at or below it for a huge-disallowed fault
-    go on the possible-NX list (§1.6).  Returns (RET_PF_*, "replaced a table")."""
+    go on the possible-NX list (possible_nx_huge_pages).  Returns (RET_PF_*, "replaced a
+    table")."""
     slot = vm.slot_of(gfn)
     nx = vm.pol.nx_huge_pages
     if r.invalid:
@@ -802,12 +731,12 @@ def _map_target_level(vm, it: TdpIter, slot, gfn: int, level: int, write_fault: 
         acc = ACC_ALL
         host_writable = not slot.readonly
         if level > 1 and vm.pol.nx_huge_pages:
-            acc &= ~ACC_EXEC   # huge SPTEs are NX under the mitigation (§1.6)
+            acc &= ~ACC_EXEC   # huge SPTEs are NX under the mitigation (make_spte())
         if not slot.writable(gfn) and host_writable:
             acc &= ~ACC_WRITE  # a write-tracked gfn: make_spte write-protects it
             wrprot = True
         new = make_leaf_spte(vm.masks, slot.gfn_to_pfn(it.gfn), level, acc, host_writable)
-        if wrprot:  # host-writable stays, MMU-writable does not (§1.1 "100")
+        if wrprot:  # host-writable stays, MMU-writable does not (spte.h: the "100" state)
             new &= ~(W | vm.masks.mmu_writable)
     ret, replaced_table = RET_PF_FIXED, False
     if new == it.old_spte:
@@ -827,66 +756,3 @@ def _map_target_level(vm, it: TdpIter, slot, gfn: int, level: int, write_fault: 
         vm.stats["pf_mmio_spte_created"] += 1
         ret = RET_PF_EMULATE
     return ret, replaced_table
-
-
-def _spte_allows(vm, s: int, access: int) -> bool:
-    p = spte_hw_perms(vm.masks, s)
-    return bool(p & {0: 1, 1: 2}.get(access, 4))
-
-
-def page_fault(vm, r: Optional[Root], gfn: int, access: int) -> int:
-    """kvm_tdp_page_fault(): fast_page_fault() first (lockless, only ever adds
-    permissions: never a flush, §6.4), then the slow path -- hugepage adjust, staleness
-    check (§4.4, §6.1), fault the pfn in, map."""
-    write = access == 1
-    exec_ = access in (2, 3)
-    slot = vm.slot_of(gfn)
-    vm.stats["pf_taken"] += 1
-    vm.cost("fault")
-    if r is None or r.invalid:
-        vm.stats["pf_retry"] += 1
-        return RET_PF_RETRY
-    spte, level, f, i = lookup(vm, r, gfn)
-    if is_present_leaf(spte, level):
-        new = spte
-        if is_access_tracked_spte(vm.masks, spte):
-            new = restore_acc_track_spte(spte)
-        # Never make a huge SPTE writable while the slot is dirty logged (§6.4).
-        if write and not new & W and is_mmu_writable_spte(vm.masks, new) and \
-                not (level > 1 and slot is not None and slot.dirty_log):
-            new |= W
-        if _spte_allows(vm, new, access):
-            if new == spte:
-                vm.stats["pf_spurious"] += 1
-                return RET_PF_SPURIOUS
-            vm.mem.table(f)[i] = new
-            vm.stats["pf_fast"] += 1
-            vm.stats["spte_writes"] += 1
-            vm.cost("spte_write")
-            if new & W and not spte & W and slot is not None and slot.dirty_log:
-                slot.mark_dirty(gfn)
-            return RET_PF_FIXED
-    if slot is not None and write and slot.readonly:
-        vm.stats["pf_emulate"] += 1
-        return RET_PF_EMULATE
-    goal = vm.max_mapping_level(slot, gfn) if slot is not None else 1
-    req_level = goal
-    huge_disallowed = False
-    if exec_ and vm.pol.nx_huge_pages and goal > 1:
-        huge_disallowed, goal = True, 1
-    # is_page_fault_stale() / a memslot being deleted: retry until the invalidation ends
-    # (the vCPU is blocked, not livelocked).
-    if (vm.mmu_invalidate_in_progress and vm.mmu_invalidate_start <= gfn < vm.mmu_invalidate_end) or \
-            (slot is not None and slot.deleting):
-        vm.stats["pf_retry"] += 1
-        return RET_PF_BLOCKED
-    if slot is not None and memslot.fault_in_pfn(vm.mem, slot, gfn) is None:
-        return RET_PF_NOMEM
-    # The walk follows the faulting gfn; the target level aligns it (so a goal lowered
-    # on the way down by disallowed_hugepage_adjust() still maps this gfn).
-    ret, _ = map_gfn(vm, r, gfn, goal, write, huge_disallowed, req_level)
-    name = {RET_PF_FIXED: "pf_fixed", RET_PF_SPURIOUS: "pf_spurious", RET_PF_EMULATE: "pf_emulate",
-            RET_PF_RETRY: "pf_retry"}.get(ret)
-    if name:
-        vm.stats[name] += 1
-    return ret

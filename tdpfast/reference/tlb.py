@@ -1,5 +1,6 @@
 """One physical CPU's TLB and paging-structure caches (PSC) for guest-physical mappings
-(x86-translation.md §3.1 "Caching Translation Information", §4, §6).
+(Intel SDM Vol. 3C 28.3 "Caching Translation Information", 2016 edition; AMD APM Vol. 2
+15.16 "TLB Control"; geometries from CPUID, see :meth:`tdpfast.TLBConfig.preset`).
 
 Entries are tagged by a *context*: the EP4TA of the EPT root on VMX, the ASID on SVM
 (VPID/PCID do not tag guest-physical mappings).  A context key is an integer
@@ -9,11 +10,12 @@ violations is ``value``.
 Two modes:
 
 * ``adversarial``: never evicts -- an entry lives until an invalidation covers it, so a
-  missing flush cannot hide behind an eviction (§7: "What it must never do ... keep an
-  entry that a required invalidation covers").
+  missing flush cannot hide behind an eviction (a CPU may drop any cached entry at any
+  time, SDM 28.3.3.2, but must never keep one that a required invalidation covers).
 * ``setassoc``: L1 arrays per page size, an L2 array shared by 4K and 2M, an L2 1G array,
   and one PSC array per entry level 2..5; each set-associative with LRU, tree-PLRU
-  (bit-PLRU for non-power-of-two ways) or seeded-random replacement [MODEL CHOICE, §6].
+  (bit-PLRU for non-power-of-two ways) or seeded-random replacement [MODEL CHOICE: the
+  replacement policies are not documented].
   The set of a ``vpn`` is ``(vpn ^ (vpn >> 17)) % sets``; an L2 hit refills L1.
 """
 from __future__ import annotations
@@ -260,7 +262,8 @@ class TLB:
         self._kill(lambda e: True, lambda e: True)
 
     def flush_range(self, gfn: int, npages: int) -> None:
-        """A precise gfn-range invalidation (Hyper-V style, §5.2): every size of
+        """A precise gfn-range invalidation (Hyper-V style: hyperv_flush_guest_mapping_range(),
+        the only kvm_flush_remote_tlbs_range() that is not a full flush): every size of
         translation and every paging-structure-cache entry overlapping the range, in every
         context."""
         if npages == 0:
@@ -271,7 +274,8 @@ class TLB:
 
     def flush_gfn_ctx(self, ctx: int, gfn: int) -> None:
         """An EPT violation / #NPF drops the cached mappings that would translate the
-        faulting GPA in the current context (XT §3.2)."""
+        faulting GPA in the current context (SDM 28.3.3.1, "Operations that Invalidate Cached
+        Mappings": EPT violations)."""
         for level in (1, 2, 3):
             key = (ctx, level, vpn_of(gfn, level))
             if self.adversarial:

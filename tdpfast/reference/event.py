@@ -1,0 +1,73 @@
+"""The event log of the reference model and its replay (the C engine's counterpart is
+csrc/event.c): every successful top-level operation is logged as its name and five words
+(plus an access batch's pairs), in the vocabulary of :mod:`tdpfast.events` -- the same
+records, and the same :meth:`EventLogApi.event_log` bytes, as :class:`tdpfast.VM`."""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Sequence
+
+from .. import events as vocabulary
+from ..errors import (FramePoolExhausted, InvalidArgumentError, InvalidStateError, LivelockError,
+                      NotFoundError)
+from ..results import Event
+from . import cpu, mmu
+
+
+class KvmEventLog:
+    """The recording side, mixed into :class:`tdpfast.reference.vm.Kvm` (which holds
+    ``events``, ``nblob`` and ``cfg.record``)."""
+
+    def log(self, op: str, *args: int, batch=None) -> None:
+        if self.cfg.record:
+            self.events.append((op, tuple(args) + (0,) * (5 - len(args)), batch))
+            if batch:
+                self.nblob += 9 * len(batch)
+
+
+class EventLogApi:
+    """``vm.events``, ``vm.event_log()`` and replay; mixed into
+    :class:`tdpfast.reference.vm.VM`."""
+
+    @property
+    def events(self) -> List[Event]:
+        return [vocabulary.make_event(i, op, raw, batch) for i, (op, raw, batch) in enumerate(self._k.events)]
+
+    def event_log(self) -> bytes:
+        """The event log as bytes: per event ``<B5Q`` (op code, five arguments), then an
+        access batch's (gpa, access) pairs as ``<QB`` -- byte-identical to tdpfast.VM's."""
+        return vocabulary.encode(self._k.events)
+
+    def replay(self, events: Iterable[Event]) -> None:
+        for e in events:
+            vocabulary.replay_one(self, e, requests=cpu.REQUESTS, op_cls=mmu.Op)
+
+    def replay_fast(self, events: Sequence[Event], *, stop_at_violation: bool = True) -> int:
+        """Apply events (no access batches); events that fail are skipped, and stepped
+        operations are matched to the ones the original run started.  Returns how many
+        applied (tdpfast.VM.replay_fast does the same in one C call)."""
+        evs = list(events)
+        if any(e.op == "access_batch" for e in evs):
+            raise InvalidArgumentError("replay_fast cannot replay access batches; use replay()")
+        op_ids: Dict[int, int] = {}
+        applied = 0
+        for e in evs:
+            raw = tuple(e.raw)
+            try:
+                if e.op == "start_op":
+                    name = vocabulary.OP_NAMES.get(raw[0])
+                    if name is None:
+                        raise InvalidArgumentError(f"unknown operation kind {raw[0]}")
+                    op = self.start_op(name, raw[1], raw[2], raw[3], yield_every=raw[4] & 0xFFFFFFFF)
+                    op_ids[raw[4] >> 32] = op.id
+                elif e.op == "step_op":
+                    if raw[0] not in op_ids:
+                        raise NotFoundError(f"operation {raw[0]} was not started in this replay")
+                    mmu.Op(self, op_ids[raw[0]], "?").step()
+                else:
+                    vocabulary.replay_one(self, e, requests=cpu.REQUESTS, op_cls=mmu.Op)
+                applied += 1
+            except (InvalidArgumentError, InvalidStateError, NotFoundError, FramePoolExhausted, LivelockError):
+                pass
+            if stop_at_violation and self._k.violations:
+                break
+        return applied
