@@ -1,4 +1,5 @@
-"""Build glue: the C core is compiled by cffi (see tdpfast/_build.py)."""
+"""Build glue: cffi compiles the C engine (tdpfast/_build.py) and, as a separate extension,
+the benchmark suite's limit loops (tdpfast/bench/_limits_build.py)."""
 from setuptools import setup
 
-setup(cffi_modules=["tdpfast/_build.py:ffibuilder"])
+setup(cffi_modules=["tdpfast/_build.py:ffibuilder", "tdpfast/bench/_limits_build.py:ffibuilder"])

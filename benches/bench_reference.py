@@ -1,5 +1,5 @@
 """The C engine next to the pure-Python reference model (tdpfast.reference.model) on the
-same small cases; skipped while the reference model does not exist."""
+same small cases."""
 import pytest
 
 from tdpfast import bench

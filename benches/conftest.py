@@ -1,7 +1,8 @@
-"""pytest-benchmark suite of tdpfast: the cases of ``tdpfast bench`` (tdpfast/bench.py),
-each engine measurement next to its C limit in the same benchmark group.
+"""pytest-benchmark suite of tdpfast: the cases of ``tdpfast bench`` (the package
+tdpfast/bench/), each engine measurement next to its C limit in the same benchmark group.
 
-Run (from the project root, after ``python3 tdpfast/_build.py``)::
+Run (from the project root, after ``pip install -e .`` or ``python3 tdpfast/_build.py``,
+which also builds the limit loops, tdpfast._bench_limits)::
 
     pytest benches/ -p no:cacheprovider -o python_files='bench_*.py'
     pytest benches/ -p no:cacheprovider --tdpfast-profile full       # the full sizes
@@ -37,21 +38,26 @@ def pytest_collect_file(file_path, parent):
     return pytest.Module.from_parent(parent, path=file_path)
 
 
+def pytest_generate_tests(metafunc):
+    """``flush_entries``: the TLB sizes of the chosen profile (no skipped sizes)."""
+    if "flush_entries" in metafunc.fixturenames:
+        from tdpfast.bench import PROFILES
+
+        metafunc.parametrize("flush_entries", PROFILES[metafunc.config.getoption("--tdpfast-profile")].flush_entries)
+
+
 @pytest.fixture(scope="session")
 def sizes(request):
     from tdpfast import bench
 
     if not bench.have_limits():
-        pytest.fail("the C limit loops are not compiled in: run python3 tdpfast/_build.py")
+        pytest.fail(bench.limits.BUILD_HINT)
     return bench.PROFILES[request.config.getoption("--tdpfast-profile")]
 
 
 @pytest.fixture(scope="session")
 def reference():
-    """The pure-Python reference model's module, or skip."""
+    """The pure-Python reference model's module."""
     from tdpfast import bench
 
-    model = bench.reference_model()
-    if model is None:
-        pytest.skip("tdpfast.reference.model does not exist yet")
-    return model
+    return bench.reference_model()

@@ -1,8 +1,16 @@
-"""cffi builder for tdpfast's C core (out-of-line API mode).
+"""cffi builder for tdpfast's C engine (out-of-line API mode).
 
-``setup.py`` names this file in ``cffi_modules``; it compiles every ``csrc/*.c``
-into the extension ``tdpfast._tdpfast`` and declares to cffi exactly what
-``csrc/tdpfast.h`` declares (preprocessor lines stripped).
+``setup.py`` names this file in ``cffi_modules``; it compiles every ``csrc/*.c`` into the
+extension ``tdpfast._tdpfast`` and declares to cffi exactly what ``csrc/tdpfast.h``
+declares (preprocessor lines stripped). A missing header is an error, never skipped.
+
+The benchmark suite's limit loops (``csrc/bench/``) are not part of the engine: they are
+the separate extension ``tdpfast._bench_limits`` (``tdpfast/bench/_limits_build.py``).
+
+Build in place (the engine, then the benchmark limit loops, so that a source checkout can
+run the whole test suite)::
+
+    python tdpfast/_build.py [-v]
 """
 import glob
 import os
@@ -11,25 +19,24 @@ import sys
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CSRC = os.path.join(os.path.dirname(HERE), "csrc")
+ROOT = os.path.dirname(HERE)
+CSRC = os.path.join(ROOT, "csrc")
+
+# The engine's one public header: everything the bindings see.
+PUBLIC_HEADERS = ("tdpfast.h",)
 
 
-# Headers the bindings see: the engine's one public header, and the benchmark suite's
-# "physical limit" loops (bench_limits.c), which are not part of the engine.
-PUBLIC_HEADERS = ("tdpfast.h", "bench_limits.h")
+def read_header(path: str) -> str:
+    """The text of a header cffi must parse, without preprocessor lines; a missing header
+    raises (a build that silently declared nothing would fail much later, at import)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"tdpfast build: header {path} is missing; the C sources are incomplete "
+                                "(a checkout or sdist without csrc/?)")
+    with open(path, encoding="utf-8") as f:
+        return "\n".join(ln for ln in f.read().splitlines() if not ln.lstrip().startswith("#"))
 
 
-def _cdef_text() -> str:
-    lines = []
-    for name in PUBLIC_HEADERS:
-        path = os.path.join(CSRC, name)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                lines += [ln for ln in f.read().splitlines() if not ln.lstrip().startswith("#")]
-    return "\n".join(lines)
-
-
-def _compile_args() -> list:
+def compile_args() -> list:
     # Hidden visibility: calls between the engine's files bind directly, not through
     # the PLT (cffi's module entry point is exported explicitly).
     args = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration",
@@ -40,17 +47,35 @@ def _compile_args() -> list:
     return args
 
 
+def link_args() -> list:
+    return os.environ.get("TDPFAST_LDFLAGS", "").split()
+
+
+def _sources() -> list:
+    found = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(CSRC, "*.c")))
+    if not found:
+        raise FileNotFoundError(f"tdpfast build: no C sources in {CSRC}")
+    return found
+
+
 ffibuilder = FFI()
-ffibuilder.cdef(_cdef_text())
+ffibuilder.cdef("\n".join(read_header(os.path.join(CSRC, h)) for h in PUBLIC_HEADERS))
 ffibuilder.set_source(
     "tdpfast._tdpfast",
-    "".join(f'#include "{h}"\n' for h in PUBLIC_HEADERS if os.path.exists(os.path.join(CSRC, h))),
-    sources=sorted(os.path.relpath(p, os.path.dirname(HERE)) for p in glob.glob(os.path.join(CSRC, "*.c"))),
-    include_dirs=[os.path.relpath(CSRC, os.path.dirname(HERE))],
-    extra_compile_args=_compile_args(),
-    extra_link_args=os.environ.get("TDPFAST_LDFLAGS", "").split(),
+    "".join(f'#include "{h}"\n' for h in PUBLIC_HEADERS),
+    sources=_sources(),
+    include_dirs=[os.path.relpath(CSRC, ROOT)],
+    extra_compile_args=compile_args(),
+    extra_link_args=link_args(),
 )
 
 if __name__ == "__main__":  # build in place: python tdpfast/_build.py
-    os.chdir(os.path.dirname(HERE))
+    os.chdir(ROOT)
     ffibuilder.compile(tmpdir=".", verbose="-v" in sys.argv)
+    import importlib.util
+
+    # by path: importing the package tdpfast.bench would need the extension just built
+    spec = importlib.util.spec_from_file_location("_limits_build", os.path.join(HERE, "bench", "_limits_build.py"))
+    limits = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(limits)
+    limits.build_in_place(verbose="-v" in sys.argv)

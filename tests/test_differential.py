@@ -450,6 +450,7 @@ def _machine_for(index: int):
     machine = type(f"Differential_{name}", (DifferentialMachine,), {"CONFIG": index})
     test = machine.TestCase
     test.settings = PROFILES[PROFILE]
+    test.pytestmark = [pytest.mark.slow]
     return machine, test
 
 
@@ -481,6 +482,7 @@ def test_injected_difference_is_caught_by_a_scripted_sequence(monkeypatch):
         pair.call("vm", "host_unmap", 5, 6)   # the notifier flushes in C, not in the broken reference
 
 
+@pytest.mark.slow
 def test_injected_difference_is_caught_by_the_state_machine(monkeypatch):
     monkeypatch.setattr(ref_tdp_mmu, "zap_leafs", _silent_zap_leafs)
     quick = settings(PROFILES["ci"], max_examples=100, phases=[Phase.explicit, Phase.generate])

@@ -22,6 +22,7 @@ def run_cli(*args, timeout=300):
 
 
 # Deterministic by seed (0 here): each finds its bug within the first 3 M operations.
+@pytest.mark.slow
 @pytest.mark.parametrize("policy,kinds,start", [
     ("no-flush-on-migrate", {"use_after_free", "stale_page_table"}, ()),
     ("no-flush-on-root-load", {"use_after_free", "stale_page_table"}, ()),
@@ -44,6 +45,7 @@ def test_fuzz_finds_catalogue_bug_and_reproducer_shows_it(policy, kinds, start, 
     assert d["violation"]["kind"] in r.stdout
 
 
+@pytest.mark.slow
 def test_explorer_finds_b1_and_its_recorded_history_replays_to_the_violation():
     # B1's histories are long and shrink slowly (the CLI's 30 s shrink budget leaves a long
     # reproducer), so this checks the search and the recording without shrinking.
@@ -58,6 +60,7 @@ def test_explorer_finds_b1_and_its_recorded_history_replays_to_the_violation():
     assert fuzz.replay(kvm, vm_seed, vm.events).violations == []   # the same inputs under KVM
 
 
+@pytest.mark.slow
 def test_fuzz_b14_needs_ad_off_and_finds_lost_dirty(tmp_path):
     p = run_cli("--policy", "B14-dirty-log-enable-if-changed", "--no-ad", "--max-ops", "20000000",
                 "--budget", "600", "--json")
@@ -65,6 +68,7 @@ def test_fuzz_b14_needs_ad_off_and_finds_lost_dirty(tmp_path):
     assert json.loads(p.stdout)["violation"]["kind"] == "lost_dirty"
 
 
+@pytest.mark.slow
 def test_kvm_policy_stays_clean_and_exits_0():
     p = run_cli("--max-ops", "200000", "--budget", "600", "--json")
     assert p.returncode == 0, p.stdout + p.stderr
@@ -72,6 +76,7 @@ def test_kvm_policy_stays_clean_and_exits_0():
     assert d["violation"] is None and d["ops_explored"] == 200000
 
 
+@pytest.mark.slow
 def test_fuzz_set_flips_a_switch_and_bad_switch_is_a_usage_error():
     p = run_cli("--set", "flush_on_migrate=false", "--max-ops", "3000000", "--budget", "600", "--json")
     assert p.returncode == 1
@@ -117,6 +122,7 @@ def test_shrunk_sequence_is_one_minimal():
         assert not (vm.violations and vm.violations[0].kind == finding.violation.kind), i
 
 
+@pytest.mark.slow
 def test_public_strategies_hold_for_kvm():
     from hypothesis import HealthCheck, given, settings
 

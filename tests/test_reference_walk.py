@@ -6,48 +6,18 @@ sections 1 (Intel EPT) and 2 (AMD NPT); the expected values are literals, not va
 recomputed with the module under test.
 
 The last test is a hypothesis differential test of the reference walker against the
-C-backed ``tdpfast.hw.walk``; it is skipped only when the C extension cannot be imported.
+C-backed ``tdpfast.hw.walk``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-_REPO = Path(__file__).resolve().parents[1]
+from tdpfast import hw
+from tdpfast.reference import walk as ref
 
-
-def _load_reference():
-    """Import tdpfast.reference.walk; fall back to loading it by file path.
-
-    The fallback keeps these tests usable while the package skeleton (tdpfast/__init__.py,
-    the C extension) is missing or half-built.
-    """
-    try:
-        return importlib.import_module("tdpfast.reference.walk")
-    except Exception:  # noqa: BLE001 - any failure of the package import triggers the fallback
-        name = "_tdpfast_reference_walk_by_path"
-        if name in sys.modules:
-            return sys.modules[name]
-        spec = importlib.util.spec_from_file_location(
-            name, _REPO / "tdpfast" / "reference" / "walk.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look the module up while building classes
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-        return module
-
-
-ref = _load_reference()
 walk = ref.walk
 WalkResult = ref.WalkResult
 
@@ -1111,11 +1081,6 @@ def _differences(expected, actual) -> str:
 
 @pytest.mark.skipif(st is None, reason="hypothesis is not installed")
 def test_differential_against_c_walker():
-    # Skip only if the C extension cannot be imported (not built yet, or the package is
-    # half-built); once it imports, tdpfast.hw must import too.
-    pytest.importorskip("tdpfast._tdpfast", exc_type=ImportError)
-    hw = importlib.import_module("tdpfast.hw")
-
     @settings(max_examples=300, derandomize=True, database=None, deadline=None,
               suppress_health_check=list(HealthCheck))
     @given(_walk_case())

@@ -1,7 +1,7 @@
-/* bench_limits.c — see bench_limits.h. Standard C11 only; nothing here touches the model. */
+/* limit_loops.c — see limit_loops.h. Standard C11 only; nothing here touches the model. */
 #include <stdlib.h>
 #include <string.h>
-#include "bench_limits.h"
+#include "limit_loops.h"
 
 static const uint64_t PRESENT = 7;   /* R|W|X: any nonzero low bits mean "present" */
 static const int TABLE_ENTRIES = 512;

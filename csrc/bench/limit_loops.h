@@ -1,10 +1,11 @@
-/* bench_limits.h — "physical limit" loops for the benchmark suite (tdpfast bench,
+/* limit_loops.h — "physical limit" loops for the benchmark suite (tdpfast bench,
  * benches/): the least work a machine must do for each measured operation, with
  * none of the model's bookkeeping. Each engine measurement is reported as a
  * ratio to its limit, measured in the same run on the same data sizes.
  *
- * Parsed by cffi (tdpfast/_build.py, PUBLIC_HEADERS): plain declarations with
- * stdint types only, no macros.
+ * Built as its own extension, tdpfast._bench_limits (tdpfast/bench/_limits_build.py),
+ * outside the engine; cffi parses this header: plain declarations with stdint
+ * types only, no macros.
  *
  * Memory layout shared by the table loops: `mem` is an array of page tables,
  * 512 uint64_t entries (4 KiB) each; table 0 is the root. An entry is
