@@ -54,8 +54,9 @@ def _integer(lo: int, hi: Optional[int] = None):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if v < lo or (hi is not None and v > hi):
+            top = "2**64 - 1" if hi == U64_MAX else hi
             raise argparse.ArgumentTypeError(f"must be at least {lo}, got {text!r}" if hi is None
-                                             else f"must be between {lo} and {'2**64 - 1' if hi == U64_MAX else hi}, got {text!r}")
+                                             else f"must be between {lo} and {top}, got {text!r}")
         return v
     return parse
 

@@ -55,11 +55,10 @@ class Finding:
     shrink_from: int = 0              # events up to the violation when shrinking began
 
     def as_dict(self) -> dict:
-        v = self.violation
+        """Plain data in the forms of the ``fuzz --json`` document (docs/json/fuzz.md)."""
         return {"seed": self.seed, "ops_explored": self.ops_explored,
-                "violation": {"kind": v.kind, "vcpu": v.vcpu, "pcpu": v.pcpu, "gpa": v.gpa, "tag": v.tag,
-                              "stale_pfn": v.stale_pfn, "expected_pfn": v.expected_pfn, "access": v.access},
-                "events": len(self.events), "minimal": [str(e) for e in self.minimal]}
+                "violation": jsondoc.violation(self.violation), "events": len(self.events),
+                "minimal": [jsondoc.event(e) for e in self.minimal]}
 
 
 def explore(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: Optional[int] = None,
