@@ -191,29 +191,8 @@ def cmd_fuzz(args) -> int:
     from .errors import InvalidArgumentError
     from .policy import Policy
 
-    # Everything is checked before the search starts.
-    policy = Policy.named(args.policy)
-    for item in args.set or []:
-        if "=" not in item:
-            raise UsageError(f"--set takes SWITCH=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        policy = policy.set_switch(k.strip(), v.strip())
-    if args.out:
-        check_output_file(args.out)
-    cfg = fuzz.FuzzConfig(policy=policy, arch=args.arch, levels=args.levels, vcpus=args.vcpus,
-                          pcpus=args.pcpus, ad=args.ad)
-    try:
-        cfg.vm(args.seed, record=False)      # the VM shape (vCPU and pCPU counts) is one the engine takes
-    except InvalidArgumentError as e:
-        raise UsageError(str(e)) from None
-    show = args.progress if args.progress is not None else sys.stderr.isatty()
-    bar = _FuzzProgress(args, sys.stderr) if show else None
-    if not args.json:
-        print(f"tdpfast fuzz: policy {args.policy}{' with ' + ', '.join(args.set) if args.set else ''}, "
-              f"{args.arch}, {args.levels}-level, budget {args.budget:g}s, seed {args.seed}", file=sys.stderr)
-
     # Ctrl-C asks the run to stop at its next check (between explored VMs, between shrink
-    # replays) and report what it has; a second Ctrl-C stops at once.
+    # replays) and report what it has; a second Ctrl-C stops at once, without a result.
     stopping: List[bool] = []
 
     def on_sigint(signum, frame):
@@ -221,9 +200,30 @@ def cmd_fuzz(args) -> int:
             raise KeyboardInterrupt
         stopping.append(True)
 
-    t0 = time.monotonic()
     old = signal.signal(signal.SIGINT, on_sigint)
+    bar = None
     try:
+        # Everything is checked before the search starts.
+        policy = Policy.named(args.policy)
+        for item in args.set or []:
+            if "=" not in item:
+                raise UsageError(f"--set takes SWITCH=VALUE, got {item!r}")
+            k, v = item.split("=", 1)
+            policy = policy.set_switch(k.strip(), v.strip())
+        if args.out:
+            check_output_file(args.out)
+        cfg = fuzz.FuzzConfig(policy=policy, arch=args.arch, levels=args.levels, vcpus=args.vcpus,
+                              pcpus=args.pcpus, ad=args.ad)
+        try:
+            cfg.vm(args.seed, record=False)  # the VM shape (vCPU and pCPU counts) is one the engine takes
+        except InvalidArgumentError as e:
+            raise UsageError(str(e)) from None
+        show = args.progress if args.progress is not None else sys.stderr.isatty()
+        bar = _FuzzProgress(args, sys.stderr) if show else None
+        if not args.json:
+            print(f"tdpfast fuzz: policy {args.policy}{' with ' + ', '.join(args.set) if args.set else ''}, "
+                  f"{args.arch}, {args.levels}-level, budget {args.budget:g}s, seed {args.seed}", file=sys.stderr)
+        t0 = time.monotonic()
         finding, total = fuzz.run(cfg, seed=args.seed, budget_s=args.budget, max_ops=args.max_ops,
                                   shrink_budget_s=args.shrink_budget, stop=lambda: bool(stopping),
                                   progress=bar.explore if bar else None,
