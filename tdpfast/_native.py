@@ -1,8 +1,16 @@
 """The compiled C core (``tdpfast._tdpfast``): ``ffi`` and ``lib``, and the error check."""
 from __future__ import annotations
 
-from ._tdpfast import ffi, lib  # noqa: F401
-from .errors import raise_for
+try:
+    from ._tdpfast import ffi, lib  # noqa: F401
+except ModuleNotFoundError as e:
+    if e.name != __package__ + "._tdpfast":
+        raise
+    # A source checkout whose C core was never compiled: say how to build it.
+    raise ImportError("tdpfast's C core (tdpfast._tdpfast) is not built in this source tree: run "
+                      "`pip install -e .` (or `python tdpfast/_build.py` to build it in place), "
+                      "or install tdpfast with pip", name=e.name) from None
+from .errors import raise_for  # noqa: E402
 
 
 def check(vm_handle, rc: int) -> int:

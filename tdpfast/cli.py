@@ -1,13 +1,82 @@
-"""``tdpfast`` command line: ``tdpfast demo`` (the seed scenario), ``tdpfast policies``."""
+"""``tdpfast`` command line: ``demo`` (the seed scenario), ``policies``, ``fuzz``, ``bench``.
+
+Every subcommand checks its arguments before it starts working: a bad number, seed or
+output path ends it at once with a one-line message and exit status 2. Exit statuses:
+0 done (nothing found), 1 a violation was found, 2 usage error, 130 interrupted (Ctrl-C).
+``--json`` documents are versioned and described in docs/json/.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import signal
 import sys
 import time
 from typing import List, Optional
 
-EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_VIOLATION, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+U64_MAX = (1 << 64) - 1
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing (a path, a policy switch): exit 2, one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (the usage stays behind --help)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _seconds(*, zero_ok: bool):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"must be a finite number of seconds, got {text!r}")
+        if v < 0 or (v == 0 and not zero_ok):
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if zero_ok else 'more than 0'} "
+                                             f"seconds, got {text!r}")
+        return v
+    return parse
+
+
+def _integer(lo: int, hi: Optional[int] = None):
+    """An integer in [lo, hi]; without ``hi`` the engine checks the upper bound (before any work)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            top = "2**64 - 1" if hi == U64_MAX else hi
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {text!r}" if hi is None
+                                             else f"must be between {lo} and {top}, got {text!r}")
+        return v
+    return parse
+
+
+def check_output_file(path: str, flag: str = "--out") -> None:
+    """Raise :class:`UsageError` unless ``path`` can be written: its directory exists and
+    takes a new file (tried, not guessed from permission bits), and it is not a directory."""
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: is a directory; give a file name")
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise UsageError(f"{flag} {path}: directory {d} does not exist")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+    if not existed:
+        os.remove(path)
 
 
 def _table(rows: List[List[str]], header: List[str]) -> str:
@@ -25,9 +94,7 @@ def cmd_demo(args) -> int:
 
     res = demo.run_all()
     if args.json:
-        print(json.dumps({"reuse": [s.as_dict() for s in res["reuse"]],
-                          "migration": [s.as_dict() for s in res["migration"]],
-                          "costs": res["costs"]}, indent=2))
+        print(json.dumps(demo.document(res), indent=2))
         return EXIT_OK
     print("tdpfast demo: the seed thread's argument (LKML, March 2022: \"[PATCH v4 03/30] KVM: x86/mmu:\n"
           "Formalize TDP MMU's (unintended?) deferred TLB flush logic\"). A root is torn down without a\n"
@@ -36,7 +103,7 @@ def cmd_demo(args) -> int:
     rows = []
     for s in res["reuse"] + res["migration"]:
         rows.append([s.name, s.arch, s.policy, str(len(s.violations)),
-                     s.violations[0].split(":")[0] if s.violations else "-"])
+                     s.violations[0].kind if s.violations else "-"])
     print(_table(rows, ["scenario", "arch", "policy", "violations", "kind"]))
     for s in res["reuse"] + res["migration"]:
         if not s.violations:
@@ -50,28 +117,28 @@ def cmd_demo(args) -> int:
     rows = []
     for arch, by_pol in res["costs"].items():
         for pol, c in by_pol.items():
-            rows.append([arch, pol] + [f"{c[k]:,}" for k in keys])
+            rows.append([arch, demo.COST_POLICIES[pol][1]] + [f"{c[k]:,}" for k in keys])
     print(_table(rows, ["arch", "policy"] + keys))
-    scen = res["reuse"] + res["migration"]
-    kvm_clean = all(not s.violations for s in scen if s.policy == "kvm")
-    broken = {(s.policy, s.arch) for s in scen if s.policy != "kvm" and s.violations}
-    every_removal = all((s.policy, s.arch) in broken for s in scen if s.policy != "kvm")
-    if kvm_clean and every_removal:
+    v = demo.verdict(res)
+    if v["kvm_clean"] and v["removals_broken"] == v["removals"]:
         print("\nVerdict: with KVM's policy no scenario reaches a stale translation; removing the flush on root\n"
               "load or on migration does, on both vendors.")
     else:
-        print(f"\nVerdict: KVM's policy {'stays clean' if kvm_clean else 'REACHED A STALE TRANSLATION'}; "
-              f"{len(broken)} of {sum(1 for s in scen if s.policy != 'kvm')} scenarios without a flush broke.")
+        print(f"\nVerdict: KVM's policy {'stays clean' if v['kvm_clean'] else 'REACHED A STALE TRANSLATION'}; "
+              f"{v['removals_broken']} of {v['removals']} scenarios without a flush broke.")
     return EXIT_OK
 
 
 def cmd_policies(args) -> int:
+    from . import jsondoc
     from .policy import Policy
 
     items = [{"name": n, "description": Policy.describe(n), "switches": Policy.named(n).changed()}
              for n in Policy.names()]
     if args.json:
-        print(json.dumps(items, indent=2))
+        doc = jsondoc.header("policies")
+        doc["policies"] = items
+        print(json.dumps(doc, indent=2))
     else:
         for it in items:
             sw = ", ".join(f"{k}={v}" for k, v in it["switches"].items()) or "(KVM's defaults)"
@@ -79,94 +146,166 @@ def cmd_policies(args) -> int:
     return EXIT_OK
 
 
+class _FuzzProgress:
+    """The fuzz progress line: elapsed time against the budget, operations and their rate
+    while exploring; time against the shrink budget and the sequence length while shrinking."""
+
+    def __init__(self, args, stream, clock=time.monotonic):
+        from .progress import ProgressLine
+
+        self.args = args
+        self.clock = clock
+        self.line = ProgressLine(stream, clock=clock)
+        self.replays = 0
+        self.t_shrink: Optional[float] = None
+
+    def explore(self, total: int, elapsed: float) -> None:
+        from .progress import rate
+
+        a = self.args
+
+        def text() -> str:
+            share = elapsed / a.budget
+            ops = f"{total:,}"
+            if a.max_ops:
+                share = max(share, total / a.max_ops)
+                ops += f"/{a.max_ops:,}"
+            return (f"{elapsed:6.1f}s/{a.budget:g}s {min(share, 1.0):4.0%}  {ops} ops  "
+                    f"{rate(total, elapsed)}")
+        self.line.update("exploring", text)
+
+    def shrink(self, start: int, now: int) -> None:
+        if self.t_shrink is None:
+            self.t_shrink = self.clock()
+        self.replays += 1
+        elapsed = self.clock() - self.t_shrink
+        self.line.update("shrinking", lambda: (f"{elapsed:6.1f}s/{self.args.shrink_budget:g}s  "
+                                               f"{start:,} -> {now:,} events  {self.replays:,} replays"))
+
+    def close(self) -> None:
+        self.line.close()
+
+
 def cmd_fuzz(args) -> int:
     from . import fuzz
     from .errors import InvalidArgumentError
     from .policy import Policy
 
-    policy = Policy.named(args.policy)
-    for item in args.set or []:
-        if "=" not in item:
-            raise InvalidArgumentError(f"--set takes SWITCH=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        policy = policy.set_switch(k.strip(), v.strip())
-    if args.budget <= 0:
-        raise InvalidArgumentError("--budget must be positive")
-    cfg = fuzz.FuzzConfig(policy=policy, arch=args.arch, levels=args.levels, vcpus=args.vcpus,
-                          pcpus=args.pcpus, ad=args.ad)
-    show = args.progress if args.progress is not None else sys.stderr.isatty()
-    t0 = time.monotonic()
+    # Ctrl-C asks the run to stop at its next check (between explored VMs, between shrink
+    # replays) and report what it has; a second Ctrl-C stops at once, without a result.
+    stopping: List[bool] = []
 
-    def progress(total, elapsed):
-        if show:
-            rate = total / elapsed / 1e6 if elapsed else 0.0
-            print(f"\r  explored {total:,} operations in {elapsed:5.1f}s ({rate:.2f} M ops/s)",
-                  end="", file=sys.stderr, flush=True)
+    def on_sigint(signum, frame):
+        if stopping:
+            raise KeyboardInterrupt
+        stopping.append(True)
 
-    if not args.json:
-        print(f"tdpfast fuzz: policy {args.policy}{' with ' + ', '.join(args.set) if args.set else ''}, "
-              f"{args.arch}, {args.levels}-level, budget {args.budget:g}s, seed {args.seed}", file=sys.stderr)
-    finding, total = fuzz.run(cfg, seed=args.seed, budget_s=args.budget, max_ops=args.max_ops,
-                              shrink_budget_s=args.shrink_budget, progress=progress)
-    if show:
-        print(file=sys.stderr)
+    old = signal.signal(signal.SIGINT, on_sigint)
+    bar = None
+    try:
+        # Everything is checked before the search starts.
+        policy = Policy.named(args.policy)
+        for item in args.set or []:
+            if "=" not in item:
+                raise UsageError(f"--set takes SWITCH=VALUE, got {item!r}")
+            k, v = item.split("=", 1)
+            policy = policy.set_switch(k.strip(), v.strip())
+        if args.out:
+            check_output_file(args.out)
+        cfg = fuzz.FuzzConfig(policy=policy, arch=args.arch, levels=args.levels, vcpus=args.vcpus,
+                              pcpus=args.pcpus, ad=args.ad)
+        try:
+            cfg.vm(args.seed, record=False)  # the VM shape (vCPU and pCPU counts) is one the engine takes
+        except InvalidArgumentError as e:
+            raise UsageError(str(e)) from None
+        show = args.progress if args.progress is not None else sys.stderr.isatty()
+        bar = _FuzzProgress(args, sys.stderr) if show else None
+        if not args.json:
+            print(f"tdpfast fuzz: policy {args.policy}{' with ' + ', '.join(args.set) if args.set else ''}, "
+                  f"{args.arch}, {args.levels}-level, budget {args.budget:g}s, seed {args.seed}", file=sys.stderr)
+        t0 = time.monotonic()
+        finding, total = fuzz.run(cfg, seed=args.seed, budget_s=args.budget, max_ops=args.max_ops,
+                                  shrink_budget_s=args.shrink_budget, stop=lambda: bool(stopping),
+                                  progress=bar.explore if bar else None,
+                                  shrink_progress=bar.shrink if bar else None)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if bar:
+            bar.close()
     elapsed = time.monotonic() - t0
-    if finding is None:
-        if args.json:
-            print(json.dumps({"violation": None, "ops_explored": total, "seconds": round(elapsed, 3),
-                              "policy": args.policy, "switches": policy.changed()}, indent=2))
-        else:
-            print(f"no violation in {total:,} operations ({elapsed:.1f}s)")
-        return EXIT_OK
-    script = fuzz.reproducer(cfg, finding.seed, finding.minimal)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(script)
+    interrupted = bool(stopping)
+    script = fuzz.reproducer(cfg, finding.seed, finding.minimal) if finding else None
+    written = None
+    if script is not None and args.out:
+        try:
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write(script)
+            written = args.out
+        except OSError as e:                 # checked before the search; the finding is still printed
+            print(f"tdpfast fuzz: error: cannot write --out {args.out}: {e.strerror or e}", file=sys.stderr)
+    code = EXIT_INTERRUPTED if interrupted else (EXIT_VIOLATION if finding else EXIT_OK)
     if args.json:
-        d = finding.as_dict()
-        d.update(seconds=round(elapsed, 3), policy=args.policy, switches=policy.changed(), reproducer=script)
-        print(json.dumps(d, indent=2))
-        return EXIT_VIOLATION
-    print(f"VIOLATION after {total:,} operations ({elapsed:.1f}s): {finding.violation}")
-    print(f"\nminimal sequence ({len(finding.minimal)} of {len(finding.events)} events):")
+        doc = fuzz.document(cfg, policy_name=args.policy, seed=args.seed, budget_s=args.budget,
+                            max_ops=args.max_ops, shrink_budget_s=args.shrink_budget, finding=finding,
+                            ops_explored=total, seconds=elapsed, interrupted=interrupted,
+                            reproducer=script, out=written)
+        print(json.dumps(doc, indent=2))
+        return code
+    how = "interrupted" if interrupted else None
+    if finding is None:
+        print(f"{how + ': ' if how else ''}no violation in {total:,} operations ({elapsed:.1f}s)")
+        return code
+    print(f"{how + ': ' if how else ''}VIOLATION after {total:,} operations ({elapsed:.1f}s): {finding.violation}")
+    state = "" if finding.shrink_complete else (", shrinking interrupted" if interrupted
+                                                else ", shrink budget ran out")
+    print(f"\nminimal sequence ({len(finding.minimal)} of {finding.shrink_from} events{state}):")
     for e in finding.minimal:
         print("   ", e)
-    print("\nreproducer" + (f" (written to {args.out})" if args.out else "") + ":\n")
+    print("\nreproducer" + (f" (written to {written})" if written else "") + ":\n")
     print(script)
-    return EXIT_VIOLATION
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tdpfast", description="A model of KVM x86's TDP MMU, its TLBs, and a "
-                                "checker for stale translations.")
+    from . import __version__
+
+    p = _Parser(prog="tdpfast", description="A model of KVM x86's TDP MMU, its TLBs, and a checker for stale "
+                "translations.", epilog="Exit status: 0 done, 1 a violation was found, 2 usage error, "
+                "130 interrupted. --json documents are versioned (schema_version) and described in docs/json/.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     d = sub.add_parser("demo", help="play the seed scenario on VMX and SVM and print what happened")
-    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.add_argument("--json", action="store_true", help="machine-readable output (docs/json/demo.md)")
     d.set_defaults(func=cmd_demo)
     pol = sub.add_parser("policies", help="list the named policies (KVM, eras, historical bugs)")
-    pol.add_argument("--json", action="store_true", help="machine-readable output")
+    pol.add_argument("--json", action="store_true", help="machine-readable output (docs/json/policies.md)")
     pol.set_defaults(func=cmd_policies)
     fz = sub.add_parser("fuzz", help="search random interleavings for a violation, shrink it, print a reproducer",
                         description="Run a seeded random explorer (in C) over faults, zaps, yields, root loads, "
                         "migrations, notifier invalidations, memslot changes and dirty logging; on the first "
                         "violation shrink the sequence and print a runnable reproducer. Exit status 1 when a "
-                        "violation was found, 0 when the budget ran out clean, 2 on usage errors.")
+                        "violation was found, 0 when the budget ran out clean, 2 on usage errors, 130 when "
+                        "interrupted (Ctrl-C: the partial result is printed, as JSON under --json).")
     fz.add_argument("--policy", default="kvm", help="named policy (see `tdpfast policies`; default kvm)")
     fz.add_argument("--set", action="append", metavar="SWITCH=VALUE", help="flip a policy switch (repeatable)")
     fz.add_argument("--arch", choices=("vmx", "svm"), default="vmx")
     fz.add_argument("--levels", type=int, choices=(4, 5), default=4)
-    fz.add_argument("--vcpus", type=int, default=2)
-    fz.add_argument("--pcpus", type=int, default=3)
+    fz.add_argument("--vcpus", type=_integer(1), default=2, metavar="N")
+    fz.add_argument("--pcpus", type=_integer(1), default=3, metavar="N")
     fz.add_argument("--ad", dest="ad", action="store_true", default=None, help="EPT A/D on in every VM")
     fz.add_argument("--no-ad", dest="ad", action="store_false", help="EPT A/D off in every VM")
-    fz.add_argument("--budget", type=float, default=10.0, metavar="SECONDS", help="exploration time (default 10)")
-    fz.add_argument("--max-ops", type=int, default=None, help="stop after this many operations")
-    fz.add_argument("--seed", type=int, default=0)
-    fz.add_argument("--shrink-budget", type=float, default=30.0, metavar="SECONDS")
-    fz.add_argument("--out", metavar="FILE", help="also write the reproducer to FILE")
-    fz.add_argument("--json", action="store_true", help="machine-readable output")
+    fz.add_argument("--budget", type=_seconds(zero_ok=False), default=10.0, metavar="SECONDS",
+                    help="exploration time (default 10)")
+    fz.add_argument("--max-ops", type=_integer(1, U64_MAX), default=None, metavar="N",
+                    help="stop after this many operations")
+    fz.add_argument("--seed", type=_integer(0, U64_MAX), default=0, metavar="N",
+                    help="first VM seed (default 0)")
+    fz.add_argument("--shrink-budget", type=_seconds(zero_ok=True), default=30.0, metavar="SECONDS",
+                    help="time for shrinking a finding (default 30; 0 keeps the recorded sequence)")
+    fz.add_argument("--out", metavar="FILE", help="also write the reproducer to FILE (its directory must exist)")
+    fz.add_argument("--json", action="store_true", help="machine-readable output (docs/json/fuzz.md)")
     fz.add_argument("--progress", dest="progress", action="store_true", default=None,
-                    help="show progress (default: when stderr is a terminal)")
+                    help="show progress on stderr (default: when stderr is a terminal)")
     fz.add_argument("--no-progress", dest="progress", action="store_false")
     fz.set_defaults(func=cmd_fuzz)
     from . import bench
@@ -183,11 +322,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_USAGE
     from .errors import TdpError
 
+    name = f"tdpfast {args.cmd}"
     try:
         return args.func(args)
-    except TdpError as e:
-        print(f"tdpfast: error: {e}", file=sys.stderr)
+    except (UsageError, TdpError) as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `tdpfast demo | head`
         sys.stderr.close()
         return EXIT_OK

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List
 
+from . import jsondoc
 from .policy import Policy
+from .results import Event, Violation
 from .tlbconfig import TLBConfig
 from .vm import VM
 
@@ -20,23 +22,26 @@ GPA = GFN << 12
 
 @dataclass
 class ScenarioResult:
+    id: str                 # "root_reuse" or "migration"
     name: str
     arch: str
     policy: str
-    violations: List[str]
-    events: List[str]
+    violations: List[Violation]
+    events: List[Event]     # up to the first violation
     stats: Dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "arch": self.arch, "policy": self.policy, "violations": self.violations,
-                "events": self.events, "stats": self.stats}
+        """The scenario in the ``tdpfast demo --json`` document (docs/json/demo.md)."""
+        return {"id": self.id, "name": self.name, "arch": self.arch, "policy": self.policy,
+                "violations": [jsondoc.violation(v) for v in self.violations],
+                "events": [jsondoc.event(e) for e in self.events], "stats": dict(self.stats)}
 
 
-def _events_up_to_violation(vm: VM) -> List[str]:
+def _events_up_to_violation(vm: VM) -> List[Event]:
     evs = vm.events
     v = vm.violations
     last = v[0].event if v else len(evs) - 1
-    return [str(e) for e in evs[:last + 1]]
+    return list(evs[:last + 1])
 
 
 def root_reuse(arch: str, policy: Policy, policy_name: str) -> ScenarioResult:
@@ -56,8 +61,8 @@ def root_reuse(arch: str, policy: Policy, policy_name: str) -> ScenarioResult:
         vm.access(0, GPA, "r")
         if vm.violations:
             break
-    return ScenarioResult("root teardown, then a new root", arch, policy_name,
-                          [str(v) for v in vm.violations], _events_up_to_violation(vm), _pick(vm.stats))
+    return ScenarioResult("root_reuse", "root teardown, then a new root", arch, policy_name,
+                          list(vm.violations), _events_up_to_violation(vm), _pick(vm.stats))
 
 
 def migration(arch: str, policy: Policy, policy_name: str) -> ScenarioResult:
@@ -72,9 +77,13 @@ def migration(arch: str, policy: Policy, policy_name: str) -> ScenarioResult:
     vm.host_unmap(GFN, GFN + 1)             # notifier: zap, flush (the vCPU is on pCPU 1), free X
     vm.vcpu_run(0, 0)                       # back to pCPU 0
     vm.access(0, GPA, "r")
-    return ScenarioResult("migration away and back", arch, policy_name,
-                          [str(v) for v in vm.violations], _events_up_to_violation(vm), _pick(vm.stats))
+    return ScenarioResult("migration", "migration away and back", arch, policy_name,
+                          list(vm.violations), _events_up_to_violation(vm), _pick(vm.stats))
 
+
+# The two ways of putting a root compared by root_churn_costs(), keyed by identifier,
+# with the label the text output shows.
+COST_POLICIES = {"deferred": ("kvm", "deferred (kvm)"), "flush_on_put": ("flush-on-put-root", "flush on put")}
 
 COST_KEYS = ("remote_tlb_flush", "ipis", "invept_single", "invept_global", "tlb_control_flush_asid",
              "tlb_misses", "walk_refs", "spte_writes", "cycles")
@@ -113,6 +122,23 @@ def run_all() -> dict:
         out["reuse"].append(root_reuse(arch, Policy.named("no-flush-on-root-load"), "no-flush-on-root-load"))
         out["migration"].append(migration(arch, kvm, "kvm"))
         out["migration"].append(migration(arch, Policy.named("no-flush-on-migrate"), "no-flush-on-migrate"))
-        out["costs"][arch] = {"deferred (kvm)": root_churn_costs(arch, kvm),
-                              "flush on put": root_churn_costs(arch, Policy.named("flush-on-put-root"))}
+        out["costs"][arch] = {key: root_churn_costs(arch, Policy.named(pol))
+                              for key, (pol, _label) in COST_POLICIES.items()}
     return out
+
+
+def verdict(res: dict) -> dict:
+    """Whether KVM's policy stayed clean and whether removing each flush broke its scenario."""
+    scen = res["reuse"] + res["migration"]
+    removals = [s for s in scen if s.policy != "kvm"]
+    return {"kvm_clean": all(not s.violations for s in scen if s.policy == "kvm"),
+            "removals": len(removals), "removals_broken": sum(1 for s in removals if s.violations)}
+
+
+def document(res: dict) -> dict:
+    """The ``tdpfast demo --json`` document (docs/json/demo.md)."""
+    doc = jsondoc.header("demo")
+    doc.update(reuse=[s.as_dict() for s in res["reuse"]], migration=[s.as_dict() for s in res["migration"]],
+               costs={arch: {k: dict(c) for k, c in by.items()} for arch, by in res["costs"].items()},
+               verdict=verdict(res))
+    return doc

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
+from . import jsondoc
 from ._native import check, ffi, lib
 from .policy import Policy
 from .results import ACCESS_NAMES, Event, Violation
@@ -14,6 +15,7 @@ from .tlbconfig import TLBConfig
 from .vm import OPS, REQUESTS, VM
 
 _OP_NAMES = {v: k for k, v in OPS.items()}
+_U64 = (1 << 64) - 1
 
 
 @dataclass
@@ -47,26 +49,31 @@ class Finding:
     events: List[Event]
     minimal: List[Event]
     ops_explored: int
+    shrink_complete: bool = True      # False: cut short by the shrink budget or an interrupt
+    shrink_seconds: float = 0.0
+    shrink_replays: int = 0           # candidate sequences replayed while shrinking
+    shrink_from: int = 0              # events up to the violation when shrinking began
 
     def as_dict(self) -> dict:
-        v = self.violation
+        """Plain data in the forms of the ``fuzz --json`` document (docs/json/fuzz.md)."""
         return {"seed": self.seed, "ops_explored": self.ops_explored,
-                "violation": {"kind": v.kind, "vcpu": v.vcpu, "pcpu": v.pcpu, "gpa": v.gpa, "tag": v.tag,
-                              "stale_pfn": v.stale_pfn, "expected_pfn": v.expected_pfn, "access": v.access},
-                "events": len(self.events), "minimal": [str(e) for e in self.minimal]}
+                "violation": jsondoc.violation(self.violation), "events": len(self.events),
+                "minimal": [jsondoc.event(e) for e in self.minimal]}
 
 
 def explore(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: Optional[int] = None,
-            progress: Optional[Callable[[int, float], None]] = None) -> tuple:
-    """Run the C explorer over fresh VMs (seed, seed+1, ...) until a violation, the time
-    budget or ``max_ops``. Returns (vm_seed, ops_in_that_vm, total_ops) or (None, 0, total)."""
+            progress: Optional[Callable[[int, float], None]] = None,
+            stop: Optional[Callable[[], bool]] = None) -> tuple:
+    """Run the C explorer over fresh VMs (seed, seed+1, ... modulo 2**64) until a violation,
+    the time budget, ``max_ops``, or ``stop()`` returning true (checked between VMs).
+    Returns (vm_seed, ops_in_that_vm, total_ops) or (None, 0, total)."""
     out = ffi.new("uint64_t *")
     total = 0
     t0 = time.monotonic()
     s = seed
     while True:
         n = cfg.chunk if max_ops is None else min(cfg.chunk, max_ops - total)
-        if n <= 0:
+        if n <= 0 or (stop is not None and stop()):
             return None, 0, total
         vm = cfg.vm(s, record=False)
         check(vm._h, lib.tdp_fuzz(vm._h, s, n, out))
@@ -78,7 +85,7 @@ def explore(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: 
             progress(total, elapsed)
         if elapsed >= budget_s:
             return None, 0, total
-        s += 1
+        s = (s + 1) & _U64
 
 
 def record(cfg: FuzzConfig, vm_seed: int, nops: int) -> VM:
@@ -98,21 +105,43 @@ def replay(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> VM:
 
 
 def shrink(cfg: FuzzConfig, seed: int, events: List[Event], kind: str,
-           progress: Optional[Callable[[int], None]] = None, deadline: Optional[float] = None) -> List[Event]:
+           progress: Optional[Callable[[int], None]] = None, deadline: Optional[float] = None,
+           stop: Optional[Callable[[], bool]] = None) -> List[Event]:
     """Delta debugging (ddmin) over the event list: a 1-minimal list (no single event can
-    go) that still ends in a violation of the same kind."""
+    go) that still ends in a violation of the same kind. ``progress(len)`` is called with
+    the current length before every candidate replay; at ``deadline`` (a time.monotonic()
+    value) or when ``stop()`` is true the shortest failing list so far is returned."""
+    return _shrink(cfg, seed, events, kind, progress, deadline, stop)[0]
+
+
+def _shrink(cfg: FuzzConfig, seed: int, events: List[Event], kind: str,
+            progress: Optional[Callable[[int], None]], deadline: Optional[float],
+            stop: Optional[Callable[[], bool]]) -> tuple:
+    """:func:`shrink`, also returning whether it ran to the end and how many replays it made."""
+    replays = 0
+
+    def cut() -> bool:
+        return bool((deadline is not None and time.monotonic() > deadline) or (stop is not None and stop()))
 
     def fails(evs: List[Event]) -> bool:
+        nonlocal replays
+        if progress:
+            progress(len(cur))
+        replays += 1
         vm = replay(cfg, seed, evs)
         v = vm.violations
         return bool(v) and v[0].kind == kind
 
     cur = list(events)
+    complete = True
     # Two cheap passes before ddmin, for long histories: cut a prefix (keeping the memslot
     # layout), then drop whole kinds of event; the last event (the violating access) stays.
     layout = ("add_memslot", "delete_memslot")
     lo, hi = 0, len(cur) - 1
-    while lo < hi and not (deadline and time.monotonic() > deadline):
+    while lo < hi:
+        if cut():
+            complete = False
+            break
         mid = (lo + hi + 1) // 2
         cand = [e for e in cur[:mid] if e.op in layout] + cur[mid:]
         if fails(cand):
@@ -122,26 +151,31 @@ def shrink(cfg: FuzzConfig, seed: int, events: List[Event], kind: str,
     if lo:
         cur = [e for e in cur[:lo] if e.op in layout] + cur[lo:]
     for op in sorted({e.op for e in cur[:-1]}):
+        if not complete or cut():
+            complete = False
+            break
         cand = [e for e in cur[:-1] if e.op != op] + cur[-1:]
-        if len(cand) < len(cur) and not (deadline and time.monotonic() > deadline) and fails(cand):
+        if len(cand) < len(cur) and fails(cand):
             cur = cand
-    if progress:
-        progress(len(cur))
     n = 2
-    while len(cur) >= 2:
-        if deadline and time.monotonic() > deadline:
+    while complete and len(cur) >= 2:
+        if cut():
+            complete = False
             break
         size = max(1, len(cur) // n)
         reduced = False
         for i in range(0, len(cur), size):
+            if cut():
+                complete = False
+                break
             cand = cur[:i] + cur[i + size:]
             if cand and fails(cand):
                 cur = cand
                 n = max(n - 1, 2)
                 reduced = True
-                if progress:
-                    progress(len(cur))
                 break
+        if not complete:
+            break
         if not reduced:
             if size == 1:
                 break
@@ -150,7 +184,7 @@ def shrink(cfg: FuzzConfig, seed: int, events: List[Event], kind: str,
     vm = cfg.vm(seed, record=True)
     vm.replay_fast(cur)
     kept = vm.events
-    return kept if kept and fails(kept) else cur
+    return (kept if kept and fails(kept) else cur), complete, replays
 
 
 def reproducer(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> str:
@@ -231,17 +265,55 @@ def _call_text(e: Event) -> str:
 
 
 def run(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: Optional[int] = None,
-        shrink_budget_s: float = 30.0, progress=None) -> tuple:
+        shrink_budget_s: float = 30.0, progress: Optional[Callable[[int, float], None]] = None,
+        stop: Optional[Callable[[], bool]] = None,
+        shrink_progress: Optional[Callable[[int, int], None]] = None) -> tuple:
     """Explore, and on a violation record, shrink and return a :class:`Finding`.
-    Returns (finding or None, total operations explored)."""
-    vm_seed, nops, total = explore(cfg, seed=seed, budget_s=budget_s, max_ops=max_ops, progress=progress)
+    Returns (finding or None, total operations explored).
+
+    ``progress(total_ops, elapsed_s)`` is called between explored VMs;
+    ``shrink_progress(events_at_start, events_now)`` before every replay while shrinking.
+    When ``stop()`` turns true the run ends early with what it has: no finding if the
+    explorer was still searching, else the finding with the shortest sequence so far
+    (``shrink_complete`` False)."""
+    vm_seed, nops, total = explore(cfg, seed=seed, budget_s=budget_s, max_ops=max_ops, progress=progress,
+                                   stop=stop)
     if vm_seed is None:
         return None, total
     vm = record(cfg, vm_seed, nops)
     events = vm.events
     v = vm.violations[0]
-    deadline = time.monotonic() + shrink_budget_s
-    minimal = shrink(cfg, vm_seed, events[:v.event + 1], v.kind, deadline=deadline)
+    t0 = time.monotonic()
+    deadline = t0 + shrink_budget_s
+    start = events[:v.event + 1]
+    minimal, complete, replays = _shrink(
+        cfg, vm_seed, start, v.kind,
+        (lambda n: shrink_progress(len(start), n)) if shrink_progress else None, deadline, stop)
     final = replay(cfg, vm_seed, minimal)
     fv = final.violations[0] if final.violations else v
-    return Finding(vm_seed, fv, events, minimal, total), total
+    return Finding(vm_seed, fv, events, minimal, total, complete, time.monotonic() - t0, replays,
+                   len(start)), total
+
+
+def document(cfg: FuzzConfig, *, policy_name: str, seed: int, budget_s: float, max_ops: Optional[int],
+             shrink_budget_s: float, finding: Optional[Finding], ops_explored: int, seconds: float,
+             interrupted: bool, reproducer: Optional[str], out: Optional[str]) -> dict:
+    """The ``tdpfast fuzz --json`` document (docs/json/fuzz.md): the same keys whether the
+    run was clean, found a violation, or was interrupted."""
+    doc = jsondoc.header("fuzz")
+    doc.update(
+        status="interrupted" if interrupted else ("violation" if finding else "clean"),
+        policy=policy_name, switches=cfg.policy.changed(),
+        config={"arch": cfg.arch, "levels": cfg.levels, "vcpus": cfg.vcpus, "pcpus": cfg.pcpus, "ad": cfg.ad,
+                "seed": seed, "budget_s": budget_s, "max_ops": max_ops, "shrink_budget_s": shrink_budget_s},
+        ops_explored=ops_explored, seconds=round(seconds, 3),
+        ops_per_second=round(ops_explored / seconds, 1) if seconds > 0 else 0.0,
+        violation=jsondoc.violation(finding.violation) if finding else None,
+        vm_seed=finding.seed if finding else None,
+        events_recorded=len(finding.events) if finding else None,
+        minimal=[jsondoc.event(e) for e in finding.minimal] if finding else None,
+        shrink={"complete": finding.shrink_complete, "seconds": round(finding.shrink_seconds, 3),
+                "replays": finding.shrink_replays, "from_events": finding.shrink_from,
+                "to_events": len(finding.minimal)} if finding else None,
+        reproducer=reproducer, out=out)
+    return doc
