@@ -94,6 +94,12 @@ def cmd_fuzz(args) -> int:
         raise InvalidArgumentError("--budget must be positive")
     cfg = fuzz.FuzzConfig(policy=policy, arch=args.arch, levels=args.levels, vcpus=args.vcpus,
                           pcpus=args.pcpus, ad=args.ad)
+    # -- campaigns on many cores or a cluster (tdpfast/campaign.py) --------------------------
+    from . import campaign
+
+    if campaign.wanted(args):
+        return campaign.cmd(args, cfg, args.policy, policy.changed())
+    # ----------------------------------------------------------------------------------------
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     t0 = time.monotonic()
 
@@ -169,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="show progress (default: when stderr is a terminal)")
     fz.add_argument("--no-progress", dest="progress", action="store_false")
     fz.set_defaults(func=cmd_fuzz)
+    # -- campaigns and sweeps (tdpfast/campaign.py, tdpfast/sweep.py) --------------------------
+    from . import campaign, sweep
+
+    campaign.add_arguments(fz)
+    sweep.add_parser(sub)
+    # ----------------------------------------------------------------------------------------
     from . import bench
 
     bench.add_parser(sub)
