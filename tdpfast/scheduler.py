@@ -95,9 +95,7 @@ def parse_spec(jobs: Optional[int] = None, scheduler: Optional[str] = None) -> s
     n = m.group(2) or m.group(3)
     if n is not None and not 1 <= int(n) <= 1024:
         raise InvalidArgumentError(f"the number of workers must be 1..1024, got {n}")
-    if m.group(3) is not None and not _dask_available():
-        raise InvalidArgumentError(_NO_DASK)
-    if m.group(4) is not None and not _dask_available():
+    if (m.group(3) is not None or m.group(4) is not None) and not _dask_available():
         raise InvalidArgumentError(_NO_DASK)
     return scheduler.strip()
 
@@ -323,12 +321,13 @@ class DaskScheduler(Scheduler):
         self._dd = distributed
         self._cluster = None
         self._futs: Dict[Any, Unit] = {}
+        self._placed: Dict[str, str] = {}       # task key -> the worker last seen running it
         self._token = itertools.count()
         try:
             if address is None:
                 self._cluster = distributed.LocalCluster(
                     n_workers=n_workers, processes=True, threads_per_worker=1, host="127.0.0.1",
-                    dashboard_address=None, silence_logs=logging.ERROR)
+                    dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
                 self._client = distributed.Client(self._cluster, set_as_default=False)
                 self.name = f"local:{n_workers}"
             else:
@@ -369,9 +368,18 @@ class DaskScheduler(Scheduler):
         key = f"tdpfast-{unit.key}-{next(self._token)}-{os.getpid()}"
         self._futs[self._client.submit(unit.fn, *unit.args, key=key, pure=False)] = unit
 
+    def _watch_workers(self) -> None:
+        """Count the units that a lost worker was running: they run again elsewhere."""
+        now = self._client.processing()                  # worker -> keys it is running
+        gone = {w for w in self._placed.values() if w not in now}
+        ours = {f.key for f in self._futs}
+        self.retried += sum(1 for k, w in self._placed.items() if w in gone and k in ours)
+        self._placed = {k: w for w, keys in now.items() for k in keys if k in ours}
+
     def wait(self, timeout: Optional[float] = None) -> List[Tuple[Unit, Any]]:
         if not self._futs:
             return []
+        self._watch_workers()
         try:
             with self._client.as_current():           # distributed.wait() asks for "the" client
                 done, _ = self._dd.wait(list(self._futs), timeout=timeout, return_when="FIRST_COMPLETED")

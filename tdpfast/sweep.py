@@ -269,7 +269,12 @@ def run(grid: Grid, sched, out_dir: str, *, fmt: str = "auto", charts: bool = Tr
         progress.done()
     df = table(out_dir, keys)
     path = save_table(df, out_dir, fmt) if len(df) else None
-    chart_paths = draw_charts(df, os.path.join(out_dir, "charts"), metrics) if charts and len(df) else []
+    chart_dir = os.path.join(out_dir, "charts")
+    drawn = [os.path.join(chart_dir, f"{m}.png") for m in metrics if m in df]
+    if ran == 0 and drawn and all(os.path.exists(c) for c in drawn):
+        chart_paths = drawn                         # nothing new since they were drawn
+    else:
+        chart_paths = draw_charts(df, chart_dir, metrics) if charts and len(df) else []
     return SweepResult(df, len(points), ran, skipped, path, chart_paths, time.monotonic() - t0, interrupted,
                        per_worker, sched.name, engine)
 

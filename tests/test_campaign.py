@@ -16,6 +16,7 @@ import pytest
 from conftest import SUBPROCESS_CWD, SUBPROCESS_ENV as ENV
 from tdpfast import campaign, fuzz, scheduler
 from tdpfast._native import check, ffi, lib
+from tdpfast.errors import InvalidArgumentError
 from tdpfast.policy import Policy
 
 pytestmark = pytest.mark.slow
@@ -184,11 +185,15 @@ def test_cli_clean_campaign_on_a_dask_scheduler_address(dask_sched):
     (("--jobs", "2", "--scheduler", "local:2"), "not both"),
     (("--scheduler", "bogus"), "--scheduler"),
     (("--scheduler", "local:0"), "1..1024"),
-    (("--scheduler", "tcp://127.0.0.1:1"), "cannot reach"),
 ])
 def test_cli_campaign_usage_errors(args, word):
     p = cli(*args, "--budget", "1", timeout=120)
     assert p.returncode == 2 and word in p.stderr and "Traceback" not in p.stderr
+
+
+def test_an_unreachable_scheduler_is_a_usage_error():
+    with pytest.raises(InvalidArgumentError, match="cannot reach a Dask scheduler"):
+        scheduler.DaskScheduler(address="tcp://127.0.0.1:1", connect_timeout=2)
 
 
 def test_ctrl_c_cancels_the_campaign_and_prints_the_partial_result():

@@ -136,3 +136,12 @@ def test_cli_sweep_lists_csv_and_usage_errors(tmp_path):
                        ((str(tmp_path / "g.ini"),), "cannot read")):
         p = run(*args, "--out", out)
         assert p.returncode == 2 and word in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("workload", ["boot", "memslot", "notifier"])
+def test_a_workload_at_8_vcpus_on_4_pcpus_counts_what_the_bench_cost_row_counts(workload):
+    from tdpfast import bench
+    from tdpfast.policy import Policy
+
+    row = sweep.measure(sweep.Point("kvm", "skylake", workload, 1024, 8, 4, 2, bench.SEED, "vmx"))
+    assert {k: row[k] for k in bench.COST_KEYS} == bench.run_workload(workload, Policy.kvm(), 1024, 2)
