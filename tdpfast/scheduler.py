@@ -23,6 +23,7 @@ cluster must import the same tdpfast build (checked with :func:`engine_version`)
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -325,9 +326,12 @@ class DaskScheduler(Scheduler):
         self._token = itertools.count()
         try:
             if address is None:
-                self._cluster = distributed.LocalCluster(
-                    n_workers=n_workers, processes=True, threads_per_worker=1, host="127.0.0.1",
-                    dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+                # The workers inherit an ignored SIGINT: a terminal's Ctrl-C reaches the driver,
+                # which cancels their work and closes the cluster (they do not die mid-unit).
+                with _sigint_ignored():
+                    self._cluster = distributed.LocalCluster(
+                        n_workers=n_workers, processes=True, threads_per_worker=1, host="127.0.0.1",
+                        dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
                 self._client = distributed.Client(self._cluster, set_as_default=False)
                 self.name = f"local:{n_workers}"
             else:
@@ -411,6 +415,19 @@ class DaskScheduler(Scheduler):
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:                   # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _takes_n_workers(client) -> bool:

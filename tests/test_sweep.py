@@ -145,3 +145,29 @@ def test_a_workload_at_8_vcpus_on_4_pcpus_counts_what_the_bench_cost_row_counts(
 
     row = sweep.measure(sweep.Point("kvm", "skylake", workload, 1024, 8, 4, 2, bench.SEED, "vmx"))
     assert {k: row[k] for k in bench.COST_KEYS} == bench.run_workload(workload, Policy.kvm(), 1024, 2)
+
+
+def test_ctrl_c_keeps_the_finished_points_and_a_rerun_does_the_rest(tmp_path):
+    import re
+
+    out = str(tmp_path / "o")
+    args = [sys.executable, "-m", "tdpfast", "sweep", "--policy", "kvm", "--tlb", "skylake,zen2,zen3,zen4",
+            "--workload", "boot,notifier", "--size", "4096,16384", "--vcpus", "2,4", "--rounds", "2",
+            "--no-charts", "--out", out, "--json"]
+    p = subprocess.Popen(args + ["--jobs", "2", "--progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=ENV, cwd=SUBPROCESS_CWD)
+    seen = b""
+    while not re.search(rb" [1-9][0-9]*/32 points", seen):      # some points are in
+        chunk = os.read(p.stderr.fileno(), 4096)
+        assert chunk, seen.decode(errors="replace")
+        seen += chunk
+    p.send_signal(signal.SIGINT)
+    stdout, _ = p.communicate(timeout=120)
+    assert p.returncode == 130
+    d = json.loads(stdout)
+    assert d["interrupted"] is True and 1 <= d["finished"] == d["ran"] < 32
+    assert len(os.listdir(os.path.join(out, "points"))) == d["finished"]
+    rest = subprocess.run(args + ["--no-progress"], capture_output=True, text=True, env=ENV, cwd=SUBPROCESS_CWD,
+                          timeout=300)
+    r = json.loads(rest.stdout)
+    assert (r["skipped"], r["ran"], r["finished"], r["interrupted"]) == (d["finished"], 32 - d["finished"], 32, False)
