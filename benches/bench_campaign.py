@@ -3,11 +3,13 @@ job (this process), on ``--jobs 2`` (two local worker processes) and on ``--sche
 local:2`` (a Dask LocalCluster of two single-threaded worker processes), under KVM's
 policy (no violation ends the run early). Workers are started before the clock runs.
 
-extra_info: ops, ops_per_s, workers that reported, budget_s, and ``vs_one_job`` (ops over
-the one-job row's ops, when that row ran first in the same session). On a machine with
-two idle cores the two-worker rows give about 2.0; anything else sharing the cores
-lowers it.
+extra_info: ops, ops_per_s, workers that reported, budget_s, the 1-minute load average
+after the row (other jobs sharing the cores), and ``vs_one_job`` (ops over the one-job
+row's ops, when that row ran first in the same session). With two idle cores the
+two-worker rows approach 2.0 (the driver and, for Dask, the scheduler share the cores).
 """
+import os
+
 import pytest
 
 from tdpfast import campaign, fuzz, scheduler
@@ -32,6 +34,6 @@ def test_campaign_scaling(benchmark, sizes, rows, spec):
     assert res.findings == [] and res.ops > 0
     rows[spec] = res.ops
     benchmark.extra_info.update(ops=res.ops, ops_per_s=round(res.ops / res.seconds), workers=len(res.per_worker),
-                                budget_s=budget)
+                                budget_s=budget, loadavg_1m=round(os.getloadavg()[0], 2))
     if "inprocess" in rows:
         benchmark.extra_info["vs_one_job"] = round(res.ops / rows["inprocess"], 2)
