@@ -85,8 +85,8 @@ def parse_spec(jobs: Optional[int] = None, scheduler: Optional[str] = None) -> s
     if jobs is not None and scheduler is not None:
         raise InvalidArgumentError("give --jobs N or --scheduler, not both")
     if jobs is not None:
-        if jobs < 1:
-            raise InvalidArgumentError(f"--jobs must be at least 1, got {jobs}")
+        if not 1 <= jobs <= 1024:
+            raise InvalidArgumentError(f"--jobs must be 1..1024, got {jobs}")
         return "inprocess" if jobs == 1 else f"processes:{jobs}"
     if scheduler is None:
         return "inprocess"
