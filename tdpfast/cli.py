@@ -218,6 +218,13 @@ def cmd_fuzz(args) -> int:
             cfg.vm(args.seed, record=False)  # the VM shape (vCPU and pCPU counts) is one the engine takes
         except InvalidArgumentError as e:
             raise UsageError(str(e)) from None
+        # -- campaigns on many cores or a cluster (tdpfast/campaign.py) ----------------------
+        from . import campaign
+
+        if campaign.wanted(args):
+            signal.signal(signal.SIGINT, old)     # the campaign handles Ctrl-C itself
+            return campaign.cmd(args, cfg, args.policy, policy.changed())
+        # ------------------------------------------------------------------------------------
         show = args.progress if args.progress is not None else sys.stderr.isatty()
         bar = _FuzzProgress(args, sys.stderr) if show else None
         if not args.json:
@@ -308,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="show progress on stderr (default: when stderr is a terminal)")
     fz.add_argument("--no-progress", dest="progress", action="store_false")
     fz.set_defaults(func=cmd_fuzz)
+    # -- campaigns and sweeps (tdpfast/campaign.py, tdpfast/sweep.py) --------------------------
+    from . import campaign, sweep
+
+    campaign.add_arguments(fz)
+    sweep.add_parser(sub)
+    # ----------------------------------------------------------------------------------------
     from . import bench
 
     bench.add_parser(sub)
