@@ -51,31 +51,51 @@ def link_args() -> list:
     return os.environ.get("TDPFAST_LDFLAGS", "").split()
 
 
-def _sources() -> list:
-    found = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(CSRC, "*.c")))
+def _sources(absolute: bool = False) -> list:
+    found = sorted(glob.glob(os.path.join(CSRC, "*.c")))
     if not found:
         raise FileNotFoundError(f"tdpfast build: no C sources in {CSRC}")
-    return found
+    return found if absolute else [os.path.relpath(p, ROOT) for p in found]
 
 
-ffibuilder = FFI()
-ffibuilder.cdef("\n".join(read_header(os.path.join(CSRC, h)) for h in PUBLIC_HEADERS))
-ffibuilder.set_source(
-    "tdpfast._tdpfast",
-    "".join(f'#include "{h}"\n' for h in PUBLIC_HEADERS),
-    sources=_sources(),
-    include_dirs=[os.path.relpath(CSRC, ROOT)],
-    extra_compile_args=compile_args(),
-    extra_link_args=link_args(),
-)
+def make_builder(absolute: bool = False) -> FFI:
+    """The engine's builder; ``absolute`` paths for a build outside the source tree."""
+    ffi = FFI()
+    ffi.cdef("\n".join(read_header(os.path.join(CSRC, h)) for h in PUBLIC_HEADERS))
+    ffi.set_source(
+        "tdpfast._tdpfast",
+        "".join(f'#include "{h}"\n' for h in PUBLIC_HEADERS),
+        sources=_sources(absolute),
+        include_dirs=[CSRC if absolute else os.path.relpath(CSRC, ROOT)],
+        extra_compile_args=compile_args(),
+        extra_link_args=link_args(),
+    )
+    return ffi
+
+
+def build_in_place(builder: FFI, verbose: bool = False) -> str:
+    """Compile ``builder`` (made with absolute paths) in a scratch directory and copy the
+    extension next to the package. The scratch directory keeps setuptools from reading this
+    project's pyproject.toml, whose metadata an older setuptools cannot parse."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tdpfast-build-") as scratch:
+        built = builder.compile(tmpdir=scratch, verbose=verbose)
+        dest = os.path.join(HERE, os.path.basename(built))
+        shutil.copy2(built, dest)
+    return dest
+
+
+ffibuilder = make_builder()
 
 if __name__ == "__main__":  # build in place: python tdpfast/_build.py
-    os.chdir(ROOT)
-    ffibuilder.compile(tmpdir=".", verbose="-v" in sys.argv)
+    verbose = "-v" in sys.argv
+    build_in_place(make_builder(absolute=True), verbose)
     import importlib.util
 
     # by path: importing the package tdpfast.bench would need the extension just built
     spec = importlib.util.spec_from_file_location("_limits_build", os.path.join(HERE, "bench", "_limits_build.py"))
     limits = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(limits)
-    limits.build_in_place(verbose="-v" in sys.argv)
+    build_in_place(limits.make_builder(absolute=True), verbose)

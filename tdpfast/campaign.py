@@ -71,7 +71,11 @@ def _shrunk(cfg: fuzz.FuzzConfig, seed: int, nops: int, shrink_budget_s: float) 
     finding, _ = fuzz.run(cfg, seed=seed, budget_s=0.0, max_ops=nops, shrink_budget_s=shrink_budget_s)
     d = finding.as_dict()
     d.update(ops_in_seed=nops, reproducer=fuzz.reproducer(cfg, finding.seed, finding.minimal),
-             signature=signature(finding.violation.kind, finding.minimal), worker=current_worker())
+             signature=signature(finding.violation.kind, finding.minimal), worker=current_worker(),
+             minimal_text=[str(e) for e in finding.minimal],
+             shrink={"complete": finding.shrink_complete, "seconds": round(finding.shrink_seconds, 3),
+                     "replays": finding.shrink_replays, "from_events": finding.shrink_from,
+                     "to_events": len(finding.minimal)})
     return d
 
 
@@ -109,21 +113,22 @@ class CampaignResult:
                 "startup_seconds": round(self.startup_seconds, 3), "keep_going": self.keep_going,
                 "duplicates": self.duplicates, "interrupted": self.interrupted}
 
-    def as_json(self, policy_name: str, switches: dict, replay: Optional[str] = None) -> dict:
-        """The local ``tdpfast fuzz --json`` keys (the finding's at the top level), plus
-        ``ops_in_seed`` and ``replay`` (a finding), ``coverage``, ``findings`` (every
+    def as_json(self, cfg: fuzz.FuzzConfig, args, replay: Optional[str] = None,
+                out: Optional[str] = None) -> dict:
+        """The local ``tdpfast fuzz --json`` document (docs/json/fuzz.md, built by
+        :func:`tdpfast.fuzz.document`; the first finding's fields at the top level), plus
+        ``ops_in_seed`` and ``replay`` (null when clean), ``coverage``, ``findings`` (every
         distinct one) and ``campaign`` (scheduler, workers, per-worker rates, units)."""
         f = self.finding
-        if f is None:
-            doc = {"violation": None, "ops_explored": self.ops}
-        else:
-            doc = {k: f[k] for k in ("seed", "ops_explored", "violation", "events", "minimal")}
-            doc["ops_explored"] = self.ops
-        doc.update(seconds=round(self.seconds, 3), policy=policy_name, switches=switches)
+        doc = fuzz.document(cfg, policy_name=args.policy, seed=args.seed, budget_s=args.budget,
+                            max_ops=args.max_ops, shrink_budget_s=args.shrink_budget, finding=None,
+                            ops_explored=self.ops, seconds=self.seconds, interrupted=self.interrupted,
+                            reproducer=f["reproducer"] if f else None, out=out if f else None)
         if f is not None:
-            doc.update(reproducer=f["reproducer"], ops_in_seed=f["ops_in_seed"], replay=replay)
-        doc.update(coverage=self.coverage, findings=[_public(x) for x in self.findings],
-                   campaign=self.campaign_fields())
+            doc.update(status="interrupted" if self.interrupted else "violation", violation=f["violation"],
+                       vm_seed=f["seed"], events_recorded=f["events"], minimal=f["minimal"], shrink=f["shrink"])
+        doc.update(ops_in_seed=f["ops_in_seed"] if f else None, replay=replay, coverage=self.coverage,
+                   findings=[_public(x) for x in self.findings], campaign=self.campaign_fields())
         return doc
 
 
@@ -263,7 +268,7 @@ def cmd(args, cfg: fuzz.FuzzConfig, policy_name: str, switches: dict) -> int:
             fh.write(f["reproducer"])
     status = EXIT_INTERRUPTED if res.interrupted else EXIT_VIOLATION if f else EXIT_OK
     if args.json:
-        print(json.dumps(res.as_json(policy_name, switches, replay), indent=2))
+        print(json.dumps(res.as_json(cfg, args, replay, args.out), indent=2))
         return status
     print(render(res, replay, args.out))
     return status
@@ -291,7 +296,7 @@ def render(res: CampaignResult, replay: Optional[str], out: Optional[str] = None
                              f"{g['violation']['kind']} ({g['occurrences']} occurrence(s))")
             lines.append(f"\nminimal sequence ({len(g['minimal'])} of {g['events']} events), found on "
                          f"{g['worker']}:")
-            lines += ["    " + e for e in g["minimal"]]
+            lines += ["    " + e for e in g["minimal_text"]]
         lines.append("\nreproducer" + (f" (written to {out})" if out else "") + ":\n")
         lines.append(f["reproducer"])
     rows = [f"  {w:28s} {p['units']:6d} {p['ops']:14,} {p['seconds']:8.1f} "

@@ -13,6 +13,8 @@ import sys
 import psutil
 import pytest
 
+import schema_check
+
 from conftest import SUBPROCESS_CWD, SUBPROCESS_ENV as ENV
 from tdpfast import campaign, fuzz, scheduler
 from tdpfast._native import check, ffi, lib
@@ -91,7 +93,8 @@ def test_the_first_violation_is_the_lowest_seed_and_replays_on_one_machine():
     f = res.finding
     assert len(res.findings) == 1
     assert f["seed"] == local.seed and f["ops_in_seed"] == local_total - (local.seed * CHUNK)
-    assert f["minimal"] == [str(e) for e in local.minimal]
+    assert f["minimal"] == local.as_dict()["minimal"]
+    assert f["minimal_text"] == [str(e) for e in local.minimal]
     again, n = fuzz.run(cfg, seed=f["seed"], max_ops=f["ops_in_seed"], budget_s=600)
     assert n == f["ops_in_seed"] and again.violation.kind == f["violation"]["kind"]
     p = subprocess.run([sys.executable, "-c", f["reproducer"]], capture_output=True, text=True, env=ENV,
@@ -161,13 +164,15 @@ def test_cli_campaign_json_has_the_local_keys_and_a_replay():
     assert set(ld) <= set(dd)
     assert {"coverage", "findings", "campaign", "ops_in_seed", "replay"} <= set(dd)
     assert dd["campaign"]["workers"] >= 1 and dd["campaign"]["scheduler"] == "processes:2"
-    assert (dd["seed"], dd["violation"], dd["minimal"]) == (ld["seed"], ld["violation"], ld["minimal"])
+    assert (dd["vm_seed"], dd["violation"], dd["minimal"]) == (ld["vm_seed"], ld["violation"], ld["minimal"])
+    assert dd["schema_version"] == ld["schema_version"] and dd["status"] == ld["status"] == "violation"
+    schema_check.check(dd, "fuzz.schema.json")
     argv = dd["replay"].split()
     assert argv[:2] == ["tdpfast", "fuzz"]
     again = cli(*argv[2:], "--json")
     assert again.returncode == 1
     ad = json.loads(again.stdout)
-    assert (ad["seed"], ad["violation"], ad["ops_explored"]) == (dd["seed"], dd["violation"], dd["ops_in_seed"])
+    assert (ad["vm_seed"], ad["violation"], ad["ops_explored"]) == (dd["vm_seed"], dd["violation"], dd["ops_in_seed"])
 
 
 def test_cli_clean_campaign_on_a_dask_scheduler_address(dask_sched):

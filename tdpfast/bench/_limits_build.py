@@ -36,26 +36,33 @@ def _compile_args() -> list:
     return args + os.environ.get("TDPFAST_CFLAGS", "").split()
 
 
-ffibuilder = FFI()
-ffibuilder.cdef(_cdef_text())
-ffibuilder.set_source(
-    "tdpfast._bench_limits",
-    f'#include "{HEADER}"\n',
-    sources=[os.path.relpath(_require(os.path.join(LIMITS_DIR, s)), ROOT) for s in SOURCES],
-    include_dirs=[os.path.relpath(LIMITS_DIR, ROOT)],
-    extra_compile_args=_compile_args(),
-    extra_link_args=os.environ.get("TDPFAST_LDFLAGS", "").split(),
-)
+def make_builder(absolute: bool = False) -> FFI:
+    """The limit loops' builder; ``absolute`` paths for a build outside the source tree."""
+    rel = (lambda p: p) if absolute else (lambda p: os.path.relpath(p, ROOT))
+    ffi = FFI()
+    ffi.cdef(_cdef_text())
+    ffi.set_source(
+        "tdpfast._bench_limits",
+        f'#include "{HEADER}"\n',
+        sources=[rel(_require(os.path.join(LIMITS_DIR, s))) for s in SOURCES],
+        include_dirs=[rel(LIMITS_DIR)],
+        extra_compile_args=_compile_args(),
+        extra_link_args=os.environ.get("TDPFAST_LDFLAGS", "").split(),
+    )
+    return ffi
+
+
+ffibuilder = make_builder()
 
 
 def build_in_place(verbose: bool = False) -> str:
     """Compile next to the sources: tdpfast/_bench_limits*.so. Returns its path."""
-    old = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        return ffibuilder.compile(tmpdir=".", verbose=verbose)
-    finally:
-        os.chdir(old)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_engine_build", os.path.join(os.path.dirname(HERE), "_build.py"))
+    engine = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(engine)
+    return engine.build_in_place(make_builder(absolute=True), verbose)
 
 
 if __name__ == "__main__":
