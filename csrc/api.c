@@ -557,10 +557,10 @@ int tdp_access_batch(tdp_vm *vm, int vcpu, const uint64_t *gpas, const uint8_t *
 		}
 		if ((r = cpu_access(vm, v, gpas[i], acc, o, i)))
 			break;
-		counts[o->outcome]++;     /* 0 ok, 1 mmio, 2 livelock, 3 blocked */
-		counts[4 + o->tlb_hit]++; /* 4 walked, 5 L1 hit, 6 L2 hit */
-		counts[7] += (u64)o->faults;
-		counts[8] += o->violation != 0;
+		counts[TDP_BATCH_OK + o->outcome]++;
+		counts[TDP_BATCH_WALKED + o->tlb_hit]++;
+		counts[TDP_BATCH_FAULTS] += (u64)o->faults;
+		counts[TDP_BATCH_VIOLATIONS] += o->violation != 0;
 	}
 	*done = i;
 	if (vm->cfg.record && i)
@@ -598,10 +598,10 @@ int tdp_invept(tdp_vm *vm, int pcpu, int type, uint64_t eptp)
 		return vm_err(vm, TDP_ESTATE, "INVEPT exists on VMX only (this VM is svm)");
 	if ((r = check_pcpu(vm, pcpu)))
 		return r;
-	if (type != 1 && type != 2)
+	if (type != TDP_INVEPT_SINGLE_CONTEXT && type != TDP_INVEPT_GLOBAL)
 		return vm_err(vm, TDP_EINVAL, "INVEPT type must be 1 (single-context) or 2 (global), got %d (VMfailValid: error 28)", type);
 	struct pcpu *p = &vm->pcpus[pcpu];
-	if (type == 1) {
+	if (type == TDP_INVEPT_SINGLE_CONTEXT) {
 		char buf[200];
 		u64 table;
 		int ad;
@@ -628,13 +628,13 @@ int tdp_invvpid(tdp_vm *vm, int pcpu, int type, uint32_t vpid, uint64_t gla)
 		return vm_err(vm, TDP_ESTATE, "INVVPID exists on VMX only (this VM is svm)");
 	if ((r = check_pcpu(vm, pcpu)))
 		return r;
-	if (type < 0 || type > 3)
+	if (type < TDP_INVVPID_INDIVIDUAL_ADDRESS || type > TDP_INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS)
 		return vm_err(vm, TDP_EINVAL, "INVVPID type must be 0..3, got %d (VMfailValid: error 28)", type);
 	if (vpid > 0xffff)
 		return vm_err(vm, TDP_EINVAL, "vpid must fit in 16 bits, got %u", vpid);
-	if (vpid == 0 && type != 2)
+	if (vpid == 0 && type != TDP_INVVPID_ALL_CONTEXT)
 		return vm_err(vm, TDP_EINVAL, "INVVPID type %d with vpid 0 fails (VMfailValid)", type);
-	if (type == 0) {
+	if (type == TDP_INVVPID_INDIVIDUAL_ADDRESS) {
 		/* canonical check for 48-bit linear addresses */
 		int64_t s = (int64_t)(gla << 16) >> 16;
 		if ((u64)s != gla)

@@ -70,7 +70,7 @@ const char *tdp_request_name(uint32_t bit)
 }
 
 static const char *const op_kind_names[] = {
-	[TDP_OP_ZAP_GFN_RANGE] = "zap_gfn_range", [TDP_OP_HOST_UNMAP] = "host_unmap",
+	[TDP_OP_ZAP_GFN_RANGE] = "kvm_zap_gfn_range", [TDP_OP_HOST_UNMAP] = "host_unmap",
 	[TDP_OP_ZAP_INVALIDATED_ROOTS] = "zap_invalidated_roots", [TDP_OP_DELETE_MEMSLOT] = "delete_memslot",
 	[TDP_OP_WRPROT] = "write_protect_range", [TDP_OP_CLEAR_DIRTY] = "clear_dirty_range",
 	[TDP_OP_SPLIT] = "split_huge_pages", [TDP_OP_RECOVER_HUGE] = "recover_huge_pages",
@@ -96,6 +96,27 @@ static const char *const removed_pt_flush_names[] = {
 static const char *const huge_recovery_names[] = {
 	[TDP_HUGE_RECOVERY_RECOVER] = "recover", [TDP_HUGE_RECOVERY_ZAP_COLLAPSIBLE] = "zap_collapsible"};
 
+static const char *const invept_type_names[] = {
+	[TDP_INVEPT_SINGLE_CONTEXT] = "single", [TDP_INVEPT_GLOBAL] = "global"};
+const char *tdp_invept_type_name(int type)
+{
+	return type == 0 ? NULL : name_at(invept_type_names, NAMES_LEN(invept_type_names), type);
+}
+
+static const char *const invvpid_type_names[] = {
+	[TDP_INVVPID_INDIVIDUAL_ADDRESS] = "individual", [TDP_INVVPID_SINGLE_CONTEXT] = "single",
+	[TDP_INVVPID_ALL_CONTEXT] = "all",
+	[TDP_INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS] = "single_retaining_globals"};
+_Static_assert(NAMES_LEN(invvpid_type_names) == TDP_INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS + 1,
+	       "a name for every INVVPID type");
+const char *tdp_invvpid_type_name(int type) { return name_at(invvpid_type_names, NAMES_LEN(invvpid_type_names), type); }
+
+static const char *const walk_status_names[] = {
+	[TDP_WALK_OK] = "ok", [TDP_WALK_VIOLATION] = "violation", [TDP_WALK_MISCONFIG] = "misconfig",
+	[TDP_WALK_NPF] = "npf"};
+_Static_assert(NAMES_LEN(walk_status_names) == TDP_WALK_NPF + 1, "a name for every walk status");
+const char *tdp_walk_status_name(int status) { return name_at(walk_status_names, NAMES_LEN(walk_status_names), status); }
+
 const char *tdp_policy_value_name(const char *policy_switch, int value)
 {
 	static const struct {
@@ -115,3 +136,13 @@ const char *tdp_policy_value_name(const char *policy_switch, int value)
 			return name_at(switches[i].values, switches[i].n, value);
 	return NULL;
 }
+
+void tdp_spte_constants(struct tdp_spte_constants *out)
+{
+	out->mmu_present = SPTE_MMU_PRESENT;
+	out->shadow_nonpresent = SHADOW_NONPRESENT_VALUE;
+	out->frozen = FROZEN_SPTE;
+	out->pfn_mask = SPTE_PFN_MASK;
+}
+_Static_assert(TDP_BATCH_WALKED == TDP_OUT_BLOCKED + 1 && TDP_BATCH_FAULTS == TDP_BATCH_WALKED + TDP_TLB_HIT_L2 + 1,
+	       "tdp_access_batch() counts: outcomes, then tlb_hit values, then faults");

@@ -27,6 +27,26 @@ enum tdp_err {
 enum tdp_arch { TDP_VMX = 0, TDP_SVM = 1 };
 enum tdp_access { TDP_ACC_READ = 0, TDP_ACC_WRITE = 1, TDP_ACC_EXEC = 2, TDP_ACC_EXEC_USER = 3 };
 enum tdp_walk_status { TDP_WALK_OK = 0, TDP_WALK_VIOLATION = 1, TDP_WALK_MISCONFIG = 2, TDP_WALK_NPF = 3 };
+/* The INVEPT and INVVPID type operands (Intel SDM Vol. 2, "INVEPT" and "INVVPID"). */
+enum tdp_invept_type { TDP_INVEPT_SINGLE_CONTEXT = 1, TDP_INVEPT_GLOBAL = 2 };
+enum tdp_invvpid_type { TDP_INVVPID_INDIVIDUAL_ADDRESS = 0, TDP_INVVPID_SINGLE_CONTEXT = 1,
+			TDP_INVVPID_ALL_CONTEXT = 2, TDP_INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS = 3 };
+/* Where an access found its translation (struct tdp_access_result's tlb_hit). */
+enum tdp_tlb_hit { TDP_TLB_WALKED = 0, TDP_TLB_HIT_L1 = 1, TDP_TLB_HIT_L2 = 2 };
+/* tdp_access_batch()'s counts[]: one per outcome, one per tlb_hit, then faults and violations. */
+enum tdp_batch_count {
+	TDP_BATCH_OK = 0, TDP_BATCH_MMIO = 1, TDP_BATCH_LIVELOCK = 2, TDP_BATCH_BLOCKED = 3,
+	TDP_BATCH_WALKED = 4, TDP_BATCH_L1_HITS = 5, TDP_BATCH_L2_HITS = 6, TDP_BATCH_FAULTS = 7,
+	TDP_BATCH_VIOLATIONS = 8, TDP_BATCH_NCOUNTS = 9
+};
+/* KVM's SPTE constants the bindings decode with (mmu/spte.h, v6.10+ era). */
+struct tdp_spte_constants {
+	uint64_t mmu_present;        /* SPTE_MMU_PRESENT_MASK */
+	uint64_t shadow_nonpresent;  /* SHADOW_NONPRESENT_VALUE */
+	uint64_t frozen;             /* FROZEN_SPTE */
+	uint64_t pfn_mask;           /* SPTE_BASE_ADDR_MASK: bits 51:12 */
+};
+void tdp_spte_constants(struct tdp_spte_constants *out);
 enum tdp_tlb_mode { TDP_TLB_SETASSOC = 0, TDP_TLB_ADVERSARIAL = 1 };
 enum tdp_repl { TDP_REPL_LRU = 0, TDP_REPL_PLRU = 1, TDP_REPL_RANDOM = 2 };
 enum tdp_root_lifetime { TDP_ROOT_PRESERVE = 0, TDP_ROOT_ZAP_ON_LAST_PUT = 1 };
@@ -400,6 +420,9 @@ const char *tdp_op_kind_name(int kind);            /* enum tdp_op_kind: "zap_gfn
 const char *tdp_trace_kind_name(int kind);         /* enum tdp_trace_kind: "spte_changed", ... */
 /* A policy switch that takes one of several values (root_lifetime,
  * dirty_log_enable_flush, removed_pt_flush, huge_recovery): the name of `value`. */
+const char *tdp_invept_type_name(int type);         /* enum tdp_invept_type: "single", "global" */
+const char *tdp_invvpid_type_name(int type);        /* enum tdp_invvpid_type: "individual", ... */
+const char *tdp_walk_status_name(int status);       /* enum tdp_walk_status: "ok", "violation", ... */
 const char *tdp_policy_value_name(const char *policy_switch, int value);
 
 #endif

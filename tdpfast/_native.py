@@ -1,6 +1,8 @@
 """The compiled C core (``tdpfast._tdpfast``): ``ffi`` and ``lib``, and the error check."""
 from __future__ import annotations
 
+from typing import Dict, Iterable, Tuple
+
 try:
     from ._tdpfast import ffi, lib  # noqa: F401
 except ModuleNotFoundError as e:
@@ -25,6 +27,25 @@ def check_buf(rc: int, buf) -> int:
     if rc < 0:
         raise_for(rc, ffi.string(buf).decode(errors="replace"))
     return rc
+
+
+def c_names(query, codes: Iterable[int] = range(256)) -> Dict[int, str]:
+    """{value: name} of a C enum, from its name query in csrc/names.c (NULL: not a value).
+    Python reads C's numbers this way instead of retyping them."""
+    out = {}
+    for code in codes:
+        p = query(code)
+        if p != ffi.NULL:
+            out[code] = ffi.string(p).decode()
+    return out
+
+
+def c_name_table(query, codes: Iterable[int] = range(256)) -> Tuple[str, ...]:
+    """The names of an enum whose values are 0..n-1, as a tuple indexed by value."""
+    names = c_names(query, codes)
+    if sorted(names) != list(range(len(names))):
+        raise ImportError(f"tdpfast: {names} is not a dense enum from 0")
+    return tuple(names[i] for i in range(len(names)))
 
 
 def stat_names():

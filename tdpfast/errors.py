@@ -41,22 +41,32 @@ class LivelockError(TdpError, RuntimeError):
     """An operation kept retrying without making progress."""
 
 
-_BY_CODE = {
-    -1: InvalidArgumentError,
-    -2: NotFoundError,
-    -3: FramePoolExhausted,
-    -4: InvalidStateError,
-    -5: MalformedImageError,
-    -6: MissingPageError,
-    -7: LivelockError,
+# Each class by the name C gives its code (tdp_error_name(), csrc/names.c): the codes
+# themselves are read from the binding, never retyped here.
+_BY_NAME = {
+    "invalid_argument": InvalidArgumentError,
+    "not_found": NotFoundError,
+    "no_memory": FramePoolExhausted,
+    "invalid_state": InvalidStateError,
+    "malformed_image": MalformedImageError,
+    "missing_page": MissingPageError,
+    "livelock": LivelockError,
 }
+
+
+def error_class(code: int) -> type:
+    """The exception class of a negative C return code (``TdpError`` for an unknown one)."""
+    from ._tdpfast import ffi, lib
+
+    name = lib.tdp_error_name(code)
+    return _BY_NAME.get(ffi.string(name).decode(), TdpError) if name != ffi.NULL else TdpError
 
 
 def raise_for(code: int, message: str) -> None:
     """Raise the exception for a negative C return ``code`` (no-op for 0)."""
     if code == 0:
         return
-    exc = _BY_CODE.get(code, TdpError)
+    exc = error_class(code)
     raise exc(message or f"tdpfast error {code}")
 
 

@@ -17,26 +17,20 @@ from __future__ import annotations
 import struct
 from typing import Dict, Iterable, Optional, Sequence, Tuple
 
+from ._native import c_name_table, c_names, ffi, lib
 from .errors import InvalidArgumentError
 from .results import ACCESS_NAMES, Event
 
 
 def _load_vocabulary() -> Dict[int, Tuple[str, int]]:
-    """{event code: (name, logged words)} -- the codes of ``EV_*`` in csrc/vm.h, in order
-    from 1. (To read it from the C binding instead, only this function changes.)"""
-    table = [
-        ("add_memslot", 4), ("delete_memslot", 1), ("host_unmap", 2), ("host_migrate", 1),
-        ("host_age", 2), ("set_dirty_logging", 2), ("get_dirty_log", 1), ("write_protect_gfn", 2),
-        ("alloc_root", 2), ("put_root", 1), ("invalidate_all_roots", 0), ("zap_invalidated_roots", 0),
-        ("zap_all_fast", 0), ("map", 3), ("map_range", 4), ("zap_gfn_range", 3), ("zap_root", 2),
-        ("zap_sp", 3), ("write_protect_range", 2), ("clear_dirty_range", 2), ("age", 2),
-        ("split_huge_pages", 3), ("recover_huge_pages", 2), ("recover_nx_huge_pages", 1),
-        ("vcpu_run", 2), ("vcpu_exit", 1), ("vcpu_request", 2), ("access", 3), ("access_batch", 1),
-        ("flush_remote_tlbs", 0), ("flush_remote_tlbs_range", 2), ("invept", 3), ("invvpid", 4),
-        ("set_tlb_control", 2), ("synchronize_rcu", 0), ("tlb_fill_junk", 3), ("start_op", 5),
-        ("step_op", 1),
-    ]
-    return {code: entry for code, entry in enumerate(table, start=1)}
+    """{event code: (name, logged words)}, read from the C engine's one event table
+    (csrc/events.def, through ``tdp_event_name``/``tdp_event_nargs``)."""
+    table = {}
+    for code in range(1, lib.tdp_event_kinds()):
+        name = lib.tdp_event_name(code)
+        if name != ffi.NULL:
+            table[code] = (ffi.string(name).decode(), lib.tdp_event_nargs(code))
+    return table
 
 
 _VOCABULARY = _load_vocabulary()
@@ -48,13 +42,11 @@ EVENT_CODES: Dict[str, int] = {name: code for code, name in EVENT_NAMES.items()}
 EVENT_NARGS: Dict[str, int] = {name: nargs for name, nargs in _VOCABULARY.values()}
 
 #: The stepped operations of ``VM.start_op`` and the kind each is logged with.
-OPS: Dict[str, int] = {"zap_gfn_range": 1, "host_unmap": 2, "zap_invalidated_roots": 3, "delete_memslot": 4,
-                       "write_protect_range": 5, "clear_dirty_range": 6, "split_huge_pages": 7,
-                       "recover_huge_pages": 8, "recover_nx_huge_pages": 9}
+OPS: Dict[str, int] = {name: kind for kind, name in c_names(lib.tdp_op_kind_name).items()}
 OP_NAMES: Dict[int, str] = {kind: name for name, kind in OPS.items()}
 
 #: INVVPID types, by the number the event log records (Intel SDM Vol. 3C, "INVVPID").
-INVVPID_KINDS = ("individual", "single", "all", "single_retaining_globals")
+INVVPID_KINDS: Tuple[str, ...] = c_name_table(lib.tdp_invvpid_type_name)
 
 
 def decode_args(name: str, raw: Sequence[int]) -> Tuple[int, ...]:
@@ -146,7 +138,7 @@ def replay_one(vm, e: Event, *, requests: Dict[str, int], op_cls) -> None:
     elif op == "flush_remote_tlbs_range":
         vm.flush_remote_tlbs_range(a[0], a[1])
     elif op == "invept":
-        vm.invept(a[0], "single" if a[1] == 1 else "global", a[2])
+        vm.invept(a[0], ffi.string(lib.tdp_invept_type_name(a[1])).decode(), a[2])
     elif op == "invvpid":
         vm.invvpid(a[0], INVVPID_KINDS[a[1]], a[2], a[3])
     elif op == "set_tlb_control":

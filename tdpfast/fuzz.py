@@ -12,9 +12,9 @@ from ._native import check, ffi, lib
 from .policy import Policy
 from .results import ACCESS_NAMES, Event, Violation
 from .tlbconfig import TLBConfig
-from .vm import OPS, REQUESTS, VM
+from .events import INVVPID_KINDS, OP_NAMES as _OP_NAMES
+from .vm import REQUESTS, VM
 
-_OP_NAMES = {v: k for k, v in OPS.items()}
 _U64 = (1 << 64) - 1
 
 
@@ -255,10 +255,9 @@ def _call_text(e: Event) -> str:
     if op == "vcpu_request":
         return f"vm.vcpu_request({a[0]}, {', '.join(repr(k) for k, b in REQUESTS.items() if a[1] & b)})"
     if op == "invept":
-        return f"vm.invept({a[0]}, {'single' if a[1] == 1 else 'global'!r}, {h(a[2])})"
+        return f"vm.invept({a[0]}, {ffi.string(lib.tdp_invept_type_name(a[1])).decode()!r}, {h(a[2])})"
     if op == "invvpid":
-        kinds = ("individual", "single", "all", "single_retaining_globals")
-        return f"vm.invvpid({a[0]}, {kinds[a[1]]!r}, {a[2]}, {h(a[3])})"
+        return f"vm.invvpid({a[0]}, {INVVPID_KINDS[a[1]]!r}, {a[2]}, {h(a[3])})"
     if op == "tlb_fill_junk":
         return f"vm.tlb_fill_junk({a[0]}, {a[1]}, {h(a[2])})"
     return f"vm.{op}({', '.join(h(x) for x in a)})"

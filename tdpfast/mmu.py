@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 from ._args import _access_code, _int
-from ._native import check, ffi, lib
+from ._native import c_names, check, ffi, lib
 from .errors import InvalidArgumentError, NotFoundError
 from .results import WalkResult
 
@@ -14,14 +14,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from .vm import VM
 
 
+#: Walk faults by status (enum tdp_walk_status); a walk that succeeded has none.
+_WALK_FAULTS = {s: (None if s == lib.TDP_WALK_OK else name) for s, name in c_names(lib.tdp_walk_status_name).items()}
+
+
 def walk_result_from_c(w) -> WalkResult:
     """Convert a ``struct tdp_walk_result`` (shared with :mod:`tdpfast.hw`)."""
     status = w.status
-    fault = {0: None, 1: "violation", 2: "misconfig", 3: "npf"}[status]
+    ok = status == lib.TDP_WALK_OK
     return WalkResult(
-        ok=status == 0, hpa=w.hpa if status == 0 else None, fault=fault,
-        qualification=w.qualification if status == 1 else None,
-        error_code=w.error_code if status == 3 else None, level=w.level, refs=w.refs,
+        ok=ok, hpa=w.hpa if ok else None, fault=_WALK_FAULTS[status],
+        qualification=w.qualification if status == lib.TDP_WALK_VIOLATION else None,
+        error_code=w.error_code if status == lib.TDP_WALK_NPF else None, level=w.level, refs=w.refs,
         ad_writes=tuple((w.ad_addr[i], w.ad_old[i], w.ad_new[i]) for i in range(w.nad)),
         entries=tuple(w.entries[i] for i in range(w.nentries)))
 
@@ -170,6 +174,15 @@ class MMU:
         """
         out = ffi.new("int *")
         check(self._h, lib.tdp_mmu_zap_gfn_range(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn),
+                                                 int(bool(shared)), out))
+        return bool(out[0])
+
+    def kvm_zap_gfn_range(self, start_gfn: int, end_gfn: int, shared: bool = False) -> bool:
+        """kvm_zap_gfn_range() as its callers in mmu.c run it: :meth:`zap_gfn_range`, then
+        the ranged remote flush it owes before dropping mmu_lock. Returns True when it
+        flushed. Logged as those two steps (``zap_gfn_range``, ``flush_remote_tlbs_range``)."""
+        out = ffi.new("int *")
+        check(self._h, lib.tdp_kvm_zap_gfn_range(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn),
                                                  int(bool(shared)), out))
         return bool(out[0])
 

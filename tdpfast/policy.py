@@ -6,11 +6,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
+from ._native import c_name_table, ffi, lib
+
+#: The switches that take one of several values, each value's name indexed by its C value
+#: (tdp_policy_value_name(), csrc/names.c).
 _ENUMS: Dict[str, Tuple[str, ...]] = {
-    "root_lifetime": ("preserve", "zap_on_last_put"),
-    "dirty_log_enable_flush": ("always", "if_changed"),
-    "removed_pt_flush": ("none", "table", "last_child"),
-    "huge_recovery": ("recover", "zap_collapsible"),
+    switch: c_name_table(lambda v, s=switch.encode(): lib.tdp_policy_value_name(s, v), range(16))
+    for switch in ("root_lifetime", "dirty_log_enable_flush", "removed_pt_flush", "huge_recovery")
 }
 
 

@@ -2,11 +2,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
-ACCESS_NAMES = ("r", "w", "x", "xu")
-VIOLATION_KINDS = {1: "use_after_free", 2: "stale_page_table", 3: "lost_dirty", 4: "stale_write", 5: "livelock"}
-FRAME_STATES = {0: "a memslot page the gfn no longer maps", 5: "the gfn's current page", 1: "free", 2: "page table", 3: "guest page", 4: "waiting for RCU"}
+from ._native import c_name_table, c_names, lib
+
+#: Access kinds by their C code (enum tdp_access): "r", "w", "x", "xu".
+ACCESS_NAMES: Tuple[str, ...] = c_name_table(lib.tdp_access_name)
+#: Violation kinds by their C code (enum tdp_violation_kind).
+VIOLATION_KINDS: Dict[int, str] = c_names(lib.tdp_violation_kind_name)
+#: Access outcomes by their C code (enum tdp_access_outcome): "ok", "mmio", "livelock", "blocked".
+OUTCOME_NAMES: Tuple[str, ...] = c_name_table(lib.tdp_access_outcome_name)
+#: What a stale frame is now (enum tdp_frame_state), in words for Violation.frame_state.
+FRAME_STATES: Dict[int, str] = {
+    lib.TDP_FRAME_UNUSED: "a memslot page the gfn no longer maps",
+    lib.TDP_FRAME_CURRENT: "the gfn's current page",
+    lib.TDP_FRAME_FREE: "free",
+    lib.TDP_FRAME_TABLE: "page table",
+    lib.TDP_FRAME_GUEST: "guest page",
+    lib.TDP_FRAME_RCU: "waiting for RCU",
+}
 
 
 @dataclass(frozen=True)
@@ -112,4 +126,4 @@ class Event:
 
 
 __all__ = ["WalkResult", "Violation", "AccessResult", "BatchResult", "Memslot", "Event",
-           "ACCESS_NAMES", "VIOLATION_KINDS"]
+           "ACCESS_NAMES", "VIOLATION_KINDS", "OUTCOME_NAMES", "FRAME_STATES"]

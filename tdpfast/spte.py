@@ -1,13 +1,18 @@
 """Decode any 64-bit (S)PTE value into named fields, for EPT or NPT, with KVM's software
-bits (arch/x86/kvm/mmu/spte.h). Constants mirror csrc/spte.h."""
+bits (arch/x86/kvm/mmu/spte.h). KVM's constants come from the engine (tdp_spte_constants())."""
 from __future__ import annotations
 
 from typing import Dict, Union
 
-MMU_PRESENT = 1 << 11
-SHADOW_NONPRESENT_VALUE = 1 << 63
-FROZEN_SPTE = 0x5A0 | SHADOW_NONPRESENT_VALUE
-PFN_MASK = 0x000FFFFFFFFFF000
+from ._native import ffi, lib
+
+_C = ffi.new("struct tdp_spte_constants *")
+lib.tdp_spte_constants(_C)
+MMU_PRESENT: int = _C.mmu_present
+SHADOW_NONPRESENT_VALUE: int = _C.shadow_nonpresent
+FROZEN_SPTE: int = _C.frozen
+PFN_MASK: int = _C.pfn_mask
+del _C
 MEMTYPES = {0: "UC", 1: "WC", 4: "WT", 5: "WP", 6: "WB"}
 
 __all__ = ["decode", "MMU_PRESENT", "SHADOW_NONPRESENT_VALUE", "FROZEN_SPTE"]

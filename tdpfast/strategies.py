@@ -65,7 +65,7 @@ def operations(vcpus: int = 2, pcpus: int = 2, max_gfn: int = GFNS) -> st.Search
         (1, st.tuples(st.just("get_dirty_log"), slot)),
         (1, st.tuples(st.just("write_protect_gfn"), _gfns(max_gfn), st.booleans())),
         (1, st.tuples(st.just("smm_root"), rng)),
-        (2, st.tuples(st.just("start_op"), st.sampled_from(["zap_gfn_range", "host_unmap", "write_protect_range",
+        (2, st.tuples(st.just("start_op"), st.sampled_from(["kvm_zap_gfn_range", "host_unmap", "write_protect_range",
                                                              "split_huge_pages", "recover_huge_pages",
                                                              "recover_nx_huge_pages"]), rng, st.integers(1, 600))),
         (2, st.tuples(st.just("step_op"), st.integers(0, 3))),
@@ -136,8 +136,7 @@ def apply(vm, ops: Sequence[Op], *, slots: bool = True) -> List[Op]:
                 slot_ids[i] = vm.add_memslot(i * SLOT_PAGES, SLOT_PAGES, readonly=readonly, max_level=level).id
             elif name == "zap_gfn_range":
                 s, e, shared = args
-                if vm.mmu.zap_gfn_range(s, e, shared=shared):
-                    vm.flush_remote_tlbs_range(s, e - s)   # kvm_zap_gfn_range flushes before unlocking
+                vm.mmu.kvm_zap_gfn_range(s, e, shared=shared)
             elif name == "map":
                 gfn, level = args
                 span = 1 << (9 * (level - 1))

@@ -8,21 +8,22 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 from . import _native, events as _events, ops as _ops
 from ._args import _access_code, _choice, _int
-from ._native import check, ffi, lib
+from ._native import c_name_table, c_names, check, ffi, lib
 from .errors import InvalidArgumentError
 from .events import OPS
 from .mmu import MMU, Root, walk_result_from_c  # noqa: F401  (walk_result_from_c: tdpfast.hw)
 from .ops import Op
 from .policy import Policy
-from .results import (ACCESS_NAMES, FRAME_STATES, VIOLATION_KINDS, AccessResult, BatchResult, Event,
-                      Memslot, Violation)
+from .results import (ACCESS_NAMES, FRAME_STATES, OUTCOME_NAMES, VIOLATION_KINDS, AccessResult, BatchResult,
+                      Event, Memslot, Violation)
 from .tlbconfig import TLBConfig
 
 _NO_PFN = (1 << 64) - 1
-_ARCH = {"vmx": 0, "svm": 1}
-REQUESTS = {"tlb_flush": 1, "tlb_flush_current": 2, "tlb_flush_guest": 4, "mmu_free_obsolete_roots": 8,
-            "load_mmu_pgd": 16}
-_MODES = ("outside_guest", "in_guest", "exiting_guest")
+_ARCH = {name: code for code, name in c_names(lib.tdp_arch_name).items()}
+#: KVM requests by name -> request bit (enum tdp_request; read from the binding).
+REQUESTS = {name: bit for bit, name in c_names(lib.tdp_request_name, (1 << i for i in range(32))).items()}
+_MODES = c_name_table(lib.tdp_vcpu_mode_name)
+_TLB_HIT = {lib.TDP_TLB_WALKED: None, lib.TDP_TLB_HIT_L1: "l1", lib.TDP_TLB_HIT_L2: "l2"}
 
 
 class VM:
@@ -226,8 +227,8 @@ class VM:
 
     def _access_result(self, o) -> AccessResult:
         v = self._violation_at(o.violation - 1) if o.violation else None
-        return AccessResult(outcome=("ok", "mmio", "livelock", "blocked")[o.outcome], hpa=o.hpa if o.outcome == 0 else None,
-                            tlb={0: None, 1: "l1", 2: "l2"}[o.tlb_hit], faults=o.faults, walk_refs=o.walk_refs,
+        return AccessResult(outcome=OUTCOME_NAMES[o.outcome], hpa=o.hpa if o.outcome == lib.TDP_OUT_OK else None,
+                            tlb=_TLB_HIT[o.tlb_hit], faults=o.faults, walk_refs=o.walk_refs,
                             violation=v)
 
     def access_batch(self, vcpu: int, gpas, access: Union[str, Sequence, object] = "r", *,
@@ -248,7 +249,7 @@ class VM:
                 raise InvalidArgumentError(f"access has {len(keep)} kinds for {n} gpas")
             accs = ffi.from_buffer("uint8_t[]", keep)
         per = ffi.new("struct tdp_access_result[]", n) if per_access and n else ffi.NULL
-        counts = ffi.new("uint64_t[9]")
+        counts = ffi.new("uint64_t[]", lib.TDP_BATCH_NCOUNTS)
         done = ffi.new("size_t *")
         gbuf = ffi.from_buffer("uint64_t[]", g) if n else ffi.new("uint64_t[1]")
         try:
@@ -269,9 +270,12 @@ class VM:
             cols = {"outcome": [per[i].outcome for i in range(got)], "hpa": [per[i].hpa for i in range(got)],
                     "tlb": [per[i].tlb_hit for i in range(got)], "faults": [per[i].faults for i in range(got)],
                     "violation": [per[i].violation for i in range(got)]}
-        return BatchResult(accesses=got, ok=counts[0], mmio=counts[1], livelock=counts[2], blocked=counts[3],
-                           walked=counts[4], l1_hits=counts[5], l2_hits=counts[6], faults=counts[7],
-                           violations=counts[8], per_access=cols, requested=n, stopped=stopped)
+        return BatchResult(accesses=got, ok=counts[lib.TDP_BATCH_OK], mmio=counts[lib.TDP_BATCH_MMIO],
+                           livelock=counts[lib.TDP_BATCH_LIVELOCK], blocked=counts[lib.TDP_BATCH_BLOCKED],
+                           walked=counts[lib.TDP_BATCH_WALKED], l1_hits=counts[lib.TDP_BATCH_L1_HITS],
+                           l2_hits=counts[lib.TDP_BATCH_L2_HITS], faults=counts[lib.TDP_BATCH_FAULTS],
+                           violations=counts[lib.TDP_BATCH_VIOLATIONS], per_access=cols, requested=n,
+                           stopped=stopped)
 
     # ---------------------------------------------------------------- flushes
     def flush_remote_tlbs(self) -> None:
@@ -284,9 +288,10 @@ class VM:
 
     def invept(self, pcpu: int, kind: str = "single", eptp: Optional[int] = None) -> None:
         """INVEPT on one pCPU: ``kind`` "single" (needs ``eptp``) or "global"."""
-        _choice("INVEPT kind", kind, ("single", "global"))
-        t = {"single": 1, "global": 2}[kind]
-        if t == 1 and eptp is None:
+        types = {name: t for t, name in c_names(lib.tdp_invept_type_name).items()}
+        _choice("INVEPT kind", kind, tuple(types))
+        t = types[kind]
+        if t == lib.TDP_INVEPT_SINGLE_CONTEXT and eptp is None:
             raise InvalidArgumentError("INVEPT single-context needs eptp=")
         check(self._h, lib.tdp_invept(self._h, _int("pcpu", pcpu, 0, 1 << 20), t, _int("eptp", eptp or 0)))
 
@@ -407,6 +412,14 @@ class VM:
             out.append(_events.make_event(i, name, tuple(e.a[k] for k in range(5)), batch))
         return out
 
+    def health(self) -> Dict[str, Union[int, str]]:
+        """The model's own health: ``warnings`` counts states it must never reach (KVM's
+        WARN_ON(); ``warning`` describes the first), ``dropped_records`` events, violations or
+        trace records that could not be stored (the call after such a drop fails)."""
+        return {"warnings": lib.tdp_warn_count(self._h),
+                "warning": ffi.string(lib.tdp_warn_message(self._h)).decode(errors="replace"),
+                "dropped_records": lib.tdp_dropped_records(self._h)}
+
     def event_log(self) -> bytes:
         """The event log as bytes (byte-for-byte identical for the same seed and inputs)."""
         return _events.encode((e.op, e.raw, e.batch) for e in self.events)
@@ -416,8 +429,7 @@ class VM:
         n = lib.tdp_trace_count(self._h)
         buf = ffi.new("struct tdp_trace_rec[]", max(n, 1))
         lib.tdp_trace(self._h, buf, 0, n)
-        kinds = {1: "spte_changed", 2: "remote_flush", 3: "range_flush", 4: "vendor_flush", 5: "root_alloc",
-                 6: "root_put", 7: "root_free", 8: "fault", 9: "yield", 10: "ipi", 11: "new_asid"}
+        kinds = c_names(lib.tdp_trace_kind_name)
         return [(kinds.get(buf[i].kind, "?"), buf[i].level, buf[i].a, buf[i].b, buf[i].c) for i in range(n)]
 
     def replay(self, events: Iterable[Event]) -> None:

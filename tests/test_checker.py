@@ -474,7 +474,7 @@ def _b1(policy):
     vm.flush_remote_tlbs()
     vm.vcpu_run(0, 0)
     vm.access(0, 5 << 12, "r")                      # the vCPU's root is the newest: walked first
-    op = vm.start_op("zap_gfn_range", 5, 2048, yield_every=300)
+    op = vm.start_op("kvm_zap_gfn_range", 5, 2048, yield_every=300)
     assert not op.step()                            # stopped at a yield point in the SMM root
     vm.host_unmap(5, 6)
     r = vm.access(0, 5 << 12, "r")

@@ -369,7 +369,7 @@ class DifferentialMachine(RuleBasedStateMachine):
           pick=picks, yield_every=st.sampled_from([1, 2, 5, 16]))
     def start_op(self, name, sel, length, extra, pick, yield_every):
         g = self.gfn(sel)
-        args = {"zap_gfn_range": (g, g + length, extra % 2), "host_unmap": (g, g + min(length, 1024)),
+        args = {"kvm_zap_gfn_range": (g, g + length, extra % 2), "host_unmap": (g, g + min(length, 1024)),
                 "zap_invalidated_roots": (), "delete_memslot": (self.slot(pick),),
                 "write_protect_range": (g, g + length), "clear_dirty_range": (g, g + length),
                 "split_huge_pages": (g, g + length, 1 + extra % 2), "recover_huge_pages": (g, g + length),

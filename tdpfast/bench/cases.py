@@ -134,9 +134,8 @@ class FlushCase:
         self.fill = gpas_of(np.arange(2 * entries))
         self.vm.access_batch(0, self.fill)
         self.eptp = self.vm.mmu.root_pointer()
-        # the INVEPT type operand (Intel SDM Vol. 2A, INVEPT: 1 single-context, 2 all-context),
-        # which tdp_invept() takes as the instruction does
-        self.type = 1 if kind == "single" else 2
+        # the INVEPT type operand, which tdp_invept() takes as the instruction does
+        self.type = _engine.TDP_INVEPT_SINGLE_CONTEXT if kind == "single" else _engine.TDP_INVEPT_GLOBAL
 
     def setup(self):
         self.vm.access_batch(0, self.fill)

@@ -26,9 +26,8 @@ def _wl_vm(policy: Policy, seed: int, vm_cls=VM) -> VM:
 
 
 def _zap_and_flush(vm: VM, start: int, end: int) -> None:
-    """kvm_zap_gfn_range(): zap leaves of valid roots, the caller flushes if needed."""
-    if vm.mmu.zap_gfn_range(start, end):
-        vm.flush_remote_tlbs()
+    """kvm_zap_gfn_range(): zap leaves of valid roots, then the flush the caller owes."""
+    vm.mmu.kvm_zap_gfn_range(start, end)
 
 
 def wl_boot(vm: VM, pages: int, rounds: int, rng) -> None:

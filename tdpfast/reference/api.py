@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 from ..errors import (FramePoolExhausted, InvalidArgumentError, InvalidStateError, LivelockError,
                       NotFoundError)
 from ..events import INVVPID_KINDS
-from ..results import ACCESS_NAMES, AccessResult, BatchResult, WalkResult
+from .._native import c_name_table, c_names, lib
+from ..results import ACCESS_NAMES, OUTCOME_NAMES, AccessResult, BatchResult, WalkResult
 from . import cpu, hostmem, memslot as ms, mmu, page_walker, tdp_mmu
 from ._args import U64, _access_code, _int
 from .spte import pages_per_level, spte_index
@@ -24,7 +25,7 @@ from .tlb import ept_context
 if TYPE_CHECKING:  # pragma: no cover
     from .vm import VM, Kvm
 
-_MODES = ("outside_guest", "in_guest", "exiting_guest")
+_MODES = c_name_table(lib.tdp_vcpu_mode_name)
 
 
 class Root:
@@ -261,6 +262,13 @@ class MMU:
                               lambda s, e: tdp_mmu.zap_leafs(self._k, s, e, tdp_mmu.ROOTS_VALID, shared),
                               int(shared))
 
+    def kvm_zap_gfn_range(self, start_gfn: int, end_gfn: int, shared: bool = False) -> bool:
+        """kvm_zap_gfn_range() as mmu.c's callers run it: the zap, then the ranged flush it owes."""
+        flushed = self.zap_gfn_range(start_gfn, end_gfn, shared)
+        if flushed:
+            self._vm.flush_remote_tlbs_range(start_gfn, end_gfn - start_gfn)
+        return flushed
+
     def zap_root(self, root: Union[Root, int], shared: bool = False) -> None:
         k = self._k
         rid = self._rid(root)
@@ -478,9 +486,9 @@ class VcpuApi:
         return v
 
     def _access_result(self, o: cpu.AccessOut) -> AccessResult:
-        return AccessResult(outcome=("ok", "mmio", "livelock", "blocked")[o.outcome],
+        return AccessResult(outcome=OUTCOME_NAMES[o.outcome],
                             hpa=o.hpa if o.outcome == cpu.OUT_OK else None,
-                            tlb={0: None, 1: "l1", 2: "l2"}[o.tlb_hit], faults=o.faults,
+                            tlb={lib.TDP_TLB_WALKED: None, lib.TDP_TLB_HIT_L1: "l1", lib.TDP_TLB_HIT_L2: "l2"}[o.tlb_hit], faults=o.faults,
                             walk_refs=o.walk_refs,
                             violation=self._k.violations[o.violation - 1] if o.violation else None)
 
@@ -520,7 +528,7 @@ class VcpuApi:
         for i, gpa in enumerate(g):
             if gpa >> k.cfg.maxphyaddr:
                 raise InvalidArgumentError(f"gpas[{i}] = {gpa:#x} is beyond the guest physical address width")
-        counts = [0] * 9   # ok, mmio, livelock, blocked, walked, l1, l2, faults, violations
+        counts = [0] * lib.TDP_BATCH_NCOUNTS   # enum tdp_batch_count
         per: List[cpu.AccessOut] = []
         error: Optional[Exception] = None
         stopped: Optional[str] = None
@@ -535,10 +543,10 @@ class VcpuApi:
                 error = e
                 break
             per.append(o)
-            counts[o.outcome] += 1
-            counts[4 + o.tlb_hit] += 1
-            counts[7] += o.faults
-            counts[8] += o.violation != 0
+            counts[lib.TDP_BATCH_OK + o.outcome] += 1
+            counts[lib.TDP_BATCH_WALKED + o.tlb_hit] += 1
+            counts[lib.TDP_BATCH_FAULTS] += o.faults
+            counts[lib.TDP_BATCH_VIOLATIONS] += o.violation != 0
         if per:
             k.log("access_batch", vcpu, k.nblob, len(per),
                   batch=tuple((g[i], ACCESS_NAMES[accs[i] if accs is not None else default]) for i in range(len(per))))
@@ -550,9 +558,12 @@ class VcpuApi:
             cols = {"outcome": [o.outcome for o in per], "hpa": [o.hpa for o in per],
                     "tlb": [o.tlb_hit for o in per], "faults": [o.faults for o in per],
                     "violation": [o.violation for o in per]}
-        return BatchResult(accesses=len(per), ok=counts[0], mmio=counts[1], livelock=counts[2], blocked=counts[3],
-                           walked=counts[4], l1_hits=counts[5], l2_hits=counts[6], faults=counts[7],
-                           violations=counts[8], per_access=cols, requested=len(g), stopped=stopped)
+        return BatchResult(accesses=len(per), ok=counts[lib.TDP_BATCH_OK], mmio=counts[lib.TDP_BATCH_MMIO],
+                           livelock=counts[lib.TDP_BATCH_LIVELOCK], blocked=counts[lib.TDP_BATCH_BLOCKED],
+                           walked=counts[lib.TDP_BATCH_WALKED], l1_hits=counts[lib.TDP_BATCH_L1_HITS],
+                           l2_hits=counts[lib.TDP_BATCH_L2_HITS], faults=counts[lib.TDP_BATCH_FAULTS],
+                           violations=counts[lib.TDP_BATCH_VIOLATIONS], per_access=cols, requested=len(g),
+                           stopped=stopped)
 
     # --- flushes ---------------------------------------------------------------------------
     def flush_remote_tlbs(self) -> None:
@@ -576,17 +587,17 @@ class VcpuApi:
         Invalidate Cached Mappings"): single-context drops one EP4TA's mappings, global all
         of them."""
         k = self._k
-        t = {"single": 1, "global": 2}.get(kind)
+        t = {name: t for t, name in c_names(lib.tdp_invept_type_name).items()}.get(kind)
         if t is None:
             raise InvalidArgumentError(f"INVEPT kind must be 'single' or 'global', got {kind!r}")
-        if t == 1 and eptp is None:
+        if t == lib.TDP_INVEPT_SINGLE_CONTEXT and eptp is None:
             raise InvalidArgumentError("INVEPT single-context needs eptp=")
         pcpu, eptp = _int("pcpu", pcpu, 0, 1 << 20), _int("eptp", eptp or 0)
         k.op_begin()
         if k.cfg.arch != "vmx":
             raise InvalidStateError("INVEPT exists on VMX only (this VM is svm)")
         p = k.check_pcpu(pcpu)
-        if t == 1:
+        if t == lib.TDP_INVEPT_SINGLE_CONTEXT:
             # The EPTP must pass the VM-entry checks (SDM 26.2.1.1 "VM-Execution Control Fields").
             mt, pwl = eptp & 7, (eptp >> 3) & 7
             if mt not in (0, 6) or pwl != k.cfg.levels - 1 or eptp & 0xF00 or eptp >> k.cfg.maxphyaddr:

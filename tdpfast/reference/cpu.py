@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._native import c_names, lib
 from ..errors import FramePoolExhausted
 from . import checker, hostmem, mmu, page_walker, tdp_mmu
 from .spte import (MMIO_GEN_MASK, MT_WB, PERM_ALL, PERM_R, PERM_W, PERM_X, PERM_XU, PFN_MASK,
@@ -18,19 +19,20 @@ from .tlb import TLB, asid_context, ept_context
 U64 = (1 << 64) - 1
 
 # vCPU modes and requests (include/linux/kvm_host.h, arch/x86/include/asm/kvm_host.h).
-OUTSIDE_GUEST, IN_GUEST, EXITING_GUEST = 0, 1, 2
-REQ_TLB_FLUSH, REQ_TLB_FLUSH_CURRENT, REQ_TLB_FLUSH_GUEST = 1, 2, 4
-REQ_MMU_FREE_OBSOLETE_ROOTS, REQ_LOAD_MMU_PGD = 8, 16
-REQUESTS = {"tlb_flush": REQ_TLB_FLUSH, "tlb_flush_current": REQ_TLB_FLUSH_CURRENT,
-            "tlb_flush_guest": REQ_TLB_FLUSH_GUEST, "mmu_free_obsolete_roots": REQ_MMU_FREE_OBSOLETE_ROOTS,
-            "load_mmu_pgd": REQ_LOAD_MMU_PGD}
+# The codes are the binding's (enum tdp_vcpu_mode, enum tdp_request): the reference model
+# speaks the engine's interface, so both VMs' event logs and results compare as they are.
+OUTSIDE_GUEST, IN_GUEST, EXITING_GUEST = lib.TDP_OUTSIDE_GUEST, lib.TDP_IN_GUEST, lib.TDP_EXITING_GUEST
+REQ_TLB_FLUSH, REQ_TLB_FLUSH_CURRENT = lib.TDP_REQ_TLB_FLUSH, lib.TDP_REQ_TLB_FLUSH_CURRENT
+REQ_TLB_FLUSH_GUEST = lib.TDP_REQ_TLB_FLUSH_GUEST
+REQ_MMU_FREE_OBSOLETE_ROOTS, REQ_LOAD_MMU_PGD = lib.TDP_REQ_MMU_FREE_OBSOLETE_ROOTS, lib.TDP_REQ_LOAD_MMU_PGD
+REQUESTS = {name: bit for bit, name in c_names(lib.tdp_request_name, (1 << i for i in range(32))).items()}
 
 # SVM VMCB TLB_CONTROL values (arch/x86/include/asm/svm.h; APM 15.16.1, "TLB Flush").
 TLB_CONTROL_DO_NOTHING, TLB_CONTROL_FLUSH_ALL_ASID = 0, 1
 TLB_CONTROL_FLUSH_ASID, TLB_CONTROL_FLUSH_ASID_LOCAL = 3, 7
 
 # Access outcomes.
-OUT_OK, OUT_MMIO, OUT_LIVELOCK, OUT_BLOCKED = 0, 1, 2, 3
+OUT_OK, OUT_MMIO, OUT_LIVELOCK, OUT_BLOCKED = lib.TDP_OUT_OK, lib.TDP_OUT_MMIO, lib.TDP_OUT_LIVELOCK, lib.TDP_OUT_BLOCKED
 MAX_FAULT_RETRIES = 8
 
 

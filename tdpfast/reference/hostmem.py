@@ -14,9 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from .._native import lib
+
 # Frame states (the Violation.frame_state codes of tdpfast.results.FRAME_STATES); CURRENT
 # is only reported: a memslot page that is still its gfn's page.
-UNUSED, FREE, TABLE, GUEST, RCU, CURRENT = 0, 1, 2, 3, 4, 5
+UNUSED, FREE, TABLE, GUEST, RCU, CURRENT = (lib.TDP_FRAME_UNUSED, lib.TDP_FRAME_FREE, lib.TDP_FRAME_TABLE,
+                                           lib.TDP_FRAME_GUEST, lib.TDP_FRAME_RCU, lib.TDP_FRAME_CURRENT)
 
 POOL_MAX_FRAMES = 1 << 26
 
