@@ -8,7 +8,7 @@ words) followed by an access batch's pairs as ``<QB``; both VMs produce the same
 
 The vocabulary (code -> name, number of logged words) comes from ONE place,
 :func:`_load_vocabulary`; everything else here is derived from it. ``nargs`` is the
-number of words the C replay (``replay_one`` in csrc/vm.c) reads back: ``start_op``
+number of words the C replay (``replay_one`` in csrc/event.c) reads back: ``start_op``
 logs five -- ``kind, a, b, c`` and ``yield_every | op_id << 32`` -- which
 :func:`decode_args` unpacks into six public arguments.
 """
@@ -70,90 +70,89 @@ def encode(events: Iterable[Tuple[str, Sequence[int], Optional[Sequence[Tuple[in
     return b"".join(parts)
 
 
+#: How each event is made through the public API: (``"vm"`` or ``"mmu"``, method,
+#: function of the event giving (args, kwargs)). One table serves :func:`replay_one`
+#: (both VMs' ``replay``) and :func:`call_text` (the reproducer writer).
+def _api_table(requests: Dict[str, int]):
+    acc = ACCESS_NAMES
+    invept = lambda t: ffi.string(lib.tdp_invept_type_name(t)).decode()  # noqa: E731
+    return {
+        "add_memslot": ("vm", lambda a, e: ((a[0], a[1]), dict(readonly=bool(a[2] & lib.TDP_SLOT_READONLY),
+                                                                 dirty_log=bool(a[2] & lib.TDP_SLOT_DIRTY_LOG),
+                                                                 max_level=a[3]))),
+        "delete_memslot": ("vm", lambda a, e: ((a[0],), {})),
+        "host_unmap": ("vm", lambda a, e: ((a[0], a[1]), {})),
+        "host_migrate": ("vm", lambda a, e: ((a[0],), {})),
+        "host_age": ("vm", lambda a, e: ((a[0], a[1]), {})),
+        "set_dirty_logging": ("vm", lambda a, e: ((a[0], bool(a[1])), {})),
+        "get_dirty_log": ("vm", lambda a, e: ((a[0],), {})),
+        "write_protect_gfn": ("vm", lambda a, e: ((a[0], bool(a[1])), {})),
+        "alloc_root": ("mmu", lambda a, e: ((), dict(as_id=a[0], guest_mode=bool(a[1])))),
+        "put_root": ("mmu", lambda a, e: ((a[0],), {})),
+        "invalidate_all_roots": ("mmu", lambda a, e: ((), {})),
+        "zap_invalidated_roots": ("mmu", lambda a, e: ((), {})),
+        "zap_all_fast": ("mmu", lambda a, e: ((), {})),
+        "map": ("mmu", lambda a, e: ((a[1], a[2]), dict(root=a[0]) if a[0] else {})),
+        "map_range": ("mmu", lambda a, e: ((a[1], a[2], a[3]), dict(root=a[0]) if a[0] else {})),
+        "zap_gfn_range": ("mmu", lambda a, e: ((a[0], a[1]), dict(shared=bool(a[2])))),
+        "zap_root": ("mmu", lambda a, e: ((a[0],), dict(shared=bool(a[1])))),
+        "zap_sp": ("mmu", lambda a, e: ((a[1], a[2]), dict(root=a[0]))),
+        "write_protect_range": ("mmu", lambda a, e: ((a[0], a[1]), {})),
+        "clear_dirty_range": ("mmu", lambda a, e: ((a[0], a[1]), {})),
+        "age": ("mmu", lambda a, e: ((a[0], a[1]), {})),
+        "split_huge_pages": ("mmu", lambda a, e: ((a[0], a[1], a[2]), {})),
+        "recover_huge_pages": ("mmu", lambda a, e: ((a[0], a[1]), {})),
+        "recover_nx_huge_pages": ("mmu", lambda a, e: ((a[0],), {})),
+        "vcpu_run": ("vm", lambda a, e: ((a[0], a[1]), {})),
+        "vcpu_exit": ("vm", lambda a, e: ((a[0],), {})),
+        "vcpu_request": ("vm", lambda a, e: ((a[0], *[k for k, b in requests.items() if a[1] & b]), {})),
+        "access": ("vm", lambda a, e: ((a[0], a[1], acc[a[2]]), {})),
+        "access_batch": ("vm", lambda a, e: ((a[0], [g for g, _ in e.batch], [x for _, x in e.batch]), {})),
+        "flush_remote_tlbs": ("vm", lambda a, e: ((), {})),
+        "flush_remote_tlbs_range": ("vm", lambda a, e: ((a[0], a[1]), {})),
+        "invept": ("vm", lambda a, e: ((a[0], invept(a[1]), a[2]), {})),
+        "invvpid": ("vm", lambda a, e: ((a[0], INVVPID_KINDS[a[1]], a[2], a[3]), {})),
+        "set_tlb_control": ("vm", lambda a, e: ((a[0], a[1]), {})),
+        "synchronize_rcu": ("vm", lambda a, e: ((), {})),
+        "tlb_fill_junk": ("vm", lambda a, e: ((a[0], a[1], a[2]), {})),
+        "start_op": ("vm", lambda a, e: ((OP_NAMES[a[0]], a[1], a[2], a[3]), dict(yield_every=a[4]))),
+    }
+
+
+def api_call(e: Event, requests: Dict[str, int]) -> Tuple[str, str, tuple, dict]:
+    """(``"vm"`` or ``"mmu"``, method, args, kwargs): the public call that ``e`` records.
+    ``step_op`` is not a call on the VM but on the operation it steps (see callers)."""
+    entry = _api_table(requests).get(e.op)
+    if entry is None:
+        raise InvalidArgumentError(f"event {e.op!r} is not a call on the VM")
+    target, make = entry
+    args, kwargs = make(e.args, e)
+    return target, e.op, args, kwargs
+
+
 def replay_one(vm, e: Event, *, requests: Dict[str, int], op_cls) -> None:
     """Make the public API call that ``e`` records on ``vm`` (a :class:`tdpfast.VM` or a
     reference VM): ``requests`` is that VM's request-name table, ``op_cls`` its ``Op``.
     A ``step_op`` steps the operation with the recorded id: ids match in a fresh replay."""
-    a, op, m = e.args, e.op, vm.mmu
-    if op == "add_memslot":
-        vm.add_memslot(a[0], a[1], readonly=bool(a[2] & 1), dirty_log=bool(a[2] & 2), max_level=a[3])
-    elif op == "delete_memslot":
-        vm.delete_memslot(a[0])
-    elif op == "host_unmap":
-        vm.host_unmap(a[0], a[1])
-    elif op == "host_migrate":
-        vm.host_migrate(a[0])
-    elif op == "host_age":
-        vm.host_age(a[0], a[1])
-    elif op == "set_dirty_logging":
-        vm.set_dirty_logging(a[0], bool(a[1]))
-    elif op == "get_dirty_log":
-        vm.get_dirty_log(a[0])
-    elif op == "write_protect_gfn":
-        vm.write_protect_gfn(a[0], bool(a[1]))
-    elif op == "alloc_root":
-        m.alloc_root(as_id=a[0], guest_mode=bool(a[1]))
-    elif op == "put_root":
-        m.put_root(a[0])
-    elif op == "invalidate_all_roots":
-        m.invalidate_all_roots()
-    elif op == "zap_invalidated_roots":
-        m.zap_invalidated_roots()
-    elif op == "zap_all_fast":
-        m.zap_all_fast()
-    elif op == "map":
-        m.map(a[1], a[2], root=a[0] or None)
-    elif op == "map_range":
-        m.map_range(a[1], a[2], a[3], root=a[0] or None)
-    elif op == "zap_gfn_range":
-        m.zap_gfn_range(a[0], a[1], shared=bool(a[2]))
-    elif op == "zap_root":
-        m.zap_root(a[0], shared=bool(a[1]))
-    elif op == "zap_sp":
-        m.zap_sp(a[1], a[2], root=a[0])
-    elif op == "write_protect_range":
-        m.write_protect_range(a[0], a[1])
-    elif op == "clear_dirty_range":
-        m.clear_dirty_range(a[0], a[1])
-    elif op == "age":
-        m.age(a[0], a[1])
-    elif op == "split_huge_pages":
-        m.split_huge_pages(a[0], a[1], a[2])
-    elif op == "recover_huge_pages":
-        m.recover_huge_pages(a[0], a[1])
-    elif op == "recover_nx_huge_pages":
-        m.recover_nx_huge_pages(a[0])
-    elif op == "vcpu_run":
-        vm.vcpu_run(a[0], a[1])
-    elif op == "vcpu_exit":
-        vm.vcpu_exit(a[0])
-    elif op == "vcpu_request":
-        vm.vcpu_request(a[0], *[k for k, b in requests.items() if a[1] & b])
-    elif op == "access":
-        vm.access(a[0], a[1], ACCESS_NAMES[a[2]])
-    elif op == "access_batch":
-        vm.access_batch(a[0], [g for g, _ in e.batch], [acc for _, acc in e.batch])
-    elif op == "flush_remote_tlbs":
-        vm.flush_remote_tlbs()
-    elif op == "flush_remote_tlbs_range":
-        vm.flush_remote_tlbs_range(a[0], a[1])
-    elif op == "invept":
-        vm.invept(a[0], ffi.string(lib.tdp_invept_type_name(a[1])).decode(), a[2])
-    elif op == "invvpid":
-        vm.invvpid(a[0], INVVPID_KINDS[a[1]], a[2], a[3])
-    elif op == "set_tlb_control":
-        vm.set_tlb_control(a[0], a[1])
-    elif op == "synchronize_rcu":
-        vm.synchronize_rcu()
-    elif op == "tlb_fill_junk":
-        vm.tlb_fill_junk(a[0], a[1], a[2])
-    elif op == "start_op":
-        vm.start_op(OP_NAMES[a[0]], a[1], a[2], a[3], yield_every=a[4])
-    elif op == "step_op":
-        op_cls(vm, a[0], "?").step()
-    else:
-        raise InvalidArgumentError(f"unknown event {op!r}")
+    if e.op == "step_op":
+        op_cls(vm, e.args[0], "?").step()
+        return
+    target, method, args, kwargs = api_call(e, requests)
+    getattr(vm.mmu if target == "mmu" else vm, method)(*args, **kwargs)
+
+
+def _literal(x) -> str:
+    if isinstance(x, int) and not isinstance(x, bool):
+        return hex(x) if x > 9 else str(x)
+    return repr(x)
+
+
+def call_text(e: Event, requests: Dict[str, int]) -> str:
+    """The same call as Python source (``vm.mmu.map(0x40005, 1)``), for reproducers."""
+    target, method, args, kwargs = api_call(e, requests)
+    parts = [_literal(x) for x in args] + [f"{k}={_literal(v)}" for k, v in kwargs.items()]
+    return f"{'vm.mmu' if target == 'mmu' else 'vm'}.{method}({', '.join(parts)})"
 
 
 __all__ = ["EVENT_NAMES", "EVENT_CODES", "EVENT_NARGS", "OPS", "OP_NAMES", "INVVPID_KINDS", "decode_args",
-           "make_event", "encode", "replay_one"]
+           "make_event", "encode", "api_call", "replay_one", "call_text"]

@@ -10,9 +10,9 @@ from typing import Callable, List, Optional, Sequence
 from . import jsondoc
 from ._native import check, ffi, lib
 from .policy import Policy
-from .results import ACCESS_NAMES, Event, Violation
+from .results import Event, Violation
 from .tlbconfig import TLBConfig
-from .events import INVVPID_KINDS, OP_NAMES as _OP_NAMES
+from .events import call_text
 from .vm import REQUESTS, VM
 
 _U64 = (1 << 64) - 1
@@ -203,64 +203,16 @@ def reproducer(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> str:
         if e.op == "start_op":
             k += 1
             ops[a[5]] = f"op{k}"
-            lines.append(f"op{k} = vm.start_op({_OP_NAMES[a[0]]!r}, {a[1]}, {a[2]}, {a[3]}, yield_every={a[4]})")
+            lines.append(f"op{k} = " + call_text(e, REQUESTS))
         elif e.op == "step_op":
             name = ops.get(a[0])
             if name:
                 lines.append(f"{name}.step()")
         else:
-            lines.append(_call_text(e))
+            lines.append(call_text(e, REQUESTS))
     lines += ["", "for v in vm.violations:", "    print(v)",
               "raise SystemExit(1 if vm.violations else 0)"]
     return "\n".join(lines) + "\n"
-
-
-def _call_text(e: Event) -> str:
-    a = e.args
-    op = e.op
-    h = lambda x: hex(x) if x > 9 else str(x)  # noqa: E731
-    if op == "add_memslot":
-        return (f"vm.add_memslot({h(a[0])}, {h(a[1])}, readonly={bool(a[2] & 1)}, dirty_log={bool(a[2] & 2)}, "
-                f"max_level={a[3]})")
-    if op == "access":
-        return f"vm.access({a[0]}, {h(a[1])}, {ACCESS_NAMES[a[2]]!r})"
-    if op == "access_batch":
-        return f"vm.access_batch({a[0]}, {[g for g, _ in e.batch]!r}, {[x for _, x in e.batch]!r})"
-    if op in ("map",):
-        return f"vm.mmu.map({h(a[1])}, {a[2]}" + (f", root={a[0]})" if a[0] else ")")
-    if op == "map_range":
-        return f"vm.mmu.map_range({h(a[1])}, {h(a[2])}, {a[3]}" + (f", root={a[0]})" if a[0] else ")")
-    if op == "zap_gfn_range":
-        return f"vm.mmu.zap_gfn_range({h(a[0])}, {h(a[1])}, shared={bool(a[2])})"
-    if op == "zap_root":
-        return f"vm.mmu.zap_root({a[0]}, shared={bool(a[1])})"
-    if op == "zap_sp":
-        return f"vm.mmu.zap_sp({h(a[1])}, {a[2]}, root={a[0]})"
-    if op == "alloc_root":
-        return f"vm.mmu.alloc_root(as_id={a[0]}, guest_mode={bool(a[1])})"
-    if op in ("put_root",):
-        return f"vm.mmu.put_root({a[0]})"
-    if op in ("invalidate_all_roots", "zap_invalidated_roots", "zap_all_fast"):
-        return f"vm.mmu.{op}()"
-    if op in ("write_protect_range", "clear_dirty_range", "age", "recover_huge_pages"):
-        return f"vm.mmu.{op}({h(a[0])}, {h(a[1])})"
-    if op == "split_huge_pages":
-        return f"vm.mmu.split_huge_pages({h(a[0])}, {h(a[1])}, {a[2]})"
-    if op == "recover_nx_huge_pages":
-        return f"vm.mmu.recover_nx_huge_pages({a[0]})"
-    if op == "set_dirty_logging":
-        return f"vm.set_dirty_logging({a[0]}, {bool(a[1])})"
-    if op == "write_protect_gfn":
-        return f"vm.write_protect_gfn({h(a[0])}, {bool(a[1])})"
-    if op == "vcpu_request":
-        return f"vm.vcpu_request({a[0]}, {', '.join(repr(k) for k, b in REQUESTS.items() if a[1] & b)})"
-    if op == "invept":
-        return f"vm.invept({a[0]}, {ffi.string(lib.tdp_invept_type_name(a[1])).decode()!r}, {h(a[2])})"
-    if op == "invvpid":
-        return f"vm.invvpid({a[0]}, {INVVPID_KINDS[a[1]]!r}, {a[2]}, {h(a[3])})"
-    if op == "tlb_fill_junk":
-        return f"vm.tlb_fill_junk({a[0]}, {a[1]}, {h(a[2])})"
-    return f"vm.{op}({', '.join(h(x) for x in a)})"
 
 
 def run(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: Optional[int] = None,

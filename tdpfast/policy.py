@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
-from ._native import c_name_table, ffi, lib
+from ._native import c_name_table, lib
 
 #: The switches that take one of several values, each value's name indexed by its C value
 #: (tdp_policy_value_name(), csrc/names.c).
