@@ -352,6 +352,12 @@ class DaskScheduler(Scheduler):
             self.close()
             raise InvalidArgumentError(f"the Dask workers cannot run tdpfast ({type(e).__name__}: {e}); "
                                        "install this build on every worker") from None
+        try:   # the scheduler unpickles the task graph too (distributed's update_graph)
+            theirs["scheduler"] = self._client.run_on_scheduler(engine_version)
+        except Exception as e:  # noqa: BLE001
+            self.close()
+            raise InvalidArgumentError(f"the Dask scheduler cannot import tdpfast ({type(e).__name__}: {e}); "
+                                       "install this build where the scheduler runs too") from None
         bad = {w: v for w, v in theirs.items() if v != mine}
         if bad:
             self.close()
