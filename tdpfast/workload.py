@@ -25,9 +25,8 @@ def _run(vm: VM, v: int) -> None:
 
 
 def _zap_and_flush(vm: VM, start: int, end: int) -> None:
-    """kvm_zap_gfn_range(): zap the leaves of valid roots; the caller flushes if needed."""
-    if vm.mmu.zap_gfn_range(start, end):
-        vm.flush_remote_tlbs()
+    """kvm_zap_gfn_range(): zap the leaves of valid roots, then the flush the caller owes."""
+    vm.mmu.kvm_zap_gfn_range(start, end)
 
 
 def _populate(vm: VM, pages: int) -> None:
@@ -44,7 +43,10 @@ def _touch(vm: VM, v: int, pages: int, n: int, rng, write_frac: float = 0.3) -> 
     import numpy as np
 
     g = _gpas(np, rng.integers(0, pages, n))
-    vm.access_batch(v, g, (rng.random(n) < write_frac).astype(np.uint8))
+    acc = (rng.random(n) < write_frac).astype(np.uint8)
+    if not isinstance(vm, VM):
+        acc = acc.tolist()    # the reference model's access_batch takes a list of access codes
+    vm.access_batch(v, g, acc)
 
 
 def boot(vm: VM, pages: int, rounds: int, rng) -> None:

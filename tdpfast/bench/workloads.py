@@ -1,16 +1,17 @@
-"""Cost workloads: deterministic modelled counters (no timing) of six workloads under every
-policy. Each runs on a fresh VM per policy, 8 vCPUs on 4 pCPUs with Skylake TLBs, VMX. Where
-KVM's caller owes the flush (kvm_zap_gfn_range), the workload does what the caller does."""
+"""Cost workloads: deterministic modelled counters (no timing) of the six workloads of
+:mod:`tdpfast.workload` under every policy. Each runs on a fresh VM per policy, 8 vCPUs on 4
+pCPUs with Skylake TLBs, VMX."""
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 from ..policy import Policy
 from ..tlbconfig import TLBConfig
 from ..vm import VM
+from ..workload import WORKLOADS
 from . import reference as ref
-from .cases import gpas_of, numpy_module
+from .cases import numpy_module
 from .profiles import SEED, Sizes
 
 WL_VCPUS, WL_PCPUS = 8, 4
@@ -23,132 +24,6 @@ SAFE_POLICIES = ("kvm", "kvm-v5.17", "flush-on-put-root", "precise-range", "kvm-
 def _wl_vm(policy: Policy, seed: int, vm_cls=VM) -> VM:
     return vm_cls(arch="vmx", vcpus=WL_VCPUS, pcpus=WL_PCPUS, tlb=TLBConfig.preset("skylake"),
                   policy=policy, seed=seed, record=False)
-
-
-def _zap_and_flush(vm: VM, start: int, end: int) -> None:
-    """kvm_zap_gfn_range(): zap leaves of valid roots, then the flush the caller owes."""
-    vm.mmu.kvm_zap_gfn_range(start, end)
-
-
-def wl_boot(vm: VM, pages: int, rounds: int, rng) -> None:
-    """Boot-like fault storm: firmware on vCPU 0 (with MTRR/CR0.CD zaps of all memory),
-    then the APs come up (each programs MTRRs: zap + flush) and every vCPU writes its
-    share of memory for the first time, round-robin; 4K backing (no THP), so every
-    page faults."""
-    np = numpy_module()
-    vm.add_memslot(0, pages, max_level=1)
-    vm.vcpu_run(0, 0)
-    low = gpas_of(np.arange(min(pages, 2048)))
-    for _ in range(4):
-        vm.access_batch(0, low, "w")
-        _zap_and_flush(vm, 0, pages)
-    for v in range(1, WL_VCPUS):
-        vm.vcpu_run(v, v % WL_PCPUS)
-        _zap_and_flush(vm, 0, pages)
-    share = pages // WL_VCPUS
-    step = max(share // rounds, 1)
-    for r in range(rounds):
-        for v in range(WL_VCPUS):
-            lo = v * share + r * step
-            vm.vcpu_run(v, v % WL_PCPUS)    # 8 vCPUs share 4 pCPUs: (re-)enter before running
-            vm.access_batch(v, gpas_of(np.arange(lo, min(lo + step, (v + 1) * share))), "w")
-
-
-def _populate_all(vm: VM, pages: int) -> None:
-    np = numpy_module()
-    share = pages // WL_VCPUS
-    for v in range(WL_VCPUS):
-        vm.vcpu_run(v, v % WL_PCPUS)
-        vm.access_batch(v, gpas_of(np.arange(v * share, (v + 1) * share)), "w")
-
-
-def _random_touch(vm: VM, v: int, pages: int, n: int, rng, write_frac: float = 0.3) -> None:
-    np = numpy_module()
-    g = gpas_of(rng.integers(0, pages, n))
-    acc = (rng.random(n) < write_frac).astype(np.uint8)
-    if not isinstance(vm, VM):
-        acc = acc.tolist()  # the reference model's access_batch takes no uint8 buffer (yet)
-    vm.access_batch(v, g, acc)
-
-
-def wl_notifier(vm: VM, pages: int, rounds: int, rng) -> None:
-    """MMU-notifier churn: THP-sized host_unmap()s and host_migrate()s (reclaim, NUMA
-    balancing, compaction) while vCPUs keep touching memory."""
-    vm.add_memslot(0, pages, max_level=2)
-    _populate_all(vm, pages)
-    for i in range(rounds * 4):
-        g = int(rng.integers(0, max(pages // 512, 1))) * 512
-        vm.host_unmap(g, min(g + 512, pages))
-        for _ in range(4):
-            m = int(rng.integers(0, pages))
-            if vm.backing(m) is not None:
-                vm.host_migrate(m)
-        v = i % WL_VCPUS
-        vm.vcpu_run(v, v % WL_PCPUS)
-        _random_touch(vm, v, pages, 512, rng)
-
-
-def wl_memslot(vm: VM, pages: int, rounds: int, rng) -> None:
-    """Memslot deletion: a small slot (a PCI BAR / VGA window) is deleted and re-added
-    while the guest works; every deletion is kvm_mmu_zap_all_fast()."""
-    vm.add_memslot(0, pages, max_level=2)
-    bar = vm.add_memslot(pages, 256, max_level=1)
-    _populate_all(vm, pages)
-    for _ in range(rounds):
-        for v in range(WL_VCPUS):
-            vm.vcpu_run(v, v % WL_PCPUS)
-            _random_touch(vm, v, pages, 512, rng)
-        vm.delete_memslot(bar)
-        bar = vm.add_memslot(pages, 256, max_level=1)
-
-
-def wl_dirty_log(vm: VM, pages: int, rounds: int, rng) -> None:
-    """Dirty logging (live migration): enable (eager split, write-protect, flush), cycles
-    of guest writes + GET_DIRTY_LOG, then disable (huge pages recovered)."""
-    slot = vm.add_memslot(0, pages, max_level=2)
-    _populate_all(vm, pages)
-    vm.set_dirty_logging(slot, True)
-    for _ in range(rounds):
-        for v in range(WL_VCPUS):
-            vm.vcpu_run(v, v % WL_PCPUS)
-            _random_touch(vm, v, pages, 256, rng, write_frac=1.0)
-        vm.get_dirty_log(slot)
-    vm.set_dirty_logging(slot, False)
-    for v in range(WL_VCPUS):
-        vm.vcpu_run(v, v % WL_PCPUS)
-        _random_touch(vm, v, pages, 256, rng)
-
-
-def wl_migration(vm: VM, pages: int, rounds: int, rng) -> None:
-    """Migration-heavy scheduling: 8 vCPUs placed on random pCPUs of 4 at every step, with
-    an occasional notifier unmap so that stale entries left on old pCPUs would matter."""
-    vm.add_memslot(0, pages, max_level=1)
-    _populate_all(vm, pages)
-    for i in range(rounds * 16):
-        v = int(rng.integers(0, WL_VCPUS))
-        vm.vcpu_run(v, int(rng.integers(0, WL_PCPUS)))
-        _random_touch(vm, v, pages, 256, rng)
-        if i % 8 == 7:
-            g = int(rng.integers(0, max(pages // 64, 1))) * 64
-            vm.host_unmap(g, min(g + 64, pages))
-
-
-def wl_root_churn(vm: VM, pages: int, rounds: int, rng) -> None:
-    """Root churn: kvm_mmu_zap_all_fast() without a memslot change (MMIO generation
-    wrap, nx_huge_pages toggle) while the vCPUs keep running."""
-    vm.add_memslot(0, pages, max_level=2)
-    _populate_all(vm, pages)
-    for _ in range(rounds):
-        vm.mmu.zap_all_fast()
-        for v in range(WL_VCPUS):
-            vm.vcpu_run(v, v % WL_PCPUS)
-            _random_touch(vm, v, pages, 512, rng)
-
-
-WORKLOADS: Dict[str, Callable] = {
-    "boot": wl_boot, "notifier": wl_notifier, "memslot": wl_memslot, "dirty_log": wl_dirty_log,
-    "migration": wl_migration, "root_churn": wl_root_churn,
-}
 
 
 def cost_policies() -> List[Tuple[str, Policy]]:
