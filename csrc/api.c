@@ -292,10 +292,7 @@ int tdp_mmu_recover_huge_pages(tdp_vm *vm, uint64_t start, uint64_t end, int *fl
 	VM_OP_BEGIN(vm);
 	if ((r = vm_check_range(vm, start, end)))
 		return r;
-	u64 fs, fe;
-	bool f = tdp_mmu_recover_huge(vm, start, end, &fs, &fe);
-	kvm_recover_huge_pages_flush(vm, fs, fe, f);
-	*flush = f;
+	*flush = tdp_mmu_recover_huge(vm, start, end); /* it flushes each root that changed */
 	vm_log(vm, EV_RECOVER, start, end, 0, 0, 0);
 	vm_op_end(vm);
 	return 0;

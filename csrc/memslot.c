@@ -359,10 +359,8 @@ int tdp_dirty_log_enable(tdp_vm *vm, int slot_id, int enable)
 		s->flags &= ~TDP_SLOT_DIRTY_LOG;
 		free(s->dirty);
 		s->dirty = NULL;
-		/* Recover huge pages in place; flush the memslot if any changed. */
-		u64 fs, fe;
-		if (tdp_mmu_recover_huge(vm, start, end, &fs, &fe))
-			kvm_flush_remote_tlbs_range(vm, fs < start ? fs : start, (fe > end ? fe : end) - (fs < start ? fs : start));
+		/* Recover huge pages in place; each root that changed flushes the memslot. */
+		tdp_mmu_recover_huge(vm, start, end);
 	}
 	vm_log(vm, EV_DIRTY_LOG_ENABLE, (u64)slot_id, (u64)enable, 0, 0, 0);
 	vm_op_end(vm);

@@ -59,8 +59,8 @@ int kvm_tdp_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int ac
 	spte = tdp_mmu_lookup(vm, root, gfn, &lvl, &sptep);
 	if (is_shadow_present_pte(spte) && is_last_spte(spte, lvl)) {
 		u64 nw = spte;
-		if (is_access_tracked_spte(&vm->masks, spte))
-			nw = restore_acc_track_spte(&vm->masks, spte);
+		if (is_access_tracked_spte(&vm->masks, spte)) /* and A, where A is a software bit (v6.13) */
+			nw = restore_acc_track_spte(&vm->masks, spte) | vm->masks.accessed;
 		if (write && !(nw & SPTE_W) && is_mmu_writable_spte(&vm->masks, nw) &&
 		    !(lvl > 1 && slot && (slot->flags & TDP_SLOT_DIRTY_LOG)))
 			nw |= SPTE_W;
@@ -157,8 +157,8 @@ void kvm_zap_gfn_range_flush(struct tdp_vm *vm, u64 start, u64 end, bool flush_n
 		kvm_flush_remote_tlbs_range(vm, start, end - start);
 }
 
-/* After recovering huge pages (recover_huge_pages_range()): the caller flushes the
- * huge pages it rebuilt, [start, end). */
+/* After one root's recover_huge_pages_range(): flush the range it covered,
+ * [start, end). */
 void kvm_recover_huge_pages_flush(struct tdp_vm *vm, u64 start, u64 end, bool flush_needed)
 {
 	if (flush_needed)
@@ -338,7 +338,8 @@ static void split_start(struct tdp_vm *vm, struct vm_op *o)
 	o->op.target_level = (int)o->c;
 }
 
-/* Recover huge pages in [a, b): the flush covers every huge page recovered. */
+/* Recover huge pages in [a, b): each root that changed flushes at its end
+ * (tdp_mmu_recover_huge_root_done()); the result says whether one did. */
 static void recover_huge_start(struct tdp_vm *vm, struct vm_op *o)
 {
 	tdp_op_init(vm, &o->op, OP_RECOVER_HUGE, ROOTS_VALID, o->a, o->b, true);
@@ -346,10 +347,8 @@ static void recover_huge_start(struct tdp_vm *vm, struct vm_op *o)
 
 static int recover_huge_finish(struct tdp_vm *vm, struct vm_op *o)
 {
-	const struct tdp_op *op = &o->op;
-	bool flush = op_flush_needed(o);
-	kvm_recover_huge_pages_flush(vm, op->chg_hi ? op->chg_lo : o->a, op->chg_hi ? op->chg_hi : o->b, flush);
-	return flush;
+	(void)vm;
+	return o->op.result;
 }
 
 /* kvm_recover_nx_huge_pages(): a count (0: by nx_recovery_ratio); it flushes itself. */

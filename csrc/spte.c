@@ -23,21 +23,26 @@ _Static_assert(SPTE_W == EPT_W && SPTE_W == NPT_W && SPTE_PS == 1ull << 7, "W is
 /* A table is 512 eight-byte entries: one 4 KiB page. */
 _Static_assert(512 * sizeof(u64) == 4096, "a page table fills one 4 KiB frame");
 
-void spte_masks_init(struct spte_masks *m, int fmt, bool ad)
+void spte_masks_init(struct spte_masks *m, int fmt, bool ad, bool soft_ad)
 {
 	*m = (struct spte_masks){0};
 	m->fmt = fmt;
 	if (fmt == FMT_EPT) {
 		/* kvm_mmu_set_ept_masks(): user = R, x = X, no nx; present mask is
 		 * SVE (+R without exec-only support, which every TDP-capable CPU we
-		 * model has); A/D only when EPT A/D is enabled. */
+		 * model has). A and D: bits 8 and 9 when EPT A/D is enabled; without
+		 * hardware A/D, 0 up to v6.12, and bits 8 and 9 as software bits since
+		 * 3835819fb1b3 "KVM: x86/mmu: Set shadow_accessed_mask for EPT even if
+		 * A/D bits disabled" and 53510b912518 "KVM: x86/mmu: Set shadow_dirty_mask
+		 * for EPT even if A/D bits disabled" (v6.13). */
 		m->ad = ad;
+		m->soft_ad = !ad && soft_ad;
 		m->present = EPT_SVE;
 		m->user = EPT_R;
 		m->x = EPT_X;
 		m->nx = 0;
-		m->accessed = ad ? EPT_A : 0;
-		m->dirty = ad ? EPT_D : 0;
+		m->accessed = ad || soft_ad ? EPT_A : 0;
+		m->dirty = ad || soft_ad ? EPT_D : 0;
 		m->host_writable = EPT_HOST_WRITABLE;
 		m->mmu_writable = EPT_MMU_WRITABLE;
 		m->memtype = (MT_WB << EPT_MT_SHIFT) | EPT_IPAT;
@@ -84,9 +89,21 @@ bool is_access_tracked_spte(const struct spte_masks *m, u64 s)
 
 bool spte_is_accessed(const struct spte_masks *m, u64 s)
 {
-	if (m->fmt == FMT_EPT && !spte_ad_enabled(s))
+	/* is_accessed_spte(): an AD-disabled SPTE is young unless access-tracked, up
+	 * to v6.12; since 7971801b5618 "KVM: x86/mmu: Use Accessed bit even when
+	 * _hardware_ A/D bits are disabled" (v6.13) the A bit says it. */
+	if (m->fmt == FMT_EPT && !spte_ad_enabled(s) && !m->soft_ad)
 		return !is_access_tracked_spte(m, s);
 	return (s & m->accessed) != 0;
+}
+
+bool is_access_allowed(const struct spte_masks *m, u64 s, bool write, bool exec)
+{
+	if (exec)
+		return m->fmt == FMT_EPT ? (s & m->x) != 0 : !(s & m->nx);
+	if (write)
+		return is_writable_pte(s);
+	return (s & 1) != 0;
 }
 
 u64 make_leaf_spte(const struct spte_masks *m, u64 pfn, int level, unsigned acc,
@@ -98,6 +115,10 @@ u64 make_leaf_spte(const struct spte_masks *m, u64 pfn, int level, unsigned acc,
 
 	if (!ad)
 		s |= SPTE_TDP_AD_DISABLED;
+	/* A and D below come from the masks, which are 0 for AD-disabled SPTEs up to
+	 * v6.12 (m->soft_ad: 7971801b5618, and 85649117511d "KVM: x86/mmu: Set Dirty
+	 * bit for new SPTEs, even if _hardware_ A/D bits are disabled", v6.13). */
+	ad = ad || m->soft_ad;
 	if (acc & ACC_USER)
 		s |= m->user;
 	if (acc & ACC_EXEC)
@@ -177,7 +198,7 @@ u64 mark_spte_for_access_track(const struct spte_masks *m, u64 s)
 		return s & ~m->accessed;
 	if (is_access_tracked_spte(m, s))
 		return s;
-	s &= ~m->acc_track;
+	s &= ~(m->acc_track | m->accessed);
 	s |= saved << SPTE_ACC_TRACK_SAVED_SHIFT;
 	return s;
 }

@@ -60,6 +60,7 @@ enum { ACC_EXEC = 1, ACC_WRITE = 2, ACC_USER = 4, ACC_ALL = 7 };
 struct spte_masks {
 	int fmt;
 	bool ad;        /* EPT A/D enabled (NPT: always true) */
+	bool soft_ad;   /* EPT A/D disabled, yet A and D are software bits of every SPTE (v6.13) */
 	u64 present;    /* shadow_present_mask */
 	u64 user;       /* shadow_user_mask */
 	u64 x;          /* shadow_x_mask */
@@ -74,7 +75,7 @@ struct spte_masks {
 	u64 mmio_mask;
 };
 
-void spte_masks_init(struct spte_masks *m, int fmt, bool ad);
+void spte_masks_init(struct spte_masks *m, int fmt, bool ad, bool soft_ad);
 
 static inline bool is_shadow_present_pte(u64 s) { return (s & SPTE_MMU_PRESENT) != 0; }
 static inline bool is_frozen_spte(u64 s) { return s == FROZEN_SPTE; }
@@ -90,6 +91,9 @@ bool is_writable_pte(u64 s);
 bool is_mmu_writable_spte(const struct spte_masks *m, u64 s);
 bool is_access_tracked_spte(const struct spte_masks *m, u64 s);
 bool spte_is_accessed(const struct spte_masks *m, u64 s);
+/* KVM's is_access_allowed(): the SPTE already permits the fault's access (write: W;
+ * exec: X, or not NX; read: present to the hardware, PT_PRESENT_MASK = bit 0). */
+bool is_access_allowed(const struct spte_masks *m, u64 s, bool write, bool exec);
 
 /* make_spte: a leaf mapping pfn at level with ACC_* access. host_writable says whether
  * the host mapping permits writes; write_fault sets D eagerly, prefetch leaves A clear. */

@@ -583,6 +583,8 @@ retry:
 			op->started = false;
 			continue;
 		}
+		if (op->kind == OP_RECOVER_HUGE)
+			tdp_mmu_recover_huge_root_done(vm, op);
 		u32 id = op->cur;
 		op->cur = 0;
 		if (op->which == ROOTS_SCHEDULED)
@@ -679,8 +681,10 @@ bool tdp_mmu_clear_dirty(struct tdp_vm *vm, u64 start, u64 end)
 }
 
 /* kvm_tdp_mmu_age_gfn_range(): clear A (A/D on) or access-track the SPTE (A/D
- * off), on every root of the address space. Not through handle_changed_spte,
- * and never a flush (x86 elides it, ~v6.13). */
+ * off), on the valid roots of the address space since 526e609f0567 "KVM:
+ * x86/mmu: Process only valid TDP MMU roots when aging a gfn range" (v6.13), on
+ * every root before. Not through handle_changed_spte, and never a flush (x86
+ * elides it, ~v6.13). */
 bool tdp_mmu_age(struct tdp_vm *vm, u64 start, u64 end)
 {
 	bool young = false;
@@ -688,6 +692,8 @@ bool tdp_mmu_age(struct tdp_vm *vm, u64 start, u64 end)
 	struct tdp_iter it;
 
 	for_each_tdp_mmu_root(vm, r) {
+		if (vm->pol.age_valid_roots_only && r->invalid)
+			continue;
 		tdp_root_for_each_leaf_pte(vm, it, r, start, end) {
 			if (!spte_is_accessed(&vm->masks, it.old_spte))
 				continue;
@@ -830,6 +836,13 @@ int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, struct kvm_page_fa
 	return RET_PF_RETRY;
 
 map_target_level:;
+	/* A present leaf that already allows the access: another vCPU fixed the
+	 * fault first, or this is a split huge page's child. Not rewritten (386d69f9f29b
+	 * "KVM: x86/mmu: Treat TDP MMU faults as spurious if access is already
+	 * allowed", v6.13); before, the SPTE was rebuilt and spurious only if equal. */
+	if (vm->pol.fault_spurious_if_allowed && is_shadow_present_pte(it.old_spte) &&
+	    is_last_spte(it.old_spte, it.level) && is_access_allowed(&vm->masks, it.old_spte, fault->write, fault->exec))
+		return RET_PF_SPURIOUS;
 	u64 new_spte;
 	bool wrprot = false;
 	int ret = RET_PF_FIXED;

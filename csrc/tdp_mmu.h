@@ -86,7 +86,10 @@ bool tdp_mmu_clear_dirty(struct tdp_vm *vm, u64 start, u64 end);
 bool tdp_mmu_age(struct tdp_vm *vm, u64 start, u64 end);
 int tdp_mmu_split(struct tdp_vm *vm, u64 start, u64 end, int target_level);
 /* Returns whether a flush is needed, and the range it must cover. */
-bool tdp_mmu_recover_huge(struct tdp_vm *vm, u64 start, u64 end, u64 *flush_start, u64 *flush_end);
+/* Recover huge pages in [start, end); each root that changed is flushed at its end.
+ * Returns whether a flush was done. */
+bool tdp_mmu_recover_huge(struct tdp_vm *vm, u64 start, u64 end);
+void tdp_mmu_recover_huge_root_done(struct tdp_vm *vm, struct tdp_op *op);
 int tdp_mmu_recover_nx(struct tdp_vm *vm, int count, int *zapped);
 bool tdp_mmu_zap_sp_frame(struct tdp_vm *vm, u32 frame);
 /* The table (frame) of root holding gfn's level-`level` entries, NO_FRAME if none. */

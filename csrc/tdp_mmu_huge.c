@@ -101,9 +101,31 @@ int tdp_mmu_split_huge_page(struct tdp_vm *vm, struct tdp_iter *it, struct tdp_r
 	return 0;
 }
 
-/* recover_huge_pages_range() (~v6.13+): CMPXCHG a huge SPTE built from a child
- * leaf over a table whose range may now be mapped huge; the pending flush is done
- * before yielding and at the end. huge_recovery="zap_collapsible" is the older
+/* The first present leaf below a table, depth first in gfn order, as
+ * tdp_root_for_each_leaf_pte() finds it (recover_huge_pages_range()'s
+ * make_huge_spte() source); 0 if the subtree maps nothing. */
+static u64 first_leaf_below(struct tdp_vm *vm, u32 f, int level)
+{
+	u64 *t = table_of(vm, f);
+
+	for (int k = 0; k < 512; k++) {
+		if (!is_shadow_present_pte(t[k]))
+			continue;
+		if (is_last_spte(t[k], level))
+			return t[k];
+		u32 c = spte_to_child_frame(&vm->mem, t[k], level);
+		u64 leaf = c == NO_FRAME ? 0 : first_leaf_below(vm, c, level - 1);
+		if (leaf)
+			return leaf;
+	}
+	return 0;
+}
+
+/* recover_huge_pages_range() (13e2e4f62a4b "KVM: x86/mmu: Recover TDP MMU huge
+ * page mappings in-place instead of zapping", v6.13): CMPXCHG a huge SPTE built
+ * from a child leaf over a table whose range may now be mapped huge; the pending
+ * flush is done before yielding and at the end of each root
+ * (tdp_mmu_recover_huge_root_done()). huge_recovery="zap_collapsible" is the older
  * zap_collapsible_spte_range() (<= v6.12): zap the table with the self-flushing
  * atomic zap, one flush per collapsed huge page; the next fault maps it huge. */
 int tdp_mmu_recover_huge_spte(struct tdp_vm *vm, struct tdp_op *op)
@@ -115,27 +137,9 @@ int tdp_mmu_recover_huge_spte(struct tdp_vm *vm, struct tdp_op *op)
 	struct memslot *s = vm_slot_of(vm, it->gfn);
 	if (!s || vm_max_mapping_level(vm, s, it->gfn) < it->level)
 		return 0;
-	/* A present leaf below to build the huge SPTE from. */
+	/* A present leaf anywhere below to build the huge SPTE from. */
 	u32 c = spte_to_child_frame(&vm->mem, it->old_spte, it->level);
-	u64 leaf = 0;
-	int lv = it->level - 1;
-	while (c != NO_FRAME) {
-		u64 *t = table_of(vm, c);
-		u64 found = 0;
-		for (int k = 0; k < 512; k++)
-			if (is_shadow_present_pte(t[k])) {
-				found = t[k];
-				break;
-			}
-		if (!found)
-			break;
-		if (is_last_spte(found, lv)) {
-			leaf = found;
-			break;
-		}
-		c = spte_to_child_frame(&vm->mem, found, lv);
-		lv--;
-	}
+	u64 leaf = c == NO_FRAME ? 0 : first_leaf_below(vm, c, it->level - 1);
 	if (!leaf)
 		return 0;
 	if (vm->pol.huge_recovery == 1) {
@@ -161,6 +165,26 @@ int tdp_mmu_recover_huge_spte(struct tdp_vm *vm, struct tdp_op *op)
 	if (hi > op->chg_hi)
 		op->chg_hi = hi;
 	return 0;
+}
+
+/* The end of one root's recover_huge_pages_range(): if this root changed, the
+ * flush of the memslot (kvm_flush_remote_tlbs_memslot(): here the range asked
+ * for, widened to every huge page installed, as a 1G leaf unlinks tables outside
+ * it) -- one flush per root that changed, as kvm_tdp_mmu_recover_huge_pages()
+ * walks each valid root. op->result says a flush was done. */
+void tdp_mmu_recover_huge_root_done(struct tdp_vm *vm, struct tdp_op *op)
+{
+	if (!op->flush)
+		return;
+	u64 lo = op->start, hi = op->end;
+	if (op->chg_hi) {
+		lo = op->chg_lo < lo ? op->chg_lo : lo;
+		hi = op->chg_hi > hi ? op->chg_hi : hi;
+	}
+	kvm_recover_huge_pages_flush(vm, lo, hi, true);
+	op->flush = false;
+	op->result = true;
+	op->chg_lo = op->chg_hi = 0;
 }
 
 /* kvm_recover_nx_huge_pages(): zap a batch of possible-NX tables; flush before
@@ -216,14 +240,12 @@ int tdp_mmu_split(struct tdp_vm *vm, u64 start, u64 end, int target_level)
 	return r < 0 ? r : 0;
 }
 
-bool tdp_mmu_recover_huge(struct tdp_vm *vm, u64 start, u64 end, u64 *flush_start, u64 *flush_end)
+bool tdp_mmu_recover_huge(struct tdp_vm *vm, u64 start, u64 end)
 {
 	struct tdp_op op;
 	tdp_op_init(vm, &op, OP_RECOVER_HUGE, ROOTS_VALID, start, end, true);
 	tdp_op_run(vm, &op, false);
-	*flush_start = op.chg_hi ? op.chg_lo : start;
-	*flush_end = op.chg_hi ? op.chg_hi : end;
-	return op.flush;
+	return op.result;
 }
 
 int tdp_mmu_recover_nx(struct tdp_vm *vm, int count, int *zapped)

@@ -143,6 +143,11 @@ struct tdp_policy {
 	int huge_recovery;             /* 0 recover in place, batched flush (v6.13+); 1 zap collapsible, flush each (<= v6.12) */
 	int flush_after_zap;           /* every zap operation that changed an SPTE ends with a remote flush */
 	int per_spte_flush;            /* every changed SPTE is flushed (gfn, level) on the spot */
+	/* Release behaviour that is not a flush decision (Policy.release() in tdpfast/policy.py
+	 * names the release each value belongs to). */
+	int ept_soft_ad;               /* EPT without A/D: SPTEs still carry A and D (v6.13, 3835819fb1b3) */
+	int fault_spurious_if_allowed; /* a fault on a present leaf that allows it is RET_PF_SPURIOUS (386d69f9f29b) */
+	int age_valid_roots_only;      /* aging walks only valid roots (v6.13, 526e609f0567) */
 };
 
 struct tdp_costs {

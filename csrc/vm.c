@@ -122,7 +122,7 @@ void tdp_default_config(struct tdp_config *c)
 
 void tdp_default_policy(struct tdp_policy *p)
 {
-	/* KVM v6.6+ (struct tdp_policy in tdpfast.h gives each switch's history). */
+	/* KVM v6.13 (struct tdp_policy in tdpfast.h gives each switch's history). */
 	*p = (struct tdp_policy){
 		.flush_on_root_load = 1, .flush_on_migrate = 1, .flush_on_put_root = 0,
 		.root_lifetime = TDP_ROOT_PRESERVE, .remote_flush_all_contexts = 1,
@@ -132,7 +132,8 @@ void tdp_default_policy(struct tdp_policy *p)
 		.iter_skip_after_yield = 0, .map_huge_over_table_flush = 1, .nx_huge_pages = 0,
 		.nx_recovery_ratio = 60, .yield_every = 0, .rcu_gp_at_yield = 1,
 		.rcu_gp_at_op_end = 1, .memslot_delete_zap_all = 1, .eager_split = 1,
-		.huge_recovery = 0};
+		.huge_recovery = 0, .ept_soft_ad = 1, .fault_spurious_if_allowed = 1,
+		.age_valid_roots_only = 1};
 }
 
 void tdp_default_costs(struct tdp_costs *c)
@@ -282,7 +283,7 @@ int tdp_vm_create(const struct tdp_config *cfg, const struct tdp_tlb_config *tlb
 	vm->tlbcfg = *tlb;
 	vm->pol = *pol;
 	vm->costs = *costs;
-	spte_masks_init(&vm->masks, cfg->arch == TDP_VMX ? FMT_EPT : FMT_NPT, cfg->ad != 0);
+	spte_masks_init(&vm->masks, cfg->arch == TDP_VMX ? FMT_EPT : FMT_NPT, cfg->ad != 0, pol->ept_soft_ad != 0);
 	vm->hw = (struct tdp_hw_params){
 		.fmt = cfg->arch == TDP_VMX ? FMT_EPT : FMT_NPT, .levels = cfg->levels,
 		.ad = cfg->arch == TDP_SVM ? 1 : cfg->ad, .maxphyaddr = cfg->maxphyaddr, .exec_only = 1,
@@ -331,6 +332,8 @@ int tdp_set_policy(tdp_vm *vm, const struct tdp_policy *pol)
 	if (r)
 		return r;
 	vm->pol = *pol;
+	/* The masks KVM computes at module load follow the release (ept_soft_ad). */
+	spte_masks_init(&vm->masks, vm->masks.fmt, vm->cfg.ad != 0, pol->ept_soft_ad != 0);
 	return 0;
 }
 

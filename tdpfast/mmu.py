@@ -220,7 +220,8 @@ class MMU:
                                                     _int("target_level", target_level, 0, 99)))
 
     def recover_huge_pages(self, start_gfn: int, end_gfn: int) -> bool:
-        """Install huge leaves over tables where now possible (v6.13+), flushing if any changed."""
+        """Install huge leaves over tables where now possible (v6.13+); each root that changed is
+        flushed at the end of its walk. Returns True when a flush was done."""
         out = ffi.new("int *")
         check(self._h, lib.tdp_mmu_recover_huge_pages(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn), out))
         return bool(out[0])

@@ -1,5 +1,7 @@
-"""Flush policies: KVM's behaviour, every flush decision point as a named switch, and the
-historical flush bugs of KVM's TDP MMU as named policies (each names its upstream fix)."""
+"""Flush policies: KVM's behaviour, every flush decision point as a named switch, the kernel
+releases the model knows (each a set of switch values, every difference written once with the
+upstream commit that made it: :data:`RELEASE_CHANGES`), and the historical flush bugs of KVM's TDP MMU as
+named policies (each names its upstream fix)."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +20,9 @@ _ENUMS: Dict[str, Tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Policy:
-    """Every flush decision KVM makes, as a switch. ``Policy.kvm()`` is KVM v6.6+.
+    """Every flush decision KVM makes, and every behaviour its releases differ in, as a switch.
+    ``Policy()`` / ``Policy.kvm()`` is the default release (:data:`DEFAULT_RELEASE`, KVM v6.13);
+    ``Policy.release("6.12")`` another one.
 
     Change one with ``.replace(switch=value)``; list the named variants with
     ``Policy.names()`` and get one with ``Policy.named(name)``.
@@ -74,14 +78,42 @@ class Policy:
     per_spte_flush: bool = False
     """Every changed SPTE is flushed (gfn, level) on the spot instead of one pending flush."""
     huge_recovery: str = "recover"
-    """After dirty logging: "recover" huge pages in place with batched flushes (v6.13+), or
-    "zap_collapsible" tables with one self-flushing atomic zap each (<= v6.12)."""
+    """After dirty logging: "recover" huge pages in place, one flush per root that changed (v6.13+,
+    13e2e4f62a4b), or "zap_collapsible" tables with one self-flushing atomic zap each (<= v6.12)."""
+    ept_soft_ad: bool = True
+    """EPT with A/D disabled: SPTEs still carry A and D as software bits, set when a leaf is made
+    and cleared by aging (v6.13, 3835819fb1b3 / 53510b912518 / 7971801b5618 / 85649117511d);
+    False: no A/D bits, aging access-tracks (<= v6.12)."""
+    fault_spurious_if_allowed: bool = True
+    """A fault on a present leaf that already allows the access returns RET_PF_SPURIOUS without
+    rewriting it (v6.13, 386d69f9f29b); False: the SPTE is rebuilt (spurious only if identical)."""
+    age_valid_roots_only: bool = True
+    """Aging walks only valid roots (v6.13, 526e609f0567); False: every root (<= v6.12)."""
 
     # ---------------------------------------------------------------- construction
     @classmethod
     def kvm(cls) -> "Policy":
-        """KVM's behaviour (v6.6+)."""
+        """KVM's behaviour: the default release (:data:`DEFAULT_RELEASE`)."""
         return cls()
+
+    @classmethod
+    def releases(cls) -> List[str]:
+        """The kernel releases the model knows, oldest first (``VM(kernel=...)`` takes one)."""
+        return list(RELEASES)
+
+    @classmethod
+    def release(cls, version: str) -> "Policy":
+        """KVM as of release ``version`` ("5.17", "6.6", "6.12", "6.13"): the default release with
+        every change made after ``version`` undone (see :data:`RELEASE_CHANGES`)."""
+        from .errors import InvalidArgumentError
+
+        if version not in RELEASES:
+            raise InvalidArgumentError(f"unknown kernel release {version!r}; releases: {', '.join(RELEASES)}")
+        undo = {}
+        for since, switch, before, _commit in reversed(RELEASE_CHANGES):
+            if _version_key(since) > _version_key(version):
+                undo[switch] = before
+        return cls().replace(**undo)
 
     def replace(self, **changes) -> "Policy":
         """A copy with some switches changed; unknown switches raise ``InvalidArgumentError``."""
@@ -156,10 +188,43 @@ class Policy:
         return p
 
 
+def _version_key(version: str) -> Tuple[int, ...]:
+    return tuple(int(x) for x in version.split("."))
+
+
+#: Each difference between the releases the model knows, written once: (the release that made the
+#: change, the switch, its value before, the upstream commit id + subject). A release's policy is
+#: the default with every later change undone (Policy.release()).
+RELEASE_CHANGES: Tuple[Tuple[str, str, object, str], ...] = (
+    ("6.4", "root_lifetime", "zap_on_last_put",
+     "edbdb43fc96b KVM: x86/mmu: Preserve TDP MMU roots until they are explicitly invalidated"),
+    ("6.13", "huge_recovery", "zap_collapsible",
+     "13e2e4f62a4b KVM: x86/mmu: Recover TDP MMU huge page mappings in-place instead of zapping"),
+    ("6.13", "ept_soft_ad", False,
+     "3835819fb1b3 KVM: x86/mmu: Set shadow_accessed_mask for EPT even if A/D bits disabled "
+     "(with 53510b912518, 7971801b5618 and 85649117511d of the same series)"),
+    ("6.13", "age_valid_roots_only", False,
+     "526e609f0567 KVM: x86/mmu: Process only valid TDP MMU roots when aging a gfn range"),
+    ("6.13", "fault_spurious_if_allowed", False,
+     "386d69f9f29b KVM: x86/mmu: Treat TDP MMU faults as spurious if access is already allowed"),
+)
+
+#: The releases ``VM(kernel=...)`` / ``Policy.release()`` accept, oldest first. Releases between
+#: two of them that the model tells apart behave as the older one (v6.6 and v6.12 have the same
+#: switch values: the changes between them are outside the model).
+RELEASES: Tuple[str, ...] = ("5.17", "6.6", "6.12", "6.13")
+
+#: The newest release the model matches exactly: ``Policy()`` and ``Policy.named("kvm")``.
+DEFAULT_RELEASE = "6.13"
+
 _NAMED: Dict[str, Tuple[str, dict]] = {
-    "kvm": ("KVM v6.6+: deferred flush on root teardown, flush on root load and on migration", {}),
-    "kvm-v5.17": ("KVM v5.17 root lifetime: the last put zaps the whole root without a flush (the seed thread)",
-                  {"root_lifetime": "zap_on_last_put"}),
+    "kvm": (f"KVM v{DEFAULT_RELEASE} (the default release): deferred flush on root teardown, flush on root load "
+            "and on migration", {}),
+    "kvm-v6.12": ("KVM v6.12: collapsible tables zapped, no EPT software A/D, aging of invalid roots, "
+                  "faults on permitting leaves rewrite them", {}),
+    "kvm-v6.6": ("KVM v6.6 (the same switch values as v6.12)", {}),
+    "kvm-v5.17": ("KVM v5.17: the last put zaps the whole root without a flush (the seed thread); "
+                  "otherwise as v6.12", {}),
     "flush-on-put-root": ("safe alternative: an eager remote flush every time a root is freed",
                           {"flush_on_put_root": True}),
     "precise-range": ("KVM with precise (Hyper-V style) ranged flushes", {"precise_range_flush": True}),
@@ -196,4 +261,8 @@ _NAMED: Dict[str, Tuple[str, dict]] = {
                               {"flush_before_yield": False, "yield_every": 8}),
 }
 
-__all__ = ["Policy"]
+# The release policies are the releases' switch values (written once, in RELEASE_CHANGES).
+for _name, _version in (("kvm-v6.12", "6.12"), ("kvm-v6.6", "6.6"), ("kvm-v5.17", "5.17")):
+    _NAMED[_name] = (_NAMED[_name][0], Policy.release(_version).changed())
+
+__all__ = ["Policy", "RELEASES", "RELEASE_CHANGES", "DEFAULT_RELEASE"]

@@ -29,6 +29,9 @@ _TLB_HIT = {lib.TDP_TLB_WALKED: None, lib.TDP_TLB_HIT_L1: "l1", lib.TDP_TLB_HIT_
 class VM:
     """A VM with KVM's TDP MMU, vCPUs on physical CPUs with TLBs, and the checker.
 
+    ``kernel="6.12"`` selects a KVM release's behaviour (``Policy.release()``; default: v6.13,
+    ``tdpfast.policy.DEFAULT_RELEASE``); ``policy=`` gives every switch instead.
+
     >>> vm = VM(arch="vmx", vcpus=2, pcpus=2)
     >>> slot = vm.add_memslot(0, 512)
     >>> vm.vcpu_run(0, 0); vm.access(0, 0x1000, "w").outcome
@@ -40,10 +43,16 @@ class VM:
                  mbec: bool = False, maxphyaddr: int = 46, hpa_base: int = 1 << 30,
                  frame_limit: Optional[int] = None, max_asid: int = 32767, min_asid: int = 1,
                  flush_by_asid: bool = True, trace: bool = False, record: bool = True,
-                 costs: Optional[Dict[str, int]] = None):
+                 costs: Optional[Dict[str, int]] = None, kernel: Optional[str] = None):
         if not isinstance(arch, str) or arch not in _ARCH:
             raise InvalidArgumentError(f"arch must be 'vmx' or 'svm', got {arch!r}")
         tlb = TLBConfig.adversarial() if tlb is None else tlb
+        if kernel is not None:
+            # A release is a set of policy switch values (Policy.release()); one or the other.
+            if policy is not None:
+                raise InvalidArgumentError("give kernel= or policy=, not both "
+                                           "(Policy.release(kernel).replace(...) combines them)")
+            policy = Policy.release(kernel)
         policy = Policy.kvm() if policy is None else policy
         if not isinstance(tlb, TLBConfig):
             raise InvalidArgumentError(f"tlb must be a TLBConfig, got {type(tlb).__name__}")

@@ -56,6 +56,7 @@ CONFIGS = [
     ("svm5-B9", dict(arch="svm", levels=5, policy=Policy.named("B9-iter-skip-after-yield"))),
     ("vmx4-noad-B14", dict(arch="vmx", levels=4, ad=False, policy=Policy.named("B14-dirty-log-enable-if-changed"))),
     ("vmx4-v5.17", dict(arch="vmx", levels=4, policy=Policy.named("kvm-v5.17"))),
+    ("vmx4-noad-v6.12", dict(arch="vmx", levels=4, ad=False, policy=Policy.release("6.12"))),
     ("svm4-B6", dict(arch="svm", levels=4, policy=Policy.named("B6-removed-pt-range"))),
     ("vmx4-B5-yield", dict(arch="vmx", levels=4, policy=Policy.named("B5-atomic-zap-no-flush").replace(
         yield_every=5, rcu_gp_at_op_end=False))),

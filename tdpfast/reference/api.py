@@ -329,10 +329,7 @@ class MMU:
 
     def recover_huge_pages(self, start_gfn: int, end_gfn: int) -> bool:
         def body(s, e):
-            flush, (fs, fe) = tdp_mmu.recover_huge_pages(self._k, s, e)
-            if flush:
-                cpu.kvm_flush_remote_tlbs_range(self._k, fs, fe - fs)
-            return flush
+            return tdp_mmu.recover_huge_pages(self._k, s, e)   # it flushes each root that changed
         return self._range_op("recover_huge_pages", start_gfn, end_gfn, body)
 
     def recover_nx_huge_pages(self, count: int = 0) -> int:

@@ -246,10 +246,7 @@ class MemslotApi:
         elif not enable and s.dirty_log:
             s.flags &= ~DIRTY_LOG
             s.dirty = None
-            flush, (fs, fe) = tdp_mmu.recover_huge_pages(k, s.base_gfn, s.end_gfn)
-            if flush:
-                lo, hi = min(fs, s.base_gfn), max(fe, s.end_gfn)
-                cpu.kvm_flush_remote_tlbs_range(k, lo, hi - lo)
+            tdp_mmu.recover_huge_pages(k, s.base_gfn, s.end_gfn)   # each root that changed flushes the slot
         k.log("set_dirty_logging", sid, int(enable))
         k.op_end()
 

@@ -127,8 +127,8 @@ def page_fault(vm, r: Optional[tdp_mmu.Root], gfn: int, access: int) -> int:
     spte, level, f, i = tdp_mmu.lookup(vm, r, gfn)
     if is_present_leaf(spte, level):
         new = spte
-        if is_access_tracked_spte(vm.masks, spte):
-            new = restore_acc_track_spte(spte)
+        if is_access_tracked_spte(vm.masks, spte):  # and A, where A is a software bit (v6.13)
+            new = restore_acc_track_spte(spte) | vm.masks.accessed
         # fast_page_fault(): never make a huge SPTE writable while the slot is dirty logged.
         if write and not new & W and is_mmu_writable_spte(vm.masks, new) and \
                 not (level > 1 and slot is not None and slot.dirty_log):
@@ -162,7 +162,7 @@ def page_fault(vm, r: Optional[tdp_mmu.Root], gfn: int, access: int) -> int:
         return tdp_mmu.RET_PF_NOMEM
     # The walk follows the faulting gfn; the target level aligns it (so a goal lowered
     # on the way down by disallowed_hugepage_adjust() still maps this gfn).
-    ret, _ = tdp_mmu.map_gfn(vm, r, gfn, goal, write, huge_disallowed, req_level)
+    ret, _ = tdp_mmu.map_gfn(vm, r, gfn, goal, write, huge_disallowed, req_level, exec_fault=exec_)
     name = {tdp_mmu.RET_PF_FIXED: "pf_fixed", tdp_mmu.RET_PF_SPURIOUS: "pf_spurious",
             tdp_mmu.RET_PF_EMULATE: "pf_emulate", tdp_mmu.RET_PF_RETRY: "pf_retry"}.get(ret)
     if name:
@@ -334,10 +334,7 @@ class SteppedOps:
                 cpu.kvm_flush_remote_tlbs_range(k, o.a, o.b - o.a)
             return int(op.result)
         if o.kind == 8:
-            if flush:
-                fs, fe = tdp_mmu.recover_flush_range(op, o.a, o.b)
-                cpu.kvm_flush_remote_tlbs_range(k, fs, fe - fs)
-            return int(flush)
+            return int(op.result)   # each root that changed flushed at its end
         if o.kind == 9:
             return op.nx_done
         return 0

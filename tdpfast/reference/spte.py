@@ -81,14 +81,17 @@ class Masks:
     acc_track: int     # bits cleared by access tracking (EPT: RWX; NPT: none)
     mmio_value: int
     mmio_mask: int
+    soft_ad: bool = False  # EPT A/D off, yet A and D are software bits of every SPTE (v6.13)
 
     @classmethod
-    def for_ept(cls, ad: bool) -> "Masks":
+    def for_ept(cls, ad: bool, soft_ad: bool = False) -> "Masks":
         # kvm_mmu_set_ept_masks(): user = R, x = X, no nx; present = SVE (+R only without
-        # exec-only support, and every CPU modelled has it); A/D only with EPT A/D;
+        # exec-only support, and every CPU modelled has it); A/D with EPT A/D, and without
+        # it as software bits since v6.13 (3835819fb1b3, 53510b912518: Policy.ept_soft_ad);
         # MMIO = W|X (misconfig).
-        return cls(ept=True, ad=ad, present=EPT_SVE, user=EPT_R, x=EPT_X, nx=0,
-                   accessed=EPT_A if ad else 0, dirty=EPT_D if ad else 0,
+        ad_bits = ad or soft_ad
+        return cls(ept=True, ad=ad, soft_ad=soft_ad and not ad, present=EPT_SVE, user=EPT_R, x=EPT_X, nx=0,
+                   accessed=EPT_A if ad_bits else 0, dirty=EPT_D if ad_bits else 0,
                    host_writable=EPT_HOST_WRITABLE, mmu_writable=EPT_MMU_WRITABLE,
                    memtype=(MT_WB << EPT_MT_SHIFT) | EPT_IPAT, acc_track=EPT_R | EPT_W | EPT_X,
                    mmio_value=EPT_W | EPT_X, mmio_mask=EPT_R | EPT_W | EPT_X | EPT_SVE)
@@ -147,9 +150,21 @@ def is_access_tracked_spte(m: Masks, s: int) -> bool:
 
 
 def spte_is_accessed(m: Masks, s: int) -> bool:
-    if m.ept and not spte_ad_enabled(s):
+    """is_accessed_spte(): an AD-disabled SPTE is young unless access-tracked (<= v6.12);
+    with software A/D (v6.13, 7971801b5618) the A bit says it."""
+    if m.ept and not spte_ad_enabled(s) and not m.soft_ad:
         return not is_access_tracked_spte(m, s)
     return bool(s & m.accessed)
+
+
+def is_access_allowed(m: Masks, s: int, write: bool, exec_: bool) -> bool:
+    """is_access_allowed(): the SPTE already permits the fault's access (write: W; exec: X /
+    not NX; read: present to the hardware, bit 0)."""
+    if exec_:
+        return bool(s & m.x) if m.ept else not s & m.nx
+    if write:
+        return bool(s & W)
+    return bool(s & 1)
 
 
 # --- builders ------------------------------------------------------------------------------
@@ -162,12 +177,13 @@ def make_leaf_spte(m: Masks, pfn: int, level: int, acc: int, host_writable: bool
     s = MMU_PRESENT | m.present | m.memtype
     if not m.ad:
         s |= TDP_AD_DISABLED
+    ad = m.ad or m.soft_ad  # A and D from the masks (0 for AD-disabled SPTEs up to v6.12)
     if acc & ACC_USER:
         s |= m.user
     s |= m.x if acc & ACC_EXEC else m.nx
     if level > 1:
         s |= PS
-    if m.ad and not prefetch:
+    if ad and not prefetch:
         s |= m.accessed
     if host_writable:
         s |= m.host_writable
@@ -175,7 +191,7 @@ def make_leaf_spte(m: Masks, pfn: int, level: int, acc: int, host_writable: bool
         acc &= ~ACC_WRITE
     if acc & ACC_WRITE:
         s |= W | m.mmu_writable
-        if m.ad:
+        if ad:
             s |= m.dirty
     return s | ((pfn << 12) & PFN_MASK)
 
@@ -232,7 +248,7 @@ def mark_spte_for_access_track(m: Masks, s: int) -> int:
     if is_access_tracked_spte(m, s):
         return s
     saved = s & (EPT_R | EPT_X)
-    return (s & ~m.acc_track) | (saved << ACC_TRACK_SAVED_SHIFT)
+    return (s & ~(m.acc_track | m.accessed)) | (saved << ACC_TRACK_SAVED_SHIFT)
 
 
 def restore_acc_track_spte(s: int) -> int:

@@ -19,7 +19,7 @@ from .spte import (ACC_ALL, ACC_EXEC, ACC_WRITE, FROZEN_SPTE, PFN_MASK, SHADOW_N
                    is_frozen_spte, is_large_pte, is_last_spte, is_present_leaf, is_shadow_present_pte,
                    make_huge_spte, make_leaf_spte, make_mmio_spte, make_nonleaf_spte, make_small_spte,
                    make_spte_executable, mark_spte_for_access_track, pages_per_level, spte_index,
-                   spte_is_accessed, spte_to_pfn)
+                   spte_is_accessed, spte_to_pfn, is_access_allowed)
 from .tdp_iter import TdpIter, spte_to_child_frame
 
 # Fault outcomes (RET_PF_*); NOMEM and BLOCKED are the model's.
@@ -356,6 +356,8 @@ def run_op(vm, op: Op):
                 op.it.next()
             if op.err:
                 break
+        if op.kind == RECOVER_HUGE:
+            recover_root_done(vm, op)
         if op.which == ROOTS_SCHEDULED:
             put_root(vm, r.id, op.shared)   # the TDP MMU's own reference (v6.6+)
         put_root(vm, r.id, op.shared)
@@ -463,25 +465,26 @@ def split_huge_page(vm, it: TdpIter, r: Root, shared: bool, nx_disallowed: bool)
 
 
 def _first_leaf_below(vm, spte: int, level: int) -> int:
-    """A present leaf under a non-leaf SPTE (following the first present entry of each
-    table), or 0."""
+    """The first present leaf anywhere under a non-leaf SPTE, depth first in gfn order
+    (tdp_root_for_each_leaf_pte()), or 0."""
     c = spte_to_child_frame(vm.mem, spte, level)
-    lv = level - 1
-    while c is not None:
-        found = next((s for s in vm.mem.table(c) if is_shadow_present_pte(s)), 0)
-        if not found:
-            return 0
-        if is_last_spte(found, lv):
-            return found
-        c = spte_to_child_frame(vm.mem, found, lv)
-        lv -= 1
+    if c is None:
+        return 0
+    for s in vm.mem.table(c):
+        if not is_shadow_present_pte(s):
+            continue
+        if is_last_spte(s, level - 1):
+            return s
+        leaf = _first_leaf_below(vm, s, level - 1)
+        if leaf:
+            return leaf
     return 0
 
 
 def _recover_huge_body(vm, op: Op) -> Optional[str]:
-    """recover_huge_pages_range() (~v6.13+): CMPXCHG a huge SPTE built from a
-    child leaf over a table whose range may now be mapped huge; the caller flushes
-    (before yielding and at the end).  ``huge_recovery="zap_collapsible"`` is the
+    """recover_huge_pages_range() (v6.13+, 13e2e4f62a4b): CMPXCHG a huge SPTE built from a
+    child leaf over a table whose range may now be mapped huge; flushed before yielding
+    and at the end of each root (:func:`recover_root_done`).  ``huge_recovery="zap_collapsible"`` is the
     <= v6.12 zap_collapsible_spte_range(): zap the table with the self-flushing atomic
     zap; the next fault maps it huge."""
     it = op.it
@@ -591,25 +594,37 @@ def split_huge_pages(vm, start: int, end: int, target_level: int) -> Optional[st
     return op.err
 
 
-def recover_flush_range(op: Op, start: int, end: int):
-    """The range a recovery's flush must cover: every huge page it installed."""
-    return (op.chg_lo, op.chg_hi) if op.chg_hi else (start, end)
+def recover_root_done(vm, op: Op) -> None:
+    """The end of one root's recover_huge_pages_range(): if the root changed, flush the
+    memslot (here: the range asked for, widened to every huge page installed) -- one flush
+    per root that changed.  ``op.result`` says a flush was done."""
+    if not op.flush:
+        return
+    lo, hi = op.start, op.end
+    if op.chg_hi:
+        lo, hi = min(lo, op.chg_lo), max(hi, op.chg_hi)
+    cpu.kvm_flush_remote_tlbs_range(vm, lo, hi - lo)
+    op.flush, op.result = False, True
+    op.chg_lo = op.chg_hi = 0
 
 
-def recover_huge_pages(vm, start: int, end: int):
-    """Returns (flush needed, (flush start, flush end))."""
+def recover_huge_pages(vm, start: int, end: int) -> bool:
+    """Returns whether a root's flush was done (each root that changed flushes itself)."""
     op = new_op(vm, RECOVER_HUGE, ROOTS_VALID, start, end, True)
     run(run_op(vm, op))
-    return op.flush, recover_flush_range(op, start, end)
+    return op.result
 
 
 # ======================================================================== aging, write tracking
 def age_gfn_range(vm, start: int, end: int) -> bool:
     """kvm_tdp_mmu_age_gfn_range(): clear A (A/D on) or access-track the SPTE (A/D
-    off) in every root; not through handle_changed_spte and never a flush (x86 elides it,
-    ~v6.13).  Returns "young"."""
+    off) in the valid roots (v6.13, 526e609f0567; every root before: Policy
+    age_valid_roots_only); not through handle_changed_spte and never a flush (x86 elides
+    it, ~v6.13).  Returns "young"."""
     young = False
     for r in reversed(vm.roots):
+        if r.invalid and vm.pol.age_valid_roots_only:
+            continue
         it = TdpIter(vm.mem, r.frame, r.level, 1, start)
         while it.valid and it.gfn < end:
             vm.stats[f"iter_visited_l{it.level}"] += 1
@@ -676,7 +691,7 @@ def tables_needed(vm, r: Root, start: int, end: int, level: int) -> int:
 
 
 def map_gfn(vm, r: Root, gfn: int, goal_level: int, write_fault: bool, huge_disallowed: bool,
-            req_level: int):
+            req_level: int, exec_fault: bool = False):
     """kvm_tdp_mmu_map() + tdp_mmu_map_handle_target_level(): walk to ``goal_level``
     creating tables (CMPXCHG), splitting a huge leaf above the goal in place (v6.2+: no
     flush), then install the leaf.  ``req_level`` is the level the fault could have used
@@ -699,7 +714,7 @@ def map_gfn(vm, r: Root, gfn: int, goal_level: int, write_fault: bool, huge_disa
         if is_frozen_spte(it.old_spte):
             return RET_PF_RETRY, False
         if it.level == goal_level:
-            return _map_target_level(vm, it, slot, gfn, goal_level, write_fault)
+            return _map_target_level(vm, it, slot, gfn, goal_level, write_fault, exec_fault)
         if is_shadow_present_pte(it.old_spte) and not is_large_pte(it.old_spte):
             it.next()
             continue
@@ -723,7 +738,11 @@ def map_gfn(vm, r: Root, gfn: int, goal_level: int, write_fault: bool, huge_disa
     return RET_PF_RETRY, False
 
 
-def _map_target_level(vm, it: TdpIter, slot, gfn: int, level: int, write_fault: bool):
+def _map_target_level(vm, it: TdpIter, slot, gfn: int, level: int, write_fault: bool, exec_fault: bool):
+    # A present leaf that already allows the access is not rewritten (386d69f9f29b, v6.13).
+    if vm.pol.fault_spurious_if_allowed and is_present_leaf(it.old_spte, it.level) and \
+            is_access_allowed(vm.masks, it.old_spte, write_fault, exec_fault):
+        return RET_PF_SPURIOUS, False
     wrprot = False
     if slot is None:
         new = make_mmio_spte(vm.masks, it.gfn, vm.memslots_gen)

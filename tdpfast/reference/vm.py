@@ -86,11 +86,17 @@ HOST_SLOT_REGION_OFFSET = 1 << 38   # memslot regions start 256 GiB above the po
 class Kvm(KvmEventLog):
     """Everything the model knows (struct kvm + the host): what the modules operate on."""
 
+    def masks_for(self, policy: Policy) -> Masks:
+        """The mask set for this VM's format under ``policy`` (ept_soft_ad: v6.13)."""
+        if self.cfg.arch == "vmx":
+            return Masks.for_ept(self.cfg.ad, policy.ept_soft_ad)
+        return Masks.for_npt()
+
     def __init__(self, cfg: SimpleNamespace, tlbcfg: TLBConfig, policy: Policy, costs: Dict[str, int],
                  quirks: Iterable[str]):
         self.cfg, self.pol, self.costs = cfg, policy, costs
         self.quirks = frozenset(quirks)
-        self.masks = Masks.for_ept(cfg.ad) if cfg.arch == "vmx" else Masks.for_npt()
+        self.masks = self.masks_for(policy)
         self.hw = page_walker.HwParams(ept=cfg.arch == "vmx", levels=cfg.levels,
                                        ad=cfg.arch == "svm" or cfg.ad, maxphyaddr=cfg.maxphyaddr,
                                        exec_only=True, mbec=cfg.mbec)
@@ -275,6 +281,7 @@ class VM(MemslotApi, NotifierApi, VcpuApi, SteppedOps, EventLogApi):
         if not isinstance(policy, Policy):
             raise InvalidArgumentError(f"policy must be a Policy, got {type(policy).__name__}")
         self._k.pol = policy
+        self._k.masks = self._k.masks_for(policy)  # the masks follow the release (ept_soft_ad)
 
     @property
     def quirks(self) -> frozenset:
