@@ -174,13 +174,8 @@ int tdp_mmu_map_range(tdp_vm *vm, uint32_t root_id, uint64_t start, uint64_t end
 	if ((r = vm_check_range(vm, start, end)) || (r = check_level(vm, level)) || (r = resolve_root(vm, root_id, &root)) ||
 	    (r = map_checks(vm, root, start, end, level)))
 		return r;
-	u64 span = pages_per_level(level);
-	for (u64 g = start; g < end; g += span) {
-		bool flushed;
-		if ((r = kvm_tdp_map_page(vm, root, g, level, &flushed)))
-			return r;
-		n++;
-	}
+	if ((r = kvm_tdp_map_range(vm, root, start, end, level, &n)))
+		return r;
 	*mapped = n;
 	vm_log(vm, EV_MAP_RANGE, root_id, start, end, (u64)level, 0);
 	vm_op_end(vm);

@@ -313,10 +313,14 @@ int cpu_fill_tlb_junk(struct tdp_vm *vm, int p, u32 count, u64 max_gfn)
 
 /* ---------------------------------------------------------------- guest accesses */
 
+/* The walker's table read: one load from the frame pool, found without a call
+ * (hostmem_frame_of()'s bounds test, inline). */
 static int engine_read(void *ctx, u64 hpa, u64 *val)
 {
 	struct tdp_vm *vm = ctx;
-	u32 f = hostmem_frame_of(&vm->mem, hpa >> 12);
+	u64 pfn = hpa >> 12;
+	u32 f = pfn < vm->mem.base_pfn || pfn - vm->mem.base_pfn >= vm->mem.nframes ? NO_FRAME
+										    : (u32)(pfn - vm->mem.base_pfn);
 
 	/* [MODEL CHOICE] guest data is not modelled: a frame that is not a table
 	 * (or was never one) reads as zeroes, i.e. a not-present entry. */

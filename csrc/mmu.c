@@ -114,14 +114,17 @@ int kvm_tdp_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int ac
 
 /* ------------------------------------------------------------------ map on request */
 
-int kvm_tdp_map_page(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int level, bool *flushed)
+/* table: the last-level table the first try's walk is known to end in
+ * (tdp_mmu_last_level_table()), or NULL to walk. */
+static int map_page(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int level, bool *flushed, u64 *table)
 {
 	for (int tries = 0; tries < 4; tries++) {
 		struct kvm_page_fault fault = {.gfn = gfn, .slot = vm_slot_of(vm, gfn), .req_level = level,
 					       .goal_level = level};
 		if (fault.slot && vm_fault_in_pfn(vm, fault.slot, gfn) == NO_PFN)
 			return vm_err(vm, TDP_ENOMEM, "frame pool exhausted");
-		int r = tdp_mmu_map_gfn(vm, root, &fault, flushed);
+		int r = tries == 0 && table ? tdp_mmu_map_gfn_in_table(vm, root, &fault, table, flushed)
+					    : tdp_mmu_map_gfn(vm, root, &fault, flushed);
 		if (r == RET_PF_NOMEM)
 			return vm_err(vm, TDP_ENOMEM, "frame pool exhausted");
 		if (r != RET_PF_RETRY) {
@@ -131,6 +134,38 @@ int kvm_tdp_map_page(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int leve
 		}
 	}
 	return vm_err(vm, TDP_ELIVELOCK, "mapping gfn 0x%llx kept retrying", (unsigned long long)gfn);
+}
+
+int kvm_tdp_map_page(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int level, bool *flushed)
+{
+	return map_page(vm, root, gfn, level, flushed, NULL);
+}
+
+/* kvm_tdp_map_page() for every level-sized page of [start, end), in order. At 4K
+ * the walk to a last-level table is done once for the run of gfns it maps: each
+ * later gfn's fault goes straight to its target-level step, while the level-2
+ * SPTE that links the table is unchanged (the map of a 4K gfn never changes it;
+ * cfg.no_bulk walks every time). */
+int kvm_tdp_map_range(struct tdp_vm *vm, struct tdp_root *root, u64 start, u64 end, int level, u64 *mapped)
+{
+	u64 span = pages_per_level(level), n = 0;
+	u64 *table = NULL, *link = NULL, linkv = 0;
+	int r;
+
+	for (u64 g = start; g < end; g += span) {
+		bool flushed;
+		if (level == 1 && !vm->cfg.no_bulk) {
+			if (table && (spte_index(g, 1) == 0 || *link != linkv))
+				table = NULL;
+			if (!table && (table = tdp_mmu_last_level_table(vm, root, g, &link)))
+				linkv = *link;
+		}
+		if ((r = map_page(vm, root, g, level, &flushed, table)))
+			return r;
+		n++;
+	}
+	*mapped = n;
+	return 0;
 }
 
 /* ------------------------------------------------------------------ callers of the zaps */

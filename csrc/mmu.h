@@ -20,6 +20,7 @@ struct vm_op {
 int kvm_tdp_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int access);
 /* kvm_tdp_map_page(): map gfn at exactly `level` (the public map); 0 or TDP_E*. */
 int kvm_tdp_map_page(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int level, bool *flushed);
+int kvm_tdp_map_range(struct tdp_vm *vm, struct tdp_root *root, u64 start, u64 end, int level, u64 *mapped);
 
 /* kvm_mmu_zap_all_fast(): performs no flush (vCPUs flush loading their next root). */
 void kvm_mmu_zap_all_fast(struct tdp_vm *vm);

@@ -73,6 +73,67 @@ static void handle_changed_spte(struct tdp_vm *vm, u64 gfn, u64 old, u64 new, in
 	}
 }
 
+/* Bulk paths. Where nothing can observe the individual steps of a walk over a
+ * whole table (no trace consumer, no per-SPTE flush policy, no yield due), one
+ * tight loop over its 512 entries gives exactly what the per-SPTE path (the
+ * specification; cfg.no_bulk forces it) gives: the same entries written, the same
+ * counters, the same modelled costs, added once per table. tests/test_bulk_paths.py
+ * compares the two on random ranges. */
+static inline bool bulk_allowed(const struct tdp_vm *vm)
+{
+	return !vm->cfg.no_bulk && !vm->cfg.trace && !vm->pol.per_spte_flush;
+}
+
+/* The leaf gauge of `level` can lose n leaves without going below zero, so the
+ * per-SPTE path's TDP_WARN_ON() in tdp_mmu_account_leaf() would not fire either. */
+static inline bool leaf_gauge_covers(const struct tdp_vm *vm, int level, u64 n)
+{
+	static const int st[4] = {0, ST_pages_4k, ST_pages_2m, ST_pages_1g};
+	return level < 1 || level > 3 || vm->stats[st[level]] >= n;
+}
+
+/* What handle_changed_spte() adds for n leaves of `level` made non-present. */
+static inline void account_zapped_leaves(struct tdp_vm *vm, int level, u64 n)
+{
+	vm->stats[ST_spte_writes] += n;
+	vm->stats[ST_spte_changed_l1 + level - 1] += n;
+	vm->stats[ST_cycles] += n * vm->costs.spte_write;
+	tdp_mmu_account_leaf(vm, level, -(int)n);
+}
+
+/* handle_removed_pt()'s loop for a last-level table (every present entry is a
+ * leaf, so nothing recurses): freeze what the loop would freeze. False: not
+ * taken (the caller runs the per-SPTE loop). */
+static bool removed_pt_bulk(struct tdp_vm *vm, u64 *t, bool shared)
+{
+	u64 nleaf = 0, nfrozen = 0;
+
+	if (!bulk_allowed(vm))
+		return false;
+	if (!leaf_gauge_covers(vm, 1, 512)) {
+		for (int i = 0; i < 512; i++)
+			nleaf += is_shadow_present_pte(t[i]);
+		if (!leaf_gauge_covers(vm, 1, nleaf))
+			return false;
+		nleaf = 0;
+	}
+	for (int i = 0; i < 512; i++) {
+		u64 old = t[i];
+		bool present = is_shadow_present_pte(old);
+		if ((!shared && !present) || is_frozen_spte(old))
+			continue;
+		t[i] = FROZEN_SPTE;
+		nfrozen++;
+		nleaf += present;
+	}
+	/* handle_changed_spte() per frozen entry: a write each, a leaf each present one. */
+	vm->stats[ST_spte_writes] += nfrozen;
+	vm->stats[ST_spte_changed_l1] += nfrozen;
+	vm->stats[ST_cycles] += nfrozen * vm->costs.spte_write;
+	tdp_mmu_account_leaf(vm, 1, -(int)nleaf);
+	return true;
+}
+
 /* handle_removed_pt(): freeze all 512 entries of an unlinked table (so a racing
  * fault retries), process each child, and free the page through RCU. The flush
  * is the caller's (since v5.18); B6-era kernels flushed here, see removed_pt_flush. */
@@ -89,7 +150,9 @@ static void handle_removed_pt(struct tdp_vm *vm, u32 f, bool shared)
 	vm->stats[ST_mmu_pages]--;
 	if (fr->sp_nx)
 		untrack_possible_nx_huge_page(vm, f);
-	for (int i = 0; i < 512; i++) {
+	if (level == 1 && removed_pt_bulk(vm, t, shared)) {
+		/* done: the same writes, counters and costs as the loop below */
+	} else for (int i = 0; i < 512; i++) {
 		u64 old = t[i];
 		if (!shared && !is_shadow_present_pte(old))
 			continue;
@@ -515,6 +578,103 @@ static int op_body(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *r)
 	return rc;
 }
 
+/* How many of the cond_resched checks of a whole table's 512 entries count
+ * towards need_resched (tdp_mmu_iter_cond_resched() skips the check where
+ * next_last_level_gfn is the gfn it last yielded at). */
+static u64 resched_checks_in_table(const struct tdp_iter *it, u64 base, u64 span)
+{
+	u64 k = 512, y = it->yielded_gfn;
+
+	if (it->next_last_level_gfn == y)      /* entry 0, reached by a step down */
+		k--;
+	if (y > base && y <= base + 511 * span && (y - base) % span == 0)
+		k--;                           /* entries 1..511, reached by a step side */
+	return k;
+}
+
+/* The zaps' bulk path: the iterator is at entry 0 of a table whose 512 entries
+ * the per-SPTE loop would all visit at this level, with none of them observable
+ * on its own (bulk_allowed(), and no yield can come due inside the table). Does
+ * what op_body() would do for each entry, in one loop, and leaves the iterator on
+ * entry 511 as the per-SPTE loop would. Taken for tdp_mmu_zap_leafs() (tables of
+ * leaves) and __tdp_mmu_zap_root() (the pass level's table: leaves are cleared in
+ * the loop, child tables go through handle_changed_spte() in order). */
+static bool op_bulk_table(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *r)
+{
+	struct tdp_iter *it = &op->it;
+	int level = it->level;
+	u64 span = pages_per_level(level), base = it->gfn, k = 0, nleaf = 0;
+	u64 *t = it->sptep;
+	bool has_tables = false;
+
+	if (!bulk_allowed(vm) || spte_index(base, level) != 0 || base + 511 * span >= op->end)
+		return false;
+	if (op->kind == OP_ZAP_LEAFS) {
+		/* the self-flushing atomic zap flushes per SPTE */
+		if (op->shared && vm->pol.shared_zap_flush)
+			return false;
+	} else if (op->kind == OP_ZAP_ROOTS) {
+		if (level != zap_root_pass_level(op, r))
+			return false;
+	} else {
+		return false;
+	}
+	if (op->can_yield && op->yield_every > 0) {
+		k = resched_checks_in_table(it, base, span);
+		if (op->since_yield + k >= (u64)op->yield_every)
+			return false; /* a yield comes due inside this table */
+	}
+	if (level > 1 || !leaf_gauge_covers(vm, level, 512)) {
+		/* A child table is descended into by zap_leafs, and freed (maybe with a
+		 * flush) by zap_root; the leaf gauge must cover what is zapped. */
+		for (int i = 0; i < 512; i++) {
+			u64 s = t[i];
+			if (!is_shadow_present_pte(s))
+				continue;
+			if (is_last_spte(s, level))
+				nleaf++;
+			else
+				has_tables = true;
+		}
+		if (has_tables && (op->kind == OP_ZAP_LEAFS || vm->pol.removed_pt_flush))
+			return false;
+		if (!leaf_gauge_covers(vm, level, nleaf))
+			return false;
+		nleaf = 0;
+	}
+	u64 nonleaf = 0;
+	for (int i = 0; i < 512; i++) {
+		u64 old = t[i];
+		if (!is_shadow_present_pte(old))
+			continue;
+		t[i] = SHADOW_NONPRESENT_VALUE;
+		if (is_last_spte(old, level)) {
+			nleaf++;
+		} else {
+			nonleaf++;
+			handle_changed_spte(vm, base + (u64)i * span, old, SHADOW_NONPRESENT_VALUE, level, op->shared);
+		}
+	}
+	account_zapped_leaves(vm, level, nleaf);
+	vm->stats[ST_iter_visited_l1 + level - 1] += 512;
+	vm->stats[ST_zapped_leaf_l1 + level - 1] += nleaf;
+	vm->stats[ST_zapped_nonleaf] += nonleaf;
+	if (nleaf + nonleaf) {
+		op->changed = true;
+		if (op->kind == OP_ZAP_LEAFS) {
+			op->result = true;
+			if (!op->shared && !r->invalid)
+				op->flush = true;
+		}
+	}
+	op->since_yield += k;
+	it->gfn = base + 511 * span;
+	it->next_last_level_gfn = it->gfn;
+	it->sptep = t + 511;
+	it->old_spte = t[511];
+	return true;
+}
+
 int tdp_op_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yield)
 {
 	if (op->kind == OP_NX_RECOVER)
@@ -560,6 +720,8 @@ int tdp_op_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yield)
 			tdp_iter_next(&op->it); /* the caller's `continue` after a yield */
 		}
 		for (; op->it.valid && op->it.gfn < op->end; tdp_iter_next(&op->it)) {
+			if (op_bulk_table(vm, op, r))
+				continue;
 retry:
 			if (op->can_yield && tdp_mmu_iter_cond_resched(vm, op, &op->flush)) {
 				if (stop_at_yield) {
@@ -784,12 +946,14 @@ u64 tdp_mmu_tables_needed(struct tdp_vm *vm, struct tdp_root *root, u64 start, u
 	return need;
 }
 
+static int map_handle_target_level(struct tdp_vm *vm, struct kvm_page_fault *fault, struct tdp_iter *iter,
+				   bool *flushed);
+
 /* kvm_tdp_mmu_map() + tdp_mmu_map_handle_target_level(). */
 int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, struct kvm_page_fault *fault, bool *flushed)
 {
 	/* req_level: the level the memslot allowed before the NX mitigation
 	 * lowered goal_level. */
-	struct memslot *slot = fault->slot;
 	u64 gfn = fault->gfn;
 	struct tdp_iter it;
 	bool nx_workaround = vm->pol.nx_huge_pages != 0;
@@ -835,46 +999,98 @@ int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, struct kvm_page_fa
 	}
 	return RET_PF_RETRY;
 
-map_target_level:;
+map_target_level:
+	return map_handle_target_level(vm, fault, &it, flushed);
+}
+
+/* The last-level table a 4K fault on gfn would walk to in root: every SPTE on
+ * the path present and not a leaf (so the walk in tdp_mmu_map_gfn() neither
+ * stops, splits, allocates nor lowers the goal on the way), else NULL.
+ * *parent_sptep: the level-2 SPTE pointing at it. */
+u64 *tdp_mmu_last_level_table(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, u64 **parent_sptep)
+{
+	u32 f = root->frame;
+
+	for (int l = root->level; l > 1; l--) {
+		u64 *p = table_of(vm, f) + spte_index(gfn, l);
+		if (!is_shadow_present_pte(*p) || is_last_spte(*p, l))
+			return NULL;
+		f = spte_to_child_frame(&vm->mem, *p, l);
+		if (f == NO_FRAME)
+			return NULL;
+		*parent_sptep = p;
+	}
+	return table_of(vm, f);
+}
+
+/* tdp_mmu_map_gfn() for a 4K fault whose walk ends in `table` (from
+ * tdp_mmu_last_level_table(), still linked): the target-level step alone, which
+ * is everything the walk would do (the levels above only descend). */
+int tdp_mmu_map_gfn_in_table(struct tdp_vm *vm, struct tdp_root *root, struct kvm_page_fault *fault, u64 *table,
+			     bool *flushed)
+{
+	struct tdp_iter it;
+
+	*flushed = false;
+	if (root->invalid || fault->goal_level != 1)
+		return RET_PF_RETRY;
+	it.h = &vm->mem;
+	it.level = 1;
+	it.gfn = fault->gfn;
+	it.sptep = table + spte_index(fault->gfn, 1);
+	it.old_spte = *it.sptep;
+	if (is_frozen_spte(it.old_spte))
+		return RET_PF_RETRY;
+	return map_handle_target_level(vm, fault, &it, flushed);
+}
+
+/* tdp_mmu_map_handle_target_level(): make the leaf (or MMIO) SPTE and install it. */
+static int map_handle_target_level(struct tdp_vm *vm, struct kvm_page_fault *fault, struct tdp_iter *it,
+				   bool *flushed)
+{
+	struct memslot *slot = fault->slot;
+	u64 gfn = fault->gfn;
+	bool nx_workaround = vm->pol.nx_huge_pages != 0;
+
 	/* A present leaf that already allows the access: another vCPU fixed the
 	 * fault first, or this is a split huge page's child. Not rewritten (386d69f9f29b
 	 * "KVM: x86/mmu: Treat TDP MMU faults as spurious if access is already
 	 * allowed", v6.13); before, the SPTE was rebuilt and spurious only if equal. */
-	if (vm->pol.fault_spurious_if_allowed && is_shadow_present_pte(it.old_spte) &&
-	    is_last_spte(it.old_spte, it.level) && is_access_allowed(&vm->masks, it.old_spte, fault->write, fault->exec))
+	if (vm->pol.fault_spurious_if_allowed && is_shadow_present_pte(it->old_spte) &&
+	    is_last_spte(it->old_spte, it->level) && is_access_allowed(&vm->masks, it->old_spte, fault->write, fault->exec))
 		return RET_PF_SPURIOUS;
 	u64 new_spte;
 	bool wrprot = false;
 	int ret = RET_PF_FIXED;
 	if (!slot) {
-		new_spte = make_mmio_spte(&vm->masks, it.gfn, vm->memslots_gen);
+		new_spte = make_mmio_spte(&vm->masks, it->gfn, vm->memslots_gen);
 	} else {
 		unsigned acc = ACC_ALL;
 		bool host_writable = !(slot->flags & TDP_SLOT_READONLY);
 		if (fault->goal_level > 1 && nx_workaround)
 			acc &= ~ACC_EXEC; /* huge SPTEs are NX under the mitigation */
 		if (!vm_gfn_writable(vm, slot, gfn) && host_writable) {
-			/* gfn write-tracked: make_spte write-protects it. */
+			/* gfn write-tracked: make_spte write-protects it-> */
 			acc &= ~ACC_WRITE;
 			wrprot = true;
 		}
-		u64 pfn = vm_gfn_to_pfn(vm, slot, it.gfn);
+		u64 pfn = vm_gfn_to_pfn(vm, slot, it->gfn);
 		new_spte = make_leaf_spte(&vm->masks, pfn, fault->goal_level, acc, host_writable, fault->write, fault->prefetch);
 		if (wrprot) /* host-writable stays, MMU-writable does not */
 			new_spte &= ~(SPTE_W | vm->masks.mmu_writable);
 	}
-	if (new_spte == it.old_spte) {
+	if (new_spte == it->old_spte) {
 		ret = RET_PF_SPURIOUS;
-	} else if (tdp_mmu_set_spte_atomic(vm, &it, new_spte)) {
+	} else if (tdp_mmu_set_spte_atomic(vm, it, new_spte)) {
 		return RET_PF_RETRY;
-	} else if (is_shadow_present_pte(it.old_spte) && !is_last_spte(it.old_spte, it.level)) {
+	} else if (is_shadow_present_pte(it->old_spte) && !is_last_spte(it->old_spte, it->level)) {
 		/* A huge leaf replaced a table: flush (gfn, level) before leaving RCU. */
 		if (vm->pol.map_huge_over_table_flush)
-			kvm_flush_remote_tlbs_range(vm, it.gfn, pages_per_level(it.level));
+			kvm_flush_remote_tlbs_range(vm, it->gfn, pages_per_level(it->level));
 		*flushed = true;
 	}
 	if (slot && (new_spte & SPTE_W) && (slot->flags & TDP_SLOT_DIRTY_LOG))
-		vm_mark_dirty(vm, slot, it.gfn);
+		vm_mark_dirty(vm, slot, it->gfn);
 	if (wrprot && fault->write)
 		ret = RET_PF_EMULATE;
 	if (!slot) {

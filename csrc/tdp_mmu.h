@@ -123,6 +123,12 @@ struct kvm_page_fault {
 	bool huge_page_disallowed; /* the NX mitigation forbids a huge page here */
 };
 int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, struct kvm_page_fault *fault, bool *flushed);
+/* Populating a table in one pass: the last-level table a 4K fault on gfn walks
+ * to without stopping (NULL if the walk would stop, split or allocate), and the
+ * fault's target-level step into it, which is all the walk would do. */
+u64 *tdp_mmu_last_level_table(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, u64 **parent_sptep);
+int tdp_mmu_map_gfn_in_table(struct tdp_vm *vm, struct tdp_root *root, struct kvm_page_fault *fault, u64 *table,
+			     bool *flushed);
 /* Upper bound of frames a single map needs (levels - 1 tables). */
 u64 tdp_mmu_tables_needed(struct tdp_vm *vm, struct tdp_root *root, u64 start, u64 end, int level);
 /* Read the SPTE mapping gfn at `level` in root, or the deepest one on the path. */

@@ -103,6 +103,8 @@ struct tdp_config {
 	int flush_by_asid;    /* SVM FlushByAsid: TLB_CONTROL 3 instead of a new ASID */
 	int trace;            /* keep the internal trace (flushes, zaps, fills) */
 	int record;           /* keep the event log (off for benchmarks) */
+	int no_bulk;          /* test hook: always take the per-SPTE path (the specification)
+	                       * instead of the whole-table bulk paths that give the same result */
 };
 
 struct tdp_tlb_array_config { int sets; int ways; };

@@ -27,13 +27,15 @@ static int array_init(struct tlb_array *a, const struct tdp_tlb_array_config *c)
 	a->sets = (u32)c->sets;
 	a->ways = (u32)c->ways;
 	a->e = calloc((size_t)a->sets * a->ways, sizeof(*a->e));
+	a->key = calloc((size_t)a->sets * a->ways, sizeof(*a->key));
 	a->plru = calloc(a->sets, sizeof(u64));
-	return (a->e && a->plru) ? 0 : -1;
+	return (a->e && a->key && a->plru) ? 0 : -1;
 }
 
 static void array_free(struct tlb_array *a)
 {
 	free(a->e);
+	free(a->key);
 	free(a->plru);
 	memset(a, 0, sizeof(*a));
 }
@@ -130,7 +132,8 @@ static inline u32 set_of(const struct tlb_array *a, u64 vpn)
 	return (u32)(h % a->sets);
 }
 
-static void touch(struct tlb *t, struct tlb_array *a, u32 set, u32 way)
+/* Inlined into the lookups: a hit is a hash, a tag compare over the ways and this. */
+static inline __attribute__((always_inline)) void touch(struct tlb *t, struct tlb_array *a, u32 set, u32 way)
 {
 	t->stamp++;
 	a->e[(size_t)set * a->ways + way].stamp = t->stamp;
@@ -204,16 +207,20 @@ static u32 victim(struct tlb *t, struct tlb_array *a, u32 set)
 	}
 }
 
-static struct tlb_ent *array_find(struct tlb *t, struct tlb_array *a, int ctx, u64 vpn, int level,
-				  u32 *set_out, u32 *way_out)
+static inline __attribute__((always_inline)) struct tlb_ent *array_find(struct tlb *t, struct tlb_array *a, int ctx,
+									u64 vpn, int level, u32 *set_out,
+									u32 *way_out)
 {
 	if (!a->fills)
 		return NULL;
 	u32 set = set_of(a, vpn);
-	struct tlb_ent *row = &a->e[(size_t)set * a->ways];
+	size_t base = (size_t)set * a->ways;
+	const u64 *keys = &a->key[base], k = tlb_ent_key(vpn, level);
 	for (u32 w = 0; w < a->ways; w++) {
-		struct tlb_ent *e = &row[w];
-		if (e->vpn == vpn && e->level == level && e->ctx == (u32)ctx && alive(t, e)) {
+		if (keys[w] != k)
+			continue; /* the same test as e->vpn == vpn && e->level == level */
+		struct tlb_ent *e = &a->e[base + w];
+		if (e->ctx == (u32)ctx && alive(t, e)) {
 			*set_out = set;
 			*way_out = w;
 			return e;
@@ -222,19 +229,23 @@ static struct tlb_ent *array_find(struct tlb *t, struct tlb_array *a, int ctx, u
 	return NULL;
 }
 
-static struct tlb_ent *array_fill(struct tlb *t, struct tlb_array *a, int ctx, u64 vpn, int level)
+/* absent: the caller has just probed this array for (ctx, vpn, level) and missed,
+ * so the probe array_fill() starts with would miss too and is skipped. */
+static struct tlb_ent *array_fill_probed(struct tlb *t, struct tlb_array *a, int ctx, u64 vpn, int level,
+					 bool absent)
 {
 	u32 set, way;
 	struct tlb_ent *e;
 
 	if (!a->sets)
 		return NULL;
-	e = array_find(t, a, ctx, vpn, level, &set, &way);
+	e = absent ? NULL : array_find(t, a, ctx, vpn, level, &set, &way);
 	if (!e) {
 		set = set_of(a, vpn);
 		way = victim(t, a, set);
 		e = &a->e[(size_t)set * a->ways + way];
 	}
+	a->key[(size_t)set * a->ways + way] = tlb_ent_key(vpn, level);
 	e->vpn = vpn;
 	e->level = (u8)level;
 	e->ctx = (u32)ctx;
@@ -242,6 +253,11 @@ static struct tlb_ent *array_fill(struct tlb *t, struct tlb_array *a, int ctx, u
 	a->fills++;
 	touch(t, a, set, way);
 	return e;
+}
+
+static struct tlb_ent *array_fill(struct tlb *t, struct tlb_array *a, int ctx, u64 vpn, int level)
+{
+	return array_fill_probed(t, a, ctx, vpn, level, false);
 }
 
 /* ---- adversarial store ---- */
@@ -347,8 +363,8 @@ int tlb_lookup(struct tlb *t, int ctx, u64 gfn, struct tlb_ent **out)
 		e = array_find(t, a, ctx, vpn, l, &set, &way);
 		if (e) {
 			touch(t, a, set, way);
-			/* An L2 hit refills L1. */
-			struct tlb_ent *f = array_fill(t, &t->l1[l - 1], ctx, vpn, l);
+			/* An L2 hit refills L1 (where the loop above just missed). */
+			struct tlb_ent *f = array_fill_probed(t, &t->l1[l - 1], ctx, vpn, l, true);
 			if (f) {
 				f->pfn = e->pfn;
 				f->perms = e->perms;

@@ -28,8 +28,14 @@ struct tlb_array {
 	u32 sets, ways;
 	u64 fills;  /* an array never filled is not probed (e.g. 1G arrays in a 4K workload) */
 	struct tlb_ent *e;
+	u64 *key;   /* per entry, beside e: tlb_ent_key(vpn, level), 0 when empty. A lookup
+	             * compares these 8-byte tags over the set's ways (a 12-way set is 96
+	             * bytes instead of 480) and reads the entry only on a match. */
 	u64 *plru;  /* per-set PLRU bits */
 };
+
+/* The (vpn, level) part of an entry's tag as one word: vpn < 2^61 (gfns < 2^52). */
+static inline u64 tlb_ent_key(u64 vpn, int level) { return (vpn << 3) | (u64)level; }
 
 /* Open-addressing store for the adversarial mode: never evicts. */
 struct tlb_store {

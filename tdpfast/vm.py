@@ -43,7 +43,7 @@ class VM:
                  mbec: bool = False, maxphyaddr: int = 46, hpa_base: int = 1 << 30,
                  frame_limit: Optional[int] = None, max_asid: int = 32767, min_asid: int = 1,
                  flush_by_asid: bool = True, trace: bool = False, record: bool = True,
-                 costs: Optional[Dict[str, int]] = None, kernel: Optional[str] = None):
+                 costs: Optional[Dict[str, int]] = None, kernel: Optional[str] = None, bulk: bool = True):
         if not isinstance(arch, str) or arch not in _ARCH:
             raise InvalidArgumentError(f"arch must be 'vmx' or 'svm', got {arch!r}")
         tlb = TLBConfig.adversarial() if tlb is None else tlb
@@ -61,7 +61,7 @@ class VM:
         self._kwargs = dict(arch=arch, levels=levels, seed=seed, vcpus=vcpus, pcpus=pcpus, tlb=tlb,
                             policy=policy, ad=ad, mbec=mbec, maxphyaddr=maxphyaddr, hpa_base=hpa_base,
                             frame_limit=frame_limit, max_asid=max_asid, min_asid=min_asid,
-                            flush_by_asid=flush_by_asid, trace=trace, record=record, costs=costs)
+                            flush_by_asid=flush_by_asid, trace=trace, record=record, costs=costs, bulk=bulk)
         cfg = ffi.new("struct tdp_config *")
         lib.tdp_default_config(cfg)
         cfg.arch = _ARCH[arch]
@@ -79,6 +79,7 @@ class VM:
         cfg.flush_by_asid = int(bool(flush_by_asid))
         cfg.trace = int(bool(trace))
         cfg.record = int(bool(record))
+        cfg.no_bulk = int(not bulk)   # bulk=False: the per-SPTE paths only (tests/test_bulk_paths.py)
         c_costs = ffi.new("struct tdp_costs *")
         lib.tdp_default_costs(c_costs)
         for k, v in (costs or {}).items():

@@ -414,3 +414,17 @@ def test_builders_fail_loudly_on_a_missing_header(builder, header, tmp_path):
     assert r.returncode != 0
     assert "FileNotFoundError" in r.stderr and str(tmp_path / header) in r.stderr and "is missing" in r.stderr
     assert not list(tmp_path.rglob("*.so"))
+
+
+def test_access_rows_note_a_missing_pycachesim_peer(monkeypatch):
+    """pycachesim is optional (the bench extra): without it the access rows carry a
+    not-installed peer and the table says so, instead of failing or skipping the row."""
+    import sys
+    import numpy as np
+    from tdpfast.bench.measure import _peer
+    from tdpfast.bench.report import _timing_note
+    monkeypatch.setitem(sys.modules, "cachesim", None)   # import cachesim -> ImportError
+    peer = _peer(np.arange(64, dtype=np.uint64) << np.uint64(12))
+    assert peer == {"name": "pycachesim", "m_accesses_per_s": None, "note": "not_installed"}
+    note = _timing_note({"kind": "timing", "extra": {"hit_rate": 0.99, "limit_hit_rate": 0.99, "peer": peer}})
+    assert "pycachesim" in note and "not installed" in note

@@ -16,8 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Zap: clear every present entry of `ntables` consecutive page tables to
- * `nonpresent`; returns how many were present. */
+/* Zap: store `nonpresent` into every entry of `ntables` consecutive page tables
+ * (one store per entry, nothing read); returns the number of entries written. */
 uint64_t tdp_limit_zap(uint64_t *tables, uint64_t ntables, uint64_t nonpresent);
 
 /* Fill `ntables` consecutive page tables with present leaf entries. */
@@ -37,7 +37,8 @@ uint64_t tdp_limit_walk(const uint64_t *mem, int levels, const uint64_t *gfns, u
 /* Set-associative TLB lookup with LRU replacement: an L1 array and an L2 array
  * (sets x ways each; l2_sets = 0: none), indexed like the engine's TLB (4 KiB
  * pages, vpn = gfn). A lookup probes L1, then L2 (an L2 hit refills L1); a miss
- * fills both. No walk, no tags, no checking. */
+ * fills both. No walk, no context tags, no checking: per hit a set-index hash, a
+ * compare over the ways' 8-byte tags and the LRU stamp store. */
 typedef struct tdp_limit_tlb tdp_limit_tlb;
 tdp_limit_tlb *tdp_limit_tlb_new(uint32_t l1_sets, uint32_t l1_ways, uint32_t l2_sets, uint32_t l2_ways);
 void tdp_limit_tlb_free(tdp_limit_tlb *t);

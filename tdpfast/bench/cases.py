@@ -111,6 +111,49 @@ class AccessLimitCase:
         return tuple(counts)
 
 
+class PeerCacheCase:
+    """The peer: the same addresses through pycachesim (module ``cachesim``; optional, the
+    ``bench`` extra) with the same geometry as the limit -- a Skylake L1 DTLB and STLB as
+    two LRU cache levels with 4 KiB "lines", the L1 loading from and storing to the L2 --
+    fed as one ``loadstore`` batch (pycachesim's fastest interface). pycachesim indexes
+    sets by address modulo the set count, not with the engine's hash, so its hit rate is
+    reported next to the engine's. ``PeerCacheCase.available()`` is False when pycachesim
+    is not installed; the bench then notes the missing peer instead of timing it."""
+
+    @staticmethod
+    def available() -> bool:
+        try:
+            import cachesim  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def __init__(self, gpas):
+        from cachesim import Cache, CacheSimulator, MainMemory
+        (s1, w1), (s2, w2) = skylake_geometry()
+        mem = MainMemory()
+        l2 = Cache("STLB", s2, w2, 4096, "LRU")
+        l1 = Cache("DTLB", s1, w1, 4096, "LRU", store_to=l2, load_from=l2)
+        mem.load_to(l2)
+        mem.store_from(l2)
+        self.sim = CacheSimulator(l1, mem)
+        self.trace = [((int(a),), ()) for a in gpas]   # built untimed
+        self.n = len(self.trace)
+        self.run()                                      # warm, as the engine and the limit are
+        self.sim.reset_stats()
+
+    def setup(self):
+        return None
+
+    def run(self, _state=None):
+        self.sim.loadstore(self.trace)
+
+    def hit_rate(self) -> float:
+        st = list(self.sim.stats())
+        loads = st[0]["LOAD_count"]
+        return (st[0]["HIT_count"] + st[1]["HIT_count"]) / loads if loads else 0.0
+
+
 def flush_tlb_config(entries: int) -> TLBConfig:
     """A set-associative TLB of ``entries`` 4K translations: 1/4 in a 4-way L1, 3/4 in a
     12-way L2 (Skylake's proportions), so the arrays grow with ``entries``."""

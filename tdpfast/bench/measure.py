@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Iterator, List, Optional, Sequence
 
 from . import reference as ref
-from .cases import (AccessCase, AccessLimitCase, FaultCase, FlushCase, MapRangeCase, PopulateLimitCase, WalkCase,
-                    WalkLimitCase, ZapCase, ZapLimitCase)
+from .cases import (AccessCase, AccessLimitCase, FaultCase, FlushCase, MapRangeCase, PeerCacheCase, PopulateLimitCase,
+                    WalkCase, WalkLimitCase, ZapCase, ZapLimitCase)
 from .profiles import Sizes
 from .timing import per_unit, spread, time_rounds
 
@@ -82,6 +82,17 @@ def access_ids(sz: Sizes) -> List[str]:
     return [f"access.{s}" for s, _ in sz.access_ws]
 
 
+def _peer(gpas) -> dict:
+    """The same trace through pycachesim (an optional dependency, the ``bench`` extra): its
+    best of 3 rounds and hit rate, or a note saying why it did not run."""
+    if not PeerCacheCase.available():
+        return {"name": "pycachesim", "m_accesses_per_s": None, "note": "not_installed"}
+    pc = PeerCacheCase(gpas)
+    pt, _ = time_rounds(pc.run, None, 3)
+    return {"name": "pycachesim", "m_accesses_per_s": max(per_unit(pt, "m_accesses_per_s", pc.n)),
+            "hit_rate": pc.hit_rate(), "interface": "CacheSimulator.loadstore"}
+
+
 def measure_access(sz: Sizes, progress) -> Iterator[dict]:
     rows = []
     for suffix, ws in sz.access_ws:
@@ -95,7 +106,11 @@ def measure_access(sz: Sizes, progress) -> Iterator[dict]:
                                limit_samples=per_unit(lt, unit, lc.n), limit_kind="c_setassoc_lru",
                                extra={"working_set": ws, "accesses": ac.n, "hit_rate": res.hit_rate,
                                       "l1_hits": res.l1_hits, "l2_hits": res.l2_hits, "walked": res.walked,
-                                      "faults": res.faults, "limit_hit_rate": (cnt[0] + cnt[1]) / lc.n}))
+                                      "faults": res.faults, "limit_hit_rate": (cnt[0] + cnt[1]) / lc.n,
+                                      "peer": _peer(ac.gpas)}))
+        peer = rows[-1]["extra"]["peer"]
+        if peer.get("m_accesses_per_s"):
+            peer["tdpfast_ratio"] = rows[-1]["value"] / peer["m_accesses_per_s"]
         yield rows[-1]
 
     def on_reference(model):

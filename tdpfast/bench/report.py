@@ -92,7 +92,14 @@ def ref_cell(ref: Optional[dict]) -> str:
 def _timing_note(r: dict) -> str:
     ex = r["extra"]
     if "hit_rate" in ex:
-        return f"hit {ex['hit_rate']:.1%} (limit {ex['limit_hit_rate']:.1%})"
+        note = f"hit {ex['hit_rate']:.1%} (limit {ex['limit_hit_rate']:.1%})"
+        peer = ex.get("peer")
+        if peer and peer.get("m_accesses_per_s"):
+            note += (f"; pycachesim {peer['m_accesses_per_s']:.2f} M/s, hit {peer['hit_rate']:.1%}:"
+                     f" tdpfast {peer['tdpfast_ratio']:.1f}x")
+        elif peer:
+            note += "; no pycachesim row: not installed (pip install pycachesim, or the bench extra)"
+        return note
     if "refs_per_walk" in ex:
         return f"{ex['refs_per_walk']:.1f} refs/walk"
     if "best_ms" in ex:
