@@ -173,6 +173,10 @@ class VM:
     def fresh(self, **changes) -> "VM":
         """A new VM with the same configuration (``changes`` override keyword arguments)."""
         kw = dict(self._kwargs)
+        unknown = sorted(set(changes) - set(kw))
+        if unknown:
+            raise InvalidArgumentError(f"fresh(): unknown VM parameter(s) {', '.join(unknown)}; parameters: "
+                                       f"{', '.join(kw)}")
         kw.update(changes)
         return VM(**kw)
 

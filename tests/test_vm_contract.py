@@ -275,3 +275,10 @@ def test_access_batch_replay_that_stops_early_is_an_error():
     small = src.fresh(frame_limit=8)
     with pytest.raises(ReplayError, match=r"events\[2\] access_batch.*ran \d of its 10 accesses"):
         small.replay(src.events)
+
+
+def test_fresh_names_an_unknown_parameter():
+    vm = VM(vcpus=2)
+    with pytest.raises(InvalidArgumentError, match="unknown VM parameter.*bogus"):
+        vm.fresh(bogus=1)
+    assert vm.fresh(seed=3).nvcpus == 2
