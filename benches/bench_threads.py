@@ -2,7 +2,9 @@
 the C call, so access_batch on two VMs from two threads should take about the time of
 one (on a machine with two free cores). Rows: the same work (two VMs, ``rounds``
 batches each) from one thread, one VM after the other, and from two threads, one VM
-each; extra_info carries the speed-up of the pair."""
+each. On a 2-core machine shared with other jobs the ratio is noise-bound: 1.7-2.1x was
+measured with the second core free, ~1.0-1.3x while another process held it.
+``python benches/bench_threads.py`` prints best-of-3 seconds of both and their ratio."""
 import threading
 import time
 
@@ -12,7 +14,7 @@ import pytest
 from tdpfast import VM, TLBConfig
 
 BATCH = 1 << 16
-ROUNDS = 40
+ROUNDS = 100
 
 
 def _vm_and_gpas(seed: int):
@@ -52,8 +54,7 @@ def test_access_batch_on_two_vms(benchmark, how):
 
 
 def speedup(repeat: int = 3) -> dict:
-    """Best-of-``repeat`` seconds of both rows and their ratio (used by the row above's
-    docstring numbers; run ``python benches/bench_threads.py``)."""
+    """Best-of-``repeat`` seconds of both rows and their ratio."""
     pairs = [_vm_and_gpas(1), _vm_and_gpas(2)]
     best = {}
     for name, fn in (("one_thread", one_thread), ("two_threads", two_threads)):
