@@ -495,9 +495,9 @@ static int check_access_args(tdp_vm *vm, int vcpu, int access)
 		return vm_err(vm, TDP_EINVAL, "access must be 'r', 'w', 'x' or 'xu'");
 	if (vm->vcpus[vcpu].mode == TDP_OUTSIDE_GUEST)
 		return vm_err(vm, TDP_ESTATE, "vcpu %d is not in guest mode: call vcpu_run(%d, pcpu) first", vcpu, vcpu);
-	if (hostmem_available(&vm->mem) < (u64)vm->cfg.levels + 1)
+	if (hostmem_available(&vm->mem) < (u64)tdp_fault_frames(vm->cfg.levels))
 		return vm_err(vm, TDP_ENOMEM, "frame pool exhausted: a fault could need %d frames, %llu available",
-			      vm->cfg.levels + 1, (unsigned long long)hostmem_available(&vm->mem));
+			      tdp_fault_frames(vm->cfg.levels), (unsigned long long)hostmem_available(&vm->mem));
 	return 0;
 }
 
@@ -541,7 +541,7 @@ int tdp_access_batch(tdp_vm *vm, int vcpu, const uint64_t *gpas, const uint8_t *
 	for (i = 0; i < n; i++) {
 		struct tdp_access_result *o = per ? &per[i] : &tmp;
 		int acc = accesses ? accesses[i] : default_access;
-		if (hostmem_available(&vm->mem) < (u64)vm->cfg.levels + 1) {
+		if (hostmem_available(&vm->mem) < (u64)tdp_fault_frames(vm->cfg.levels)) {
 			/* Not an error: the batch stops before an access that might need
 			 * more frames than are left, and says how far it got. */
 			vm_err(vm, 0, "frame pool exhausted: the batch stopped after %zu of %zu accesses", i, n);
@@ -555,7 +555,7 @@ int tdp_access_batch(tdp_vm *vm, int vcpu, const uint64_t *gpas, const uint8_t *
 		counts[TDP_BATCH_VIOLATIONS] += o->violation != 0;
 	}
 	*done = i;
-	if (vm->cfg.record && i)
+	if (i)
 		vm_log_access_batch(vm, vcpu, gpas, accesses, default_access, i);
 	vm_op_end(vm);
 	return r;

@@ -50,6 +50,7 @@ void vm_trace_rec(struct tdp_vm *vm, u32 kind, u32 level, u64 a, u64 b, u64 c)
 
 void vm_log(struct tdp_vm *vm, u32 op, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4)
 {
+	vm->nlogged++; /* counted when not recording too: a violation's event index */
 	if (!vm->cfg.record)
 		return;
 	if (vm->nev == vm->ev_cap) {
@@ -83,13 +84,15 @@ int vm_log_reserve_batch(struct tdp_vm *vm, size_t n)
 void vm_log_access_batch(struct tdp_vm *vm, int vcpu, const u64 *gpas, const u8 *accesses,
 			 int default_access, size_t n)
 {
-	/* One event for the batch; its accesses are in the store. */
+	/* One event for the batch; its accesses are in the store (when recording). */
 	size_t at = vm->nblob;
-	for (size_t k = 0; k < n; k++) {
-		memcpy(vm->blob + at + k * 9, &gpas[k], 8);
-		vm->blob[at + k * 9 + 8] = (u8)(accesses ? accesses[k] : default_access);
+	if (vm->cfg.record) {
+		for (size_t k = 0; k < n; k++) {
+			memcpy(vm->blob + at + k * 9, &gpas[k], 8);
+			vm->blob[at + k * 9 + 8] = (u8)(accesses ? accesses[k] : default_access);
+		}
+		vm->nblob = at + n * 9;
 	}
-	vm->nblob = at + n * 9;
 	vm_log(vm, EV_ACCESS_BATCH, (u64)vcpu, at, n, 0, 0);
 }
 
@@ -212,7 +215,7 @@ REPLAY(OP_STEP)
 	u32 orig = (u32)a[0];
 	int done, res;
 	if (orig >= ids->n || !ids->map[orig])
-		return TDP_ENOENT;
+		return vm_err(vm, TDP_ENOENT, "operation %u was not started in this replay", orig);
 	return tdp_op_step(vm, ids->map[orig], &done, &res);
 }
 
@@ -228,9 +231,10 @@ static int replay_one(tdp_vm *vm, const struct tdp_event *e, struct replay_ids *
 	}
 }
 
-int tdp_replay(tdp_vm *vm, const struct tdp_event *ev, size_t n, int stop_at_violation, size_t *applied)
+int tdp_replay(tdp_vm *vm, const struct tdp_event *ev, size_t n, int flags, size_t *applied)
 {
 	u32 nmap = 1;
+	*applied = 0;
 	for (size_t i = 0; i < n; i++)
 		if (ev[i].op == EV_OP_START && (u32)(ev[i].a[4] >> 32) + 1 > nmap)
 			nmap = (u32)(ev[i].a[4] >> 32) + 1;
@@ -239,13 +243,24 @@ int tdp_replay(tdp_vm *vm, const struct tdp_event *ev, size_t n, int stop_at_vio
 		return vm_err(vm, TDP_ENOMEM, "out of host memory");
 	size_t ok = 0;
 	for (size_t i = 0; i < n; i++) {
-		if (replay_one(vm, &ev[i], &ids) == 0)
+		vm->err[0] = 0;
+		int r = replay_one(vm, &ev[i], &ids);
+		if (r == 0) {
 			ok++;
-		if (stop_at_violation && vm->nviol)
+		} else if (!(flags & TDP_REPLAY_SKIP_FAILING)) {
+			/* Strict: the sequence does not replay; say which event and why. */
+			char why[sizeof(vm->err)];
+			memcpy(why, vm->err, sizeof(why));
+			free(ids.map);
+			*applied = ok;
+			return vm_err(vm, r, "events[%zu] %s does not replay: %s (the %zu event(s) before it were applied)",
+				      i, tdp_event_name((int)ev[i].op) ? tdp_event_name((int)ev[i].op) : "?",
+				      why[0] ? why : "it failed", ok);
+		}
+		if ((flags & TDP_REPLAY_STOP_AT_VIOLATION) && vm->nviol)
 			break;
 	}
 	free(ids.map);
 	*applied = ok;
 	return 0;
 }
-

@@ -386,14 +386,23 @@ int tdp_kvm_zap_gfn_range(tdp_vm *vm, uint64_t start, uint64_t end, int shared, 
 /* the random explorer (fuzz.c): random operations until a violation or max_ops */
 int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done);
 
+/* The fewest frames a fault may need (levels + 1; every access keeps them available
+ * and stops with TDP_ENOMEM otherwise): with the root's own frame, a VM needs a
+ * frame_limit of at least tdp_fault_frames(levels) + 1 for any access to fault. */
+int tdp_fault_frames(int levels);
+
 /* checker, event log, trace */
 size_t tdp_violation_count(tdp_vm *vm);
 size_t tdp_violations(tdp_vm *vm, struct tdp_violation *out, size_t max);
 size_t tdp_event_count(tdp_vm *vm);
 size_t tdp_events(tdp_vm *vm, struct tdp_event *out, size_t start, size_t max);
 int tdp_event_batch(tdp_vm *vm, size_t event, uint64_t *gpas, uint8_t *accesses, size_t max);
-/* Apply logged events (not access batches) to this VM; failing events are skipped. */
-int tdp_replay(tdp_vm *vm, const struct tdp_event *ev, size_t n, int stop_at_violation, size_t *applied);
+/* Apply logged events (not access batches) to this VM in order. flags: STOP_AT_VIOLATION
+ * stops after the event that exposed the first violation; SKIP_FAILING skips events
+ * that fail (the fuzz shrinker's candidates), else the first failing event ends the
+ * replay with its error (the message names the event) and *applied = events before it. */
+enum tdp_replay_flags { TDP_REPLAY_STOP_AT_VIOLATION = 1, TDP_REPLAY_SKIP_FAILING = 2 };
+int tdp_replay(tdp_vm *vm, const struct tdp_event *ev, size_t n, int flags, size_t *applied);
 size_t tdp_trace_count(tdp_vm *vm);
 size_t tdp_trace(tdp_vm *vm, struct tdp_trace_rec *out, size_t start, size_t max);
 

@@ -36,7 +36,7 @@ const char *tdp_errmsg(tdp_vm *vm) { return vm->err; }
 /* Every top-level operation starts and ends here. */
 void vm_op_start(struct tdp_vm *vm)
 {
-	vm->cur_event = vm->nev;
+	vm->cur_event = vm->nlogged;
 	vm->err[0] = 0;
 }
 
@@ -153,6 +153,12 @@ void tdp_default_costs(struct tdp_costs *c)
 
 /* ------------------------------------------------------------------ create / destroy */
 
+/* The frames the access path keeps available before every access (check_access_args()
+ * and the batch loop in api.c), so that a fault never fails half-way: levels + 1, a
+ * bound over the tables kvm_tdp_mmu_map() may allocate on its way down from the root
+ * (tdp_mmu_alloc_sp() for each missing level). [MODEL CHOICE] the bound itself. */
+int tdp_fault_frames(int levels) { return levels + 1; }
+
 static int check_tlbcfg(const struct tdp_tlb_config *t, char *err, size_t errlen)
 {
 	if (t->mode != TDP_TLB_SETASSOC && t->mode != TDP_TLB_ADVERSARIAL) {
@@ -264,6 +270,12 @@ int tdp_vm_create(const struct tdp_config *cfg, const struct tdp_tlb_config *tlb
 	}
 	if (cfg->frame_limit > POOL_MAX_FRAMES) {
 		snprintf(err, errlen, "frame_limit must be at most %u", POOL_MAX_FRAMES);
+		return TDP_EINVAL;
+	}
+	if (cfg->frame_limit && cfg->frame_limit < (u32)tdp_fault_frames(cfg->levels) + 1) {
+		snprintf(err, errlen, "frame_limit=%u can never fault: an access keeps %d frames free for its fault "
+			 "(levels + 1) and the root takes one more, so levels=%d needs frame_limit >= %d",
+			 cfg->frame_limit, tdp_fault_frames(cfg->levels), cfg->levels, tdp_fault_frames(cfg->levels) + 1);
 		return TDP_EINVAL;
 	}
 	if (cfg->arch == TDP_SVM && (cfg->min_asid < 1 || cfg->max_asid < cfg->min_asid || cfg->max_asid > 0xffffff)) {

@@ -60,6 +60,7 @@ struct tdp_vm {
 	size_t nev, ev_cap;
 	u8 *blob;             /* access batches: 9 bytes per access */
 	size_t nblob, blob_cap;
+	u64 nlogged;          /* events logged, recorded or not (cfg.record off) */
 	u64 cur_event;        /* index the current top-level operation gets */
 
 	struct tdp_trace_rec *tr;

@@ -7,8 +7,9 @@ guest using a translation it must no longer have.
 >>> vm.add_memslot(0, 262144).npages
 262144
 """
-from .errors import (FramePoolExhausted, InvalidArgumentError, InvalidStateError, LivelockError,
-                     MalformedImageError, MissingPageError, NotFoundError, TdpError)
+from .errors import (EventLogError, FramePoolExhausted, InvalidArgumentError, InvalidStateError, LivelockError,
+                     MalformedImageError, MissingPageError, NotFoundError, ReplayError, TdpError)
+from .events import read_event_log
 from .policy import Policy
 from .results import AccessResult, BatchResult, Event, Memslot, Violation, WalkResult
 from .tlbconfig import TLBConfig
@@ -21,5 +22,5 @@ __all__ = [
     "VM", "MMU", "Root", "Op", "Policy", "TLBConfig", "hw", "spte",
     "AccessResult", "BatchResult", "Event", "Memslot", "Violation", "WalkResult",
     "TdpError", "InvalidArgumentError", "InvalidStateError", "NotFoundError", "FramePoolExhausted",
-    "MalformedImageError", "MissingPageError", "LivelockError",
+    "MalformedImageError", "MissingPageError", "LivelockError", "EventLogError", "ReplayError", "read_event_log",
 ]

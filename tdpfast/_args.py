@@ -24,12 +24,25 @@ def _access_code(access: Union[str, int]) -> int:
 
 
 def _int(name: str, v, lo: int = 0, hi: int = (1 << 64) - 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
+    """An integer in [lo, hi]: ints and integer-like objects (numpy integers), never a bool
+    (``access(True, 0)`` must not mean vCPU 1)."""
+    if isinstance(v, bool):
+        raise InvalidArgumentError(f"{name} must be an integer, not a bool ({v!r})")
+    if not isinstance(v, int):
         try:
             v = operator.index(v)
         except TypeError:
             raise InvalidArgumentError(f"{name} must be an integer, got {v!r}") from None
+        if isinstance(v, bool):
+            raise InvalidArgumentError(f"{name} must be an integer, not a bool ({v!r})")
     if not lo <= v <= hi:
         raise InvalidArgumentError(f"{name} must be between {lo:#x} and {hi:#x}, got {v:#x}" if v >= 0
                                    else f"{name} must not be negative, got {v}")
+    return v
+
+
+def _bool(name: str, v) -> bool:
+    """A flag: only True or False (a string such as "no" is truthy and must not turn a switch on)."""
+    if not isinstance(v, bool):
+        raise InvalidArgumentError(f"{name} must be True or False, got {v!r}")
     return v

@@ -43,20 +43,17 @@ def explore_seeds(cfg: fuzz.FuzzConfig, first: int, nseeds: int, last_ops: Optio
     :func:`tdpfast.fuzz.explore` runs it (``cfg.chunk`` operations; ``last_ops`` for the
     last seed when the campaign's ``max_ops`` ends there), until ``budget_s`` runs out.
     A violation is shrunk here, on the worker that found it."""
-    from ._native import check, ffi, lib
-
     t0 = time.monotonic()
-    out = ffi.new("uint64_t *")
     ops, done, cover, findings = 0, 0, set(), []
     for s in range(first, first + nseeds):
         n = last_ops if (last_ops is not None and s == first + nseeds - 1) else cfg.chunk
         vm = cfg.vm(s, record=False)
-        check(vm._h, lib.tdp_fuzz(vm._h, s, n, out))
-        ops += out[0]
+        ran = vm._fuzz(s, n)
+        ops += ran
         done += 1
         cover.update(k for k, v in vm.stats.items() if v)
-        if lib.tdp_violation_count(vm._h):
-            findings.append(_shrunk(cfg, s, out[0], shrink_budget_s))
+        if vm._violation_count():
+            findings.append(_shrunk(cfg, s, ran, shrink_budget_s))
             if not keep_going:
                 break
         if time.monotonic() - t0 >= budget_s:

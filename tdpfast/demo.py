@@ -49,7 +49,7 @@ def root_reuse(arch: str, policy: Policy, policy_name: str) -> ScenarioResult:
     freed root page comes back (LIFO) as the new root, with the same EP4TA; on SVM the
     vCPU keeps its ASID. Only the flush on root load stands between the guest and the
     translations of the dead root."""
-    vm = VM(arch=arch, vcpus=1, pcpus=1, tlb=TLBConfig.adversarial(), policy=policy)
+    vm = VM(arch=arch, vcpus=1, pcpus=1, tlb=TLBConfig.adversarial(), policy=policy, record=True)
     slot = vm.add_memslot(0, 512, max_level=1)
     vm.vcpu_run(0, 0)
     vm.access(0, GPA, "w")                  # TLB: the dead-to-be root's context -> frame X
@@ -69,7 +69,7 @@ def migration(arch: str, policy: Policy, policy_name: str) -> ScenarioResult:
     """A vCPU ran on pCPU 0, moved to pCPU 1 while its mapping was zapped and the frame
     freed, and returns to pCPU 0: only the flush on migration (VMX) or the fresh ASID
     (SVM) stands between it and pCPU 0's stale entry."""
-    vm = VM(arch=arch, vcpus=1, pcpus=2, tlb=TLBConfig.adversarial(), policy=policy)
+    vm = VM(arch=arch, vcpus=1, pcpus=2, tlb=TLBConfig.adversarial(), policy=policy, record=True)
     vm.add_memslot(0, 512, max_level=1)
     vm.vcpu_run(0, 0)
     vm.access(0, GPA, "r")                  # pCPU 0's TLB: gfn 5 -> frame X

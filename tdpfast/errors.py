@@ -41,6 +41,24 @@ class LivelockError(TdpError, RuntimeError):
     """An operation kept retrying without making progress."""
 
 
+class EventLogError(TdpError, ValueError):
+    """Event-log bytes that are not a complete, intact log of this event vocabulary
+    (truncated, corrupted, another format or version), or an event that is not one."""
+
+
+class ReplayError(TdpError, ValueError):
+    """An event of a replayed sequence failed: the sequence does not replay on this VM.
+
+    ``index`` is the failing event's position in the sequence and ``applied`` how many
+    events before it were applied (they stay applied; the failing call itself changed
+    nothing); the original error is ``__cause__``."""
+
+    def __init__(self, message: str, index: int = -1, applied: int = 0):
+        super().__init__(message)
+        self.index = index
+        self.applied = applied
+
+
 # Each class by the name C gives its code (tdp_error_name(), csrc/names.c): the codes
 # themselves are read from the binding, never retyped here.
 _BY_NAME = {
@@ -72,5 +90,6 @@ def raise_for(code: int, message: str) -> None:
 
 __all__ = [
     "TdpError", "InvalidArgumentError", "InvalidStateError", "NotFoundError",
-    "FramePoolExhausted", "MalformedImageError", "MissingPageError", "LivelockError", "raise_for",
+    "FramePoolExhausted", "MalformedImageError", "MissingPageError", "LivelockError", "EventLogError",
+    "ReplayError", "raise_for",
 ]

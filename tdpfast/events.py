@@ -3,8 +3,13 @@
 
 Every successful top-level operation is logged as one record: an operation code and five
 64-bit words (``struct tdp_event`` in csrc/tdpfast.h), and for ``access_batch`` the
-(gpa, access) pairs. :meth:`tdpfast.VM.event_log` serialises records as ``<B5Q`` (code,
-words) followed by an access batch's pairs as ``<QB``; both VMs produce the same bytes.
+(gpa, access) pairs. :meth:`tdpfast.VM.event_log` serialises a log as (all little-endian;
+both VMs produce the same bytes, and :func:`read_event_log` reads them back)::
+
+    header   8s magic b"TDPEVLOG", H format version (LOG_VERSION), H number of event codes,
+             I CRC-32 of the vocabulary ("name/nargs" per code), Q number of records
+    records  per record <B5Q (code, five words), then for access_batch its a[2] pairs <QB
+    trailer  8 bytes: BLAKE2b-64 of header and records
 
 The vocabulary (code -> name, number of logged words) comes from ONE place,
 :func:`_load_vocabulary`; everything else here is derived from it. ``nargs`` is the
@@ -14,11 +19,13 @@ logs five -- ``kind, a, b, c`` and ``yield_every | op_id << 32`` -- which
 """
 from __future__ import annotations
 
+import hashlib
 import struct
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+import zlib
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ._native import c_name_table, c_names, ffi, lib
-from .errors import InvalidArgumentError
+from .errors import EventLogError, FramePoolExhausted, InvalidArgumentError, ReplayError, TdpError
 from .results import ACCESS_NAMES, Event
 
 
@@ -60,14 +67,131 @@ def make_event(index: int, name: str, raw: Sequence[int], batch=None) -> Event:
     return Event(index, name, decode_args(name, raw), batch, tuple(raw))
 
 
+#: The event-log byte format (bump when the layout of header, records or trailer changes).
+LOG_MAGIC = b"TDPEVLOG"
+LOG_VERSION = 1
+_HEADER = struct.Struct("<8sHHIQ")
+_RECORD = struct.Struct("<B5Q")
+_PAIR = struct.Struct("<QB")
+_TRAILER = 8
+_U64 = (1 << 64) - 1
+
+
+def vocabulary_crc() -> int:
+    """CRC-32 of the event vocabulary: a log written with other codes is refused."""
+    text = ";".join(f"{code}:{name}/{EVENT_NARGS[name]}" for code, name in sorted(EVENT_NAMES.items()))
+    return zlib.crc32(text.encode())
+
+
+def _checksum(data) -> bytes:
+    return hashlib.blake2b(data, digest_size=_TRAILER).digest()
+
+
 def encode(events: Iterable[Tuple[str, Sequence[int], Optional[Sequence[Tuple[int, str]]]]]) -> bytes:
-    """The event-log bytes of (name, five words, batch or None) records."""
-    parts = []
+    """The event-log bytes of (name, five words, batch or None) records (format above)."""
+    parts = [b""]
+    n = 0
     for name, raw, batch in events:
-        parts.append(struct.pack("<B5Q", EVENT_CODES[name], *raw))
+        parts.append(_RECORD.pack(EVENT_CODES[name], *raw))
         if batch:
-            parts.append(b"".join(struct.pack("<QB", g, ACCESS_NAMES.index(a)) for g, a in batch))
-    return b"".join(parts)
+            parts.append(b"".join(_PAIR.pack(g, ACCESS_NAMES.index(a)) for g, a in batch))
+        n += 1
+    parts[0] = _HEADER.pack(LOG_MAGIC, LOG_VERSION, max(EVENT_NAMES) + 1, vocabulary_crc(), n)
+    body = b"".join(parts)
+    return body + _checksum(body)
+
+
+def read_event_log(data: bytes) -> List[Event]:
+    """The events of event-log bytes (:meth:`tdpfast.VM.event_log`), ready for
+    :meth:`tdpfast.VM.replay`. Raises :class:`EventLogError` for anything that is not a
+    complete, intact log of this vocabulary: not bytes, another format or version,
+    truncated, corrupted (the checksum), unknown codes, trailing bytes."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise EventLogError(f"an event log is bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < _HEADER.size + _TRAILER:
+        raise EventLogError(f"not an event log: {len(data)} bytes is shorter than the "
+                            f"{_HEADER.size + _TRAILER}-byte header and checksum")
+    magic, version, kinds, crc, count = _HEADER.unpack_from(data, 0)
+    if magic != LOG_MAGIC:
+        raise EventLogError(f"not an event log: starts with {magic!r}, expected {LOG_MAGIC!r}")
+    if version != LOG_VERSION:
+        raise EventLogError(f"event log format version {version} is not supported (this tdpfast reads "
+                            f"version {LOG_VERSION})")
+    if kinds != max(EVENT_NAMES) + 1 or crc != vocabulary_crc():
+        raise EventLogError(f"the event log was written with another event vocabulary ({kinds} codes, "
+                            f"CRC {crc:#010x}; this tdpfast has {max(EVENT_NAMES) + 1}, {vocabulary_crc():#010x})")
+    body, trailer = data[:-_TRAILER], data[-_TRAILER:]
+    if _checksum(body) != trailer:
+        raise EventLogError(f"the event log is corrupted or truncated: its checksum does not match "
+                            f"({len(data)} bytes, {count} records announced)")
+    out: List[Event] = []
+    pos = _HEADER.size
+    for i in range(count):
+        if pos + _RECORD.size > len(body):
+            raise EventLogError(f"the event log is truncated: record {i} of {count} is missing")
+        code, *raw = _RECORD.unpack_from(body, pos)
+        pos += _RECORD.size
+        name = EVENT_NAMES.get(code)
+        if name is None:
+            raise EventLogError(f"record {i}: unknown event code {code}")
+        batch = None
+        if name == "access_batch":
+            cnt = raw[2]
+            if cnt > (len(body) - pos) // _PAIR.size:
+                raise EventLogError(f"record {i}: an access batch of {cnt} accesses runs past the end of the log")
+            pairs = []
+            for _ in range(cnt):
+                g, a = _PAIR.unpack_from(body, pos)
+                pos += _PAIR.size
+                if a >= len(ACCESS_NAMES):
+                    raise EventLogError(f"record {i}: access kind {a} (kinds are 0..{len(ACCESS_NAMES) - 1})")
+                pairs.append((g, ACCESS_NAMES[a]))
+            batch = tuple(pairs)
+        out.append(make_event(i, name, tuple(raw), batch))
+    if pos != len(body):
+        raise EventLogError(f"the event log has {len(body) - pos} bytes after its {count} records")
+    return out
+
+
+#: Words that hold a flag or a choice: {event: ((word, allowed values), ...)}.
+_WORD_VALUES = {
+    "add_memslot": ((2, range(4)),), "set_dirty_logging": ((1, (0, 1)),), "write_protect_gfn": ((1, (0, 1)),),
+    "alloc_root": ((0, (0, 1)), (1, (0, 1))), "zap_gfn_range": ((2, (0, 1)),), "zap_root": ((1, (0, 1)),),
+    "access": ((2, range(len(ACCESS_NAMES))),), "invept": ((1, (1, 2)),),
+    "invvpid": ((1, range(len(INVVPID_KINDS))),), "start_op": ((0, tuple(OP_NAMES)),),
+}
+
+
+def check_event(i: int, e) -> Event:
+    """Reject what is not a replayable :class:`Event` (``i`` is its position, for the message)."""
+    if not isinstance(e, Event):
+        raise EventLogError(f"events[{i}] is not a tdpfast.Event, got {type(e).__name__}")
+    if not isinstance(e.op, str) or e.op not in EVENT_CODES:
+        raise EventLogError(f"events[{i}]: unknown event {e.op!r}")
+    raw = e.raw
+    if (not isinstance(raw, tuple) or len(raw) != 5
+            or any(isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= _U64 for w in raw)):
+        raise EventLogError(f"events[{i}] ({e.op}): raw must be five unsigned 64-bit words, got {raw!r}")
+    if tuple(e.args) != decode_args(e.op, raw):
+        raise EventLogError(f"events[{i}] ({e.op}): args {e.args!r} do not match its raw words")
+    if e.op != "access_batch" and any(raw[EVENT_NARGS[e.op]:]):
+        raise EventLogError(f"events[{i}] ({e.op}): words past its {EVENT_NARGS[e.op]} argument(s) must be 0, "
+                            f"got {raw!r}")
+    for k, allowed in _WORD_VALUES.get(e.op, ()):
+        if raw[k] not in allowed:
+            raise EventLogError(f"events[{i}] ({e.op}): word {k} is {raw[k]}, expected one of "
+                                f"{', '.join(map(str, sorted(allowed)))}")
+    if e.op == "access_batch":
+        if not isinstance(e.batch, tuple) or len(e.batch) != raw[2]:
+            raise EventLogError(f"events[{i}] (access_batch): needs a batch of {raw[2]} (gpa, access) pairs")
+        for k, pair in enumerate(e.batch):
+            if (not isinstance(pair, tuple) or len(pair) != 2 or isinstance(pair[0], bool)
+                    or not isinstance(pair[0], int) or not 0 <= pair[0] <= _U64 or pair[1] not in ACCESS_NAMES):
+                raise EventLogError(f"events[{i}] (access_batch): batch[{k}] = {pair!r} is not a (gpa, access) pair")
+    elif e.batch is not None:
+        raise EventLogError(f"events[{i}] ({e.op}): only access_batch carries a batch")
+    return e
 
 
 #: How each event is made through the public API: (``"vm"`` or ``"mmu"``, method,
@@ -138,7 +262,9 @@ def replay_one(vm, e: Event, *, requests: Dict[str, int], op_cls) -> None:
         op_cls(vm, e.args[0], "?").step()
         return
     target, method, args, kwargs = api_call(e, requests)
-    getattr(vm.mmu if target == "mmu" else vm, method)(*args, **kwargs)
+    r = getattr(vm.mmu if target == "mmu" else vm, method)(*args, **kwargs)
+    if e.op == "access_batch" and r.accesses != len(e.batch):
+        raise FramePoolExhausted(f"the batch ran {r.accesses} of its {len(e.batch)} accesses ({r.stopped})")
 
 
 def _literal(x) -> str:
@@ -154,5 +280,23 @@ def call_text(e: Event, requests: Dict[str, int]) -> str:
     return f"{'vm.mmu' if target == 'mmu' else 'vm'}.{method}({', '.join(parts)})"
 
 
-__all__ = ["EVENT_NAMES", "EVENT_CODES", "EVENT_NARGS", "OPS", "OP_NAMES", "INVVPID_KINDS", "decode_args",
-           "make_event", "encode", "api_call", "replay_one", "call_text"]
+def replay(vm, events: Iterable[Event], *, requests: Dict[str, int], op_cls) -> None:
+    """``vm.replay(events)`` of :class:`tdpfast.VM` and the reference VM: every event is
+    checked first (:class:`EventLogError` for one that is not an event), then applied in
+    order; the first that fails raises :class:`ReplayError` -- the events before it stay
+    applied, the failing call itself changed nothing."""
+    try:
+        evs = [check_event(i, e) for i, e in enumerate(events)]
+    except TypeError:
+        raise EventLogError(f"events must be an iterable of tdpfast.Event, got {type(events).__name__}") from None
+    for i, e in enumerate(evs):
+        try:
+            replay_one(vm, e, requests=requests, op_cls=op_cls)
+        except TdpError as exc:
+            raise ReplayError(f"events[{i}] {e.op}{e.args} does not replay: {exc} (the {i} event(s) before it "
+                              f"were applied)", i, i) from exc
+
+
+__all__ = ["EVENT_NAMES", "EVENT_CODES", "EVENT_NARGS", "OPS", "OP_NAMES", "INVVPID_KINDS", "LOG_MAGIC",
+           "LOG_VERSION", "decode_args", "make_event", "encode", "read_event_log", "check_event", "api_call",
+           "replay_one", "call_text", "replay"]

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 from . import jsondoc
-from ._native import check, ffi, lib
 from .policy import Policy
 from .results import Event, Violation
 from .tlbconfig import TLBConfig
@@ -67,7 +66,6 @@ def explore(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: 
     """Run the C explorer over fresh VMs (seed, seed+1, ... modulo 2**64) until a violation,
     the time budget, ``max_ops``, or ``stop()`` returning true (checked between VMs).
     Returns (vm_seed, ops_in_that_vm, total_ops) or (None, 0, total)."""
-    out = ffi.new("uint64_t *")
     total = 0
     t0 = time.monotonic()
     s = seed
@@ -76,10 +74,10 @@ def explore(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: 
         if n <= 0 or (stop is not None and stop()):
             return None, 0, total
         vm = cfg.vm(s, record=False)
-        check(vm._h, lib.tdp_fuzz(vm._h, s, n, out))
-        total += out[0]
-        if lib.tdp_violation_count(vm._h):
-            return s, out[0], total
+        ran = vm._fuzz(s, n)
+        total += ran
+        if vm._violation_count():
+            return s, ran, total
         elapsed = time.monotonic() - t0
         if progress:
             progress(total, elapsed)
@@ -91,8 +89,7 @@ def explore(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: 
 def record(cfg: FuzzConfig, vm_seed: int, nops: int) -> VM:
     """Re-run one VM of the explorer with the event log on (deterministic by seed)."""
     vm = cfg.vm(vm_seed, record=True)
-    out = ffi.new("uint64_t *")
-    check(vm._h, lib.tdp_fuzz(vm._h, vm_seed, nops, out))
+    vm._fuzz(vm_seed, nops)
     return vm
 
 
@@ -100,7 +97,7 @@ def replay(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> VM:
     """Replay events on a fresh VM in C, skipping those that fail (after shrinking an event
     may lose its meaning); stepped operations are matched to the ones originally started."""
     vm = cfg.vm(seed, record=True)
-    vm.replay_fast(events)
+    vm.replay_fast(events, skip_failing=True)
     return vm
 
 
@@ -182,7 +179,7 @@ def _shrink(cfg: FuzzConfig, seed: int, events: List[Event], kind: str,
             n = min(n * 2, len(cur))
     # Drop the events that no longer apply, then stop right after the violation.
     vm = cfg.vm(seed, record=True)
-    vm.replay_fast(cur)
+    vm.replay_fast(cur, skip_failing=True)
     kept = vm.events
     return (kept if kept and fails(kept) else cur), complete, replays
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
-from ._args import _access_code, _int
+from ._args import _access_code, _bool, _int
+from ._lock import locked
 from ._native import c_names, check, ffi, lib
 from .errors import InvalidArgumentError, NotFoundError
 from .results import WalkResult
@@ -39,6 +40,11 @@ class Root:
         self._vm = vm
         self.id = root_id
 
+    @property
+    def _lock(self):
+        return self._vm._lock
+
+    @locked
     def _info(self):
         for r in self._vm.mmu._root_infos():
             if r.id == self.id:
@@ -63,6 +69,7 @@ class Root:
         return self._info().refcount
 
     @property
+    @locked
     def alive(self) -> bool:
         """False once the root was freed."""
         return any(r.id == self.id for r in self._vm.mmu._root_infos())
@@ -90,6 +97,7 @@ class MMU:
 
     def __init__(self, vm: "VM"):
         self._vm = vm
+        self._lock = vm._lock
 
     @property
     def _h(self):
@@ -107,6 +115,7 @@ class MMU:
             raise NotFoundError("root 0 does not exist")
         return rid
 
+    @locked
     def _root_infos(self):
         n = ffi.new("int *")
         lib.tdp_mmu_roots(self._h, ffi.NULL, 0, n)
@@ -115,39 +124,48 @@ class MMU:
         return [buf[i] for i in range(n[0])]
 
     # ---------------------------------------------------------------- roots
+    @locked
     def alloc_root(self, *, as_id: int = 0, guest_mode: bool = False) -> Root:
         """Get a root for the role (reusing a valid one, as KVM does) and take a reference."""
         out = ffi.new("uint32_t *")
-        check(self._h, lib.tdp_mmu_alloc_root(self._h, _int("as_id", as_id, 0, 1), int(bool(guest_mode)), out))
+        check(self._h, lib.tdp_mmu_alloc_root(self._h, _int("as_id", as_id, 0, 1), int(_bool("guest_mode", guest_mode)),
+                                               out))
         return Root(self._vm, out[0])
 
     @property
+    @locked
     def roots(self) -> List[Root]:
         """Live roots, newest first (KVM's tdp_mmu_roots list order)."""
         return [Root(self._vm, r.id) for r in self._root_infos()]
 
+    @locked
     def newest_root(self) -> Optional[Root]:
         """The newest valid root, or None."""
         rid = lib.tdp_mmu_newest_root(self._h)
         return Root(self._vm, rid) if rid else None
 
+    @locked
     def put_root(self, root: Union[Root, int]) -> None:
         """Drop one reference (kvm_tdp_mmu_put_root). A root is freed through RCU at zero."""
         check(self._h, lib.tdp_mmu_put_root(self._h, self._rid(root)))
 
+    @locked
     def invalidate_all_roots(self) -> None:
         """Mark every valid root invalid and scheduled for zapping (no request to vCPUs)."""
         check(self._h, lib.tdp_mmu_invalidate_all_roots(self._h))
 
+    @locked
     def zap_invalidated_roots(self) -> None:
         """Zap every scheduled invalid root in full, without a TLB flush, and drop the MMU's reference."""
         check(self._h, lib.tdp_mmu_zap_invalidated_roots(self._h))
 
+    @locked
     def zap_all_fast(self) -> None:
         """kvm_mmu_zap_all_fast(): invalidate all roots, ask vCPUs to free them, zap them (memslot delete)."""
         check(self._h, lib.tdp_mmu_zap_all_fast(self._h))
 
     # ---------------------------------------------------------------- faults
+    @locked
     def map(self, gfn: int, level: int = 1, root: RootArg = None) -> bool:
         """Map ``gfn`` at ``level`` (1=4K, 2=2M, 3=1G) the way the fault path does.
 
@@ -158,6 +176,7 @@ class MMU:
         check(self._h, lib.tdp_mmu_map(self._h, self._rid(root), _int("gfn", gfn), _int("level", level, 0, 99), out))
         return bool(out[0])
 
+    @locked
     def map_range(self, start_gfn: int, end_gfn: int, level: int = 1, root: RootArg = None) -> int:
         """Map every level-sized page of [start_gfn, end_gfn) in one C call; returns the count."""
         out = ffi.new("uint64_t *")
@@ -166,6 +185,7 @@ class MMU:
         return out[0]
 
     # ---------------------------------------------------------------- zaps and other writers
+    @locked
     def zap_gfn_range(self, start_gfn: int, end_gfn: int, shared: bool = False) -> bool:
         """Zap the leaf SPTEs of [start, end) in every valid root (kvm_tdp_mmu_zap_leafs).
 
@@ -174,51 +194,59 @@ class MMU:
         """
         out = ffi.new("int *")
         check(self._h, lib.tdp_mmu_zap_gfn_range(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn),
-                                                 int(bool(shared)), out))
+                                                 int(_bool("shared", shared)), out))
         return bool(out[0])
 
+    @locked
     def kvm_zap_gfn_range(self, start_gfn: int, end_gfn: int, shared: bool = False) -> bool:
         """kvm_zap_gfn_range() as its callers in mmu.c run it: :meth:`zap_gfn_range`, then
         the ranged remote flush it owes before dropping mmu_lock. Returns True when it
         flushed. Logged as those two steps (``zap_gfn_range``, ``flush_remote_tlbs_range``)."""
         out = ffi.new("int *")
         check(self._h, lib.tdp_kvm_zap_gfn_range(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn),
-                                                 int(bool(shared)), out))
+                                                 int(_bool("shared", shared)), out))
         return bool(out[0])
 
+    @locked
     def zap_root(self, root: Union[Root, int], shared: bool = False) -> None:
         """Zap a whole root in passes by level (tdp_mmu_zap_root); never flushes."""
-        check(self._h, lib.tdp_mmu_zap_root(self._h, self._rid(root), int(bool(shared))))
+        check(self._h, lib.tdp_mmu_zap_root(self._h, self._rid(root), int(_bool("shared", shared))))
 
+    @locked
     def zap_sp(self, gfn: int, level: int, root: RootArg = None) -> bool:
         """Zap the level-``level`` table that maps ``gfn`` through its parent entry; returns "flush needed"."""
         out = ffi.new("int *")
         check(self._h, lib.tdp_mmu_zap_sp(self._h, self._rid(root), _int("gfn", gfn), _int("level", level, 0, 99), out))
         return bool(out[0])
 
+    @locked
     def write_protect_range(self, start_gfn: int, end_gfn: int) -> bool:
         """Clear W on the leaves of [start, end) in valid roots; returns "flush needed"."""
         out = ffi.new("int *")
         check(self._h, lib.tdp_mmu_wrprot_range(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn), out))
         return bool(out[0])
 
+    @locked
     def clear_dirty_range(self, start_gfn: int, end_gfn: int) -> bool:
         """Clear D (A/D on) or W (A/D off) on the leaves of [start, end); returns "flush needed"."""
         out = ffi.new("int *")
         check(self._h, lib.tdp_mmu_clear_dirty_range(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn), out))
         return bool(out[0])
 
+    @locked
     def age(self, start_gfn: int, end_gfn: int) -> bool:
         """Clear A or access-track the leaves of [start, end) (no flush); returns "young"."""
         out = ffi.new("int *")
         check(self._h, lib.tdp_mmu_age_range(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn), out))
         return bool(out[0])
 
+    @locked
     def split_huge_pages(self, start_gfn: int, end_gfn: int, target_level: int = 1) -> None:
         """Eager split of the huge leaves of [start, end) down to ``target_level`` (no flush)."""
         check(self._h, lib.tdp_mmu_split_huge_pages(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn),
                                                     _int("target_level", target_level, 0, 99)))
 
+    @locked
     def recover_huge_pages(self, start_gfn: int, end_gfn: int) -> bool:
         """Install huge leaves over tables where now possible (v6.13+); each root that changed is
         flushed at the end of its walk. Returns True when a flush was done."""
@@ -226,6 +254,7 @@ class MMU:
         check(self._h, lib.tdp_mmu_recover_huge_pages(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn), out))
         return bool(out[0])
 
+    @locked
     def recover_nx_huge_pages(self, count: int = 0) -> int:
         """One run of the NX-huge-page recovery worker; ``count=0`` uses ``nx_recovery_ratio``."""
         out = ffi.new("int *")
@@ -233,18 +262,21 @@ class MMU:
         return out[0]
 
     # ---------------------------------------------------------------- inspection
+    @locked
     def walk(self, gpa: int, access: str = "r", root: RootArg = None) -> WalkResult:
         """Walk a root for ``gpa`` as the hardware would (without side effects)."""
         w = ffi.new("struct tdp_walk_result *")
         check(self._h, lib.tdp_mmu_walk(self._h, self._rid(root), _int("gpa", gpa), _access_code(access), w))
         return walk_result_from_c(w)
 
+    @locked
     def root_pointer(self, root: RootArg = None) -> int:
         """The EPTP (VMX) or nCR3 (SVM) value that loads this root."""
         out = ffi.new("uint64_t *")
         check(self._h, lib.tdp_mmu_root_pointer(self._h, self._rid(root), out))
         return out[0]
 
+    @locked
     def tables(self, root: RootArg = None) -> Dict[int, bytes]:
         """Every table of a root as {host physical address: 4096 bytes} (a memory image)."""
         n = ffi.new("size_t *")
@@ -257,6 +289,7 @@ class MMU:
         raw = ffi.buffer(data)[:]
         return {addrs[i]: raw[i * 4096:(i + 1) * 4096] for i in range(cnt)}
 
+    @locked
     def spte(self, gfn: int, level: int = 1, root: RootArg = None) -> int:
         """The raw SPTE at ``level`` on the path to ``gfn``."""
         out = ffi.new("uint64_t *")

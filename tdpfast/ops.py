@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, List, Optional
 
 from ._args import _choice, _int
+from ._lock import locked
 from ._native import check, ffi, lib
 from .errors import InvalidArgumentError
 from .events import OPS
@@ -18,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def start(vm: "VM", name: str, args, yield_every: int) -> "Op":
-    """:meth:`tdpfast.VM.start_op`."""
+    """:meth:`tdpfast.VM.start_op` (called with the VM's lock held)."""
     _choice("operation", name, tuple(OPS))
     vals = [a.id if isinstance(a, (Memslot, Root)) else _int(f"{name} argument", a) for a in args]
     if len(vals) > 3:
@@ -31,11 +32,16 @@ def start(vm: "VM", name: str, args, yield_every: int) -> "Op":
 
 
 def in_flight(vm: "VM") -> List["Op"]:
-    """:attr:`tdpfast.VM.ops`: stepped operations that have not finished."""
+    """:attr:`tdpfast.VM.ops`: stepped operations that have not finished (called with the
+    VM's lock held; sized by the engine, never truncated)."""
     n = ffi.new("int *")
-    ids = ffi.new("uint32_t[]", 256)
-    lib.tdp_op_list(vm._h, ids, 256, n)
-    return [Op(vm, ids[i], "?") for i in range(min(n[0], 256))]
+    lib.tdp_op_list(vm._h, ffi.NULL, 0, n)
+    while True:
+        cap = n[0]
+        ids = ffi.new("uint32_t[]", max(cap, 1))
+        lib.tdp_op_list(vm._h, ids, cap, n)
+        if n[0] <= cap:
+            return [Op(vm, ids[i], "?") for i in range(n[0])]
 
 
 class Op:
@@ -48,6 +54,11 @@ class Op:
         self.done = False
         self.result: Optional[int] = None
 
+    @property
+    def _lock(self):
+        return self._vm._lock
+
+    @locked
     def step(self) -> bool:
         """Run to the next yield point (True once the operation has finished)."""
         if self.done:
@@ -60,6 +71,7 @@ class Op:
             self.result = res[0]
         return self.done
 
+    @locked
     def finish(self) -> int:
         """Run to the end; returns the operation's result (e.g. whether a zap flushed)."""
         while not self.step():

@@ -49,7 +49,7 @@ class Violation:
     tag: int             # EP4TA pfn (VMX) or ASID (SVM)
     stale_pfn: Optional[int]
     expected_pfn: Optional[int]  # the gfn's backing now; None when it has none
-    event: int           # index in vm.events of the operation that exposed it
+    event: int           # index of the operation that exposed it (its place in vm.events when recording)
     access: str
     level: int
     frame_state: str     # what the stale frame is now

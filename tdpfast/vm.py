@@ -4,12 +4,14 @@ vocabulary and replay in :mod:`tdpfast.events`."""
 from __future__ import annotations
 
 import array
+import threading
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 from . import _native, events as _events, ops as _ops
-from ._args import _access_code, _choice, _int
+from ._args import _access_code, _bool, _choice, _int
+from ._lock import locked
 from ._native import c_name_table, c_names, check, ffi, lib
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, InvalidStateError, ReplayError, TdpError
 from .events import OPS
 from .mmu import MMU, Root, walk_result_from_c  # noqa: F401  (walk_result_from_c: tdpfast.hw)
 from .ops import Op
@@ -36,16 +38,61 @@ class VM:
     >>> slot = vm.add_memslot(0, 512)
     >>> vm.vcpu_run(0, 0); vm.access(0, 0x1000, "w").outcome
     'ok'
+
+    Parameters (all but the first three are keyword-only; flags must be ``True`` or ``False``):
+
+    - ``arch``: ``"vmx"`` (Intel EPT, VPIDs, INVEPT) or ``"svm"`` (AMD NPT, ASIDs, TLB_CONTROL).
+    - ``levels``: 4 or 5 paging levels of the TDP tables.
+    - ``seed``: seeds every random choice (TLB replacement, junk entries); same seed and
+      inputs give the same state, digest and event log.
+    - ``vcpus``, ``pcpus``: numbers of vCPUs and physical CPUs (1..4096 each).
+    - ``tlb``: a :class:`TLBConfig` for every pCPU (default ``TLBConfig.adversarial()``,
+      which never evicts).
+    - ``policy``: the flush :class:`Policy` (default ``Policy.kvm()``, KVM v6.13); can be
+      changed later through ``vm.policy``.
+    - ``kernel``: a KVM release (``"5.17"``, ``"6.6"``, ``"6.12"``, ``"6.13"``) instead of
+      ``policy``: ``Policy.release(kernel)``.
+    - ``ad``: EPT accessed/dirty flags (VMX; NPT always has them).
+    - ``mbec``: EPT mode-based execute control (separate user/supervisor execute).
+    - ``maxphyaddr``: host and guest physical-address width, 36..52 (above 48 needs levels=5).
+    - ``hpa_base``: host physical address of the first frame of the page-table pool (4 KiB aligned).
+    - ``frame_limit``: size of the host frame pool in 4 KiB frames (None: unlimited). Each
+      access keeps ``levels + 1`` frames free for its fault and the root takes one, so
+      smaller limits than ``levels + 2`` are refused (they could never fault).
+    - ``max_asid``, ``min_asid``: SVM's ASID range per pCPU.
+    - ``flush_by_asid``: SVM FlushByAsid (TLB_CONTROL 3) instead of a new ASID per flush.
+    - ``trace``: keep the internal trace of flushes, zaps and fills (:meth:`trace`); grows
+      with every operation.
+    - ``record``: keep the event log (:attr:`events`, :meth:`event_log`, :meth:`replay`,
+      pickling). **Off by default**, so a long-running VM uses constant memory: the log
+      keeps every operation (41 bytes, plus 9 per access of a batch) and grows without
+      bound. Violations carry their event's index either way.
+    - ``costs``: overrides of the cycle cost model (``{"ipi": 6000, ...}``; ``vm.stats["cycles"]``).
+    - ``bulk``: let zaps and ``map_range`` process whole tables in one loop where nothing can
+      observe the single steps (same tables, counters, costs and events); ``False`` keeps
+      the per-SPTE paths only.
+
+    A VM is safe to share between threads: every call holds the VM's own lock while it
+    touches the model (calls on one VM run one at a time; separate VMs run in parallel).
+    ``pickle`` and ``copy.deepcopy`` work for a recording VM (its configuration and event
+    log are replayed, and the digest checked); ``copy.copy`` is the same deep copy.
     """
 
     def __init__(self, arch: str = "vmx", levels: int = 4, seed: int = 0, *, vcpus: int = 1, pcpus: int = 1,
                  tlb: Optional[TLBConfig] = None, policy: Optional[Policy] = None, ad: bool = True,
                  mbec: bool = False, maxphyaddr: int = 46, hpa_base: int = 1 << 30,
                  frame_limit: Optional[int] = None, max_asid: int = 32767, min_asid: int = 1,
-                 flush_by_asid: bool = True, trace: bool = False, record: bool = True,
+                 flush_by_asid: bool = True, trace: bool = False, record: bool = False,
                  costs: Optional[Dict[str, int]] = None, kernel: Optional[str] = None, bulk: bool = True):
+        self._lock = threading.RLock()
+        self._unlogged: List[tuple] = []   # (event count, what) of state changes the log does not hold
         if not isinstance(arch, str) or arch not in _ARCH:
             raise InvalidArgumentError(f"arch must be 'vmx' or 'svm', got {arch!r}")
+        for flag, value in (("ad", ad), ("mbec", mbec), ("flush_by_asid", flush_by_asid), ("trace", trace),
+                            ("record", record), ("bulk", bulk)):
+            _bool(flag, value)
+        if costs is not None and not isinstance(costs, dict):
+            raise InvalidArgumentError(f"costs must be a dict of cost name to cycles, got {type(costs).__name__}")
         tlb = TLBConfig.adversarial() if tlb is None else tlb
         if kernel is not None:
             # A release is a set of policy switch values (Policy.release()); one or the other.
@@ -69,21 +116,21 @@ class VM:
         cfg.seed = _int("seed", seed)
         cfg.nvcpus = _int("vcpus", vcpus, 0, 1 << 20)
         cfg.npcpus = _int("pcpus", pcpus, 0, 1 << 20)
-        cfg.ad = int(bool(ad))
-        cfg.mbec = int(bool(mbec))
+        cfg.ad = int(ad)
+        cfg.mbec = int(mbec)
         cfg.maxphyaddr = _int("maxphyaddr", maxphyaddr, 0, 64)
         cfg.hpa_base = _int("hpa_base", hpa_base)
         cfg.frame_limit = 0 if frame_limit is None else _int("frame_limit", frame_limit, 1, 1 << 26)
         cfg.max_asid = _int("max_asid", max_asid, 0, 0xffffff)
         cfg.min_asid = _int("min_asid", min_asid, 0, 0xffffff)
-        cfg.flush_by_asid = int(bool(flush_by_asid))
-        cfg.trace = int(bool(trace))
-        cfg.record = int(bool(record))
+        cfg.flush_by_asid = int(flush_by_asid)
+        cfg.trace = int(trace)
+        cfg.record = int(record)
         cfg.no_bulk = int(not bulk)   # bulk=False: the per-SPTE paths only (tests/test_bulk_paths.py)
         c_costs = ffi.new("struct tdp_costs *")
         lib.tdp_default_costs(c_costs)
         for k, v in (costs or {}).items():
-            if k not in dir(c_costs):
+            if not isinstance(k, str) or k not in dir(c_costs):
                 raise InvalidArgumentError(f"unknown cost {k!r}; costs: {', '.join(dir(c_costs))}")
             setattr(c_costs, k, _int(f"costs[{k}]", v))
         out = ffi.new("tdp_vm **")
@@ -98,34 +145,69 @@ class VM:
         self._policy = policy
         self.mmu = MMU(self)
 
+    # ---------------------------------------------------------------- copies and pickling
+    def __reduce__(self):
+        """Pickle (and ``copy.deepcopy``) through the configuration and the event log: the
+        copy replays the log on a fresh VM and must reach the same digest. A VM that does
+        not record (``record=False``, the default) can be pickled only while nothing has
+        happened to it."""
+        with self._lock:
+            kwargs = dict(self._kwargs)
+            if kwargs["record"]:
+                if lib.tdp_dropped_records(self._h):
+                    raise InvalidStateError("cannot copy or pickle this VM: its event log lost records "
+                                            "(out of host memory), so it no longer reproduces the state")
+                log = self.event_log()
+            elif self.digest() == self.fresh().digest() and not self._unlogged:
+                log = None
+            else:
+                raise InvalidStateError("cannot copy or pickle a VM that does not record its event log once "
+                                        "it has run operations: create it with VM(..., record=True)")
+            return (_restore, (kwargs, log, list(self._unlogged), self.digest()))
+
+    def __copy__(self) -> "VM":
+        """A shallow copy would share the C model: ``copy.copy`` makes the deep copy."""
+        return _restore(*self.__reduce__()[1])
+
+    def __deepcopy__(self, memo) -> "VM":
+        return _restore(*self.__reduce__()[1])
+
     # ---------------------------------------------------------------- configuration
     @property
     def policy(self) -> Policy:
         return self._policy
 
     @policy.setter
+    @locked
     def policy(self, policy: Policy) -> None:
         if not isinstance(policy, Policy):
             raise InvalidArgumentError(f"policy must be a Policy, got {type(policy).__name__}")
         check(self._h, lib.tdp_set_policy(self._h, policy._to_c(ffi)))
         self._policy = policy
+        self._unlogged.append((lib.tdp_event_count(self._h), "policy", policy))
 
     def fresh(self, **changes) -> "VM":
         """A new VM with the same configuration (``changes`` override keyword arguments)."""
         kw = dict(self._kwargs)
+        unknown = sorted(set(changes) - set(kw))
+        if unknown:
+            raise InvalidArgumentError(f"fresh(): unknown VM parameter(s) {', '.join(unknown)}; parameters: "
+                                       f"{', '.join(kw)}")
         kw.update(changes)
         return VM(**kw)
 
     # ---------------------------------------------------------------- memslots and host events
+    @locked
     def add_memslot(self, base_gfn: int, npages: int, *, readonly: bool = False, dirty_log: bool = False,
                     max_level: int = 3) -> Memslot:
         """Back gfns [base_gfn, base_gfn + npages) with host memory; returns the slot."""
         out = ffi.new("int *")
-        flags = (1 if readonly else 0) | (2 if dirty_log else 0)
+        flags = (1 if _bool("readonly", readonly) else 0) | (2 if _bool("dirty_log", dirty_log) else 0)
         check(self._h, lib.tdp_memslot_add(self._h, _int("base_gfn", base_gfn), _int("npages", npages), flags,
                                            _int("max_level", max_level, 0, 99), out))
         return self.memslot(out[0])
 
+    @locked
     def memslot(self, slot_id: int) -> Memslot:
         info = ffi.new("struct tdp_memslot_info *")
         check(self._h, lib.tdp_memslot_info(self._h, _int("slot", slot_id, 0, 1 << 30), info))
@@ -133,45 +215,58 @@ class VM:
                        info.max_level, info.host_base_pfn)
 
     @property
+    @locked
     def memslots(self) -> List[Memslot]:
+        """Every memslot, by id (the list is sized by the engine: never truncated)."""
         n = ffi.new("int *")
-        ids = ffi.new("int[]", 4096)
-        lib.tdp_memslot_list(self._h, ids, 4096, n)
-        return [self.memslot(ids[i]) for i in range(min(n[0], 4096))]
+        lib.tdp_memslot_list(self._h, ffi.NULL, 0, n)
+        while True:
+            cap = n[0]
+            ids = ffi.new("int[]", max(cap, 1))
+            lib.tdp_memslot_list(self._h, ids, cap, n)
+            if n[0] <= cap:
+                return [self.memslot(ids[i]) for i in range(n[0])]
 
     def _slot_id(self, slot: Union[Memslot, int]) -> int:
         return slot.id if isinstance(slot, Memslot) else _int("slot", slot, 0, 1 << 30)
 
+    @locked
     def delete_memslot(self, slot: Union[Memslot, int]) -> None:
         """Delete a memslot: kvm_mmu_zap_all_fast() (or the B18 precise zap), then drop its pages."""
         check(self._h, lib.tdp_memslot_delete(self._h, self._slot_id(slot)))
 
+    @locked
     def backing(self, gfn: int) -> Optional[int]:
         """The host pfn backing ``gfn`` now (None: no memslot, or unmapped by the host)."""
         out = ffi.new("uint64_t *")
         lib.tdp_gfn_backing(self._h, _int("gfn", gfn), out)
         return None if out[0] == _NO_PFN else out[0]
 
+    @locked
     def host_unmap(self, start_gfn: int, end_gfn: int) -> None:
         """MMU-notifier invalidation of [start, end): zap every root, flush, then the host frees the pages."""
         check(self._h, lib.tdp_host_unmap(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn)))
 
+    @locked
     def host_migrate(self, gfn: int) -> int:
         """Host page migration: the gfn's page moves to a new frame (returned) after an invalidation."""
         out = ffi.new("uint64_t *")
         check(self._h, lib.tdp_host_migrate(self._h, _int("gfn", gfn), out))
         return out[0]
 
+    @locked
     def host_age(self, start_gfn: int, end_gfn: int) -> bool:
         """MMU-notifier clear_flush_young over [start, end) (no flush on x86, ~v6.13+)."""
         out = ffi.new("int *")
         check(self._h, lib.tdp_host_age(self._h, _int("start_gfn", start_gfn), _int("end_gfn", end_gfn), out))
         return bool(out[0])
 
+    @locked
     def set_dirty_logging(self, slot: Union[Memslot, int], enable: bool = True) -> None:
         """Enable (split, write-protect, flush) or disable (recover huge pages) dirty logging."""
-        check(self._h, lib.tdp_dirty_log_enable(self._h, self._slot_id(slot), int(bool(enable))))
+        check(self._h, lib.tdp_dirty_log_enable(self._h, self._slot_id(slot), int(_bool("enable", enable))))
 
+    @locked
     def get_dirty_log(self, slot: Union[Memslot, int]) -> List[int]:
         """KVM_GET_DIRTY_LOG: the dirty gfns since the last call; they are re-protected and flushed."""
         sid = self._slot_id(slot)
@@ -189,19 +284,23 @@ class VM:
                 m &= m - 1
         return out
 
+    @locked
     def write_protect_gfn(self, gfn: int, enable: bool = True) -> None:
         """KVM's gfn write tracking: write-protect ``gfn`` (flushing if an SPTE changed) or release it."""
-        check(self._h, lib.tdp_write_protect_gfn(self._h, _int("gfn", gfn), int(bool(enable))))
+        check(self._h, lib.tdp_write_protect_gfn(self._h, _int("gfn", gfn), int(_bool("enable", enable))))
 
     # ---------------------------------------------------------------- vCPUs
+    @locked
     def vcpu_run(self, vcpu: int, pcpu: int) -> None:
         """Leave guest mode wherever the vCPU is, load it on ``pcpu``, service requests, enter the guest."""
         check(self._h, lib.tdp_vcpu_run(self._h, _int("vcpu", vcpu, 0, 1 << 20), _int("pcpu", pcpu, 0, 1 << 20)))
 
+    @locked
     def vcpu_exit(self, vcpu: int) -> None:
         """Leave guest mode (the vCPU stays loaded where it was)."""
         check(self._h, lib.tdp_vcpu_exit(self._h, _int("vcpu", vcpu, 0, 1 << 20)))
 
+    @locked
     def vcpu_request(self, vcpu: int, *requests: str) -> None:
         """kvm_make_request() of the named requests (kicks the vCPU out of guest mode)."""
         bits = 0
@@ -211,6 +310,7 @@ class VM:
             bits |= REQUESTS[r]
         check(self._h, lib.tdp_vcpu_request(self._h, _int("vcpu", vcpu, 0, 1 << 20), bits))
 
+    @locked
     def vcpu_info(self, vcpu: int) -> dict:
         """Mode, placement, root, pending requests and (SVM) ASID of a vCPU."""
         i = ffi.new("struct tdp_vcpu_info *")
@@ -220,6 +320,7 @@ class VM:
                 "requests": [k for k, b in REQUESTS.items() if i.requests & b], "asid": i.asid,
                 "asid_generation": i.asid_generation, "vpid": i.vpid, "tlb_control": i.tlb_control}
 
+    @locked
     def pcpu_info(self, pcpu: int) -> dict:
         """Who runs on a pCPU, its ASID allocator (SVM) and how many TLB/PSC entries are live."""
         i = ffi.new("struct tdp_pcpu_info *")
@@ -228,6 +329,7 @@ class VM:
                 "next_asid": i.next_asid, "min_asid": i.min_asid, "max_asid": i.max_asid,
                 "tlb_entries": i.tlb_entries, "psc_entries": i.psc_entries}
 
+    @locked
     def access(self, vcpu: int, gpa: int, access: str = "r") -> AccessResult:
         """One guest access by a vCPU in guest mode: TLB, walk, fault path, and the checker."""
         out = ffi.new("struct tdp_access_result *")
@@ -241,11 +343,13 @@ class VM:
                             tlb=_TLB_HIT[o.tlb_hit], faults=o.faults, walk_refs=o.walk_refs,
                             violation=v)
 
+    @locked
     def access_batch(self, vcpu: int, gpas, access: Union[str, Sequence, object] = "r", *,
                      per_access: bool = False) -> BatchResult:
         """Many accesses in one C call. ``gpas``: any uint64 buffer (numpy array, array('Q')) or
         a sequence; ``access``: one kind for all, or a uint8 buffer / sequence of kinds (0 r, 1 w,
         2 x, 3 xu). With ``per_access=True`` the result carries per-access columns."""
+        _bool("per_access", per_access)
         g = _u64_buffer("gpas", gpas)
         n = len(g)
         accs = ffi.NULL
@@ -288,14 +392,17 @@ class VM:
                            stopped=stopped)
 
     # ---------------------------------------------------------------- flushes
+    @locked
     def flush_remote_tlbs(self) -> None:
         """kvm_flush_remote_tlbs(): KVM_REQ_TLB_FLUSH to every vCPU, IPIs to those in guest mode."""
         check(self._h, lib.tdp_flush_remote_tlbs(self._h))
 
+    @locked
     def flush_remote_tlbs_range(self, gfn: int, npages: int) -> None:
         """The ranged variant: precise with ``precise_range_flush``, else a full remote flush."""
         check(self._h, lib.tdp_flush_remote_tlbs_range(self._h, _int("gfn", gfn), _int("npages", npages)))
 
+    @locked
     def invept(self, pcpu: int, kind: str = "single", eptp: Optional[int] = None) -> None:
         """INVEPT on one pCPU: ``kind`` "single" (needs ``eptp``) or "global"."""
         types = {name: t for t, name in c_names(lib.tdp_invept_type_name).items()}
@@ -305,6 +412,7 @@ class VM:
             raise InvalidArgumentError("INVEPT single-context needs eptp=")
         check(self._h, lib.tdp_invept(self._h, _int("pcpu", pcpu, 0, 1 << 20), t, _int("eptp", eptp or 0)))
 
+    @locked
     def invvpid(self, pcpu: int, kind: str, vpid: int, gla: int = 0) -> None:
         """INVVPID: "individual", "single", "all" or "single_retaining_globals" (never drops
         guest-physical mappings)."""
@@ -313,10 +421,12 @@ class VM:
         check(self._h, lib.tdp_invvpid(self._h, _int("pcpu", pcpu, 0, 1 << 20), kinds.index(kind),
                                        _int("vpid", vpid, 0, 0xffffffff), _int("gla", gla)))
 
+    @locked
     def set_tlb_control(self, vcpu: int, value: int) -> None:
         """SVM: the VMCB's TLB_CONTROL (0, 1, 3, 7) for the vCPU's next VMRUN."""
         check(self._h, lib.tdp_svm_set_tlb_control(self._h, _int("vcpu", vcpu, 0, 1 << 20), _int("value", value, 0, 255)))
 
+    @locked
     def tlb_entries(self, pcpu: int) -> List[dict]:
         """Live TLB and paging-structure-cache entries of a pCPU."""
         n = ffi.new("size_t *")
@@ -328,12 +438,14 @@ class VM:
                  "gfn": e.vpn << (9 * (e.level - 1)), "pfn": e.pfn, "perms": e.perms, "dirty": bool(e.dirty),
                  "structure": ("l1", "l2", "psc", "store")[e.structure]} for e in (buf[i] for i in range(n[0]))]
 
+    @locked
     def tlb_fill_junk(self, pcpu: int, count: int, max_gfn: int = 1 << 20) -> None:
         """Leave ``count`` junk entries under arbitrary tags in a pCPU's TLB."""
         check(self._h, lib.tdp_tlb_fill_junk(self._h, _int("pcpu", pcpu, 0, 1 << 20), _int("count", count, 0, 1 << 24),
                                              _int("max_gfn", max_gfn)))
 
     # ---------------------------------------------------------------- stepped operations
+    @locked
     def start_op(self, name: str, *args: int, yield_every: int = 16) -> Op:
         """Start a long operation that stops at each yield point (where KVM drops mmu_lock
         and leaves RCU), so that other operations can run before it resumes.
@@ -349,16 +461,19 @@ class VM:
         return _ops.start(self, name, args, yield_every)
 
     @property
+    @locked
     def ops(self) -> List[Op]:
         """Stepped operations that have not finished."""
         return _ops.in_flight(self)
 
+    @locked
     def synchronize_rcu(self) -> None:
         """End a grace period: page tables freed with call_rcu() return to the pool (LIFO)."""
         check(self._h, lib.tdp_synchronize_rcu(self._h))
 
     # ---------------------------------------------------------------- results
     @property
+    @locked
     def violations(self) -> List[Violation]:
         """Every violation the checker reported, oldest first."""
         n = lib.tdp_violation_count(self._h)
@@ -381,6 +496,7 @@ class VM:
                          frame_state=FRAME_STATES.get(v.frame_state, "?"), batch_index=v.batch_index)
 
     @property
+    @locked
     def stats(self) -> Dict[str, int]:
         """Counters in KVM's vocabulary (remote_tlb_flush, pages_4k, ...) and the model's."""
         names = _stat_names()
@@ -388,21 +504,26 @@ class VM:
         lib.tdp_stats(self._h, out)
         return {n: out[i] for i, n in enumerate(names)}
 
+    @locked
     def reset_stats(self) -> None:
         """Zero the counters (gauges such as pages_4k are kept)."""
         lib.tdp_reset_stats(self._h)
+        self._unlogged.append((lib.tdp_event_count(self._h), "reset_stats", None))
 
+    @locked
     def frames(self) -> dict:
         """Frame pool usage: in_use, free, rcu_pending, limit."""
         out = ffi.new("uint64_t[4]")
         lib.tdp_hostmem_info(self._h, out)
         return {"in_use": out[0], "free": out[1], "rcu_pending": out[2], "limit": out[3]}
 
+    @locked
     def digest(self) -> int:
         """A 64-bit digest of the whole model state (tables, roots, slots, vCPUs, TLBs, counters)."""
         return lib.tdp_digest(self._h)
 
     @property
+    @locked
     def events(self) -> List[Event]:
         """The event log: every successful top-level operation, replayable with :meth:`replay`."""
         n = lib.tdp_event_count(self._h)
@@ -422,6 +543,7 @@ class VM:
             out.append(_events.make_event(i, name, tuple(e.a[k] for k in range(5)), batch))
         return out
 
+    @locked
     def health(self) -> Dict[str, Union[int, str]]:
         """The model's own health: ``warnings`` counts states it must never reach (KVM's
         WARN_ON(); ``warning`` describes the first), ``dropped_records`` events, violations or
@@ -430,10 +552,12 @@ class VM:
                 "warning": ffi.string(lib.tdp_warn_message(self._h)).decode(errors="replace"),
                 "dropped_records": lib.tdp_dropped_records(self._h)}
 
+    @locked
     def event_log(self) -> bytes:
         """The event log as bytes (byte-for-byte identical for the same seed and inputs)."""
         return _events.encode((e.op, e.raw, e.batch) for e in self.events)
 
+    @locked
     def trace(self) -> List[tuple]:
         """The internal trace (``VM(trace=True)``): (kind, level, a, b, c) records."""
         n = lib.tdp_trace_count(self._h)
@@ -442,31 +566,89 @@ class VM:
         kinds = c_names(lib.tdp_trace_kind_name)
         return [(kinds.get(buf[i].kind, "?"), buf[i].level, buf[i].a, buf[i].b, buf[i].c) for i in range(n)]
 
+    @locked
     def replay(self, events: Iterable[Event]) -> None:
-        """Apply an event log (from another VM of the same configuration, started fresh) to
-        this fresh VM."""
-        for e in events:
-            _events.replay_one(self, e, requests=REQUESTS, op_cls=Op)
+        """Apply an event log (``vm.events`` or :func:`tdpfast.read_event_log` of
+        ``event_log()`` bytes, from a VM of the same configuration started fresh) to this
+        fresh VM, holding the VM's lock throughout.
 
-    def replay_fast(self, events: Sequence[Event], *, stop_at_violation: bool = True) -> int:
-        """Apply events in one C call (no access batches); events that fail are skipped, and
-        stepped operations are matched to the ones the original run started. Returns how
-        many applied."""
-        evs = list(events)
+        Every event is checked before any is applied (:class:`~tdpfast.EventLogError`).
+        The sequence must replay as it ran: the first event whose call fails raises
+        :class:`~tdpfast.ReplayError` (``.index``, the original error as ``__cause__``);
+        the events before it stay applied and the failing call changed nothing."""
+        _events.replay(self, events, requests=REQUESTS, op_cls=Op)
+
+    @locked
+    def replay_fast(self, events: Sequence[Event], *, stop_at_violation: bool = True,
+                    skip_failing: bool = False) -> int:
+        """Apply events in one C call (no access batches); stepped operations are matched to
+        the ones the original run started. Returns how many applied.
+
+        By default the first event that fails raises :class:`~tdpfast.ReplayError` (as
+        :meth:`replay`). ``skip_failing=True`` skips failing events instead -- the fuzz
+        shrinker's lenient replay, where a candidate sequence may have lost an event
+        another one needs. ``stop_at_violation`` stops after the first violation."""
+        _bool("stop_at_violation", stop_at_violation)
+        _bool("skip_failing", skip_failing)
+        try:
+            evs = [_events.check_event(i, e) for i, e in enumerate(events)]
+        except TypeError:
+            raise _events.EventLogError(f"events must be a sequence of tdpfast.Event, got {type(events).__name__}") from None
         buf = ffi.new("struct tdp_event[]", max(len(evs), 1))
         for i, e in enumerate(evs):
             if e.op == "access_batch":
-                raise InvalidArgumentError("replay_fast cannot replay access batches; use replay()")
+                raise InvalidArgumentError(f"replay_fast cannot replay access batches (events[{i}]); use replay()")
             buf[i].op = _events.EVENT_CODES[e.op]
             for k, w in enumerate(e.raw):
                 buf[i].a[k] = w
         n = ffi.new("size_t *")
-        check(self._h, lib.tdp_replay(self._h, buf, len(evs), int(stop_at_violation), n))
+        flags = (lib.TDP_REPLAY_STOP_AT_VIOLATION if stop_at_violation else 0) | \
+                (lib.TDP_REPLAY_SKIP_FAILING if skip_failing else 0)
+        try:
+            check(self._h, lib.tdp_replay(self._h, buf, len(evs), flags, n))
+        except TdpError as exc:
+            raise ReplayError(str(exc), n[0], n[0]) from exc
         return n[0]
 
+    @locked
+    def _fuzz(self, seed: int, max_ops: int) -> int:
+        """Run the C explorer (``tdp_fuzz``) on this VM; returns the operations it ran."""
+        out = ffi.new("uint64_t *")
+        check(self._h, lib.tdp_fuzz(self._h, _int("seed", seed), _int("max_ops", max_ops), out))
+        return out[0]
+
+    @locked
+    def _violation_count(self) -> int:
+        return lib.tdp_violation_count(self._h)
+
     def __repr__(self) -> str:
+        with self._lock:
+            return self._repr()
+
+    def _repr(self) -> str:
         return (f"VM(arch={self.arch!r}, levels={self.levels}, vcpus={self.nvcpus}, pcpus={self.npcpus}, "
                 f"roots={len(self.mmu.roots)}, memslots={len(self.memslots)})")
+
+
+def _restore(kwargs: dict, log: Optional[bytes], unlogged: list, digest: int) -> "VM":
+    """Unpickle a VM (:meth:`VM.__reduce__`): replay its log (and the unlogged policy
+    changes and counter resets at the points they happened) on a fresh VM."""
+    vm = VM(**kwargs)
+    events = _events.read_event_log(log) if log is not None else []
+    done = 0
+    with vm._lock:
+        for at, what, value in unlogged:
+            vm.replay(events[done:at])
+            done = at
+            if what == "policy":
+                vm.policy = value
+            else:
+                vm.reset_stats()
+        vm.replay(events[done:])
+        if vm.digest() != digest:
+            raise InvalidStateError(f"the copy of the VM did not reach the original's state (digest "
+                                    f"{vm.digest():#x}, expected {digest:#x})")
+    return vm
 
 
 _STAT_NAMES: List[str] = []
@@ -490,7 +672,15 @@ def _u64_buffer(name: str, obj):
     try:
         return memoryview(array.array("Q", obj))
     except (TypeError, OverflowError, ValueError):
-        raise InvalidArgumentError(f"{name} must be a 1-D buffer or sequence of unsigned 64-bit integers") from None
+        pass
+    try:
+        items = list(obj)
+    except TypeError:
+        raise InvalidArgumentError(f"{name} must be a 1-D buffer or sequence of unsigned 64-bit integers, "
+                                   f"got {type(obj).__name__}") from None
+    for i, x in enumerate(items):
+        _int(f"{name}[{i}]", x)
+    return memoryview(array.array("Q", items))
 
 
 def _u8_buffer(name: str, obj):
@@ -501,9 +691,16 @@ def _u8_buffer(name: str, obj):
     except TypeError:
         pass
     try:
-        return memoryview(array.array("B", [_access_code(a) for a in obj]))
+        items = list(obj)
     except TypeError:
         raise InvalidArgumentError(f"{name} must be a string, or a sequence/buffer of access kinds") from None
+    codes = []
+    for i, a in enumerate(items):
+        try:
+            codes.append(_access_code(a))
+        except InvalidArgumentError:
+            raise InvalidArgumentError(f"{name}[{i}] must be 'r', 'w', 'x' or 'xu' (or 0..3), got {a!r}") from None
+    return memoryview(array.array("B", codes))
 
 
 __all__ = ["VM", "MMU", "Root", "Op", "REQUESTS", "OPS"]

@@ -1,6 +1,7 @@
 """Shared test helpers."""
 import os
 import tempfile
+import functools
 import weakref
 
 import pytest
@@ -22,6 +23,7 @@ _live_vms = []
 _vm_init = _vm_module.VM.__init__
 
 
+@functools.wraps(_vm_init)
 def _tracking_init(self, *args, **kwargs):
     _vm_init(self, *args, **kwargs)
     _live_vms.append(weakref.ref(self))

@@ -385,10 +385,11 @@ def test_frame_pool_exhausted_on_map_range():
 
 
 def test_frame_pool_exhausted_on_alloc_root_and_vcpu_run():
-    v = VM(frame_limit=1)
-    v.add_memslot(0, 512)
-    v.mmu.alloc_root(guest_mode=True)                       # takes the only frame
-    fails(v, FramePoolExhausted, ["frame_limit=1"], v.mmu.alloc_root)
+    v = VM(frame_limit=6)                                   # the least a VM that can fault takes
+    v.add_memslot(0, 512 * 3, max_level=1)
+    root = v.mmu.alloc_root(guest_mode=True)                # 1 frame
+    v.mmu.map_range(0, 512 * 3, 1, root=root)               # + PDPT + PD + 3 PT: all 6 in use
+    fails(v, FramePoolExhausted, ["frame_limit=6"], v.mmu.alloc_root)
     fails(v, FramePoolExhausted, ["frame pool exhausted", "vcpu 0"], v.vcpu_run, 0, 0)
 
 
@@ -410,7 +411,7 @@ def test_frame_pool_exhausted_in_the_middle_of_an_access_batch():
     """A batch that runs out of frames is not a failed call: it stops before the access
     that might not get its frames, says so, and the event log holds exactly the accesses
     that ran, so a replay reaches the same state."""
-    v = VM(frame_limit=20)
+    v = VM(frame_limit=20, record=True)
     v.add_memslot(0, 1 << 18, max_level=1)
     v.vcpu_run(0, 0)
     gpas = [(i * 512) << 12 for i in range(40)]             # one new page table per access

@@ -46,7 +46,7 @@ def test_adding_an_event_touches_one_table():
 
 
 def test_an_event_log_written_by_python_replays_in_c_with_the_same_digest():
-    vm = tdpfast.VM(vcpus=2, pcpus=2, seed=3)
+    vm = tdpfast.VM(vcpus=2, pcpus=2, seed=3, record=True)
     vm.add_memslot(0, 1024)
     vm.vcpu_run(0, 0)
     vm.access(0, 0x3000, "w")

@@ -35,7 +35,7 @@ def last_event(vm):
 # --------------------------------------------------------------------------- use_after_free
 
 def _b5(policy):
-    vm = VM(policy=policy, tlb=TLBConfig.adversarial())
+    vm = VM(policy=policy, tlb=TLBConfig.adversarial(), record=True)
     vm.add_memslot(0, 4096, max_level=1)
     vm.vcpu_run(0, 0)
     vm.access(0, GPA, "r")                       # TLB: gfn 5 -> frame X

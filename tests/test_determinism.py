@@ -88,7 +88,7 @@ def workload(vm, seed, steps=350, recipe=None):
 
 
 def make(arch="vmx", seed=11, policy=None, tlb=None):
-    return VM(arch=arch, vcpus=3, pcpus=2, seed=seed, policy=policy,
+    return VM(arch=arch, vcpus=3, pcpus=2, seed=seed, policy=policy, record=True,
               tlb=tlb or TLBConfig.preset("skylake" if arch == "vmx" else "zen3", replacement="random"))
 
 
@@ -107,8 +107,8 @@ def test_same_seed_and_inputs_give_identical_stats_digest_and_event_log(arch):
 
 
 def test_the_trace_is_deterministic_too():
-    a = workload(VM(vcpus=3, pcpus=2, seed=3, trace=True), 8, steps=150)
-    b = workload(VM(vcpus=3, pcpus=2, seed=3, trace=True), 8, steps=150)
+    a = workload(VM(vcpus=3, pcpus=2, seed=3, trace=True, record=True), 8, steps=150)
+    b = workload(VM(vcpus=3, pcpus=2, seed=3, trace=True, record=True), 8, steps=150)
     assert a.trace() == b.trace() and len(a.trace()) > 0
 
 
@@ -130,7 +130,7 @@ def test_replaying_the_event_log_on_a_fresh_vm_reproduces_digest_and_violations(
 
 
 def test_replay_round_trips_access_batches():
-    vm = VM(tlb=TLBConfig.adversarial())
+    vm = VM(tlb=TLBConfig.adversarial(), record=True)
     vm.add_memslot(0, 1024, max_level=1)
     vm.vcpu_run(0, 0)
     vm.access_batch(0, [0x1000, 0x2000, 0x1000, 0x7000], ["r", "w", "x", "xu"])

@@ -158,7 +158,7 @@ class Pair:
     """The C engine and the reference, driven in lock step."""
 
     def __init__(self, config: dict, reference_cls=ref.VM):
-        kw = dict(config, vcpus=VCPUS, pcpus=PCPUS)
+        kw = dict(config, vcpus=VCPUS, pcpus=PCPUS, record=True)
         self.c = tdpfast.VM(**kw)
         self.r = reference_cls(quirks=tuple(ref.KNOWN_C_QUIRKS), **kw)
         self.prev = (snapshot(self.c), snapshot(self.r))
@@ -536,7 +536,7 @@ def _run_program(vm, prog, op_cls):
 
 @pytest.mark.parametrize("arch", ["vmx", "svm"])
 def test_reference_event_log_is_deterministic_and_matches_the_engine(arch):
-    kw = dict(arch=arch, seed=1234, vcpus=VCPUS, pcpus=PCPUS,
+    kw = dict(arch=arch, seed=1234, vcpus=VCPUS, pcpus=PCPUS, record=True,
               tlb=TLBConfig(mode="setassoc", replacement="random", junk=16, **_SMALL_SETASSOC))
     prog = _program(seed=99)
     quirks = tuple(ref.KNOWN_C_QUIRKS)
@@ -554,8 +554,8 @@ def test_reference_event_log_is_deterministic_and_matches_the_engine(arch):
 
 
 def test_reference_event_log_depends_on_the_inputs():
-    a = _run_program(ref.VM(vcpus=VCPUS, pcpus=PCPUS), _program(seed=1), ref.Op)
-    b = _run_program(ref.VM(vcpus=VCPUS, pcpus=PCPUS), _program(seed=2), ref.Op)
+    a = _run_program(ref.VM(vcpus=VCPUS, pcpus=PCPUS, record=True), _program(seed=1), ref.Op)
+    b = _run_program(ref.VM(vcpus=VCPUS, pcpus=PCPUS, record=True), _program(seed=2), ref.Op)
     assert a != b
 
 
@@ -565,7 +565,7 @@ def test_counter_names_match_the_engine():
 
 
 def test_event_codes_match_the_engine():
-    vm_c, vm_r = tdpfast.VM(), ref.VM()
+    vm_c, vm_r = tdpfast.VM(record=True), ref.VM(record=True)
     for vm in (vm_c, vm_r):
         vm.add_memslot(0, 16)
         vm.vcpu_run(0, 0)

@@ -42,7 +42,7 @@ def state(vm):
 @settings(max_examples=300, derandomize=True, deadline=None, database=None,
           suppress_health_check=list(HealthCheck))
 def test_random_calls_raise_typed_errors_and_change_nothing_when_rejected(data):
-    vm = VM(vcpus=2, pcpus=2, tlb=TLBConfig.adversarial(), frame_limit=64)
+    vm = VM(vcpus=2, pcpus=2, tlb=TLBConfig.adversarial(), frame_limit=64, record=True)
     vm.add_memslot(0, 1024)
     vm.vcpu_run(0, 0)
     vm.access(0, 0x1000, "w")

@@ -27,7 +27,7 @@ from .cases import (AccessCase, AccessLimitCase, FaultCase, FlushCase, MapRangeC
 from .cli import CHART_NAME, JSON_NAME, add_parser, main, run
 from .compare import NotABenchResult, compare, compare_rows, validate
 from .limits import have_limits
-from .memory import rss_child
+from .memory import rss_child, rss_flat_child
 from .profiles import PROFILES, SEED, Sizes
 from .progress import Progress
 from .published import PUBLISHED_FLUSHES, published_run
@@ -41,7 +41,7 @@ __all__ = [
     "Policy", "VM", "AccessCase", "AccessLimitCase", "FaultCase", "FlushCase", "MapRangeCase", "PopulateLimitCase",
     "WalkCase", "WalkLimitCase", "ZapCase", "ZapLimitCase", "flush_tlb_config", "gpas_of", "no_cache_tlb",
     "CHART_NAME", "JSON_NAME", "add_parser", "main", "run", "NotABenchResult", "compare", "compare_rows", "validate",
-    "have_limits", "rss_child", "PROFILES", "SEED", "Sizes", "Progress", "PUBLISHED_FLUSHES", "published_run",
+    "have_limits", "rss_child", "rss_flat_child", "PROFILES", "SEED", "Sizes", "Progress", "PUBLISHED_FLUSHES", "published_run",
     "ReferenceModelError", "reference_model", "chart", "render", "SCHEMA_VERSION", "STEPS", "expected_row_ids",
     "run_suite", "spread", "time_rounds", "COST_KEYS", "SAFE_POLICIES", "WORKLOADS", "cost_policies", "run_workload",
 ]

@@ -47,6 +47,45 @@ def rss_child(pages: int, level: int = 1, reference: bool = False, timeout: floa
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+_FLAT_CHILD = r"""
+import json, os, sys
+sys.path.insert(0, {root!r})
+def rss():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+import numpy
+from tdpfast import VM
+vm = VM({kwargs})
+vm.add_memslot(0, 1 << 16)
+vm.vcpu_run(0, 0)
+rng = numpy.random.default_rng(0)
+gpas = (rng.integers(0, 1 << 16, {batch}, dtype=numpy.uint64) << numpy.uint64(12)).astype(numpy.uint64)
+vm.access_batch(0, gpas)                  # warm: tables and TLB are built before the baseline
+base = rss()
+samples = []
+done = {batch}
+while done < {total}:
+    vm.access_batch(0, gpas)
+    done += {batch}
+    if done % ({total} // 10) < {batch}:
+        samples.append(rss())
+print(json.dumps({{'base': base, 'end': rss(), 'max': max(samples + [base]), 'accesses': done}}))
+"""
+
+
+def rss_flat_child(total: int = 10 ** 7, batch: int = 10_000, record=None, timeout: float = 900) -> dict:
+    """RSS of a long-running VM in a fresh interpreter: ``total`` guest accesses in
+    batches of ``batch`` with the default settings (``record=None``) or with an explicit
+    ``record=``; returns the RSS after a warm-up batch (base), at the end, and the most
+    seen in between."""
+    kwargs = "" if record is None else f"record={bool(record)!r}"
+    code = _FLAT_CHILD.format(root=_PKG_HOME, kwargs=kwargs, batch=batch, total=total)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    if out.returncode:
+        raise RuntimeError(f"RSS child failed: {out.stderr.strip()[-400:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def memory_ids(sz: Sizes) -> List[str]:
     return [f"memory.{s}" for s, _ in sz.memory]
 

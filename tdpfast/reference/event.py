@@ -7,17 +7,18 @@ from __future__ import annotations
 from typing import Dict, Iterable, List, Sequence
 
 from .. import events as vocabulary
-from ..errors import (FramePoolExhausted, InvalidArgumentError, InvalidStateError, LivelockError,
-                      NotFoundError)
+from ..errors import (EventLogError, FramePoolExhausted, InvalidArgumentError, InvalidStateError,
+                      LivelockError, NotFoundError, ReplayError)
 from ..results import Event
 from . import cpu, mmu
 
 
 class KvmEventLog:
     """The recording side, mixed into :class:`tdpfast.reference.vm.Kvm` (which holds
-    ``events``, ``nblob`` and ``cfg.record``)."""
+    ``events``, ``nblob``, ``nlogged`` and ``cfg.record``)."""
 
     def log(self, op: str, *args: int, batch=None) -> None:
+        self.nlogged += 1       # counted when not recording too: a violation's event index
         if self.cfg.record:
             self.events.append((op, tuple(args) + (0,) * (5 - len(args)), batch))
             if batch:
@@ -33,24 +34,29 @@ class EventLogApi:
         return [vocabulary.make_event(i, op, raw, batch) for i, (op, raw, batch) in enumerate(self._k.events)]
 
     def event_log(self) -> bytes:
-        """The event log as bytes: per event ``<B5Q`` (op code, five arguments), then an
-        access batch's (gpa, access) pairs as ``<QB`` -- byte-identical to tdpfast.VM's."""
+        """The event log as bytes in the format of :mod:`tdpfast.events` (header, records,
+        checksum) -- byte-identical to tdpfast.VM's."""
         return vocabulary.encode(self._k.events)
 
     def replay(self, events: Iterable[Event]) -> None:
-        for e in events:
-            vocabulary.replay_one(self, e, requests=cpu.REQUESTS, op_cls=mmu.Op)
+        """As tdpfast.VM.replay: checked first, and the first failing event raises ReplayError."""
+        vocabulary.replay(self, events, requests=cpu.REQUESTS, op_cls=mmu.Op)
 
-    def replay_fast(self, events: Sequence[Event], *, stop_at_violation: bool = True) -> int:
-        """Apply events (no access batches); events that fail are skipped, and stepped
-        operations are matched to the ones the original run started.  Returns how many
-        applied (tdpfast.VM.replay_fast does the same in one C call)."""
-        evs = list(events)
+    def replay_fast(self, events: Sequence[Event], *, stop_at_violation: bool = True,
+                    skip_failing: bool = False) -> int:
+        """Apply events (no access batches); stepped operations are matched to the ones the
+        original run started.  The first failing event raises ReplayError, or is skipped
+        with ``skip_failing=True``.  Returns how many applied (tdpfast.VM.replay_fast does
+        the same in one C call)."""
+        try:
+            evs = [vocabulary.check_event(i, e) for i, e in enumerate(events)]
+        except TypeError:
+            raise EventLogError(f"events must be a sequence of tdpfast.Event, got {type(events).__name__}") from None
         if any(e.op == "access_batch" for e in evs):
             raise InvalidArgumentError("replay_fast cannot replay access batches; use replay()")
         op_ids: Dict[int, int] = {}
         applied = 0
-        for e in evs:
+        for i, e in enumerate(evs):
             raw = tuple(e.raw)
             try:
                 if e.op == "start_op":
@@ -66,8 +72,10 @@ class EventLogApi:
                 else:
                     vocabulary.replay_one(self, e, requests=cpu.REQUESTS, op_cls=mmu.Op)
                 applied += 1
-            except (InvalidArgumentError, InvalidStateError, NotFoundError, FramePoolExhausted, LivelockError):
-                pass
+            except (InvalidArgumentError, InvalidStateError, NotFoundError, FramePoolExhausted, LivelockError) as exc:
+                if not skip_failing:
+                    raise ReplayError(f"events[{i}] {e.op} does not replay: {exc} (the {applied} event(s) before "
+                                      f"it were applied)", i, applied) from exc
             if stop_at_violation and self._k.violations:
                 break
         return applied

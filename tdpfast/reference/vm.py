@@ -119,6 +119,7 @@ class Kvm(KvmEventLog):
         self.violations: List[Violation] = []
         self.events: List[tuple] = []                 # (op name, the five logged words, batch or None)
         self.nblob = 0                                # bytes of access batches logged (9 per access)
+        self.nlogged = 0                              # events logged, recorded or not (cfg.record off)
         self.cur_event = 0
         self.ops: List["_StepOp"] = []                # stepped operations in flight (.mmu)
         self.next_op_id = 0
@@ -146,7 +147,7 @@ class Kvm(KvmEventLog):
 
     # --- operation bracket ------------------------------------------------------------------
     def op_begin(self) -> None:
-        self.cur_event = len(self.events)
+        self.cur_event = self.nlogged
 
     def op_end(self) -> None:
         if self.pol.rcu_gp_at_op_end:
@@ -208,7 +209,7 @@ class VM(MemslotApi, NotifierApi, VcpuApi, SteppedOps, EventLogApi):
                  tlb: Optional[TLBConfig] = None, policy: Optional[Policy] = None, ad: bool = True,
                  mbec: bool = False, maxphyaddr: int = 46, hpa_base: int = 1 << 30,
                  frame_limit: Optional[int] = None, max_asid: int = 32767, min_asid: int = 1,
-                 flush_by_asid: bool = True, trace: bool = False, record: bool = True,
+                 flush_by_asid: bool = True, trace: bool = False, record: bool = False,
                  costs: Optional[Dict[str, int]] = None, quirks: Iterable[str] = ()):
         if arch not in ("vmx", "svm"):
             raise InvalidArgumentError(f"arch must be 'vmx' or 'svm', got {arch!r}")
