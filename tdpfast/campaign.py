@@ -126,7 +126,8 @@ class CampaignResult:
                             reproducer=f["reproducer"] if f else None, out=out if f else None)
         if f is not None:
             doc.update(status="interrupted" if self.interrupted else "violation", violation=f["violation"],
-                       vm_seed=f["seed"], events_recorded=f["events"], minimal=f["minimal"], shrink=f["shrink"])
+                       vm_seed=f["seed"], events_recorded=f["events"], minimal=f["minimal"], shrink=f["shrink"],
+                       witness=f.get("witness"))
         doc.update(ops_in_seed=f["ops_in_seed"] if f else None, replay=replay, coverage=self.coverage,
                    findings=[_public(x) for x in self.findings], campaign=self.campaign_fields())
         return doc

@@ -265,6 +265,13 @@ def cmd_fuzz(args) -> int:
     print(f"{how + ': ' if how else ''}VIOLATION after {total:,} operations ({elapsed:.1f}s): {finding.violation}")
     state = "" if finding.shrink_complete else (", shrinking interrupted" if interrupted
                                                 else ", shrink budget ran out")
+    w = finding.witness
+    if w is not None and w.verdict == "policy":
+        print("witness: the sequence violates under the searched policy and not under KVM's (Policy.kvm())")
+    elif w is not None:
+        print(f"witness: NOT the policy's fault: the sequence {'also violates' if w.kvm_violates else 'is clean'} "
+              f"under KVM's policy and {'violates' if w.policy_violates else 'is clean'} under the searched one "
+              f"({w.verdict}: a defect of the engine or of a caller's flush)")
     print(f"\nminimal sequence ({len(finding.minimal)} of {finding.shrink_from} events{state}):")
     for e in finding.minimal:
         print("   ", e)
