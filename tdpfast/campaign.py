@@ -240,6 +240,8 @@ def replay_command(args, seed: int, nops: int) -> str:
               "--pcpus", str(args.pcpus)]
     if args.ad is not None:
         parts.append("--ad" if args.ad else "--no-ad")
+    if not getattr(args, "invariants", True):
+        parts.append("--no-invariants")
     parts += ["--seed", str(seed), "--max-ops", str(nops)]
     return " ".join(parts)
 

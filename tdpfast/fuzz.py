@@ -31,6 +31,7 @@ class FuzzConfig:
     ad: Optional[bool] = None     # None: EPT A/D on for even VM seeds, off for odd ones
     tlb: TLBConfig = field(default_factory=TLBConfig.adversarial)
     chunk: int = 4000             # operations per VM before a fresh one (short histories shrink well)
+    invariants: bool = True       # check the state invariants (tdpfast/invariants.py) after every step
 
     def ad_for(self, seed: int) -> bool:
         return self.ad if self.ad is not None else seed % 2 == 0
@@ -38,7 +39,7 @@ class FuzzConfig:
     def vm(self, seed: int, record: bool) -> VM:
         return VM(arch=self.arch, levels=self.levels, seed=seed, vcpus=self.vcpus, pcpus=self.pcpus,
                   tlb=self.tlb, policy=self.policy, ad=self.ad_for(seed),
-                  maxphyaddr=52 if self.levels == 5 else 46, record=record)
+                  maxphyaddr=52 if self.levels == 5 else 46, record=record, invariants=self.invariants)
 
 
 @dataclass
@@ -243,7 +244,7 @@ def reproducer(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> str:
              "from tdpfast import VM, Policy, TLBConfig", "",
              f"vm = VM(arch={cfg.arch!r}, levels={cfg.levels}, seed={seed}, vcpus={cfg.vcpus}, pcpus={cfg.pcpus}, "
              f"ad={cfg.ad_for(seed)}, maxphyaddr={52 if cfg.levels == 5 else 46}, tlb=TLBConfig.adversarial(),",
-             f"        policy={pol_txt})"]
+             f"        policy={pol_txt}{', invariants=True' if cfg.invariants else ''})"]
     ops = {}
     k = 0
     for e in events:
@@ -354,7 +355,7 @@ def document(cfg: FuzzConfig, *, policy_name: str, seed: int, budget_s: float, m
         status="interrupted" if interrupted else ("violation" if finding else "clean"),
         policy=policy_name, switches=cfg.policy.changed(),
         config={"arch": cfg.arch, "levels": cfg.levels, "vcpus": cfg.vcpus, "pcpus": cfg.pcpus, "ad": cfg.ad,
-                "seed": seed, "budget_s": budget_s, "max_ops": max_ops, "shrink_budget_s": shrink_budget_s},
+                "invariants": cfg.invariants, "seed": seed, "budget_s": budget_s, "max_ops": max_ops, "shrink_budget_s": shrink_budget_s},
         ops_explored=ops_explored, seconds=round(seconds, 3),
         ops_per_second=round(ops_explored / seconds, 1) if seconds > 0 else 0.0,
         violation=jsondoc.violation(finding.violation) if finding else None,

@@ -5,7 +5,10 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 ACCESS_NAMES = ("r", "w", "x", "xu")
-VIOLATION_KINDS = {1: "use_after_free", 2: "stale_page_table", 3: "lost_dirty", 4: "stale_write", 5: "livelock"}
+VIOLATION_KINDS = {1: "use_after_free", 2: "stale_page_table", 3: "lost_dirty", 4: "stale_write", 5: "livelock",
+                   6: "notifier_range_mapped", 7: "deleted_slot_mapped", 8: "stale_fault_install",
+                   9: "malformed_table", 10: "frozen_spte", 11: "leaf_count", 12: "root_refcount",
+                   13: "leaked_table"}
 FRAME_STATES = {0: "a memslot page the gfn no longer maps", 5: "the gfn's current page", 1: "free", 2: "page table", 3: "guest page", 4: "waiting for RCU"}
 
 
@@ -40,8 +43,13 @@ class Violation:
     level: int
     frame_state: str     # what the stale frame is now
     batch_index: int = 0
+    root: Optional[int] = None   # state invariants (vcpu -1): the root id, and the SPTE (or counter)
+    spte: Optional[int] = None
 
     def __str__(self) -> str:
+        if self.spte is not None:
+            return (f"{self.kind}: root {self.root} gfn {self.gpa >> 12:#x} level {self.level} spte {self.spte:#x} "
+                    f"[event {self.event}]")
         exp = "none" if self.expected_pfn is None else hex(self.expected_pfn)
         stale = "-" if self.stale_pfn is None else hex(self.stale_pfn)
         return (f"{self.kind}: vcpu {self.vcpu} on pcpu {self.pcpu} {self.access} gpa {self.gpa:#x} "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import array
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
-from . import _native, events as _events, ops as _ops
+from . import _native, events as _events, invariants as _invariants, ops as _ops
 from ._args import _access_code, _choice, _int
 from ._native import check, ffi, lib
 from .errors import InvalidArgumentError
@@ -19,6 +19,7 @@ from .results import (ACCESS_NAMES, FRAME_STATES, VIOLATION_KINDS, AccessResult,
 from .tlbconfig import TLBConfig
 
 _NO_PFN = (1 << 64) - 1
+_STATE_KINDS = range(lib.TDP_V_NOTIFIER_RANGE_MAPPED, lib.TDP_V_LEAKED_TABLE + 1)  # state invariants' kinds
 _ARCH = {"vmx": 0, "svm": 1}
 REQUESTS = {"tlb_flush": 1, "tlb_flush_current": 2, "tlb_flush_guest": 4, "mmu_free_obsolete_roots": 8,
             "load_mmu_pgd": 16}
@@ -39,7 +40,7 @@ class VM:
                  mbec: bool = False, maxphyaddr: int = 46, hpa_base: int = 1 << 30,
                  frame_limit: Optional[int] = None, max_asid: int = 32767, min_asid: int = 1,
                  flush_by_asid: bool = True, trace: bool = False, record: bool = True,
-                 costs: Optional[Dict[str, int]] = None):
+                 costs: Optional[Dict[str, int]] = None, invariants=False):
         if not isinstance(arch, str) or arch not in _ARCH:
             raise InvalidArgumentError(f"arch must be 'vmx' or 'svm', got {arch!r}")
         tlb = TLBConfig.adversarial() if tlb is None else tlb
@@ -51,7 +52,8 @@ class VM:
         self._kwargs = dict(arch=arch, levels=levels, seed=seed, vcpus=vcpus, pcpus=pcpus, tlb=tlb,
                             policy=policy, ad=ad, mbec=mbec, maxphyaddr=maxphyaddr, hpa_base=hpa_base,
                             frame_limit=frame_limit, max_asid=max_asid, min_asid=min_asid,
-                            flush_by_asid=flush_by_asid, trace=trace, record=record, costs=costs)
+                            flush_by_asid=flush_by_asid, trace=trace, record=record, costs=costs,
+                            invariants=invariants)
         cfg = ffi.new("struct tdp_config *")
         lib.tdp_default_config(cfg)
         cfg.arch = _ARCH[arch]
@@ -69,6 +71,8 @@ class VM:
         cfg.flush_by_asid = int(bool(flush_by_asid))
         cfg.trace = int(bool(trace))
         cfg.record = int(bool(record))
+        # State invariants (tdpfast/invariants.py): True, False, or a collection of names.
+        cfg.invariants = _invariants.mask(invariants)
         c_costs = ffi.new("struct tdp_costs *")
         lib.tdp_default_costs(c_costs)
         for k, v in (costs or {}).items():
@@ -363,7 +367,9 @@ class VM:
                          tag=v.tag, stale_pfn=None if v.stale_pfn == _NO_PFN else v.stale_pfn,
                          expected_pfn=None if v.expected_pfn == _NO_PFN else v.expected_pfn, event=v.event,
                          access=ACCESS_NAMES[v.access], level=v.level,
-                         frame_state=FRAME_STATES.get(v.frame_state, "?"), batch_index=v.batch_index)
+                         frame_state=FRAME_STATES.get(v.frame_state, "?"), batch_index=v.batch_index,
+                         root=v.root if v.kind in _STATE_KINDS else None,
+                         spte=v.spte if v.kind in _STATE_KINDS else None)
 
     @property
     def stats(self) -> Dict[str, int]:
