@@ -1,4 +1,4 @@
-"""``tdpfast`` command line: ``demo`` (the seed scenario), ``policies``, ``fuzz``, ``bench``.
+"""``tdpfast`` command line: ``demo`` (the seed scenario), ``policies``, ``fuzz``, ``audit``, ``bench``.
 
 Every subcommand checks its arguments before it starts working: a bad number, seed or
 output path ends it at once with a one-line message and exit status 2. Exit statuses:
@@ -333,8 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     campaign.add_arguments(fz)
     sweep.add_parser(sub)
     # ----------------------------------------------------------------------------------------
-    from . import bench
+    from . import audit, bench
 
+    audit.add_parser(sub)
     bench.add_parser(sub)
     return p
 
