@@ -127,3 +127,59 @@ def test_c_engine_with_injected_breakage_reports_each_invariant(tmp_path):
                        ("stale_fault", "stale_fault_install")]:
         assert f"{case}: ok (kind {kind})" in r.stdout
     assert "none: ok" in r.stdout
+
+
+# ----------------------------------------------------------------------- the reference model
+# tdpfast/reference/checker.py mirrors I1 and I5 (not yet the tables' and roots' checks):
+# the same histories give the same state-invariant reports on both sides.
+from tdpfast._native import ffi, lib  # noqa: E402
+from tdpfast.reference import model as ref  # noqa: E402
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy,arch,seed,nops", [
+    ("B9-iter-skip-after-yield", "vmx", 0, 70),             # I1, found by the explorer
+    ("B9-iter-skip-after-yield", "svm", 0, 70),
+    ("kvm", "vmx", 3, 4000), ("kvm", "svm", 4, 4000),        # clean on both sides
+    ("B18-memslot-precise-zap", "vmx", 5, 4000),
+])
+def test_reference_model_reports_the_same_i1_i5_violations(policy, arch, seed, nops):
+    # The explorer's VM, checking only I1 and I5 (what the reference mirrors), recorded.
+    cfg = fuzz.FuzzConfig(policy=Policy.named(policy), arch=arch)
+    kwargs = {k: v for k, v in cfg.vm(seed, record=True)._kwargs.items() if k != "invariants"}
+    vm = VM(**kwargs, invariants={"notifier", "memslot"})
+    out = ffi.new("uint64_t *")
+    lib.tdp_fuzz(vm._h, seed, nops, out)
+    r = ref.VM(quirks=tuple(ref.KNOWN_C_QUIRKS), invariants={"notifier", "memslot"}, **kwargs)
+    r.replay_fast(vm.events)
+    assert r.violations == vm.violations
+    if policy.startswith("B9"):
+        assert [v.kind for v in vm.violations] == ["notifier_range_mapped"]
+
+
+def test_reference_model_scenarios_match():
+    bad = Policy.kvm().replace(notifier_zaps_invalid_roots=False)
+    for build in (lambda cls, inv: _scenario_i1(cls, bad, inv), lambda cls, inv: _scenario_i5(cls, inv)):
+        c = build(VM, True).violations
+        r = build(lambda **kw: ref.VM(quirks=tuple(ref.KNOWN_C_QUIRKS), **kw), True).violations
+        assert c and r == c
+
+
+def _scenario_i1(cls, policy, inv):
+    vm = cls(vcpus=1, pcpus=1, policy=policy, invariants=inv)
+    vm.add_memslot(0, 512)
+    vm.vcpu_run(0, 0)
+    vm.access(0, 0x5000, "r")
+    vm.mmu.invalidate_all_roots()
+    vm.host_unmap(5, 6)
+    return vm
+
+
+def _scenario_i5(cls, inv):
+    pol = Policy.kvm().replace(memslot_delete_zap_all=False, iter_skip_after_yield=True, yield_every=8)
+    vm = cls(vcpus=1, pcpus=1, policy=pol, invariants=inv)
+    slot = vm.add_memslot(0, 1024, max_level=1)
+    root = vm.mmu.alloc_root(as_id=1)
+    vm.mmu.map_range(0x245, 0x2de, 1, root=root)
+    vm.delete_memslot(slot)
+    return vm
