@@ -10,10 +10,8 @@
 #include <string.h>
 #include "vm.h"
 
-void vm_report(struct tdp_vm *vm, int kind, struct vcpu *v, u64 gpa, u64 tag, u64 stale_pfn,
-	       u64 expected_pfn, int access, int level, int frame_state, u64 batch_index)
+static void append(struct tdp_vm *vm, const struct tdp_violation *v)
 {
-	TDP_WARN_ON(vm, kind < TDP_V_USE_AFTER_FREE || kind > TDP_V_LIVELOCK);
 	vm->stats[ST_violations]++;
 	if (vm->nviol == vm->viol_cap) {
 		size_t ncap = vm->viol_cap ? vm->viol_cap * 2 : 64;
@@ -25,10 +23,17 @@ void vm_report(struct tdp_vm *vm, int kind, struct vcpu *v, u64 gpa, u64 tag, u6
 		vm->viol = n;
 		vm->viol_cap = ncap;
 	}
-	vm->viol[vm->nviol++] = (struct tdp_violation){
+	vm->viol[vm->nviol++] = *v;
+}
+
+void vm_report(struct tdp_vm *vm, int kind, struct vcpu *v, u64 gpa, u64 tag, u64 stale_pfn,
+	       u64 expected_pfn, int access, int level, int frame_state, u64 batch_index)
+{
+	TDP_WARN_ON(vm, kind < TDP_V_USE_AFTER_FREE || kind > TDP_V_LIVELOCK);
+	append(vm, &(struct tdp_violation){
 		.kind = kind, .vcpu = v ? v->id : -1, .pcpu = v ? v->pcpu : -1, .gpa = gpa, .tag = tag,
 		.stale_pfn = stale_pfn, .expected_pfn = expected_pfn, .event = vm->cur_event,
-		.access = access, .level = level, .frame_state = frame_state, .batch_index = batch_index};
+		.access = access, .level = level, .frame_state = frame_state, .batch_index = batch_index});
 }
 
 /* The checker: compare the translation a guest access used with the truth. */
@@ -110,4 +115,283 @@ size_t tdp_violations(tdp_vm *vm, struct tdp_violation *out, size_t max)
 	if (n)
 		memcpy(out, vm->viol, n * sizeof(*out));
 	return n;
+}
+
+/* ------------------------------------------------------------------ state invariants
+ * What KVM's TDP MMU keeps true of its tables and roots whatever the TLBs hold
+ * (mmu/tdp_mmu.c): a guest's stale use of a translation is often only the last
+ * consequence of one of these going wrong, many operations earlier. Each is
+ * reported once per VM, at the operation that broke it (vm->cur_event), with the
+ * root, gfn, level and SPTE where it was seen. */
+
+static int invariant_of(int kind)
+{
+	switch (kind) {
+	case TDP_V_NOTIFIER_RANGE_MAPPED: return TDP_INV_NOTIFIER;
+	case TDP_V_DELETED_SLOT_MAPPED:
+	case TDP_V_STALE_FAULT_INSTALL: return TDP_INV_MEMSLOT;
+	case TDP_V_ROOT_REFCOUNT:
+	case TDP_V_LEAKED_TABLE: return TDP_INV_ROOTS;
+	default: return TDP_INV_TABLES;
+	}
+}
+
+static void report_state(struct tdp_vm *vm, int kind, u32 root, u64 gfn, int level, u64 spte, u64 expected)
+{
+	if (!(vm->cfg.invariants & invariant_of(kind)) || (vm->inv.reported & (1u << kind)))
+		return;
+	vm->inv.reported |= 1u << kind;
+	bool present = is_shadow_present_pte(spte) && kind != TDP_V_LEAF_COUNT && kind != TDP_V_ROOT_REFCOUNT;
+	u64 pfn = present ? spte_to_pfn(spte) : NO_PFN;
+	u32 f = present ? hostmem_frame_of(&vm->mem, pfn) : NO_FRAME;
+	append(vm, &(struct tdp_violation){
+		.kind = kind, .vcpu = -1, .pcpu = -1, .gpa = gfn << 12, .tag = 0, .stale_pfn = pfn,
+		.expected_pfn = expected, .event = vm->cur_event, .access = TDP_ACC_READ, .level = level,
+		.frame_state = f == NO_FRAME ? TDP_FRAME_UNUSED : vm->mem.frames[f].state, .batch_index = 0,
+		.root = root, .spte = spte});
+}
+
+static u64 backing_of(struct tdp_vm *vm, u64 gfn)
+{
+	struct memslot *s = vm_slot_of(vm, gfn);
+	return s ? vm_gfn_to_pfn(vm, s, gfn) : NO_PFN;
+}
+
+/* The first present leaf of table f (entries of `level`, base gfn `base`) that
+ * overlaps [start, end); only present non-leaf SPTEs that point at a table are
+ * followed (the well-formedness check reports the others). */
+static bool find_leaf(struct tdp_vm *vm, u32 f, int level, u64 base, u64 start, u64 end, u64 *gfn, int *lvl,
+		      u64 *spte)
+{
+	const u64 *t = hostmem_table(&vm->mem, f);
+	u64 span = pages_per_level(level);
+	int i = start > base ? (int)((start - base) / span) : 0;
+
+	for (; i < 512 && base + (u64)i * span < end; i++) {
+		u64 s = t[i];
+		if (!is_shadow_present_pte(s))
+			continue;
+		if (is_last_spte(s, level)) {
+			*gfn = base + (u64)i * span;
+			*lvl = level;
+			*spte = s;
+			return true;
+		}
+		u32 c = spte_to_child_frame(&vm->mem, s, level);
+		if (c != NO_FRAME && vm->mem.frames[c].state == FRAME_TABLE &&
+		    find_leaf(vm, c, level - 1, base + (u64)i * span, start, end, gfn, lvl, spte))
+			return true;
+	}
+	return false;
+}
+
+static bool walker_holds(const struct vm_op *o, u32 id, bool scheduled_only);
+
+/* [MODEL CHOICE] An invalidated root that a stepped zap of the invalidated roots
+ * (kvm_tdp_mmu_zap_invalidated_roots()) has taken and stopped in at a yield point.
+ * KVM runs that zap only inside kvm_mmu_zap_all_fast(), under slots_lock, so it
+ * never overlaps a memslot deletion; the model lets the two interleave, and the
+ * deletion's own zap then skips the root the other zap holds (no longer
+ * tdp_mmu_scheduled_root_to_zap). Such a root is exempt from I5 until that zap
+ * finishes emptying it. */
+static bool being_zapped(struct tdp_vm *vm, const struct tdp_root *r)
+{
+	for (int k = 0; k < vm->nops; k++)
+		if (walker_holds(vm->ops[k], r->id, true))
+			return true;
+	return false;
+}
+
+void checker_check_range_unmapped(struct tdp_vm *vm, u64 start, u64 end, int kind)
+{
+	u64 gfn, spte;
+	int level;
+
+	if (!(vm->cfg.invariants & invariant_of(kind)) || (vm->inv.reported & (1u << kind)))
+		return;
+	for (int i = 0; i < vm->nroots; i++) {
+		struct tdp_root *r = &vm->roots[i];
+		if (vm->mem.frames[r->frame].state != FRAME_TABLE)
+			continue; /* reported as a malformed root by the tables' check */
+		if (kind == TDP_V_DELETED_SLOT_MAPPED && being_zapped(vm, r))
+			continue;
+		if (find_leaf(vm, r->frame, r->level, 0, start, end, &gfn, &level, &spte)) {
+			u64 g = gfn < start ? start : gfn;
+			report_state(vm, kind, r->id, g, level, spte, backing_of(vm, g));
+			return;
+		}
+	}
+}
+
+void checker_check_fault_install(struct tdp_vm *vm, const struct tdp_root *root, u64 gfn, int level)
+{
+	if (root->invalid)
+		report_state(vm, TDP_V_STALE_FAULT_INSTALL, root->id, gfn, level, 0, backing_of(vm, gfn));
+}
+
+/* Walk one table reached from root r: every present non-leaf SPTE points at a live
+ * table of the next level down, for its gfn, of the same root, whose parent is
+ * this table, reached once; no SPTE is frozen between operations (only a writer
+ * inside one holds FROZEN_SPTE, tdp_mmu_zap_spte_atomic(); an unlinked table's
+ * frozen entries are no longer reachable). Leaves are counted per level. */
+static void walk_table(struct tdp_vm *vm, const struct tdp_root *r, u32 f, int level, u64 base, u64 *leaves)
+{
+	const u64 *t = hostmem_table(&vm->mem, f);
+	u64 span = pages_per_level(level);
+
+	for (int i = 0; i < 512; i++) {
+		u64 s = t[i], gfn = base + (u64)i * span;
+		if (is_frozen_spte(s)) {
+			report_state(vm, TDP_V_FROZEN_SPTE, r->id, gfn, level, s, NO_PFN);
+			continue;
+		}
+		if (!is_shadow_present_pte(s))
+			continue;
+		if (is_last_spte(s, level)) {
+			if (level > 3)
+				report_state(vm, TDP_V_MALFORMED_TABLE, r->id, gfn, level, s, NO_PFN);
+			else
+				leaves[level]++;
+			continue;
+		}
+		u64 pfn = spte_to_pfn(s);
+		u32 c = hostmem_frame_of(&vm->mem, pfn);
+		const struct frame *fr = c == NO_FRAME ? NULL : &vm->mem.frames[c];
+		if (!fr || fr->state != FRAME_TABLE || fr->sp_unlinked || fr->sp_level != level - 1 || fr->sp_gfn != gfn ||
+		    fr->sp_root != r->id || fr->parent != f || vm->inv.mark[c] == vm->inv.epoch) {
+			report_state(vm, TDP_V_MALFORMED_TABLE, r->id, gfn, level, s, NO_PFN);
+			continue;
+		}
+		vm->inv.mark[c] = vm->inv.epoch;
+		vm->inv.reached++;
+		walk_table(vm, r, c, level - 1, gfn, leaves);
+	}
+}
+
+static bool walker_holds(const struct vm_op *o, u32 id, bool scheduled_only)
+{
+	return o->op.cur == id && (!scheduled_only || o->op.which == ROOTS_SCHEDULED);
+}
+
+/* I7: a root's refcount is the number of its holders - the vCPUs that loaded it,
+ * the references taken through the public alloc_root(), stepped walkers stopped
+ * in it, and the TDP MMU's own reference (kvm_tdp_mmu_alloc_root() since v6.4;
+ * dropped by kvm_tdp_mmu_zap_invalidated_roots() once the root is zapped; in the
+ * v5.17 lifetime taken by the invalidation instead). A vCPU never holds a freed
+ * root. */
+static void check_roots(struct tdp_vm *vm)
+{
+	for (int i = 0; i < vm->nroots; i++) {
+		const struct tdp_root *r = &vm->roots[i];
+		int holders = r->user_refs;
+		bool sched_walk = false;
+		for (int v = 0; v < vm->cfg.nvcpus; v++)
+			holders += vm->vcpus[v].root_id == r->id;
+		for (int k = 0; k < vm->nops; k++) {
+			holders += walker_holds(vm->ops[k], r->id, false);
+			sched_walk |= walker_holds(vm->ops[k], r->id, true);
+		}
+		bool own = r->scheduled || sched_walk ||
+			   (vm->pol.root_lifetime == TDP_ROOT_PRESERVE && !r->invalid);
+		holders += own;
+		if (r->refcount != holders) {
+			report_state(vm, TDP_V_ROOT_REFCOUNT, r->id, 0, r->level, (u64)(int64_t)r->refcount, (u64)holders);
+			return;
+		}
+	}
+	for (int v = 0; v < vm->cfg.nvcpus; v++) {
+		u32 id = vm->vcpus[v].root_id;
+		if (id && !tdp_mmu_find_root(vm, id)) {
+			report_state(vm, TDP_V_ROOT_REFCOUNT, id, 0, 0, 0, NO_PFN);
+			return;
+		}
+	}
+}
+
+#define CHECKER_LEAF_PERIOD 8
+
+/* What the tables' walk depends on: unchanged, the tables are as last checked. */
+static u64 structure_signature(const struct tdp_vm *vm)
+{
+	return vm->stats[ST_tables_allocated] * 0x9e3779b97f4a7c15ull ^ vm->stats[ST_tables_unlinked] << 40 ^
+	       vm->stats[ST_roots_allocated] << 8 ^ vm->stats[ST_roots_freed] << 50 ^ vm->mem.frames_freed << 30 ^
+	       (u64)vm->mem.nframes << 12 ^ (u64)vm->nroots;
+}
+
+static bool grow_marks(struct tdp_vm *vm)
+{
+	if (vm->inv.mark_cap >= vm->mem.nframes)
+		return true;
+	u32 ncap = vm->mem.nframes + vm->mem.nframes / 2 + 64;
+	u32 *n = realloc(vm->inv.mark, (size_t)ncap * sizeof(*n));
+	if (!n)
+		return false;
+	memset(n + vm->inv.mark_cap, 0, (size_t)(ncap - vm->inv.mark_cap) * sizeof(*n));
+	vm->inv.mark = n;
+	vm->inv.mark_cap = ncap;
+	return true;
+}
+
+void checker_check_invariants(struct tdp_vm *vm)
+{
+	int inv = vm->cfg.invariants;
+
+	if (inv & TDP_INV_ROOTS)
+		check_roots(vm);
+	if (!(inv & (TDP_INV_TABLES | TDP_INV_ROOTS)))
+		return;
+	/* The walk runs when the tables' structure changed (a table allocated,
+	 * unlinked or freed, a root added or removed); when only leaf SPTEs were
+	 * written, at every CHECKER_LEAF_PERIOD-th such operation (then a frozen SPTE
+	 * or a leaf-counter slip is reported up to that many operations late). */
+	u64 sig = structure_signature(vm);
+	if (sig == vm->inv.sig && vm->inv.epoch) {
+		if (vm->stats[ST_spte_writes] == vm->inv.writes || ++vm->inv.leaf_ops < CHECKER_LEAF_PERIOD)
+			return;
+	}
+	vm->inv.leaf_ops = 0;
+	vm->inv.writes = vm->stats[ST_spte_writes];
+	if (!grow_marks(vm))
+		return; /* no host memory for the marks: the walk waits for the next operation */
+	vm->inv.sig = sig;
+	if (++vm->inv.epoch == 0) {
+		memset(vm->inv.mark, 0, (size_t)vm->inv.mark_cap * sizeof(*vm->inv.mark));
+		vm->inv.epoch = 1;
+	}
+	u64 leaves[4] = {0};
+	vm->inv.reached = 0;
+	for (int i = 0; i < vm->nroots; i++) {
+		const struct tdp_root *r = &vm->roots[i];
+		const struct frame *fr = &vm->mem.frames[r->frame];
+		if (fr->state != FRAME_TABLE || fr->sp_level != r->level || fr->sp_root != r->id || fr->sp_unlinked ||
+		    vm->inv.mark[r->frame] == vm->inv.epoch) {
+			report_state(vm, TDP_V_MALFORMED_TABLE, r->id, 0, r->level, 0, NO_PFN);
+			continue;
+		}
+		if (r->refcount <= 0 && (inv & TDP_INV_ROOTS))
+			report_state(vm, TDP_V_LEAKED_TABLE, r->id, 0, r->level, 0, NO_PFN); /* a root nobody holds */
+		vm->inv.mark[r->frame] = vm->inv.epoch;
+		vm->inv.reached++;
+		walk_table(vm, r, r->frame, r->level, 0, leaves);
+	}
+	if (inv & TDP_INV_TABLES) {
+		static const int st[4] = {0, ST_pages_4k, ST_pages_2m, ST_pages_1g};
+		for (int l = 1; l <= 3; l++)
+			if (vm->stats[st[l]] != leaves[l]) {
+				report_state(vm, TDP_V_LEAF_COUNT, 0, 0, l, vm->stats[st[l]], leaves[l]);
+				break;
+			}
+	}
+	if ((inv & TDP_INV_ROOTS) && vm->inv.reached != vm->stats[ST_mmu_pages]) {
+		/* I7: every table page is reachable from a root or on its way back to
+		 * the pool (unlinked: RCU-freed). The live-table gauge (mmu_pages) says
+		 * whether one is missing; only then are the frames searched for it. */
+		for (u32 f = 0; f < vm->mem.nframes; f++)
+			if (vm->mem.frames[f].state == FRAME_TABLE && vm->inv.mark[f] != vm->inv.epoch) {
+				const struct frame *fr = &vm->mem.frames[f];
+				report_state(vm, TDP_V_LEAKED_TABLE, fr->sp_root, fr->sp_gfn, fr->sp_level,
+					     make_nonleaf_spte(&vm->masks, hostmem_pfn(&vm->mem, f)), NO_PFN);
+				break;
+			}
+	}
 }

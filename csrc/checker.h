@@ -9,6 +9,22 @@
 
 struct tdp_vm;
 struct vcpu;
+struct tdp_root;
+
+/* The state invariants' bookkeeping, per VM: a mark per frame for the walk from
+ * the roots (marked frames carry the current epoch), the state signature at the
+ * last full walk (unchanged tables are not walked again), and the kinds already
+ * reported (each is reported once per VM, at the first operation that broke it). */
+struct checker_state {
+	u32 *mark;
+	u32 mark_cap;
+	u32 epoch;
+	u64 sig;       /* the tables' structure at the last walk */
+	u64 writes;    /* SPTE writes at the last walk */
+	u32 leaf_ops;  /* operations since then that wrote only leaf SPTEs */
+	u64 reached;   /* tables the last walk reached */
+	u32 reported;
+};
 
 void vm_report(struct tdp_vm *vm, int kind, struct vcpu *v, u64 gpa, u64 tag, u64 stale_pfn,
 	       u64 expected_pfn, int access, int level, int frame_state, u64 batch_index);
@@ -24,5 +40,18 @@ bool checker_check_psc(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, u
 void checker_report_livelock(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, u64 batch_index);
 /* For the explorer: does the vCPU's current root still give this cached translation? */
 void checker_probe_hazard(struct tdp_vm *vm, struct vcpu *v, u64 gfn, u64 pfn, int cached_level);
+
+/* State invariants (struct tdp_config.invariants). After every top-level operation
+ * (vm_op_end(), so also at every stop of a stepped operation at a yield point):
+ * well-formed tables, leaf counters, root refcounts and leaks. */
+void checker_check_invariants(struct tdp_vm *vm);
+/* I1 (kind TDP_V_NOTIFIER_RANGE_MAPPED) or I5 (TDP_V_DELETED_SLOT_MAPPED): no
+ * present leaf SPTE in any root - valid or invalid, SMM or not - maps a gfn of
+ * [start, end). Called where it must hold: after the notifier's zap, before the
+ * host frees the pages; when memslot deletion returns. */
+void checker_check_range_unmapped(struct tdp_vm *vm, u64 start, u64 end, int kind);
+/* I5: a fault installed gfn into root: the root must still be valid
+ * (is_page_fault_stale() makes a fault whose root was invalidated retry). */
+void checker_check_fault_install(struct tdp_vm *vm, const struct tdp_root *root, u64 gfn, int level);
 
 #endif

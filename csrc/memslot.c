@@ -317,6 +317,7 @@ int tdp_memslot_delete(tdp_vm *vm, int slot_id)
 	if (s->deleting)
 		return vm_err(vm, TDP_ESTATE, "memslot %d is already being deleted by a stepped operation", slot_id);
 	kvm_arch_flush_shadow_memslot(vm, s);
+	checker_check_range_unmapped(vm, s->base_gfn, s->base_gfn + s->npages, TDP_V_DELETED_SLOT_MAPPED); /* I5 */
 	memslot_free(vm, s);
 	vm->memslots_gen++;
 	vm_log(vm, EV_MEMSLOT_DELETE, (u64)slot_id, 0, 0, 0, 0);

@@ -103,7 +103,11 @@ int kvm_tdp_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int ac
 	 * lowered on the way down still maps this gfn). */
 	int r = tdp_mmu_map_gfn(vm, root, &fault, &flushed);
 	switch (r) {
-	case RET_PF_FIXED: vm->stats[ST_pf_fixed]++; break;
+	case RET_PF_FIXED:
+		vm->stats[ST_pf_fixed]++;
+		if (vm->cfg.invariants)
+			checker_check_fault_install(vm, root, gfn, fault.goal_level); /* I5 */
+		break;
 	case RET_PF_SPURIOUS: vm->stats[ST_pf_spurious]++; break;
 	case RET_PF_EMULATE: vm->stats[ST_pf_emulate]++; break;
 	case RET_PF_RETRY: vm->stats[ST_pf_retry]++; break;
@@ -333,8 +337,10 @@ static int delete_memslot_finish(struct tdp_vm *vm, struct vm_op *o)
 	struct memslot *s = memslot_by_id(vm, (int)o->a);
 	if (!vm->pol.memslot_delete_zap_all && op_flush_needed(o) && s)
 		kvm_flush_remote_tlbs_range(vm, s->base_gfn, s->npages);
-	if (s)
+	if (s) {
+		checker_check_range_unmapped(vm, s->base_gfn, s->base_gfn + s->npages, TDP_V_DELETED_SLOT_MAPPED); /* I5 */
 		memslot_free(vm, s);
+	}
 	vm->memslots_gen++;
 	return 0;
 }

@@ -56,6 +56,8 @@ void mmu_notifier_unmap_finish(struct tdp_vm *vm, u64 start, u64 end, bool flush
 {
 	if (flush)
 		kvm_flush_remote_tlbs(vm);
+	/* I1: the zap is over and the pages are about to go back to the host. */
+	checker_check_range_unmapped(vm, start, end, TDP_V_NOTIFIER_RANGE_MAPPED);
 	for (int i = 0; i < vm->nslots; i++) {
 		struct memslot *s = &vm->slots[i];
 		if (!s->used || end <= s->base_gfn || s->base_gfn + s->npages <= start)
@@ -109,6 +111,7 @@ int tdp_host_migrate(tdp_vm *vm, uint64_t gfn, uint64_t *new_pfn)
 	kvm_mmu_invalidate_begin(vm, gfn, gfn + 1);
 	if (tdp_mmu_zap_leafs_all(vm, gfn, gfn + 1, mmu_notifier_roots(vm), false, false))
 		kvm_flush_remote_tlbs(vm);
+	checker_check_range_unmapped(vm, gfn, gfn + 1, TDP_V_NOTIFIER_RANGE_MAPPED); /* I1 */
 	u32 f = hostmem_alloc(&vm->mem, FRAME_GUEST); /* a frame is available: checked above */
 	if (TDP_WARN_ON(vm, f == NO_FRAME))
 		return vm_err(vm, TDP_ENOMEM, "frame pool exhausted while migrating gfn 0x%llx", (unsigned long long)gfn);

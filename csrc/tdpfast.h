@@ -55,7 +55,28 @@ enum tdp_violation_kind {
 	TDP_V_STALE_PAGE_TABLE = 2,
 	TDP_V_LOST_DIRTY = 3,
 	TDP_V_STALE_WRITE = 4,
-	TDP_V_LIVELOCK = 5
+	TDP_V_LIVELOCK = 5,
+	/* State invariants (checker.c; struct tdp_config.invariants selects them): not a
+	 * guest access but the tables or roots in a state KVM never leaves them in. The
+	 * violation's root, gpa (gfn << 12), level and spte say where; vcpu is -1. */
+	TDP_V_NOTIFIER_RANGE_MAPPED = 6, /* I1: an SPTE maps a page the MMU notifier is taking away */
+	TDP_V_DELETED_SLOT_MAPPED = 7,   /* I5: an SPTE maps a gfn of a memslot whose deletion returned */
+	TDP_V_STALE_FAULT_INSTALL = 8,   /* I5: a fault installed into a root invalidated under it */
+	TDP_V_MALFORMED_TABLE = 9,       /* a present non-leaf SPTE that is not a live table of its level */
+	TDP_V_FROZEN_SPTE = 10,          /* a frozen SPTE survived an operation in a reachable table */
+	TDP_V_LEAF_COUNT = 11,           /* the leaf counters (pages_4k/2m/1g) differ from the tables */
+	TDP_V_ROOT_REFCOUNT = 12,        /* I7: a root's refcount is not the number of its holders */
+	TDP_V_LEAKED_TABLE = 13          /* I7: a table page no root reaches and nobody freed */
+};
+/* The state invariants a VM checks (struct tdp_config.invariants, a mask): after
+ * every top-level operation, which includes every stop of a stepped operation at a
+ * yield point, and where the invariant must hold inside an operation. */
+enum tdp_invariant {
+	TDP_INV_NOTIFIER = 1, /* I1: after an MMU-notifier invalidation zapped its range */
+	TDP_INV_MEMSLOT = 2,  /* I5: after memslot deletion; faults into invalidated roots */
+	TDP_INV_TABLES = 4,   /* well-formed tables, no frozen SPTE, leaf counters */
+	TDP_INV_ROOTS = 8,    /* I7: root refcounts equal holders, no leaked table */
+	TDP_INV_ALL = 15
 };
 enum tdp_access_outcome { TDP_OUT_OK = 0, TDP_OUT_MMIO = 1, TDP_OUT_LIVELOCK = 2, TDP_OUT_BLOCKED = 3 };
 /* What a host frame is (tdp_frame_state(), and struct tdp_violation's frame_state). */
@@ -105,6 +126,7 @@ struct tdp_config {
 	int record;           /* keep the event log (off for benchmarks) */
 	int no_bulk;          /* test hook: always take the per-SPTE path (the specification)
 	                       * instead of the whole-table bulk paths that give the same result */
+	int invariants;       /* enum tdp_invariant mask of state invariants to check (0: none) */
 };
 
 struct tdp_tlb_array_config { int sets; int ways; };
@@ -247,6 +269,8 @@ struct tdp_violation {
 	int level;            /* page size of the stale translation, or table level */
 	int frame_state;      /* what the stale frame is now (enum tdp_frame_state) */
 	uint64_t batch_index; /* position inside an access batch */
+	uint32_t root;        /* state invariants: the root id (0: none) */
+	uint64_t spte;        /* state invariants: the offending SPTE (or the counter) */
 };
 
 struct tdp_event {
@@ -429,6 +453,7 @@ const char *tdp_arch_name(int arch);               /* enum tdp_arch: "vmx", "svm
 const char *tdp_access_name(int access);           /* enum tdp_access: "r", "w", "x", "xu" */
 const char *tdp_access_outcome_name(int outcome);  /* enum tdp_access_outcome: "ok", "mmio", ... */
 const char *tdp_violation_kind_name(int kind);     /* enum tdp_violation_kind: "use_after_free", ... */
+const char *tdp_invariant_name(int bit);           /* one bit of enum tdp_invariant: "notifier", ... */
 const char *tdp_frame_state_name(int state);       /* enum tdp_frame_state: "unused", "free", ... */
 const char *tdp_vcpu_mode_name(int mode);          /* enum tdp_vcpu_mode: "outside_guest", ... */
 const char *tdp_request_name(uint32_t bit);        /* one bit of enum tdp_request: "tlb_flush", ... */

@@ -77,6 +77,8 @@ void vm_op_end(struct tdp_vm *vm)
 	if (vm->pol.rcu_gp_at_op_end)
 		hostmem_synchronize_rcu(&vm->mem);
 	vm->stats[ST_rcu_grace_periods] = vm->mem.grace_periods;
+	if (vm->cfg.invariants)
+		checker_check_invariants(vm);
 }
 
 void vm_rcu_quiescent(struct tdp_vm *vm, bool at_yield)
@@ -217,6 +219,7 @@ void tdp_vm_destroy(tdp_vm *vm)
 	free(vm->roots);
 	free(vm->nx_list);
 	free(vm->viol);
+	free(vm->inv.mark);
 	free(vm->ev);
 	free(vm->blob);
 	free(vm->tr);
@@ -266,6 +269,11 @@ int tdp_vm_create(const struct tdp_config *cfg, const struct tdp_tlb_config *tlb
 	if (cfg->hpa_base + HOST_SLOT_REGION_OFFSET + (1ull << 30) > (1ull << cfg->maxphyaddr)) {
 		snprintf(err, errlen, "hpa_base 0x%llx leaves no room below MAXPHYADDR=%d for guest memory",
 			 (unsigned long long)cfg->hpa_base, cfg->maxphyaddr);
+		return TDP_EINVAL;
+	}
+	if (cfg->invariants & ~TDP_INV_ALL) {
+		snprintf(err, errlen, "invariants must be a mask of enum tdp_invariant bits (0..%d), got %d", TDP_INV_ALL,
+			 cfg->invariants);
 		return TDP_EINVAL;
 	}
 	if (cfg->frame_limit > POOL_MAX_FRAMES) {

@@ -82,6 +82,8 @@ struct tdp_vm {
 	bool hazard_probe, hazard, hazard_weak;
 	int hazard_vcpu;
 	u64 hazard_gfn;
+
+	struct checker_state inv; /* the state invariants' bookkeeping (checker.c) */
 };
 
 /* Set the message tdp_errmsg() returns; returns code. */

@@ -123,7 +123,8 @@ class CampaignResult:
                             reproducer=f["reproducer"] if f else None, out=out if f else None)
         if f is not None:
             doc.update(status="interrupted" if self.interrupted else "violation", violation=f["violation"],
-                       vm_seed=f["seed"], events_recorded=f["events"], minimal=f["minimal"], shrink=f["shrink"])
+                       vm_seed=f["seed"], events_recorded=f["events"], minimal=f["minimal"], shrink=f["shrink"],
+                       witness=f.get("witness"))
         doc.update(ops_in_seed=f["ops_in_seed"] if f else None, replay=replay, coverage=self.coverage,
                    findings=[_public(x) for x in self.findings], campaign=self.campaign_fields())
         return doc
@@ -236,6 +237,8 @@ def replay_command(args, seed: int, nops: int) -> str:
               "--pcpus", str(args.pcpus)]
     if args.ad is not None:
         parts.append("--ad" if args.ad else "--no-ad")
+    if not getattr(args, "invariants", True):
+        parts.append("--no-invariants")
     parts += ["--seed", str(seed), "--max-ops", str(nops)]
     return " ".join(parts)
 

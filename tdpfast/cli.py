@@ -1,4 +1,4 @@
-"""``tdpfast`` command line: ``demo`` (the seed scenario), ``policies``, ``fuzz``, ``bench``.
+"""``tdpfast`` command line: ``demo`` (the seed scenario), ``policies``, ``fuzz``, ``audit``, ``bench``.
 
 Every subcommand checks its arguments before it starts working: a bad number, seed or
 output path ends it at once with a one-line message and exit status 2. Exit statuses:
@@ -213,7 +213,7 @@ def cmd_fuzz(args) -> int:
         if args.out:
             check_output_file(args.out)
         cfg = fuzz.FuzzConfig(policy=policy, arch=args.arch, levels=args.levels, vcpus=args.vcpus,
-                              pcpus=args.pcpus, ad=args.ad)
+                              pcpus=args.pcpus, ad=args.ad, invariants=args.invariants)
         try:
             cfg.vm(args.seed, record=False)  # the VM shape (vCPU and pCPU counts) is one the engine takes
         except InvalidArgumentError as e:
@@ -229,7 +229,8 @@ def cmd_fuzz(args) -> int:
         bar = _FuzzProgress(args, sys.stderr) if show else None
         if not args.json:
             print(f"tdpfast fuzz: policy {args.policy}{' with ' + ', '.join(args.set) if args.set else ''}, "
-                  f"{args.arch}, {args.levels}-level, budget {args.budget:g}s, seed {args.seed}", file=sys.stderr)
+                  f"{args.arch}, {args.levels}-level, budget {args.budget:g}s, seed {args.seed}"
+                  f"{'' if args.invariants else ', invariants off'}", file=sys.stderr)
         t0 = time.monotonic()
         finding, total = fuzz.run(cfg, seed=args.seed, budget_s=args.budget, max_ops=args.max_ops,
                                   shrink_budget_s=args.shrink_budget, stop=lambda: bool(stopping),
@@ -265,6 +266,13 @@ def cmd_fuzz(args) -> int:
     print(f"{how + ': ' if how else ''}VIOLATION after {total:,} operations ({elapsed:.1f}s): {finding.violation}")
     state = "" if finding.shrink_complete else (", shrinking interrupted" if interrupted
                                                 else ", shrink budget ran out")
+    w = finding.witness
+    if w is not None and w.verdict == "policy":
+        print("witness: the sequence violates under the searched policy and not under KVM's (Policy.kvm())")
+    elif w is not None:
+        print(f"witness: NOT the policy's fault: the sequence {'also violates' if w.kvm_violates else 'is clean'} "
+              f"under KVM's policy and {'violates' if w.policy_violates else 'is clean'} under the searched one "
+              f"({w.verdict}: a defect of the engine or of a caller's flush)")
     print(f"\nminimal sequence ({len(finding.minimal)} of {finding.shrink_from} events{state}):")
     for e in finding.minimal:
         print("   ", e)
@@ -301,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     fz.add_argument("--pcpus", type=_integer(1), default=3, metavar="N")
     fz.add_argument("--ad", dest="ad", action="store_true", default=None, help="EPT A/D on in every VM")
     fz.add_argument("--no-ad", dest="ad", action="store_false", help="EPT A/D off in every VM")
+    fz.add_argument("--invariants", dest="invariants", action="store_true", default=True,
+                    help="check the state invariants (I1, I5, well-formed tables, I7) after every step (default)")
+    fz.add_argument("--no-invariants", dest="invariants", action="store_false",
+                    help="only the checker of guest accesses (faster; see README for the cost)")
     fz.add_argument("--budget", type=_seconds(zero_ok=False), default=10.0, metavar="SECONDS",
                     help="exploration time (default 10)")
     fz.add_argument("--max-ops", type=_integer(1, U64_MAX), default=None, metavar="N",
@@ -321,8 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     campaign.add_arguments(fz)
     sweep.add_parser(sub)
     # ----------------------------------------------------------------------------------------
-    from . import bench
+    from . import audit, bench
 
+    audit.add_parser(sub)
     bench.add_parser(sub)
     return p
 

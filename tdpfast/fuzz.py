@@ -3,6 +3,7 @@
 and a runnable reproducer that uses only the public API."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
@@ -29,6 +30,7 @@ class FuzzConfig:
     ad: Optional[bool] = None     # None: EPT A/D on for even VM seeds, off for odd ones
     tlb: TLBConfig = field(default_factory=TLBConfig.adversarial)
     chunk: int = 4000             # operations per VM before a fresh one (short histories shrink well)
+    invariants: bool = True       # check the state invariants (tdpfast/invariants.py) after every step
 
     def ad_for(self, seed: int) -> bool:
         return self.ad if self.ad is not None else seed % 2 == 0
@@ -36,7 +38,7 @@ class FuzzConfig:
     def vm(self, seed: int, record: bool) -> VM:
         return VM(arch=self.arch, levels=self.levels, seed=seed, vcpus=self.vcpus, pcpus=self.pcpus,
                   tlb=self.tlb, policy=self.policy, ad=self.ad_for(seed),
-                  maxphyaddr=52 if self.levels == 5 else 46, record=record)
+                  maxphyaddr=52 if self.levels == 5 else 46, record=record, invariants=self.invariants)
 
 
 @dataclass
@@ -52,12 +54,47 @@ class Finding:
     shrink_seconds: float = 0.0
     shrink_replays: int = 0           # candidate sequences replayed while shrinking
     shrink_from: int = 0              # events up to the violation when shrinking began
+    witness: Optional["Witness"] = None
 
     def as_dict(self) -> dict:
         """Plain data in the forms of the ``fuzz --json`` document (docs/json/fuzz.md)."""
         return {"seed": self.seed, "ops_explored": self.ops_explored,
                 "violation": jsondoc.violation(self.violation), "events": len(self.events),
-                "minimal": [jsondoc.event(e) for e in self.minimal]}
+                "minimal": [jsondoc.event(e) for e in self.minimal],
+                "witness": self.witness.as_dict() if self.witness else None}
+
+
+@dataclass(frozen=True)
+class Witness:
+    """A reproducer replayed under the searched policy and under KVM's (``Policy.kvm()``):
+    it accuses the policy only when it violates under the policy and not under KVM's.
+    One that violates under both shows a defect of the engine or of a caller (a flush the
+    caller owes, e.g. after ``zap_sp``), not of the policy; ``verdict`` says which
+    ("policy", "engine_or_caller", or "not_reproduced" if the policy's replay is clean)."""
+
+    policy_violates: bool
+    kvm_violates: bool
+
+    @property
+    def verdict(self) -> str:
+        if not self.policy_violates:
+            return "not_reproduced"
+        return "engine_or_caller" if self.kvm_violates else "policy"
+
+    def as_dict(self) -> dict:
+        return {"policy_violates": self.policy_violates, "kvm_violates": self.kvm_violates,
+                "verdict": self.verdict}
+
+
+def kvm_twin(cfg: FuzzConfig) -> FuzzConfig:
+    """The same VM shape under KVM's policy: the other side of a differential witness."""
+    return dataclasses.replace(cfg, policy=Policy.kvm())
+
+
+def witness(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> Witness:
+    """Replay ``events`` under ``cfg``'s policy and under KVM's (see :class:`Witness`)."""
+    return Witness(bool(replay(cfg, seed, events).violations),
+                   bool(replay(kvm_twin(cfg), seed, events).violations))
 
 
 def explore(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: Optional[int] = None,
@@ -105,7 +142,10 @@ def shrink(cfg: FuzzConfig, seed: int, events: List[Event], kind: str,
            progress: Optional[Callable[[int], None]] = None, deadline: Optional[float] = None,
            stop: Optional[Callable[[], bool]] = None) -> List[Event]:
     """Delta debugging (ddmin) over the event list: a 1-minimal list (no single event can
-    go) that still ends in a violation of the same kind. ``progress(len)`` is called with
+    go) that still ends in a violation of the same kind and, when the whole list does not
+    violate under KVM's policy, still does not: so a candidate that drops a flush the
+    caller owes (the remote flush after ``zap_sp``, say) fails under KVM's policy too and is
+    refused, and the operation and its owed flush stay together. ``progress(len)`` is called with
     the current length before every candidate replay; at ``deadline`` (a time.monotonic()
     value) or when ``stop()`` is true the shortest failing list so far is returned."""
     return _shrink(cfg, seed, events, kind, progress, deadline, stop)[0]
@@ -120,6 +160,9 @@ def _shrink(cfg: FuzzConfig, seed: int, events: List[Event], kind: str,
     def cut() -> bool:
         return bool((deadline is not None and time.monotonic() > deadline) or (stop is not None and stop()))
 
+    kvm = kvm_twin(cfg)
+    differential = False
+
     def fails(evs: List[Event]) -> bool:
         nonlocal replays
         if progress:
@@ -127,10 +170,16 @@ def _shrink(cfg: FuzzConfig, seed: int, events: List[Event], kind: str,
         replays += 1
         vm = replay(cfg, seed, evs)
         v = vm.violations
-        return bool(v) and v[0].kind == kind
+        if not v or v[0].kind != kind:
+            return False
+        # Differential: the candidate must stay clean under KVM's policy.
+        return not (differential and replay(kvm, seed, evs).violations)
 
     cur = list(events)
     complete = True
+    # When the whole history violates under KVM's policy as well, no shrink can make it a
+    # witness against the policy; it is shrunk as it is (and reported as such).
+    differential = cfg.policy != Policy.kvm() and not replay(kvm, seed, cur).violations
     # Two cheap passes before ddmin, for long histories: cut a prefix (keeping the memslot
     # layout), then drop whole kinds of event; the last event (the violating access) stays.
     layout = ("add_memslot", "delete_memslot")
@@ -192,7 +241,7 @@ def reproducer(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> str:
              "from tdpfast import VM, Policy, TLBConfig", "",
              f"vm = VM(arch={cfg.arch!r}, levels={cfg.levels}, seed={seed}, vcpus={cfg.vcpus}, pcpus={cfg.pcpus}, "
              f"ad={cfg.ad_for(seed)}, maxphyaddr={52 if cfg.levels == 5 else 46}, tlb=TLBConfig.adversarial(),",
-             f"        policy={pol_txt})"]
+             f"        policy={pol_txt}{', invariants=True' if cfg.invariants else ''})"]
     ops = {}
     k = 0
     for e in events:
@@ -239,8 +288,9 @@ def run(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: Opti
         (lambda n: shrink_progress(len(start), n)) if shrink_progress else None, deadline, stop)
     final = replay(cfg, vm_seed, minimal)
     fv = final.violations[0] if final.violations else v
+    wit = Witness(bool(final.violations), bool(replay(kvm_twin(cfg), vm_seed, minimal).violations))
     return Finding(vm_seed, fv, events, minimal, total, complete, time.monotonic() - t0, replays,
-                   len(start)), total
+                   len(start), wit), total
 
 
 def document(cfg: FuzzConfig, *, policy_name: str, seed: int, budget_s: float, max_ops: Optional[int],
@@ -253,7 +303,7 @@ def document(cfg: FuzzConfig, *, policy_name: str, seed: int, budget_s: float, m
         status="interrupted" if interrupted else ("violation" if finding else "clean"),
         policy=policy_name, switches=cfg.policy.changed(),
         config={"arch": cfg.arch, "levels": cfg.levels, "vcpus": cfg.vcpus, "pcpus": cfg.pcpus, "ad": cfg.ad,
-                "seed": seed, "budget_s": budget_s, "max_ops": max_ops, "shrink_budget_s": shrink_budget_s},
+                "invariants": cfg.invariants, "seed": seed, "budget_s": budget_s, "max_ops": max_ops, "shrink_budget_s": shrink_budget_s},
         ops_explored=ops_explored, seconds=round(seconds, 3),
         ops_per_second=round(ops_explored / seconds, 1) if seconds > 0 else 0.0,
         violation=jsondoc.violation(finding.violation) if finding else None,
@@ -263,5 +313,6 @@ def document(cfg: FuzzConfig, *, policy_name: str, seed: int, budget_s: float, m
         shrink={"complete": finding.shrink_complete, "seconds": round(finding.shrink_seconds, 3),
                 "replays": finding.shrink_replays, "from_events": finding.shrink_from,
                 "to_events": len(finding.minimal)} if finding else None,
+        witness=finding.witness.as_dict() if finding and finding.witness else None,
         reproducer=reproducer, out=out)
     return doc

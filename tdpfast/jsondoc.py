@@ -26,7 +26,8 @@ def violation(v: Optional[Violation]) -> Optional[dict]:
         return None
     return {"kind": v.kind, "vcpu": v.vcpu, "pcpu": v.pcpu, "gpa": v.gpa, "tag": v.tag,
             "stale_pfn": v.stale_pfn, "expected_pfn": v.expected_pfn, "access": v.access,
-            "level": v.level, "event": v.event, "frame_state": v.frame_state, "batch_index": v.batch_index}
+            "level": v.level, "event": v.event, "frame_state": v.frame_state, "batch_index": v.batch_index,
+            "root": v.root, "spte": v.spte}
 
 
 def event(e: Event) -> dict:

@@ -7,7 +7,7 @@ import array
 import threading
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
-from . import _native, events as _events, ops as _ops
+from . import _native, events as _events, invariants as _invariants, ops as _ops
 from ._args import _access_code, _bool, _choice, _int
 from ._lock import locked
 from ._native import c_name_table, c_names, check, ffi, lib
@@ -21,6 +21,7 @@ from .results import (ACCESS_NAMES, FRAME_STATES, OUTCOME_NAMES, VIOLATION_KINDS
 from .tlbconfig import TLBConfig
 
 _NO_PFN = (1 << 64) - 1
+_STATE_KINDS = range(lib.TDP_V_NOTIFIER_RANGE_MAPPED, lib.TDP_V_LEAKED_TABLE + 1)  # state invariants' kinds
 _ARCH = {name: code for code, name in c_names(lib.tdp_arch_name).items()}
 #: KVM requests by name -> request bit (enum tdp_request; read from the binding).
 REQUESTS = {name: bit for bit, name in c_names(lib.tdp_request_name, (1 << i for i in range(32))).items()}
@@ -68,6 +69,10 @@ class VM:
       keeps every operation (41 bytes, plus 9 per access of a batch) and grows without
       bound. Violations carry their event's index either way.
     - ``costs``: overrides of the cycle cost model (``{"ipi": 6000, ...}``; ``vm.stats["cycles"]``).
+    - ``invariants``: check KVM's state invariants after every operation and at yield points
+      (``True``, ``False`` or a collection of names from ``tdpfast.invariants``), each
+      breach a violation of its own kind; off by default (it costs about half the
+      explorer's throughput), on in ``tdpfast fuzz``.
     - ``bulk``: let zaps and ``map_range`` process whole tables in one loop where nothing can
       observe the single steps (same tables, counters, costs and events); ``False`` keeps
       the per-SPTE paths only.
@@ -83,7 +88,8 @@ class VM:
                  mbec: bool = False, maxphyaddr: int = 46, hpa_base: int = 1 << 30,
                  frame_limit: Optional[int] = None, max_asid: int = 32767, min_asid: int = 1,
                  flush_by_asid: bool = True, trace: bool = False, record: bool = False,
-                 costs: Optional[Dict[str, int]] = None, kernel: Optional[str] = None, bulk: bool = True):
+                 costs: Optional[Dict[str, int]] = None, kernel: Optional[str] = None, bulk: bool = True,
+                 invariants=False):
         self._lock = threading.RLock()
         self._unlogged: List[tuple] = []   # (event count, what) of state changes the log does not hold
         if not isinstance(arch, str) or arch not in _ARCH:
@@ -108,7 +114,8 @@ class VM:
         self._kwargs = dict(arch=arch, levels=levels, seed=seed, vcpus=vcpus, pcpus=pcpus, tlb=tlb,
                             policy=policy, ad=ad, mbec=mbec, maxphyaddr=maxphyaddr, hpa_base=hpa_base,
                             frame_limit=frame_limit, max_asid=max_asid, min_asid=min_asid,
-                            flush_by_asid=flush_by_asid, trace=trace, record=record, costs=costs, bulk=bulk)
+                            flush_by_asid=flush_by_asid, trace=trace, record=record, costs=costs, bulk=bulk,
+                            invariants=invariants)
         cfg = ffi.new("struct tdp_config *")
         lib.tdp_default_config(cfg)
         cfg.arch = _ARCH[arch]
@@ -127,6 +134,8 @@ class VM:
         cfg.trace = int(trace)
         cfg.record = int(record)
         cfg.no_bulk = int(not bulk)   # bulk=False: the per-SPTE paths only (tests/test_bulk_paths.py)
+        # State invariants (tdpfast/invariants.py): True, False, or a collection of names.
+        cfg.invariants = _invariants.mask(invariants)
         c_costs = ffi.new("struct tdp_costs *")
         lib.tdp_default_costs(c_costs)
         for k, v in (costs or {}).items():
@@ -493,7 +502,9 @@ class VM:
                          tag=v.tag, stale_pfn=None if v.stale_pfn == _NO_PFN else v.stale_pfn,
                          expected_pfn=None if v.expected_pfn == _NO_PFN else v.expected_pfn, event=v.event,
                          access=ACCESS_NAMES[v.access], level=v.level,
-                         frame_state=FRAME_STATES.get(v.frame_state, "?"), batch_index=v.batch_index)
+                         frame_state=FRAME_STATES.get(v.frame_state, "?"), batch_index=v.batch_index,
+                         root=v.root if v.kind in _STATE_KINDS else None,
+                         spte=v.spte if v.kind in _STATE_KINDS else None)
 
     @property
     @locked

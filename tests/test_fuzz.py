@@ -27,7 +27,9 @@ def run_cli(*args, timeout=300):
     ("no-flush-on-migrate", {"use_after_free", "stale_page_table"}, ()),
     ("no-flush-on-root-load", {"use_after_free", "stale_page_table"}, ()),
     ("B5-atomic-zap-no-flush", {"use_after_free", "stale_page_table", "stale_write"}, ()),
-    ("B9-iter-skip-after-yield", {"use_after_free", "lost_dirty", "stale_write", "stale_page_table"}, ()),
+    # With the state invariants on (the default), the notifier's unmap that skips an SPTE
+    # after a yield is caught as it returns (I1), long before a guest uses the page.
+    ("B9-iter-skip-after-yield", {"notifier_range_mapped"}, ()),
     ("B6-removed-pt-range", {"use_after_free", "stale_write", "lost_dirty"}, B6_START),
 ])
 def test_fuzz_finds_catalogue_bug_and_reproducer_shows_it(policy, kinds, start, tmp_path):

@@ -83,7 +83,7 @@ def test_policies_json_matches_its_schema():
     assert {p["name"] for p in doc["policies"]} >= {"kvm", "no-flush-on-migrate"}
 
 
-@pytest.mark.parametrize("name", ["fuzz", "demo", "policies"])
+@pytest.mark.parametrize("name", ["fuzz", "demo", "policies", "audit"])
 def test_every_documented_key_is_described_in_the_markdown(name):
     schema = schema_check.load(f"{name}.schema.json")
     with open(os.path.join(schema_check.DOCS, f"{name}.md"), encoding="utf-8") as f:

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Set, Tuple, Union
 
 from ..errors import FramePoolExhausted, InvalidArgumentError, InvalidStateError
 from ..results import Memslot as PublicMemslot
-from . import cpu, hostmem, mmu, tdp_mmu
+from . import checker, cpu, hostmem, mmu, tdp_mmu
 from ._args import _int
 from .spte import pages_per_level
 
@@ -208,6 +208,7 @@ class MemslotApi:
             mmu.kvm_mmu_zap_all_fast(k)
         elif tdp_mmu.zap_leafs(k, s.base_gfn, s.end_gfn, tdp_mmu.ROOTS_ALL, False):
             mmu.kvm_flush_remote_tlbs_memslot(k, s)
+        checker.check_range_unmapped(k, s.base_gfn, s.end_gfn, checker.V_DELETED_SLOT_MAPPED)   # I5
         free_slot(k, s)
         k.memslots_gen += 1
         k.log("delete_memslot", sid)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, List, Optional
 from ..errors import FramePoolExhausted, InvalidArgumentError, InvalidStateError, NotFoundError
 from ..events import OPS
 from ..results import Memslot
-from . import api, cpu, memslot, mmu_notifier, tdp_mmu
+from . import api, checker, cpu, memslot, mmu_notifier, tdp_mmu
 from ._args import _int
 from .spte import (W, is_access_tracked_spte, is_last_spte, is_mmu_writable_spte, is_present_leaf,
                    is_shadow_present_pte, restore_acc_track_spte, spte_hw_perms)
@@ -163,6 +163,8 @@ def page_fault(vm, r: Optional[tdp_mmu.Root], gfn: int, access: int) -> int:
     # The walk follows the faulting gfn; the target level aligns it (so a goal lowered
     # on the way down by disallowed_hugepage_adjust() still maps this gfn).
     ret, _ = tdp_mmu.map_gfn(vm, r, gfn, goal, write, huge_disallowed, req_level, exec_fault=exec_)
+    if ret == tdp_mmu.RET_PF_FIXED and vm.cfg.invariants:
+        checker.check_fault_install(vm, r, gfn, goal)     # I5
     name = {tdp_mmu.RET_PF_FIXED: "pf_fixed", tdp_mmu.RET_PF_SPURIOUS: "pf_spurious",
             tdp_mmu.RET_PF_EMULATE: "pf_emulate", tdp_mmu.RET_PF_RETRY: "pf_retry"}.get(ret)
     if name:
@@ -325,6 +327,7 @@ class SteppedOps:
             if not k.pol.memslot_delete_zap_all and flush and s is not None:
                 kvm_flush_remote_tlbs_memslot(k, s)
             if s is not None:
+                checker.check_range_unmapped(k, s.base_gfn, s.end_gfn, checker.V_DELETED_SLOT_MAPPED)   # I5
                 memslot.free_slot(k, s)
             k.memslots_gen += 1
             return 0

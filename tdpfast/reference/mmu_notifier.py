@@ -8,7 +8,7 @@ retry (is_page_fault_stale()); kvm_mmu_invalidate_end() bumps ``mmu_invalidate_s
 from __future__ import annotations
 
 from ..errors import FramePoolExhausted, InvalidArgumentError
-from . import cpu, hostmem, memslot as ms, tdp_mmu
+from . import checker, cpu, hostmem, memslot as ms, tdp_mmu
 from ._args import _int
 
 
@@ -52,6 +52,7 @@ def unmap_finish(vm, start: int, end: int, flush: bool) -> None:
     invalidate_range_end."""
     if flush:
         cpu.kvm_flush_remote_tlbs(vm)
+    checker.check_range_unmapped(vm, start, end, checker.V_NOTIFIER_RANGE_MAPPED)   # I1
     for s in vm.slots:
         if s is None or end <= s.base_gfn or s.end_gfn <= start:
             continue
@@ -100,6 +101,7 @@ class NotifierApi:
         kvm_mmu_invalidate_begin(k, gfn, gfn + 1)
         if tdp_mmu.zap_leafs(k, gfn, gfn + 1, notifier_roots(k), False):
             cpu.kvm_flush_remote_tlbs(k)
+        checker.check_range_unmapped(k, gfn, gfn + 1, checker.V_NOTIFIER_RANGE_MAPPED)   # I1
         f = k.mem.alloc(hostmem.GUEST)
         k.mem.frames[f].owner_gfn = gfn
         s.set_backing(gfn, k.mem.pfn(f))

@@ -263,6 +263,7 @@ class Op:
     chg_hi: int = 0              # ... (0, 0: none)
     err: Optional[str] = None    # "nomem" when a split ran out of frames
     it: Optional[TdpIter] = None
+    cur: int = 0                 # the root being walked (a reference held), 0 none
 
 
 def new_op(vm, kind: int, which: int, start: int, end: int, shared: bool) -> Op:
@@ -331,6 +332,7 @@ def run_op(vm, op: Op):
         if r is None or r.refcount <= 0 or not _wants_root(op, r):
             continue
         r.refcount += 1   # for_each_tdp_mmu_root_yield_safe() holds a reference
+        op.cur = r.id
         if op.which == ROOTS_SCHEDULED:
             r.scheduled = False
         if op.kind == ZAP_LEAFS and vm.pol.per_root_flush_reset:
@@ -358,6 +360,7 @@ def run_op(vm, op: Op):
                 break
         if op.kind == RECOVER_HUGE:
             recover_root_done(vm, op)
+        op.cur = 0
         if op.which == ROOTS_SCHEDULED:
             put_root(vm, r.id, op.shared)   # the TDP MMU's own reference (v6.6+)
         put_root(vm, r.id, op.shared)

@@ -37,7 +37,7 @@ from ..errors import InvalidArgumentError, InvalidStateError, NotFoundError
 from ..policy import Policy
 from ..results import Violation
 from ..tlbconfig import TLBConfig
-from . import api, cpu, hostmem, memslot as ms, page_walker, tdp_mmu
+from . import api, checker, cpu, hostmem, memslot as ms, page_walker, tdp_mmu
 from ._args import U64, _int
 from .api import VcpuApi
 from .event import EventLogApi, KvmEventLog
@@ -121,6 +121,7 @@ class Kvm(KvmEventLog):
         self.nblob = 0                                # bytes of access batches logged (9 per access)
         self.nlogged = 0                              # events logged, recorded or not (cfg.record off)
         self.cur_event = 0
+        self.inv_reported: set = set()                # state-invariant kinds already reported
         self.ops: List["_StepOp"] = []                # stepped operations in flight (.mmu)
         self.next_op_id = 0
 
@@ -210,7 +211,7 @@ class VM(MemslotApi, NotifierApi, VcpuApi, SteppedOps, EventLogApi):
                  mbec: bool = False, maxphyaddr: int = 46, hpa_base: int = 1 << 30,
                  frame_limit: Optional[int] = None, max_asid: int = 32767, min_asid: int = 1,
                  flush_by_asid: bool = True, trace: bool = False, record: bool = False,
-                 costs: Optional[Dict[str, int]] = None, quirks: Iterable[str] = ()):
+                 costs: Optional[Dict[str, int]] = None, quirks: Iterable[str] = (), invariants=False):
         if arch not in ("vmx", "svm"):
             raise InvalidArgumentError(f"arch must be 'vmx' or 'svm', got {arch!r}")
         tlb = TLBConfig.adversarial() if tlb is None else tlb
@@ -226,14 +227,16 @@ class VM(MemslotApi, NotifierApi, VcpuApi, SteppedOps, EventLogApi):
         self._kwargs = dict(arch=arch, levels=levels, seed=seed, vcpus=vcpus, pcpus=pcpus, tlb=tlb,
                             policy=policy, ad=ad, mbec=mbec, maxphyaddr=maxphyaddr, hpa_base=hpa_base,
                             frame_limit=frame_limit, max_asid=max_asid, min_asid=min_asid,
-                            flush_by_asid=flush_by_asid, trace=trace, record=record, costs=costs, quirks=quirks)
+                            flush_by_asid=flush_by_asid, trace=trace, record=record, costs=costs, quirks=quirks,
+                            invariants=invariants)
         cfg = SimpleNamespace(
             arch=arch, levels=_int("levels", levels, 0, 99), seed=_int("seed", seed),
             nvcpus=_int("vcpus", vcpus, 0, 1 << 20), npcpus=_int("pcpus", pcpus, 0, 1 << 20), ad=bool(ad),
             mbec=bool(mbec), maxphyaddr=_int("maxphyaddr", maxphyaddr, 0, 64), hpa_base=_int("hpa_base", hpa_base),
             frame_limit=0 if frame_limit is None else _int("frame_limit", frame_limit, 1, 1 << 26),
             max_asid=_int("max_asid", max_asid, 0, 0xFFFFFF), min_asid=_int("min_asid", min_asid, 0, 0xFFFFFF),
-            flush_by_asid=bool(flush_by_asid), record=bool(record))
+            flush_by_asid=bool(flush_by_asid), record=bool(record),
+            invariants=checker.invariants_mask(invariants))
         all_costs = dict(DEFAULT_COSTS)
         for k, v in (costs or {}).items():
             if k not in all_costs:

@@ -37,6 +37,7 @@ static int run(int arch, int levels, int tlb_preset, int buggy, unsigned long lo
 	c.seed = seed;
 	c.ad = (int)(seed & 1);
 	c.trace = (int)(seed % 3 == 0);
+	c.invariants = seed % 2 ? TDP_INV_ALL : 0; /* the state invariants under the sanitizers too */
 	if (buggy) {
 		p.flush_on_migrate = 0;
 		p.yield_every = 5;

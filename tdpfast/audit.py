@@ -1,0 +1,213 @@
+"""``tdpfast audit``: for every flush decision with a policy switch, run the explorer with
+that flush removed (a budget per site and vendor) and say whether it is *load-bearing* (the
+explorer found a violation without it: its kind, the shrunk reproducer's length, the
+operations it took) or *not shown necessary* in the operations explored. The question of
+the seed thread ("is this deferred flush safe?"), asked of every switchable flush at once.
+
+The sites are run as units of :mod:`tdpfast.scheduler` (in-process, ``--jobs N`` or a Dask
+cluster); each unit is deterministic by seed, so the table does not depend on where it ran.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import fuzz, jsondoc
+from .errors import InvalidArgumentError
+from .policy import Policy
+
+
+@dataclass(frozen=True)
+class Site:
+    """A flush KVM performs, and the policy switches that remove it (plus what the explorer
+    needs for the flush to matter at all, e.g. yielding iterators for a flush before a yield)."""
+
+    name: str
+    removed: Tuple[Tuple[str, Any], ...]
+    where: str
+
+    def policy(self) -> Policy:
+        return Policy.kvm().replace(**dict(self.removed))
+
+
+SITES: Tuple[Site, ...] = (
+    Site("flush_on_root_load", (("flush_on_root_load", False),),
+         "kvm_mmu_load(): flush the current context after loading a root (the deferred flush of db01416b22d9)"),
+    Site("flush_on_migrate", (("flush_on_migrate", False),),
+         "VMX: KVM_REQ_TLB_FLUSH when the VMCS was last loaded on another pCPU; SVM: a new ASID"),
+    Site("shared_zap_flush", (("shared_zap_flush", False),),
+         "tdp_mmu_zap_spte_atomic(): flush between freezing and clearing the SPTE (08f07c800e9d)"),
+    Site("flush_before_yield", (("flush_before_yield", False), ("yield_every", 8)),
+         "tdp_mmu_iter_cond_resched(): flush what is pending before dropping mmu_lock"),
+    Site("remote_flush_all_contexts", (("remote_flush_all_contexts", False),),
+         "KVM_REQ_TLB_FLUSH flushes every EPTP/VPID context, not only the current one"),
+    Site("dirty_log_enable_flush", (("dirty_log_enable_flush", "if_changed"),),
+         "enabling dirty logging flushes even when no SPTE changed (b64d740ea7dd)"),
+    Site("zap_flush_across_roots", (("per_root_flush_reset", True), ("yield_every", 8)),
+         "__kvm_tdp_mmu_zap_leafs(): the pending flush carries over to the next root (a835429cda91)"),
+    Site("nx_recovery_flush", (("nx_recovery_flush_assign", True), ("nx_huge_pages", True)),
+         "kvm_recover_nx_huge_pages(): flush |= zap_sp(), never overwritten (315f02c60d94)"),
+    Site("map_huge_over_table_flush", (("map_huge_over_table_flush", False),),
+         "the fault path flushes after a huge leaf replaces a table (1e203847aa92)"),
+)
+_BY_NAME = {s.name: s for s in SITES}
+ARCHS = ("vmx", "svm")
+
+
+def audit_site(name: str, arch: str, seed: int, budget_s: float, max_ops: Optional[int], shrink_budget_s: float,
+               invariants: bool) -> Dict[str, Any]:
+    """One unit: the explorer on one vendor with one flush removed. Module level, picklable."""
+    site = _BY_NAME[name]
+    cfg = fuzz.FuzzConfig(policy=site.policy(), arch=arch, invariants=invariants)
+    t0 = time.monotonic()
+    finding, total = fuzz.run(cfg, seed=seed, budget_s=budget_s, max_ops=max_ops, shrink_budget_s=shrink_budget_s)
+    row = {"site": name, "arch": arch, "removed": dict(site.removed), "where": site.where,
+           "verdict": "not_shown", "kind": None, "reproducer_events": None, "ops_to_find": None,
+           "ops_explored": total, "vm_seed": None, "witness": None, "seconds": round(time.monotonic() - t0, 3)}
+    if finding is not None:
+        row.update(verdict="load_bearing" if finding.witness.verdict == "policy" else "engine_or_caller",
+                   kind=finding.violation.kind, reproducer_events=len(finding.minimal),
+                   ops_to_find=finding.ops_explored, vm_seed=finding.seed, witness=finding.witness.as_dict())
+    return row
+
+
+@dataclass
+class AuditResult:
+    rows: List[Dict[str, Any]]
+    seconds: float
+    scheduler: str
+    interrupted: bool
+
+
+def run(sites: List[Site], archs: List[str], sched, *, seed: int, budget_s: float, max_ops: Optional[int],
+        shrink_budget_s: float, invariants: bool, progress=None) -> AuditResult:
+    from .scheduler import Unit, drive
+
+    todo = [Unit(f"{s.name}/{a}", audit_site, (s.name, a, seed, budget_s, max_ops, shrink_budget_s, invariants))
+            for s in sites for a in archs]
+    pending = list(todo)
+    done: Dict[str, Dict[str, Any]] = {}
+    t0 = time.monotonic()
+
+    def on_result(unit, res):
+        done[unit.key] = res
+        if progress:
+            progress.show(f"audit: {len(done)}/{len(todo)} sites done, {time.monotonic() - t0:.0f}s", force=True)
+
+    interrupted = False
+    try:
+        drive(sched, lambda: pending.pop(0) if pending else None, on_result)
+    except KeyboardInterrupt:
+        interrupted = True
+    rows = [done[u.key] for u in todo if u.key in done]
+    return AuditResult(rows, time.monotonic() - t0, type(sched).__name__, interrupted)
+
+
+def document(res: AuditResult, args) -> dict:
+    """The ``tdpfast audit --json`` document (docs/json/audit.md)."""
+    doc = jsondoc.header("audit")
+    doc.update(status="interrupted" if res.interrupted else "done",
+               config={"archs": list(args.archs), "sites": [s.name for s in args.sites], "seed": args.seed,
+                       "budget_s": args.budget, "max_ops": args.max_ops, "shrink_budget_s": args.shrink_budget,
+                       "invariants": args.invariants},
+               seconds=round(res.seconds, 3),
+               summary={"runs": len(res.rows),
+                        "load_bearing": sum(r["verdict"] == "load_bearing" for r in res.rows),
+                        "not_shown": sum(r["verdict"] == "not_shown" for r in res.rows),
+                        "engine_or_caller": sum(r["verdict"] == "engine_or_caller" for r in res.rows)},
+               results=res.rows)
+    return doc
+
+
+def table(rows: List[Dict[str, Any]], archs: List[str]) -> str:
+    """The terminal (and README) table: one line per site, one column per vendor."""
+    by = {(r["site"], r["arch"]): r for r in rows}
+
+    def cell(r: Optional[Dict[str, Any]]) -> str:
+        if r is None:
+            return "-"
+        if r["verdict"] == "not_shown":
+            return f"not shown necessary in {r['ops_explored']:,} ops"
+        tag = "load-bearing" if r["verdict"] == "load_bearing" else "engine/caller defect"
+        return f"{tag}: {r['kind']} after {r['ops_to_find']:,} ops, {r['reproducer_events']}-event reproducer"
+
+    names = [s.name for s in SITES if any((s.name, a) in by for a in archs)]
+    out = ["| flush site | " + " | ".join(a.upper() for a in archs) + " |", "|---" * (len(archs) + 1) + "|"]
+    for n in names:
+        out.append(f"| `{n}` | " + " | ".join(cell(by.get((n, a))) for a in archs) + " |")
+    return "\n".join(out)
+
+
+def _site(text: str) -> Site:
+    if text not in _BY_NAME:
+        raise argparse.ArgumentTypeError(f"unknown site {text!r}; sites: {', '.join(_BY_NAME)}")
+    return _BY_NAME[text]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from .cli import U64_MAX, _integer, _seconds
+
+    au = subparsers.add_parser(
+        "audit", help="remove each switchable flush in turn and say whether the explorer shows it necessary",
+        description="For every flush decision with a policy switch (or those given with --site), run the "
+        "explorer with that flush removed on each vendor for --budget seconds, and report it load-bearing "
+        "(violation kind, shortest reproducer, operations to find) or not shown necessary in N operations. "
+        "Exit status 0 when every run finished, 2 on usage errors, 130 on Ctrl-C (the finished runs are "
+        "printed).")
+    au.add_argument("--site", dest="sites", action="append", type=_site, metavar="NAME",
+                    help=f"audit only this site (repeatable): {', '.join(_BY_NAME)}")
+    au.add_argument("--arch", choices=("vmx", "svm", "both"), default="both")
+    au.add_argument("--budget", type=_seconds(zero_ok=False), default=10.0, metavar="SECONDS",
+                    help="exploration time per site and vendor (default 10)")
+    au.add_argument("--max-ops", type=_integer(1, U64_MAX), default=None, metavar="N",
+                    help="stop each run after this many operations")
+    au.add_argument("--seed", type=_integer(0, U64_MAX), default=0, metavar="N", help="first VM seed (default 0)")
+    au.add_argument("--shrink-budget", type=_seconds(zero_ok=True), default=10.0, metavar="SECONDS",
+                    help="time for shrinking each finding (default 10)")
+    au.add_argument("--no-invariants", dest="invariants", action="store_false", default=True,
+                    help="only the checker of guest accesses (the state invariants are on by default)")
+    au.add_argument("--jobs", type=int, metavar="N", help="run on N local worker processes")
+    au.add_argument("--scheduler", metavar="SPEC", help='a Dask cluster: "local:N" or tcp://HOST:PORT')
+    au.add_argument("--json", action="store_true", help="machine-readable output (docs/json/audit.md)")
+    au.add_argument("--progress", dest="progress", action="store_true", default=None,
+                    help="show progress on stderr (default: when stderr is a terminal)")
+    au.add_argument("--no-progress", dest="progress", action="store_false")
+    au.set_defaults(func=cmd)
+    return au
+
+
+def cmd(args) -> int:
+    from .cli import EXIT_INTERRUPTED, EXIT_OK, UsageError
+    from .scheduler import ProgressLine, open_scheduler, parse_spec
+
+    try:
+        spec = parse_spec(args.jobs, args.scheduler)      # everything is checked before working
+    except InvalidArgumentError as e:
+        raise UsageError(str(e)) from None
+    args.sites = args.sites or list(SITES)
+    args.archs = list(ARCHS) if args.arch == "both" else [args.arch]
+    if not args.json:
+        print(f"tdpfast audit: {len(args.sites)} flush site(s) x {len(args.archs)} vendor(s), budget "
+              f"{args.budget:g}s each, seed {args.seed}, scheduler {spec}", file=sys.stderr)
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    try:
+        sched = open_scheduler(spec)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    line = ProgressLine(show)
+    with sched:
+        res = run(args.sites, args.archs, sched, seed=args.seed, budget_s=args.budget, max_ops=args.max_ops,
+                  shrink_budget_s=args.shrink_budget, invariants=args.invariants, progress=line)
+    line.done()
+    if args.json:
+        print(json.dumps(document(res, args), indent=2))
+    else:
+        print(table(res.rows, args.archs))
+        n = sum(r["verdict"] == "load_bearing" for r in res.rows)
+        print(f"\n{'INTERRUPTED: ' if res.interrupted else ''}{n} of {len(res.rows)} runs load-bearing "
+              f"({res.seconds:.1f}s)")
+    return EXIT_INTERRUPTED if res.interrupted else EXIT_OK
