@@ -211,7 +211,10 @@ class VM(MemslotApi, NotifierApi, VcpuApi, SteppedOps, EventLogApi):
                  mbec: bool = False, maxphyaddr: int = 46, hpa_base: int = 1 << 30,
                  frame_limit: Optional[int] = None, max_asid: int = 32767, min_asid: int = 1,
                  flush_by_asid: bool = True, trace: bool = False, record: bool = False,
-                 costs: Optional[Dict[str, int]] = None, quirks: Iterable[str] = (), invariants=False):
+                 costs: Optional[Dict[str, int]] = None, quirks: Iterable[str] = (), invariants=False,
+                 bulk: bool = True):
+        # ``bulk`` is the C engine's whole-table fast path, which gives the same results as the
+        # per-SPTE path; the reference model has only the latter and takes the flag for parity.
         if arch not in ("vmx", "svm"):
             raise InvalidArgumentError(f"arch must be 'vmx' or 'svm', got {arch!r}")
         tlb = TLBConfig.adversarial() if tlb is None else tlb
