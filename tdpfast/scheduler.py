@@ -230,7 +230,7 @@ class ProcessScheduler(Scheduler):
 
     @property
     def slots(self) -> int:
-        return self.n
+        return 2 * self.n       # one unit running and one queued per worker process
 
     def pids(self) -> List[int]:
         """The worker processes' ids (for a test that kills one)."""
@@ -371,7 +371,9 @@ class DaskScheduler(Scheduler):
     def slots(self) -> int:
         info = self._client.scheduler_info(n_workers=-1) if _takes_n_workers(self._client) \
             else self._client.scheduler_info()
-        return max(1, sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()))
+        # Two units per worker thread: one running, one queued behind it, so a worker never
+        # idles for the round trip between finishing a unit and being handed the next.
+        return 2 * max(1, sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()))
 
     def submit(self, unit: Unit) -> None:
         unit.attempts += 1
