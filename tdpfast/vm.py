@@ -211,7 +211,8 @@ class VM:
                     max_level: int = 3) -> Memslot:
         """Back gfns [base_gfn, base_gfn + npages) with host memory; returns the slot."""
         out = ffi.new("int *")
-        flags = (1 if _bool("readonly", readonly) else 0) | (2 if _bool("dirty_log", dirty_log) else 0)
+        flags = ((lib.TDP_SLOT_READONLY if _bool("readonly", readonly) else 0)
+                 | (lib.TDP_SLOT_DIRTY_LOG if _bool("dirty_log", dirty_log) else 0))
         check(self._h, lib.tdp_memslot_add(self._h, _int("base_gfn", base_gfn), _int("npages", npages), flags,
                                            _int("max_level", max_level, 0, 99), out))
         return self.memslot(out[0])
@@ -220,7 +221,8 @@ class VM:
     def memslot(self, slot_id: int) -> Memslot:
         info = ffi.new("struct tdp_memslot_info *")
         check(self._h, lib.tdp_memslot_info(self._h, _int("slot", slot_id, 0, 1 << 30), info))
-        return Memslot(info.id, info.base_gfn, info.npages, bool(info.flags & 1), bool(info.flags & 2),
+        return Memslot(info.id, info.base_gfn, info.npages, bool(info.flags & lib.TDP_SLOT_READONLY),
+                       bool(info.flags & lib.TDP_SLOT_DIRTY_LOG),
                        info.max_level, info.host_base_pfn)
 
     @property
