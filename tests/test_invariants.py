@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import PKG_HOME, SUBPROCESS_CWD, SUBPROCESS_ENV as ENV
+from conftest import SUBPROCESS_CWD, SUBPROCESS_ENV as ENV
 from tdpfast import VM, InvalidArgumentError, Policy, fuzz, invariants
 
 
@@ -113,8 +113,10 @@ def test_fuzz_cli_invariants_flag():
 @pytest.mark.slow
 def test_c_engine_with_injected_breakage_reports_each_invariant(tmp_path):
     # tests/c/invariants.c breaks the state as a buggy engine would, one way per case.
-    src = os.path.join(PKG_HOME, "csrc")
-    test = os.path.join(PKG_HOME, "tests", "c", "invariants.c")
+    # The C sources of this checkout (or unpacked sdist), wherever tdpfast itself is installed.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = os.path.join(root, "csrc")
+    test = os.path.join(root, "tests", "c", "invariants.c")
     exe = str(tmp_path / "invariants")
     cc = subprocess.run(["gcc", "-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", "-I", src,
                          *sorted(os.path.join(src, f) for f in os.listdir(src) if f.endswith(".c")), test,
