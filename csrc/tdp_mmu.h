@@ -33,6 +33,13 @@ struct tdp_root {
 #define for_each_valid_tdp_mmu_root(vm, r) \
 	for_each_tdp_mmu_root(vm, r) if ((r)->invalid) {} else
 
+/* The SPTEs of root from start to end down to min_level, in the iterator's order
+ * (for_each_tdp_pte_min_level() upstream); it is a struct tdp_iter the caller declares. */
+void tdp_mmu_iter_start(struct tdp_vm *vm, struct tdp_iter *it, struct tdp_root *root, int min_level, u64 start);
+#define for_each_tdp_pte_min_level(vm, it, root, min_level, start, end) \
+	for (tdp_mmu_iter_start(vm, &(it), root, min_level, start); (it).valid && (it).gfn < (end); \
+	     tdp_iter_next(&(it)))
+
 /* Root lifecycle: kvm_tdp_mmu_alloc_root(), kvm_tdp_mmu_put_root(),
  * kvm_tdp_mmu_invalidate_all_roots(), kvm_tdp_mmu_zap_invalidated_roots(). */
 int tdp_mmu_get_vcpu_root(struct tdp_vm *vm, int as_id, int guest_mode, u32 *root_id);
