@@ -17,6 +17,9 @@ import pytest
 
 from tdpfast import Policy, TdpError, VM
 
+# A differential run over random ranges (about 10 s): part of the full suite, not of -m "not slow".
+pytestmark = pytest.mark.slow
+
 PAGES = 8192                      # 16 last-level tables, four 2M-capable regions
 POLICIES = [
     ("kvm", Policy.kvm()),
