@@ -246,9 +246,14 @@ def run(grid: Grid, sched, out_dir: str, *, fmt: str = "auto", charts: bool = Tr
         nonlocal ran
         row["key"] = unit.key
         tmp = os.path.join(pts_dir, unit.key + ".json.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(row, f, sort_keys=True)
-        os.replace(tmp, os.path.join(pts_dir, unit.key + ".json"))     # whole, or not there
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(row, f, sort_keys=True)
+            os.replace(tmp, os.path.join(pts_dir, unit.key + ".json"))     # whole, or not there
+        except BaseException:                  # Ctrl-C mid-write: no half-written file stays
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
         ran += 1
         per_worker[row["worker"]] = per_worker.get(row["worker"], 0) + 1
         if on_result:
@@ -268,6 +273,7 @@ def run(grid: Grid, sched, out_dir: str, *, fmt: str = "auto", charts: bool = Tr
         tick()
         progress.done()
     df = table(out_dir, keys)
+    ran = len(df) - skipped          # what is on disk is what finished (an interrupt can fall anywhere)
     path = save_table(df, out_dir, fmt) if len(df) else None
     chart_dir = os.path.join(out_dir, "charts")
     drawn = [os.path.join(chart_dir, f"{m}.png") for m in metrics if m in df]
