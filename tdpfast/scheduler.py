@@ -451,25 +451,55 @@ def drive(sched: Scheduler, next_unit: Callable[[], Optional[Unit]],
     no more for now), hand each result to ``on_result`` as it arrives (it may cancel units
     in flight), call ``tick()`` a few times a second. Returns when nothing is in flight and
     ``next_unit()`` gives None. On Ctrl-C the units in flight are cancelled and
-    KeyboardInterrupt propagates."""
+    KeyboardInterrupt propagates.
+
+    Ctrl-C only sets a flag that the loop reads between its steps (within ``tick_s``): a
+    KeyboardInterrupt raised at an arbitrary point could land inside ``concurrent.futures``
+    or Dask while they hold a lock, and the scheduler's close() would then wait forever.
+    A second Ctrl-C raises at once."""
+    with _sigint_as_request() as asked:
+        try:
+            while True:
+                want = sched.slots - len(sched.in_flight())
+                while want > 0 and not asked():
+                    u = next_unit()
+                    if u is None:
+                        break
+                    sched.submit(u)
+                    want -= 1
+                if asked():
+                    raise KeyboardInterrupt
+                if not sched.in_flight():
+                    return
+                for unit, res in sched.wait(timeout=tick_s):
+                    on_result(unit, res)
+                if tick:
+                    tick()
+        except KeyboardInterrupt:
+            sched.cancel_all()
+            raise
+
+
+@contextlib.contextmanager
+def _sigint_as_request():
+    """Within: the first SIGINT is recorded (the yielded callable turns True), the second
+    raises KeyboardInterrupt. Outside the main thread signals are left alone."""
+    hits: List[int] = []
+
+    def on_sigint(signum, frame):
+        hits.append(signum)
+        if len(hits) > 1:
+            raise KeyboardInterrupt
+
     try:
-        while True:
-            want = sched.slots - len(sched.in_flight())
-            while want > 0:
-                u = next_unit()
-                if u is None:
-                    break
-                sched.submit(u)
-                want -= 1
-            if not sched.in_flight():
-                return
-            for unit, res in sched.wait(timeout=tick_s):
-                on_result(unit, res)
-            if tick:
-                tick()
-    except KeyboardInterrupt:
-        sched.cancel_all()
-        raise
+        old = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:                   # not the main thread
+        yield lambda: False
+        return
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 class ProgressLine:
