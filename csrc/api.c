@@ -564,7 +564,7 @@ int tdp_access_batch(tdp_vm *vm, int vcpu, const uint64_t *gpas, const uint8_t *
 int tdp_flush_remote_tlbs(tdp_vm *vm)
 {
 	VM_OP_BEGIN(vm);
-	kvm_flush_remote_tlbs(vm);
+	kvm_flush_remote_tlbs(vm); /* not a KVM flush site: a caller's own flush, through the API */
 	vm_log(vm, EV_FLUSH_REMOTE, 0, 0, 0, 0, 0);
 	vm_op_end(vm);
 	return 0;
@@ -576,7 +576,7 @@ int tdp_flush_remote_tlbs_range(tdp_vm *vm, uint64_t gfn, uint64_t npages)
 	VM_OP_BEGIN(vm);
 	if ((r = vm_check_range(vm, gfn, gfn + npages)))
 		return r;
-	kvm_flush_remote_tlbs_range(vm, gfn, npages);
+	kvm_flush_remote_tlbs_range(vm, gfn, npages); /* not a KVM flush site: a caller's own flush */
 	vm_log(vm, EV_FLUSH_RANGE, gfn, npages, 0, 0, 0);
 	vm_op_end(vm);
 	return 0;

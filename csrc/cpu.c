@@ -61,7 +61,7 @@ void kvm_flush_remote_tlbs_range(struct tdp_vm *vm, u64 gfn, u64 npages)
 	if (!vm->pol.precise_range_flush) {
 		/* Bare metal: a ranged flush is a full remote flush (only the Hyper-V
 		 * hook, hyperv_flush_guest_mapping_range(), honours the range). */
-		kvm_flush_remote_tlbs(vm);
+		kvm_flush_remote_tlbs(vm); /* not a KVM flush site: how a ranged flush is done */
 		return;
 	}
 	/* Hyper-V style: the hypervisor below flushes the GPA range on every
@@ -101,9 +101,9 @@ static void svm_flush_tlb_asid(struct tdp_vm *vm, struct vcpu *v)
 	/* svm_flush_tlb_asid(): TLB_CONTROL_FLUSH_ASID with FlushByAsid, otherwise
 	 * a new ASID at the next VMRUN. */
 	if (vm->cfg.flush_by_asid) {
-		if (v->tlb_control != 1)
+		if (v->tlb_control != 1 && FLUSH_SITE(vm, SVM_FLUSH_ASID))
 			v->tlb_control = 3;
-	} else {
+	} else if (FLUSH_SITE(vm, SVM_FLUSH_ASID)) {
 		v->asid_generation--;
 	}
 }
@@ -154,7 +154,8 @@ static void svm_new_asid(struct tdp_vm *vm, struct pcpu *pc, struct vcpu *v)
 	if (pc->next_asid > pc->max_asid) {
 		pc->asid_generation++;
 		pc->next_asid = pc->min_asid;
-		v->tlb_control = 1; /* TLB_CONTROL_FLUSH_ALL_ASID */
+		if (FLUSH_SITE(vm, ASID_ROLLOVER))
+			v->tlb_control = 1; /* TLB_CONTROL_FLUSH_ALL_ASID */
 		vm->stats[ST_asid_generation_bumps]++;
 	}
 	v->asid = pc->next_asid++;
@@ -169,7 +170,7 @@ static void svm_pre_run(struct tdp_vm *vm, struct vcpu *v)
 
 	if (v->vmcs_cpu != v->pcpu) {
 		/* A VMCB that last ran elsewhere gets a fresh ASID here. */
-		if (vm->pol.flush_on_migrate)
+		if (vm->pol.flush_on_migrate && FLUSH_SITE(vm, MIGRATE_SVM))
 			v->asid_generation = 0;
 		if (v->vmcs_cpu >= 0)
 			vm->stats[ST_vcpu_migrations]++;
@@ -214,18 +215,22 @@ static int vcpu_enter(struct tdp_vm *vm, struct vcpu *v)
 		/* kvm_vcpu_flush_tlb_all(): also covers a pending FLUSH_CURRENT. */
 		v->requests &= ~(TDP_REQ_TLB_FLUSH | TDP_REQ_TLB_FLUSH_CURRENT);
 		vm->stats[ST_tlb_flush]++;
-		if (vm->pol.remote_flush_all_contexts)
-			vendor_flush_tlb_all(vm, v);
-		else
-			vendor_flush_tlb_current(vm, v); /* B16 */
+		if (FLUSH_SITE(vm, REQ_TLB_FLUSH)) {
+			if (vm->pol.remote_flush_all_contexts)
+				vendor_flush_tlb_all(vm, v);
+			else
+				vendor_flush_tlb_current(vm, v); /* B16 */
+		}
 	}
 	if (v->requests & TDP_REQ_TLB_FLUSH_CURRENT) {
 		v->requests &= ~TDP_REQ_TLB_FLUSH_CURRENT;
-		vendor_flush_tlb_current(vm, v);
+		if (FLUSH_SITE(vm, REQ_TLB_FLUSH_CURRENT))
+			vendor_flush_tlb_current(vm, v);
 	}
 	if (v->requests & TDP_REQ_TLB_FLUSH_GUEST) {
 		v->requests &= ~TDP_REQ_TLB_FLUSH_GUEST;
-		vendor_flush_tlb_guest(vm, v);
+		if (FLUSH_SITE(vm, REQ_TLB_FLUSH_GUEST))
+			vendor_flush_tlb_guest(vm, v);
 	}
 	if (!v->root_id) {
 		/* kvm_mmu_reload() -> kvm_mmu_load(): alloc or reuse, load, flush. */
@@ -234,7 +239,7 @@ static int vcpu_enter(struct tdp_vm *vm, struct vcpu *v)
 		if (r)
 			return vm_err(vm, r, "no frame left for vcpu %d's root (frame_limit reached)", v->id);
 		v->root_id = id;
-		if (vm->pol.flush_on_root_load)
+		if (vm->pol.flush_on_root_load && FLUSH_SITE(vm, ROOT_LOAD))
 			vendor_flush_tlb_current(vm, v);
 	}
 	if (vm->cfg.arch == TDP_SVM)
@@ -280,7 +285,7 @@ int cpu_vcpu_run(struct tdp_vm *vm, int vcpu, int pcpu)
 	if (vm->cfg.arch == TDP_VMX && v->vmcs_cpu != pcpu) {
 		/* vmx_vcpu_load_vmcs(): a VMCS not loaded here flushes every
 		 * EPTP/VPID context (the pCPU may hold stale entries). */
-		if (vm->pol.flush_on_migrate)
+		if (vm->pol.flush_on_migrate && FLUSH_SITE(vm, MIGRATE_VMX))
 			v->requests |= TDP_REQ_TLB_FLUSH;
 		if (v->vmcs_cpu >= 0)
 			vm->stats[ST_vcpu_migrations]++;

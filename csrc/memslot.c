@@ -354,7 +354,7 @@ int tdp_dirty_log_enable(tdp_vm *vm, int slot_id, int enable)
 		if (vm->pol.eager_split)
 			tdp_mmu_split(vm, start, end, 1);
 		bool changed = tdp_mmu_wrprot(vm, start, end, 1);
-		if (vm->pol.dirty_log_enable_flush == 0 || changed)
+		if ((vm->pol.dirty_log_enable_flush == 0 || changed) && FLUSH_SITE(vm, DIRTY_LOG_ENABLE))
 			kvm_flush_remote_tlbs_range(vm, start, end - start);
 	} else if (!enable && (s->flags & TDP_SLOT_DIRTY_LOG)) {
 		s->flags &= ~TDP_SLOT_DIRTY_LOG;
@@ -399,7 +399,7 @@ int tdp_dirty_log_get(tdp_vm *vm, int slot_id, uint64_t *bitmap, size_t nwords, 
 				tdp_mmu_wrprot(vm, g, g + 1, 1);
 			}
 	}
-	if (any)
+	if (any && FLUSH_SITE(vm, DIRTY_LOG_GET))
 		kvm_flush_remote_tlbs_range(vm, s->base_gfn, s->npages);
 	*ndirty = n;
 	vm_log(vm, EV_DIRTY_LOG_GET, (u64)slot_id, 0, 0, 0, 0);
@@ -429,7 +429,7 @@ int tdp_write_protect_gfn(tdp_vm *vm, uint64_t gfn, int enable)
 			s->nwrtrack++;
 		s->wrtrack[i >> 6] |= 1ull << (i & 63);
 		/* kvm_write_track_add_gfn(): write-protect, flush if changed. */
-		if (tdp_mmu_write_protect_gfn(vm, gfn))
+		if (tdp_mmu_write_protect_gfn(vm, gfn) && FLUSH_SITE(vm, WRITE_TRACK))
 			kvm_flush_remote_tlbs(vm);
 	} else {
 		if (s->wrtrack[i >> 6] & (1ull << (i & 63)))

@@ -183,6 +183,7 @@ void kvm_arch_flush_shadow_memslot(struct tdp_vm *vm, struct memslot *s)
 	if (vm->pol.memslot_delete_zap_all) {
 		kvm_mmu_zap_all_fast(vm);
 	} else {
+		/* not a KVM flush site: B18's precise zap (policy memslot_delete_zap_all off) */
 		if (tdp_mmu_zap_leafs_all(vm, start, end, ROOTS_ALL, false, false))
 			kvm_flush_remote_tlbs_range(vm, start, end - start);
 	}
@@ -192,7 +193,7 @@ void kvm_arch_flush_shadow_memslot(struct tdp_vm *vm, struct memslot *s)
  * range before dropping mmu_lock. */
 void kvm_zap_gfn_range_flush(struct tdp_vm *vm, u64 start, u64 end, bool flush_needed)
 {
-	if (flush_needed)
+	if (flush_needed && FLUSH_SITE(vm, ZAP_GFN_RANGE))
 		kvm_flush_remote_tlbs_range(vm, start, end - start);
 }
 
@@ -200,7 +201,7 @@ void kvm_zap_gfn_range_flush(struct tdp_vm *vm, u64 start, u64 end, bool flush_n
  * [start, end). */
 void kvm_recover_huge_pages_flush(struct tdp_vm *vm, u64 start, u64 end, bool flush_needed)
 {
-	if (flush_needed)
+	if (flush_needed && FLUSH_SITE(vm, RECOVER_HUGE))
 		kvm_flush_remote_tlbs_range(vm, start, end - start);
 }
 
@@ -213,8 +214,8 @@ int tdp_kvm_zap_gfn_range(tdp_vm *vm, uint64_t start, uint64_t end, int shared, 
 	if (r)
 		return r;
 	*flushed = flush;
-	if (!flush)
-		return 0;
+	if (!flush || !FLUSH_SITE(vm, ZAP_GFN_RANGE))
+		return 0; /* (the mutant without this flush neither does nor logs it) */
 	vm_op_start(vm); /* the flush the zap owes happens whatever else is pending */
 	kvm_zap_gfn_range_flush(vm, start, end, true);
 	vm_log(vm, EV_FLUSH_RANGE, start, end - start, 0, 0, 0);
@@ -335,7 +336,7 @@ static void delete_memslot_start(struct tdp_vm *vm, struct vm_op *o)
 static int delete_memslot_finish(struct tdp_vm *vm, struct vm_op *o)
 {
 	struct memslot *s = memslot_by_id(vm, (int)o->a);
-	if (!vm->pol.memslot_delete_zap_all && op_flush_needed(o) && s)
+	if (!vm->pol.memslot_delete_zap_all && op_flush_needed(o) && s) /* not a KVM flush site: B18 */
 		kvm_flush_remote_tlbs_range(vm, s->base_gfn, s->npages);
 	if (s) {
 		checker_check_range_unmapped(vm, s->base_gfn, s->base_gfn + s->npages, TDP_V_DELETED_SLOT_MAPPED); /* I5 */
@@ -359,7 +360,7 @@ static void clear_dirty_start(struct tdp_vm *vm, struct vm_op *o)
 
 static int wrprot_finish(struct tdp_vm *vm, struct vm_op *o)
 {
-	if (o->op.result)
+	if (o->op.result && FLUSH_SITE(vm, WRPROT))
 		kvm_flush_remote_tlbs_range(vm, o->a, o->b - o->a);
 	return o->op.result;
 }

@@ -54,7 +54,7 @@ int mmu_notifier_unmap_prepare(struct tdp_vm *vm, u64 start, u64 end)
  * freeing the pages, and invalidate_range_end. */
 void mmu_notifier_unmap_finish(struct tdp_vm *vm, u64 start, u64 end, bool flush)
 {
-	if (flush)
+	if (flush && FLUSH_SITE(vm, NOTIFIER_UNMAP))
 		kvm_flush_remote_tlbs(vm);
 	/* I1: the zap is over and the pages are about to go back to the host. */
 	checker_check_range_unmapped(vm, start, end, TDP_V_NOTIFIER_RANGE_MAPPED);
@@ -109,7 +109,8 @@ int tdp_host_migrate(tdp_vm *vm, uint64_t gfn, uint64_t *new_pfn)
 	if (memslot_set_backing(vm, s, gfn, old))
 		return vm_err(vm, TDP_ENOMEM, "out of host memory");
 	kvm_mmu_invalidate_begin(vm, gfn, gfn + 1);
-	if (tdp_mmu_zap_leafs_all(vm, gfn, gfn + 1, mmu_notifier_roots(vm), false, false))
+	if (tdp_mmu_zap_leafs_all(vm, gfn, gfn + 1, mmu_notifier_roots(vm), false, false) &&
+	    FLUSH_SITE(vm, HOST_MIGRATE))
 		kvm_flush_remote_tlbs(vm);
 	checker_check_range_unmapped(vm, gfn, gfn + 1, TDP_V_NOTIFIER_RANGE_MAPPED); /* I1 */
 	u32 f = hostmem_alloc(&vm->mem, FRAME_GUEST); /* a frame is available: checked above */

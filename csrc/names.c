@@ -161,3 +161,16 @@ void tdp_spte_constants(struct tdp_spte_constants *out)
 }
 _Static_assert(TDP_BATCH_WALKED == TDP_OUT_BLOCKED + 1 && TDP_BATCH_FAULTS == TDP_BATCH_WALKED + TDP_TLB_HIT_L2 + 1,
 	       "tdp_access_batch() counts: outcomes, then tlb_hit values, then faults");
+
+static const struct { const char *name, *arch, *where, *what; } flush_sites[] = {
+#define SITE(id, name, arch, where, what) [FS_##id] = {name, arch, where, what},
+#include "flush_sites.def"
+#undef SITE
+};
+_Static_assert(NAMES_LEN(flush_sites) == FS_COUNT, "a name for every flush site");
+
+int tdp_flush_site_count(void) { return FS_COUNT - 1; }
+const char *tdp_flush_site_name(int id) { return id > 0 && id < FS_COUNT ? flush_sites[id].name : NULL; }
+const char *tdp_flush_site_arch(int id) { return id > 0 && id < FS_COUNT ? flush_sites[id].arch : NULL; }
+const char *tdp_flush_site_where(int id) { return id > 0 && id < FS_COUNT ? flush_sites[id].where : NULL; }
+const char *tdp_flush_site_what(int id) { return id > 0 && id < FS_COUNT ? flush_sites[id].what : NULL; }

@@ -161,6 +161,7 @@ static void handle_removed_pt(struct tdp_vm *vm, u32 f, bool shared)
 		t[i] = FROZEN_SPTE;
 		handle_changed_spte(vm, base + (u64)i * span, old, FROZEN_SPTE, level, shared);
 	}
+	/* not a KVM flush site: removed_pt_flush, the B6 era's flushes (none since v6.x) */
 	if (vm->pol.removed_pt_flush == 1)
 		kvm_flush_remote_tlbs_range(vm, base, 512 * span);
 	else if (vm->pol.removed_pt_flush == 2)
@@ -208,7 +209,7 @@ int tdp_mmu_zap_spte_atomic(struct tdp_vm *vm, struct tdp_iter *it)
 		return -1;
 	}
 	*it->sptep = FROZEN_SPTE;
-	if (vm->pol.shared_zap_flush)
+	if (vm->pol.shared_zap_flush && FLUSH_SITE(vm, SHARED_ZAP))
 		kvm_flush_remote_tlbs_range(vm, it->gfn, pages_per_level(it->level));
 	*it->sptep = SHADOW_NONPRESENT_VALUE;
 	it->old_spte = SHADOW_NONPRESENT_VALUE;
@@ -238,7 +239,7 @@ static bool tdp_mmu_iter_cond_resched(struct tdp_vm *vm, struct tdp_op *op, bool
 		return false;
 	if (!tdp_op_need_resched(op))
 		return false;
-	if (*flush && vm->pol.flush_before_yield) {
+	if (*flush && vm->pol.flush_before_yield && FLUSH_SITE(vm, YIELD)) {
 		kvm_flush_remote_tlbs(vm);
 		*flush = false;
 	}
@@ -351,7 +352,7 @@ void tdp_mmu_put_root_internal(struct tdp_vm *vm, u32 id, bool shared)
 	vm->stats[ST_roots_freed]++;
 	hostmem_free_rcu(&vm->mem, f);
 	vm_trace(vm, TR_ROOT_FREE, 0, id, hostmem_pfn(&vm->mem, f), 0);
-	if (vm->pol.flush_on_put_root)
+	if (vm->pol.flush_on_put_root) /* not a KVM flush site: the eager alternative the seed thread weighs */
 		kvm_flush_remote_tlbs(vm);
 }
 
@@ -401,6 +402,7 @@ bool tdp_mmu_zap_sp_frame(struct tdp_vm *vm, u32 f)
 	*sptep = SHADOW_NONPRESENT_VALUE;
 	vm->stats[ST_zapped_nonleaf]++;
 	handle_changed_spte(vm, fr->sp_gfn, old, SHADOW_NONPRESENT_VALUE, plevel, false);
+	/* not a KVM flush site: the per_spte_flush and flush_after_zap policies */
 	if (vm->pol.per_spte_flush)
 		kvm_flush_remote_tlbs_range(vm, fr->sp_gfn, pages_per_level(plevel));
 	if (vm->pol.flush_after_zap)
@@ -451,7 +453,7 @@ static int zap_leafs_spte(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root 
 			return 1;
 	} else {
 		tdp_mmu_iter_set_spte(vm, it, SHADOW_NONPRESENT_VALUE);
-		if (!r->invalid)
+		if (!r->invalid && FLUSH_SITE(vm, ZAP_LEAF_FLAG))
 			op->flush = true;
 	}
 	vm->stats[ST_zapped_leaf_l1 + it->level - 1]++;
@@ -569,7 +571,7 @@ static int op_body(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root *r)
 
 	if (vm->stats[ST_spte_writes] != writes) {
 		op->changed = true;
-		if (vm->pol.per_spte_flush && op->kind != OP_SPLIT)
+		if (vm->pol.per_spte_flush && op->kind != OP_SPLIT) /* not a KVM flush site: a policy */
 			kvm_flush_remote_tlbs_range(vm, gfn, pages_per_level(level));
 	}
 	return rc;
@@ -660,7 +662,7 @@ static bool op_bulk_table(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root 
 		op->changed = true;
 		if (op->kind == OP_ZAP_LEAFS) {
 			op->result = true;
-			if (!op->shared && !r->invalid)
+			if (!op->shared && !r->invalid && FLUSH_SITE(vm, ZAP_LEAF_FLAG))
 				op->flush = true;
 		}
 	}
@@ -690,7 +692,8 @@ int tdp_op_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yield)
 				}
 			}
 			if (!r) {
-				/* flush_after_zap: every zap that changed something flushes. */
+				/* flush_after_zap: every zap that changed something flushes
+				 * (not a KVM flush site: a policy). */
 				if (vm->pol.flush_after_zap && op->changed &&
 				    (op->kind == OP_ZAP_LEAFS || op->kind == OP_ZAP_ROOTS))
 					kvm_flush_remote_tlbs(vm);

@@ -156,7 +156,8 @@ int tdp_mmu_recover_huge_spte(struct tdp_vm *vm, struct tdp_op *op)
 	if (tdp_mmu_set_spte_atomic(vm, it, huge))
 		return 1;
 	vm->stats[ST_huge_pages_recovered]++;
-	op->flush = true;
+	if (FLUSH_SITE(vm, RECOVER_HUGE_FLAG))
+		op->flush = true;
 	/* The flush must cover the whole huge page (KVM flushes the memslot), not
 	 * just the window: a 1G leaf unlinks tables outside it. */
 	u64 lo = it->gfn, hi = it->gfn + pages_per_level(it->level);
@@ -207,14 +208,16 @@ int tdp_mmu_nx_recover_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yi
 				tdp_mmu_zap_sp_frame(vm, f);
 				op->flush = had;
 			} else {
-				op->flush |= tdp_mmu_zap_sp_frame(vm, f);
+				bool zapped = tdp_mmu_zap_sp_frame(vm, f);
+				if (FLUSH_SITE(vm, NX_RECOVER_FLAG))
+					op->flush |= zapped;
 			}
 			if (vm->mem.frames[f].sp_nx)
 				untrack_possible_nx_huge_page(vm, f);
 			op->nx_done++;
 		}
 		if (tdp_op_need_resched(op)) {
-			if (op->flush)
+			if (op->flush && FLUSH_SITE(vm, NX_RECOVER_YIELD))
 				kvm_flush_remote_tlbs(vm);
 			op->flush = false;
 			vm->stats[ST_iter_yields]++;
@@ -225,7 +228,7 @@ int tdp_mmu_nx_recover_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yi
 			}
 		}
 	}
-	if (op->flush)
+	if (op->flush && FLUSH_SITE(vm, NX_RECOVER_END))
 		kvm_flush_remote_tlbs(vm);
 	op->flush = false;
 	return 1;

@@ -201,7 +201,7 @@ static int map_handle_target_level(struct tdp_vm *vm, struct kvm_page_fault *fau
 		return RET_PF_RETRY;
 	} else if (is_shadow_present_pte(it->old_spte) && !is_last_spte(it->old_spte, it->level)) {
 		/* A huge leaf replaced a table: flush (gfn, level) before leaving RCU. */
-		if (vm->pol.map_huge_over_table_flush)
+		if (vm->pol.map_huge_over_table_flush && FLUSH_SITE(vm, MAP_HUGE_OVER_TABLE))
 			kvm_flush_remote_tlbs_range(vm, it->gfn, pages_per_level(it->level));
 		*flushed = true;
 	}

@@ -127,6 +127,8 @@ struct tdp_config {
 	int no_bulk;          /* test hook: always take the per-SPTE path (the specification)
 	                       * instead of the whole-table bulk paths that give the same result */
 	int invariants;       /* enum tdp_invariant mask of state invariants to check (0: none) */
+	int mutant;           /* the engine's mutation test: remove this flush site (1 ..
+	                       * tdp_flush_site_count(), see tdp_flush_site_name(); 0: none) */
 };
 
 struct tdp_tlb_array_config { int sets; int ways; };
@@ -465,5 +467,13 @@ const char *tdp_invept_type_name(int type);         /* enum tdp_invept_type: "si
 const char *tdp_invvpid_type_name(int type);        /* enum tdp_invvpid_type: "individual", ... */
 const char *tdp_walk_status_name(int status);       /* enum tdp_walk_status: "ok", "violation", ... */
 const char *tdp_policy_value_name(const char *policy_switch, int value);
+/* The engine's flush sites (the mutation test, struct tdp_config.mutant): ids 1 ..
+ * tdp_flush_site_count(); name, vendor ("vmx", "svm"; "": both), the KVM function it
+ * models, what it does. NULL out of range. */
+int tdp_flush_site_count(void);
+const char *tdp_flush_site_name(int id);
+const char *tdp_flush_site_arch(int id);
+const char *tdp_flush_site_where(int id);
+const char *tdp_flush_site_what(int id);
 
 #endif

@@ -276,6 +276,10 @@ int tdp_vm_create(const struct tdp_config *cfg, const struct tdp_tlb_config *tlb
 			 cfg->invariants);
 		return TDP_EINVAL;
 	}
+	if (cfg->mutant < 0 || cfg->mutant >= FS_COUNT) {
+		snprintf(err, errlen, "mutant must be a flush site id 1..%d (0: none), got %d", FS_COUNT - 1, cfg->mutant);
+		return TDP_EINVAL;
+	}
 	if (cfg->frame_limit > POOL_MAX_FRAMES) {
 		snprintf(err, errlen, "frame_limit must be at most %u", POOL_MAX_FRAMES);
 		return TDP_EINVAL;

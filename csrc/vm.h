@@ -23,6 +23,17 @@ enum stat_id {
 	ST_COUNT
 };
 
+/* The engine's flush sites (flush_sites.def). FLUSH_SITE(vm, ID) guards each one: true
+ * unless this VM is the mutant that removes it (struct tdp_config.mutant). */
+enum flush_site_id {
+	FS_NONE = 0,
+#define SITE(id, name, arch, where, what) FS_##id,
+#include "flush_sites.def"
+#undef SITE
+	FS_COUNT
+};
+#define FLUSH_SITE(vm, id) ((vm)->cfg.mutant != FS_##id)
+
 struct tdp_vm {
 	struct tdp_config cfg;
 	struct tdp_tlb_config tlbcfg;

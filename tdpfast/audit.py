@@ -4,6 +4,11 @@ explorer found a violation without it: its kind, the shrunk reproducer's length,
 operations it took) or *not shown necessary* in the operations explored. The question of
 the seed thread ("is this deferred flush safe?"), asked of every switchable flush at once.
 
+``--mutants`` asks it of every flush site of the engine itself instead (the sites marked in
+``csrc/flush_sites.def``, each removed in turn from the C engine under KVM's policy: the
+engine's mutation test). A mutant the explorer catches is *killed*; the share killed on at
+least one vendor is the mutation score.
+
 The sites are run as units of :mod:`tdpfast.scheduler` (in-process, ``--jobs N`` or a Dask
 cluster); each unit is deterministic by seed, so the table does not depend on where it ran.
 """
@@ -16,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import fuzz, jsondoc
+from . import flush_sites, fuzz, jsondoc
 from .errors import InvalidArgumentError
 from .policy import Policy
 
@@ -29,6 +34,8 @@ class Site:
     name: str
     removed: Tuple[Tuple[str, Any], ...]
     where: str
+    mutant: Optional[str] = None      # an engine flush site (flush_sites.py) removed instead
+    archs: Tuple[str, ...] = ("vmx", "svm")   # the vendors whose code has the flush
 
     def policy(self) -> Policy:
         return Policy.kvm().replace(**dict(self.removed))
@@ -54,7 +61,11 @@ SITES: Tuple[Site, ...] = (
     Site("map_huge_over_table_flush", (("map_huge_over_table_flush", False),),
          "the fault path flushes after a huge leaf replaces a table (1e203847aa92)"),
 )
-_BY_NAME = {s.name: s for s in SITES}
+# The engine's own flush sites, each a mutant of the C engine under KVM's policy.
+MUTANTS: Tuple[Site, ...] = tuple(Site(f.name, (), f"{f.where}: {f.what}", mutant=f.name, archs=f.archs)
+                                  for f in flush_sites.SITES)
+_BY_NAME = {s.name: s for s in SITES + MUTANTS}
+assert len(_BY_NAME) == len(SITES) + len(MUTANTS), "a policy site and an engine flush site share a name"
 ARCHS = ("vmx", "svm")
 
 
@@ -62,17 +73,36 @@ def audit_site(name: str, arch: str, seed: int, budget_s: float, max_ops: Option
                invariants: bool) -> Dict[str, Any]:
     """One unit: the explorer on one vendor with one flush removed. Module level, picklable."""
     site = _BY_NAME[name]
-    cfg = fuzz.FuzzConfig(policy=site.policy(), arch=arch, invariants=invariants)
+    cfg = fuzz.FuzzConfig(policy=site.policy(), arch=arch, invariants=invariants, mutant=site.mutant)
     t0 = time.monotonic()
     finding, total = fuzz.run(cfg, seed=seed, budget_s=budget_s, max_ops=max_ops, shrink_budget_s=shrink_budget_s)
-    row = {"site": name, "arch": arch, "removed": dict(site.removed), "where": site.where,
+    row = {"site": name, "arch": arch, "removed": dict(site.removed), "mutant": site.mutant, "where": site.where,
            "verdict": "not_shown", "kind": None, "reproducer_events": None, "ops_to_find": None,
            "ops_explored": total, "vm_seed": None, "witness": None, "seconds": round(time.monotonic() - t0, 3)}
     if finding is not None:
-        row.update(verdict="load_bearing" if finding.witness.verdict == "policy" else "engine_or_caller",
+        w = finding.witness
+        # A policy site is load-bearing when the reproducer accuses the policy alone. A mutant
+        # is killed when its reproducer violates on the mutant: KVM's engine may violate on the
+        # shrunk sequence too when the removed flush is one the log records as its caller's
+        # own step (zap_gfn_range's flush), which the witness shows.
+        caught = w.policy_violates if site.mutant else w.verdict == "policy"
+        row.update(verdict="load_bearing" if caught else "engine_or_caller",
                    kind=finding.violation.kind, reproducer_events=len(finding.minimal),
-                   ops_to_find=finding.ops_explored, vm_seed=finding.seed, witness=finding.witness.as_dict())
+                   ops_to_find=finding.ops_explored, vm_seed=finding.seed, witness=w.as_dict())
     return row
+
+
+def mutation_score(rows: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """Of the engine flush sites audited as mutants: how many the explorer killed on at
+    least one vendor (``None`` when no mutant was audited)."""
+    sites: Dict[str, bool] = {}
+    for r in rows:
+        if r["mutant"]:
+            sites[r["site"]] = sites.get(r["site"], False) or r["verdict"] == "load_bearing"
+    if not sites:
+        return None
+    return {"sites": len(sites), "killed": sum(sites.values()),
+            "survived": sorted(n for n, k in sites.items() if not k)}
 
 
 @dataclass
@@ -88,7 +118,7 @@ def run(sites: List[Site], archs: List[str], sched, *, seed: int, budget_s: floa
     from .scheduler import Unit, drive
 
     todo = [Unit(f"{s.name}/{a}", audit_site, (s.name, a, seed, budget_s, max_ops, shrink_budget_s, invariants))
-            for s in sites for a in archs]
+            for s in sites for a in archs if a in s.archs]
     pending = list(todo)
     done: Dict[str, Dict[str, Any]] = {}
     t0 = time.monotonic()
@@ -111,14 +141,16 @@ def document(res: AuditResult, args) -> dict:
     """The ``tdpfast audit --json`` document (docs/json/audit.md)."""
     doc = jsondoc.header("audit")
     doc.update(status="interrupted" if res.interrupted else "done",
-               config={"archs": list(args.archs), "sites": [s.name for s in args.sites], "seed": args.seed,
+               config={"archs": list(args.archs), "sites": [s.name for s in args.sites], "mutants": args.mutants,
+                       "seed": args.seed,
                        "budget_s": args.budget, "max_ops": args.max_ops, "shrink_budget_s": args.shrink_budget,
                        "invariants": args.invariants},
                seconds=round(res.seconds, 3),
                summary={"runs": len(res.rows),
                         "load_bearing": sum(r["verdict"] == "load_bearing" for r in res.rows),
                         "not_shown": sum(r["verdict"] == "not_shown" for r in res.rows),
-                        "engine_or_caller": sum(r["verdict"] == "engine_or_caller" for r in res.rows)},
+                        "engine_or_caller": sum(r["verdict"] == "engine_or_caller" for r in res.rows),
+                        "mutation_score": mutation_score(res.rows)},
                results=res.rows)
     return doc
 
@@ -132,10 +164,13 @@ def table(rows: List[Dict[str, Any]], archs: List[str]) -> str:
             return "-"
         if r["verdict"] == "not_shown":
             return f"not shown necessary in {r['ops_explored']:,} ops"
-        tag = "load-bearing" if r["verdict"] == "load_bearing" else "engine/caller defect"
+        if r["verdict"] == "load_bearing":
+            tag = "killed" if r["mutant"] else "load-bearing"
+        else:
+            tag = "engine/caller defect"
         return f"{tag}: {r['kind']} after {r['ops_to_find']:,} ops, {r['reproducer_events']}-event reproducer"
 
-    names = [s.name for s in SITES if any((s.name, a) in by for a in archs)]
+    names = [s.name for s in SITES + MUTANTS if any((s.name, a) in by for a in archs)]
     out = ["| flush site | " + " | ".join(a.upper() for a in archs) + " |", "|---" * (len(archs) + 1) + "|"]
     for n in names:
         out.append(f"| `{n}` | " + " | ".join(cell(by.get((n, a))) for a in archs) + " |")
@@ -144,8 +179,47 @@ def table(rows: List[Dict[str, Any]], archs: List[str]) -> str:
 
 def _site(text: str) -> Site:
     if text not in _BY_NAME:
-        raise argparse.ArgumentTypeError(f"unknown site {text!r}; sites: {', '.join(_BY_NAME)}")
+        raise argparse.ArgumentTypeError(f"unknown site {text!r}; policy sites: {', '.join(s.name for s in SITES)}; "
+                                         f"engine flush sites (mutants): {', '.join(s.name for s in MUTANTS)}")
     return _BY_NAME[text]
+
+
+def chart(rows: List[Dict[str, Any]], archs: List[str], path: str, title: str) -> None:
+    """One bar per site and vendor: operations until the explorer found a violation without
+    that flush (log scale); a site not shown necessary gets a hollow bar at the operations it
+    ran. Needs matplotlib (pip install "tdpfast[bench]")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["site"] for r in rows))
+    by = {(r["site"], r["arch"]): r for r in rows}
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(names) * len(archs) + 1.6))
+    h = 0.8 / len(archs)
+    colors = {"vmx": "#1f77b4", "svm": "#d62728"}
+    for j, a in enumerate(archs):
+        for i, n in enumerate(names):
+            r = by.get((n, a))
+            if r is None:
+                continue
+            y = i + (j - (len(archs) - 1) / 2) * h
+            found = r["verdict"] == "load_bearing"
+            x = r["ops_to_find"] if found else r["ops_explored"]
+            ax.barh(y, max(x, 1), height=h * 0.9, color=colors.get(a, "gray") if found else "none",
+                    edgecolor=colors.get(a, "gray"), hatch=None if found else "//",
+                    label=f"{a.upper()}: found" if found else f"{a.upper()}: not shown in N ops")
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("explorer operations until a violation (hollow: none in that many)")
+    ax.set_title(title)
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=min(4, len(uniq)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -159,7 +233,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "Exit status 0 when every run finished, 2 on usage errors, 130 on Ctrl-C (the finished runs are "
         "printed).")
     au.add_argument("--site", dest="sites", action="append", type=_site, metavar="NAME",
-                    help=f"audit only this site (repeatable): {', '.join(_BY_NAME)}")
+                    help="audit only this site (repeatable): a policy site "
+                         f"({', '.join(s.name for s in SITES)}) or an engine flush site "
+                         f"({', '.join(s.name for s in MUTANTS)})")
+    au.add_argument("--mutants", action="store_true",
+                    help="audit every flush site of the engine itself (csrc/flush_sites.def), each removed in "
+                         "turn under KVM's policy, and report the mutation score")
+    au.add_argument("--chart", metavar="FILE.png",
+                    help="also draw the operations-to-find chart (needs matplotlib: pip install \"tdpfast[bench]\")")
     au.add_argument("--arch", choices=("vmx", "svm", "both"), default="both")
     au.add_argument("--budget", type=_seconds(zero_ok=False), default=10.0, metavar="SECONDS",
                     help="exploration time per site and vendor (default 10)")
@@ -188,7 +269,18 @@ def cmd(args) -> int:
         spec = parse_spec(args.jobs, args.scheduler)      # everything is checked before working
     except InvalidArgumentError as e:
         raise UsageError(str(e)) from None
-    args.sites = args.sites or list(SITES)
+    if args.sites and args.mutants:
+        raise UsageError("give --site NAME ... or --mutants, not both")
+    if args.chart:
+        from .cli import check_output_file
+
+        check_output_file(args.chart, "--chart")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError('--chart needs matplotlib: pip install "tdpfast[bench]"') from None
+    args.sites = args.sites or list(MUTANTS if args.mutants else SITES)
+    args.mutants = all(s.mutant for s in args.sites)
     args.archs = list(ARCHS) if args.arch == "both" else [args.arch]
     if not args.json:
         print(f"tdpfast audit: {len(args.sites)} flush site(s) x {len(args.archs)} vendor(s), budget "
@@ -203,11 +295,21 @@ def cmd(args) -> int:
         res = run(args.sites, args.archs, sched, seed=args.seed, budget_s=args.budget, max_ops=args.max_ops,
                   shrink_budget_s=args.shrink_budget, invariants=args.invariants, progress=line)
     line.done()
+    if args.chart and res.rows:
+        what = "engine flush sites removed (mutants)" if args.mutants else "policy flush switches removed"
+        chart(res.rows, args.archs, args.chart,
+              f"tdpfast audit: {what}, {args.budget:g} s per site and vendor")
     if args.json:
         print(json.dumps(document(res, args), indent=2))
     else:
         print(table(res.rows, args.archs))
         n = sum(r["verdict"] == "load_bearing" for r in res.rows)
-        print(f"\n{'INTERRUPTED: ' if res.interrupted else ''}{n} of {len(res.rows)} runs load-bearing "
-              f"({res.seconds:.1f}s)")
+        print(f"\n{'INTERRUPTED: ' if res.interrupted else ''}{n} of {len(res.rows)} runs "
+              f"{'killed their mutant' if args.mutants else 'load-bearing'} ({res.seconds:.1f}s)")
+        score = mutation_score(res.rows)
+        if score:
+            print(f"mutation score: {score['killed']} of {score['sites']} engine flush sites killed on at least "
+                  f"one vendor" + (f"; survived: {', '.join(score['survived'])}" if score["survived"] else ""))
+        if args.chart:
+            print(f"chart: {args.chart}")
     return EXIT_INTERRUPTED if res.interrupted else EXIT_OK

@@ -239,6 +239,8 @@ def replay_command(args, seed: int, nops: int) -> str:
         parts.append("--ad" if args.ad else "--no-ad")
     if not getattr(args, "invariants", True):
         parts.append("--no-invariants")
+    if getattr(args, "mutant", None):
+        parts += ["--mutant", args.mutant]
     parts += ["--seed", str(seed), "--max-ops", str(nops)]
     return " ".join(parts)
 

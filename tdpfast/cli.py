@@ -46,6 +46,12 @@ def _seconds(*, zero_ok: bool):
     return parse
 
 
+def _flush_site_names() -> List[str]:
+    from .flush_sites import SITES
+
+    return [s.name for s in SITES]
+
+
 def _integer(lo: int, hi: Optional[int] = None):
     """An integer in [lo, hi]; without ``hi`` the engine checks the upper bound (before any work)."""
     def parse(text: str) -> int:
@@ -213,7 +219,7 @@ def cmd_fuzz(args) -> int:
         if args.out:
             check_output_file(args.out)
         cfg = fuzz.FuzzConfig(policy=policy, arch=args.arch, levels=args.levels, vcpus=args.vcpus,
-                              pcpus=args.pcpus, ad=args.ad, invariants=args.invariants)
+                              pcpus=args.pcpus, ad=args.ad, invariants=args.invariants, mutant=args.mutant)
         try:
             cfg.vm(args.seed, record=False)  # the VM shape (vCPU and pCPU counts) is one the engine takes
         except InvalidArgumentError as e:
@@ -230,7 +236,8 @@ def cmd_fuzz(args) -> int:
         if not args.json:
             print(f"tdpfast fuzz: policy {args.policy}{' with ' + ', '.join(args.set) if args.set else ''}, "
                   f"{args.arch}, {args.levels}-level, budget {args.budget:g}s, seed {args.seed}"
-                  f"{'' if args.invariants else ', invariants off'}", file=sys.stderr)
+                  f"{'' if args.invariants else ', invariants off'}"
+                  f"{f', mutant {args.mutant}' if args.mutant else ''}", file=sys.stderr)
         t0 = time.monotonic()
         finding, total = fuzz.run(cfg, seed=args.seed, budget_s=args.budget, max_ops=args.max_ops,
                                   shrink_budget_s=args.shrink_budget, stop=lambda: bool(stopping),
@@ -313,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="check the state invariants (I1, I5, well-formed tables, I7) after every step (default)")
     fz.add_argument("--no-invariants", dest="invariants", action="store_false",
                     help="only the checker of guest accesses (faster; see README for the cost)")
+    fz.add_argument("--mutant", metavar="SITE", choices=_flush_site_names(),
+                    help="search the engine with this flush site removed (its mutation test; "
+                         "`tdpfast audit --mutants` runs them all): " + ", ".join(_flush_site_names()))
     fz.add_argument("--budget", type=_seconds(zero_ok=False), default=10.0, metavar="SECONDS",
                     help="exploration time (default 10)")
     fz.add_argument("--max-ops", type=_integer(1, U64_MAX), default=None, metavar="N",

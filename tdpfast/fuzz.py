@@ -31,6 +31,7 @@ class FuzzConfig:
     tlb: TLBConfig = field(default_factory=TLBConfig.adversarial)
     chunk: int = 4000             # operations per VM before a fresh one (short histories shrink well)
     invariants: bool = True       # check the state invariants (tdpfast/invariants.py) after every step
+    mutant: Optional[str] = None  # the engine with this flush site removed (tdpfast/flush_sites.py)
 
     def ad_for(self, seed: int) -> bool:
         return self.ad if self.ad is not None else seed % 2 == 0
@@ -38,7 +39,8 @@ class FuzzConfig:
     def vm(self, seed: int, record: bool) -> VM:
         return VM(arch=self.arch, levels=self.levels, seed=seed, vcpus=self.vcpus, pcpus=self.pcpus,
                   tlb=self.tlb, policy=self.policy, ad=self.ad_for(seed),
-                  maxphyaddr=52 if self.levels == 5 else 46, record=record, invariants=self.invariants)
+                  maxphyaddr=52 if self.levels == 5 else 46, record=record, invariants=self.invariants,
+                  mutant=self.mutant)
 
 
 @dataclass
@@ -87,8 +89,9 @@ class Witness:
 
 
 def kvm_twin(cfg: FuzzConfig) -> FuzzConfig:
-    """The same VM shape under KVM's policy: the other side of a differential witness."""
-    return dataclasses.replace(cfg, policy=Policy.kvm())
+    """The same VM shape under KVM's policy on the engine as it is (no mutant): the other
+    side of a differential witness."""
+    return dataclasses.replace(cfg, policy=Policy.kvm(), mutant=None)
 
 
 def witness(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> Witness:
@@ -179,7 +182,7 @@ def _shrink(cfg: FuzzConfig, seed: int, events: List[Event], kind: str,
     complete = True
     # When the whole history violates under KVM's policy as well, no shrink can make it a
     # witness against the policy; it is shrunk as it is (and reported as such).
-    differential = cfg.policy != Policy.kvm() and not replay(kvm, seed, cur).violations
+    differential = (cfg.policy, cfg.mutant) != (kvm.policy, kvm.mutant) and not replay(kvm, seed, cur).violations
     # Two cheap passes before ddmin, for long histories: cut a prefix (keeping the memslot
     # layout), then drop whole kinds of event; the last event (the violating access) stays.
     layout = ("add_memslot", "delete_memslot")
@@ -241,7 +244,8 @@ def reproducer(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> str:
              "from tdpfast import VM, Policy, TLBConfig", "",
              f"vm = VM(arch={cfg.arch!r}, levels={cfg.levels}, seed={seed}, vcpus={cfg.vcpus}, pcpus={cfg.pcpus}, "
              f"ad={cfg.ad_for(seed)}, maxphyaddr={52 if cfg.levels == 5 else 46}, tlb=TLBConfig.adversarial(),",
-             f"        policy={pol_txt}{', invariants=True' if cfg.invariants else ''})"]
+             f"        policy={pol_txt}{', invariants=True' if cfg.invariants else ''}"
+             f"{f', mutant={cfg.mutant!r}' if cfg.mutant else ''})"]
     ops = {}
     k = 0
     for e in events:
@@ -303,7 +307,7 @@ def document(cfg: FuzzConfig, *, policy_name: str, seed: int, budget_s: float, m
         status="interrupted" if interrupted else ("violation" if finding else "clean"),
         policy=policy_name, switches=cfg.policy.changed(),
         config={"arch": cfg.arch, "levels": cfg.levels, "vcpus": cfg.vcpus, "pcpus": cfg.pcpus, "ad": cfg.ad,
-                "invariants": cfg.invariants, "seed": seed, "budget_s": budget_s, "max_ops": max_ops, "shrink_budget_s": shrink_budget_s},
+                "invariants": cfg.invariants, "mutant": cfg.mutant, "seed": seed, "budget_s": budget_s, "max_ops": max_ops, "shrink_budget_s": shrink_budget_s},
         ops_explored=ops_explored, seconds=round(seconds, 3),
         ops_per_second=round(ops_explored / seconds, 1) if seconds > 0 else 0.0,
         violation=jsondoc.violation(finding.violation) if finding else None,

@@ -7,7 +7,7 @@ import array
 import threading
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
-from . import _native, events as _events, invariants as _invariants, ops as _ops
+from . import _native, events as _events, flush_sites as _flush_sites, invariants as _invariants, ops as _ops
 from ._args import _access_code, _bool, _choice, _int
 from ._lock import locked
 from ._native import c_name_table, c_names, check, ffi, lib
@@ -76,6 +76,9 @@ class VM:
     - ``bulk``: let zaps and ``map_range`` process whole tables in one loop where nothing can
       observe the single steps (same tables, counters, costs and events); ``False`` keeps
       the per-SPTE paths only.
+    - ``mutant``: the engine's mutation test: the name of one of the engine's flush sites
+      (``tdpfast.flush_sites.SITES``, e.g. ``"yield"``) to remove, under whatever policy is
+      given; ``None`` (the default) is the engine as it is.
 
     A VM is safe to share between threads: every call holds the VM's own lock while it
     touches the model (calls on one VM run one at a time; separate VMs run in parallel).
@@ -89,7 +92,7 @@ class VM:
                  frame_limit: Optional[int] = None, max_asid: int = 32767, min_asid: int = 1,
                  flush_by_asid: bool = True, trace: bool = False, record: bool = False,
                  costs: Optional[Dict[str, int]] = None, kernel: Optional[str] = None, bulk: bool = True,
-                 invariants=False):
+                 invariants=False, mutant: Optional[str] = None):
         self._lock = threading.RLock()
         self._unlogged: List[tuple] = []   # (event count, what) of state changes the log does not hold
         if not isinstance(arch, str) or arch not in _ARCH:
@@ -115,7 +118,7 @@ class VM:
                             policy=policy, ad=ad, mbec=mbec, maxphyaddr=maxphyaddr, hpa_base=hpa_base,
                             frame_limit=frame_limit, max_asid=max_asid, min_asid=min_asid,
                             flush_by_asid=flush_by_asid, trace=trace, record=record, costs=costs, bulk=bulk,
-                            invariants=invariants)
+                            invariants=invariants, mutant=mutant)
         cfg = ffi.new("struct tdp_config *")
         lib.tdp_default_config(cfg)
         cfg.arch = _ARCH[arch]
@@ -136,6 +139,8 @@ class VM:
         cfg.no_bulk = int(not bulk)   # bulk=False: the per-SPTE paths only (tests/test_bulk_paths.py)
         # State invariants (tdpfast/invariants.py): True, False, or a collection of names.
         cfg.invariants = _invariants.mask(invariants)
+        # The engine's mutation test (tdpfast/flush_sites.py): one flush site removed.
+        cfg.mutant = _flush_sites.site_id(mutant)
         c_costs = ffi.new("struct tdp_costs *")
         lib.tdp_default_costs(c_costs)
         for k, v in (costs or {}).items():

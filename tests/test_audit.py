@@ -62,7 +62,8 @@ def test_audit_json_matches_its_schema_and_the_table_prints():
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     schema_check.check(doc, "audit.schema.json")
-    assert doc["summary"] == {"runs": 4, "load_bearing": 2, "not_shown": 2, "engine_or_caller": 0}
+    assert doc["summary"] == {"runs": 4, "load_bearing": 2, "not_shown": 2, "engine_or_caller": 0,
+                              "mutation_score": None}
     assert [(r["site"], r["arch"]) for r in doc["results"]] == [
         ("flush_on_root_load", "vmx"), ("flush_on_root_load", "svm"),
         ("remote_flush_all_contexts", "vmx"), ("remote_flush_all_contexts", "svm")]
@@ -75,3 +76,30 @@ def test_usage_errors_exit_2_before_working():
     for args in (["--site", "nope"], ["--budget", "0"], ["--jobs", "0"], ["--arch", "arm"]):
         p = run_cli(*args)
         assert p.returncode == 2 and p.stdout == "", args
+
+
+def test_mutants_audit_the_engines_own_flush_sites(tmp_path):
+    png = tmp_path / "audit.png"
+    p = run_cli("--site", "root_load", "--site", "migrate_svm", "--site", "req_tlb_flush_guest", "--arch", "both",
+                "--max-ops", "20000", "--json", "--chart", str(png))
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    schema_check.check(doc, "audit.schema.json")
+    assert doc["config"]["mutants"] is True
+    # migrate_svm is SVM code: it runs on SVM only.
+    assert [(r["site"], r["arch"]) for r in doc["results"]] == [
+        ("root_load", "vmx"), ("root_load", "svm"), ("migrate_svm", "svm"),
+        ("req_tlb_flush_guest", "vmx"), ("req_tlb_flush_guest", "svm")]
+    by = {(r["site"], r["arch"]): r for r in doc["results"]}
+    assert by["root_load", "svm"]["verdict"] == "load_bearing" and by["root_load", "svm"]["mutant"] == "root_load"
+    assert by["root_load", "svm"]["removed"] == {} and by["root_load", "svm"]["witness"]["verdict"] == "policy"
+    # No operation of the model raises KVM_REQ_TLB_FLUSH_GUEST (it needs guest paging).
+    assert by["req_tlb_flush_guest", "vmx"]["verdict"] == "not_shown"
+    assert doc["summary"]["mutation_score"] == {"sites": 3, "killed": 2, "survived": ["req_tlb_flush_guest"]}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mutants_usage_errors(tmp_path):
+    for args in (["--mutants", "--site", "yield"], ["--chart", str(tmp_path / "no" / "x.png")]):
+        p = run_cli(*args)
+        assert p.returncode == 2 and p.stdout == "" and "Traceback" not in p.stderr, args
