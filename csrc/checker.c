@@ -102,6 +102,17 @@ bool checker_check_psc(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, u
 	return false;
 }
 
+void checker_report_stale_walk(struct tdp_vm *vm, const struct tdp_root *root, const struct tdp_iter *it)
+{
+	u32 f = it->stale_frame;
+	/* No vCPU: the host's walk; the root and the table's pfn say whose and which. */
+	append(vm, &(struct tdp_violation){
+		.kind = TDP_V_USE_AFTER_FREE, .vcpu = -1, .pcpu = -1, .gpa = it->gfn << 12, .tag = 0,
+		.stale_pfn = hostmem_pfn(&vm->mem, f), .expected_pfn = NO_PFN, .event = vm->cur_event,
+		.access = TDP_ACC_READ, .level = it->level, .frame_state = vm->mem.frames[f].state,
+		.batch_index = 0, .root = root ? root->id : 0, .spte = 0});
+}
+
 void checker_report_livelock(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, u64 batch_index)
 {
 	vm_report(vm, TDP_V_LIVELOCK, v, gpa, 0, NO_PFN, NO_PFN, access, 0, 0, batch_index);

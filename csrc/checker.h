@@ -10,6 +10,7 @@
 struct tdp_vm;
 struct vcpu;
 struct tdp_root;
+struct tdp_iter;
 
 /* The state invariants' bookkeeping, per VM: a mark per frame for the walk from
  * the roots (marked frames carry the current epoch), the state signature at the
@@ -36,6 +37,9 @@ int checker_check_translation(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int ac
  * gen, for entries of `level`) starts the walk: true if it was reported stale. */
 bool checker_check_psc(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, u64 table_pfn,
 		       u32 gen, int level, u64 tag, u64 batch_index);
+/* A TDP MMU walk of root found a table it held freed (and maybe reused) under it:
+ * it->stale_frame, at it->level; a use after free of a page-table page. */
+void checker_report_stale_walk(struct tdp_vm *vm, const struct tdp_root *root, const struct tdp_iter *it);
 /* The access's fault kept retrying. */
 void checker_report_livelock(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, u64 batch_index);
 /* For the explorer: does the vCPU's current root still give this cached translation? */

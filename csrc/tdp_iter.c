@@ -20,6 +20,19 @@ u32 spte_to_child_frame(const struct hostmem *h, u64 spte, int level)
 	return f;
 }
 
+/* The table at pt_path[level] is still the one the walk entered (same generation);
+ * otherwise the walk stops with stale_frame set. */
+static bool table_live(struct tdp_iter *it, int level)
+{
+	u32 f = it->pt_path[level];
+
+	if (it->h->frames[f].gen == it->pt_gen[level])
+		return true;
+	it->stale_frame = f;
+	it->valid = false;
+	return false;
+}
+
 static void refresh_sptep(struct tdp_iter *it)
 {
 	u64 *table = it->h->chunks[it->pt_path[it->level] / ARENA_CHUNK_FRAMES] +
@@ -35,8 +48,9 @@ void tdp_iter_restart(struct tdp_iter *it)
 	it->yielded_gfn = it->next_last_level_gfn;
 	it->level = it->root_level;
 	it->gfn = gfn_round_for_level(it->next_last_level_gfn, it->level);
-	refresh_sptep(it);
 	it->valid = true;
+	if (table_live(it, it->level)) /* the caller's reference keeps the root alive */
+		refresh_sptep(it);
 }
 
 void tdp_iter_start(struct tdp_iter *it, struct hostmem *h, u32 root_frame, int root_level,
@@ -47,6 +61,8 @@ void tdp_iter_start(struct tdp_iter *it, struct hostmem *h, u32 root_frame, int 
 	it->root_level = root_level;
 	it->min_level = min_level;
 	it->pt_path[root_level] = root_frame;
+	it->pt_gen[root_level] = h->frames[root_frame].gen;
+	it->stale_frame = NO_FRAME;
 	tdp_iter_restart(it);
 }
 
@@ -63,6 +79,7 @@ static bool try_step_down(struct tdp_iter *it)
 		return false;
 	it->level--;
 	it->pt_path[it->level] = child;
+	it->pt_gen[it->level] = it->h->frames[child].gen;
 	it->gfn = gfn_round_for_level(it->next_last_level_gfn, it->level);
 	refresh_sptep(it);
 	return true;
@@ -81,7 +98,7 @@ static bool try_step_side(struct tdp_iter *it)
 
 static bool try_step_up(struct tdp_iter *it)
 {
-	if (it->level == it->root_level)
+	if (it->level == it->root_level || !table_live(it, it->level + 1))
 		return false;
 	it->level++;
 	it->gfn = gfn_round_for_level(it->gfn, it->level);
@@ -91,6 +108,8 @@ static bool try_step_up(struct tdp_iter *it)
 
 static void step(struct tdp_iter *it)
 {
+	if (!table_live(it, it->level))
+		return;
 	if (try_step_down(it))
 		return;
 	do {
@@ -102,7 +121,9 @@ static void step(struct tdp_iter *it)
 
 void tdp_iter_next(struct tdp_iter *it)
 {
-	if (it->yielded) {
+	if (it->yielded && it->no_restart) {
+		it->yielded = false; /* the injected bug: a stale handle, caught by step() */
+	} else if (it->yielded) {
 		tdp_iter_restart(it);
 		/* B9 (fixed by 3a0f64de479c): the caller's `continue` stepped once
 		 * more after the restart, skipping the entry at the restart point. */

@@ -253,6 +253,7 @@ static bool tdp_mmu_iter_cond_resched(struct tdp_vm *vm, struct tdp_op *op, bool
 void tdp_mmu_iter_start(struct tdp_vm *vm, struct tdp_iter *it, struct tdp_root *root, int min_level, u64 start)
 {
 	it->skip_after_restart = vm->pol.iter_skip_after_yield != 0;
+	it->no_restart = vm->cfg.stale_iter != 0;
 	tdp_iter_start(it, &vm->mem, root->frame, root->level, min_level, start);
 }
 
@@ -740,6 +741,12 @@ retry:
 				op->ri = op->nroots;
 				break;
 			}
+		}
+		if (op->it.stale_frame != NO_FRAME) {
+			/* The walk found a table freed under it (tdp_iter.h): a use after
+			 * free of a page-table page, reported; the walk of this root ends. */
+			checker_report_stale_walk(vm, r, &op->it);
+			op->it.stale_frame = NO_FRAME;
 		}
 		if (op->kind == OP_ZAP_ROOTS && ++op->pass < 4 && !op->err) {
 			op->started = false;

@@ -127,6 +127,9 @@ struct tdp_config {
 	int no_bulk;          /* test hook: always take the per-SPTE path (the specification)
 	                       * instead of the whole-table bulk paths that give the same result */
 	int invariants;       /* enum tdp_invariant mask of state invariants to check (0: none) */
+	int stale_iter;       /* test hook: an injected bug - after a yield the TDP iterator goes
+	                       * on from the tables it held instead of restarting from the root;
+	                       * the engine must report the stale handle, not follow it */
 	int mutant;           /* the engine's mutation test: remove this flush site (1 ..
 	                       * tdp_flush_site_count(), see tdp_flush_site_name(); 0: none) */
 };

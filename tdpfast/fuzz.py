@@ -32,15 +32,33 @@ class FuzzConfig:
     chunk: int = 4000             # operations per VM before a fresh one (short histories shrink well)
     invariants: bool = True       # check the state invariants (tdpfast/invariants.py) after every step
     mutant: Optional[str] = None  # the engine with this flush site removed (tdpfast/flush_sites.py)
+    host_variety: bool = True     # every 4th VM (seeds 3, 7, ...): NX huge pages (VMX), 2 ASIDs per pCPU (SVM)
 
     def ad_for(self, seed: int) -> bool:
         return self.ad if self.ad is not None else seed % 2 == 0
 
+    def _varied(self, seed: int) -> bool:
+        return self.host_variety and seed % 4 == 3
+
+    def policy_for(self, seed: int) -> Policy:
+        """The policy VM ``seed`` runs: the searched one, with NX huge pages on in every 4th
+        VMX VM (the iTLB-multihit mitigation KVM turns on by default on affected Intel CPUs,
+        ``nx_huge_pages=auto``), so NX recovery runs under every policy."""
+        if self.arch == "vmx" and self._varied(seed) and not self.policy.nx_huge_pages:
+            return self.policy.replace(nx_huge_pages=True)
+        return self.policy
+
+    def max_asid_for(self, seed: int) -> int:
+        """The highest ASID of VM ``seed``'s pCPUs: 2 in every 4th SVM VM, so the ASIDs of a
+        pCPU run out and roll over (new_asid()) as vCPUs migrate; the architectural
+        32767 otherwise."""
+        return 2 if self.arch == "svm" and self._varied(seed) else 32767
+
     def vm(self, seed: int, record: bool) -> VM:
         return VM(arch=self.arch, levels=self.levels, seed=seed, vcpus=self.vcpus, pcpus=self.pcpus,
-                  tlb=self.tlb, policy=self.policy, ad=self.ad_for(seed),
-                  maxphyaddr=52 if self.levels == 5 else 46, record=record, invariants=self.invariants,
-                  mutant=self.mutant)
+                  tlb=self.tlb, policy=self.policy_for(seed), ad=self.ad_for(seed),
+                  maxphyaddr=52 if self.levels == 5 else 46, max_asid=self.max_asid_for(seed), record=record,
+                  invariants=self.invariants, mutant=self.mutant)
 
 
 @dataclass
@@ -238,12 +256,14 @@ def _shrink(cfg: FuzzConfig, seed: int, events: List[Event], kind: str,
 
 def reproducer(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> str:
     """A standalone Python script (public API only) that replays ``events``."""
-    pol = cfg.policy.changed()
+    pol = cfg.policy_for(seed).changed()
     pol_txt = "Policy.kvm()" + (f".replace({', '.join(f'{k}={v!r}' for k, v in pol.items())})" if pol else "")
+    asid = cfg.max_asid_for(seed)
     lines = ["# Reproducer written by `tdpfast fuzz`.",
              "from tdpfast import VM, Policy, TLBConfig", "",
              f"vm = VM(arch={cfg.arch!r}, levels={cfg.levels}, seed={seed}, vcpus={cfg.vcpus}, pcpus={cfg.pcpus}, "
-             f"ad={cfg.ad_for(seed)}, maxphyaddr={52 if cfg.levels == 5 else 46}, tlb=TLBConfig.adversarial(),",
+             f"ad={cfg.ad_for(seed)}, maxphyaddr={52 if cfg.levels == 5 else 46}, tlb=TLBConfig.adversarial(),"
+             + (f" max_asid={asid}," if asid != 32767 else ""),
              f"        policy={pol_txt}{', invariants=True' if cfg.invariants else ''}"
              f"{f', mutant={cfg.mutant!r}' if cfg.mutant else ''})"]
     ops = {}

@@ -54,13 +54,17 @@ class Violation:
     level: int
     frame_state: str     # what the stale frame is now
     batch_index: int = 0
-    root: Optional[int] = None   # state invariants (vcpu -1): the root id, and the SPTE (or counter)
+    root: Optional[int] = None   # state invariants and host walks (vcpu -1): the root id; invariants: the SPTE
     spte: Optional[int] = None
 
     def __str__(self) -> str:
         if self.spte is not None:
             return (f"{self.kind}: root {self.root} gfn {self.gpa >> 12:#x} level {self.level} spte {self.spte:#x} "
                     f"[event {self.event}]")
+        if self.vcpu == -1 and self.root is not None:
+            return (f"{self.kind}: the TDP MMU's walk of root {self.root} at gfn {self.gpa >> 12:#x} went on in "
+                    f"table frame {self.stale_pfn:#x} of level {self.level} entries, freed under it "
+                    f"({self.frame_state} now) [event {self.event}]")
         exp = "none" if self.expected_pfn is None else hex(self.expected_pfn)
         stale = "-" if self.stale_pfn is None else hex(self.stale_pfn)
         return (f"{self.kind}: vcpu {self.vcpu} on pcpu {self.pcpu} {self.access} gpa {self.gpa:#x} "

@@ -79,6 +79,10 @@ class VM:
     - ``mutant``: the engine's mutation test: the name of one of the engine's flush sites
       (``tdpfast.flush_sites.SITES``, e.g. ``"yield"``) to remove, under whatever policy is
       given; ``None`` (the default) is the engine as it is.
+    - ``inject``: a test hook that puts a memory-safety bug into the engine, to show it is
+      reported rather than followed: ``"stale_iter"`` makes the TDP iterator go on after a
+      yield from the tables it held instead of restarting from the root; a table freed
+      meanwhile is reported as a ``use_after_free`` of that page-table page (no vCPU).
 
     A VM is safe to share between threads: every call holds the VM's own lock while it
     touches the model (calls on one VM run one at a time; separate VMs run in parallel).
@@ -92,7 +96,7 @@ class VM:
                  frame_limit: Optional[int] = None, max_asid: int = 32767, min_asid: int = 1,
                  flush_by_asid: bool = True, trace: bool = False, record: bool = False,
                  costs: Optional[Dict[str, int]] = None, kernel: Optional[str] = None, bulk: bool = True,
-                 invariants=False, mutant: Optional[str] = None):
+                 invariants=False, mutant: Optional[str] = None, inject: Optional[str] = None):
         self._lock = threading.RLock()
         self._unlogged: List[tuple] = []   # (event count, what) of state changes the log does not hold
         if not isinstance(arch, str) or arch not in _ARCH:
@@ -118,7 +122,7 @@ class VM:
                             policy=policy, ad=ad, mbec=mbec, maxphyaddr=maxphyaddr, hpa_base=hpa_base,
                             frame_limit=frame_limit, max_asid=max_asid, min_asid=min_asid,
                             flush_by_asid=flush_by_asid, trace=trace, record=record, costs=costs, bulk=bulk,
-                            invariants=invariants, mutant=mutant)
+                            invariants=invariants, mutant=mutant, inject=inject)
         cfg = ffi.new("struct tdp_config *")
         lib.tdp_default_config(cfg)
         cfg.arch = _ARCH[arch]
@@ -141,6 +145,9 @@ class VM:
         cfg.invariants = _invariants.mask(invariants)
         # The engine's mutation test (tdpfast/flush_sites.py): one flush site removed.
         cfg.mutant = _flush_sites.site_id(mutant)
+        if inject not in (None, "stale_iter"):
+            raise InvalidArgumentError(f"inject must be None or 'stale_iter', got {inject!r}")
+        cfg.stale_iter = int(inject == "stale_iter")
         c_costs = ffi.new("struct tdp_costs *")
         lib.tdp_default_costs(c_costs)
         for k, v in (costs or {}).items():
@@ -510,7 +517,8 @@ class VM:
                          expected_pfn=None if v.expected_pfn == _NO_PFN else v.expected_pfn, event=v.event,
                          access=ACCESS_NAMES[v.access], level=v.level,
                          frame_state=FRAME_STATES.get(v.frame_state, "?"), batch_index=v.batch_index,
-                         root=v.root if v.kind in _STATE_KINDS else None,
+                         # state invariants, and a TDP MMU walk that found a table freed under it
+                         root=v.root if v.kind in _STATE_KINDS or (v.vcpu == -1 and v.root) else None,
                          spte=v.spte if v.kind in _STATE_KINDS else None)
 
     @property
