@@ -212,9 +212,14 @@ class VM(MemslotApi, NotifierApi, VcpuApi, SteppedOps, EventLogApi):
                  frame_limit: Optional[int] = None, max_asid: int = 32767, min_asid: int = 1,
                  flush_by_asid: bool = True, trace: bool = False, record: bool = False,
                  costs: Optional[Dict[str, int]] = None, quirks: Iterable[str] = (), invariants=False,
-                 bulk: bool = True):
+                 bulk: bool = True, mutant: Optional[str] = None, inject: Optional[str] = None):
         # ``bulk`` is the C engine's whole-table fast path, which gives the same results as the
         # per-SPTE path; the reference model has only the latter and takes the flag for parity.
+        # ``mutant`` and ``inject`` change the C engine on purpose (its mutation test, an injected
+        # bug): the specification has neither, and takes only their "none".
+        if mutant is not None or inject is not None:
+            raise InvalidArgumentError("the reference model is the engine as specified: it takes no mutant= "
+                                       "or inject=")
         if arch not in ("vmx", "svm"):
             raise InvalidArgumentError(f"arch must be 'vmx' or 'svm', got {arch!r}")
         tlb = TLBConfig.adversarial() if tlb is None else tlb
