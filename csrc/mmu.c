@@ -35,6 +35,39 @@ static bool spte_allows(const struct spte_masks *m, u64 s, int access)
 	}
 }
 
+/* fast_page_fault(): a present leaf that only lacks A (access tracking) or W
+ * (MMU-writable, not dirty-logged at a huge level) is fixed in place, locklessly;
+ * one that already allows the access is spurious. -1: the slow path must run. */
+static int fast_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int access, struct memslot *slot)
+{
+	int lvl;
+	u64 *sptep;
+	u64 spte = tdp_mmu_lookup(vm, root, gfn, &lvl, &sptep);
+
+	if (!is_shadow_present_pte(spte) || !is_last_spte(spte, lvl))
+		return -1;
+	u64 nw = spte;
+	if (is_access_tracked_spte(&vm->masks, spte)) /* and A, where A is a software bit (v6.13) */
+		nw = restore_acc_track_spte(&vm->masks, spte) | vm->masks.accessed;
+	if (access == TDP_ACC_WRITE && !(nw & SPTE_W) && is_mmu_writable_spte(&vm->masks, nw) &&
+	    !(lvl > 1 && slot && (slot->flags & TDP_SLOT_DIRTY_LOG)))
+		nw |= SPTE_W;
+	if (!spte_allows(&vm->masks, nw, access))
+		return -1;
+	if (nw == spte) {
+		vm->stats[ST_pf_spurious]++;
+		return RET_PF_SPURIOUS;
+	}
+	*sptep = nw;
+	vm->stats[ST_pf_fast]++;
+	vm->stats[ST_spte_writes]++;
+	vm_cost(vm, vm->costs.spte_write);
+	vm_trace(vm, TR_SPTE_CHANGED, (u32)lvl, gfn, spte, nw);
+	if ((nw & SPTE_W) && !(spte & SPTE_W) && slot && (slot->flags & TDP_SLOT_DIRTY_LOG))
+		vm_mark_dirty(vm, slot, gfn);
+	return RET_PF_FIXED;
+}
+
 /* kvm_tdp_page_fault(): fast_page_fault() first (lockless; only ever adds
  * permissions, so never a flush), then the slow path: faultin the pfn, pick the
  * goal level (kvm_mmu_hugepage_adjust), retry if stale, and map. */
@@ -45,9 +78,6 @@ int kvm_tdp_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int ac
 		.exec = access == TDP_ACC_EXEC || access == TDP_ACC_EXEC_USER, .prefetch = false};
 	struct memslot *slot = fault.slot;
 	bool write = fault.write;
-	int lvl;
-	u64 *sptep;
-	u64 spte;
 
 	vm->stats[ST_pf_taken]++;
 	vm_cost(vm, vm->costs.fault);
@@ -56,29 +86,9 @@ int kvm_tdp_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int ac
 		vm->stats[ST_pf_retry]++;
 		return RET_PF_RETRY;
 	}
-	spte = tdp_mmu_lookup(vm, root, gfn, &lvl, &sptep);
-	if (is_shadow_present_pte(spte) && is_last_spte(spte, lvl)) {
-		u64 nw = spte;
-		if (is_access_tracked_spte(&vm->masks, spte)) /* and A, where A is a software bit (v6.13) */
-			nw = restore_acc_track_spte(&vm->masks, spte) | vm->masks.accessed;
-		if (write && !(nw & SPTE_W) && is_mmu_writable_spte(&vm->masks, nw) &&
-		    !(lvl > 1 && slot && (slot->flags & TDP_SLOT_DIRTY_LOG)))
-			nw |= SPTE_W;
-		if (spte_allows(&vm->masks, nw, access)) {
-			if (nw == spte) {
-				vm->stats[ST_pf_spurious]++;
-				return RET_PF_SPURIOUS;
-			}
-			*sptep = nw;
-			vm->stats[ST_pf_fast]++;
-			vm->stats[ST_spte_writes]++;
-			vm_cost(vm, vm->costs.spte_write);
-			vm_trace(vm, TR_SPTE_CHANGED, (u32)lvl, gfn, spte, nw);
-			if ((nw & SPTE_W) && !(spte & SPTE_W) && slot && (slot->flags & TDP_SLOT_DIRTY_LOG))
-				vm_mark_dirty(vm, slot, gfn);
-			return RET_PF_FIXED;
-		}
-	}
+	int fast = fast_page_fault(vm, root, gfn, access, slot);
+	if (fast >= 0)
+		return fast;
 	if (slot && write && (slot->flags & TDP_SLOT_READONLY)) {
 		vm->stats[ST_pf_emulate]++;
 		return RET_PF_EMULATE;
@@ -114,6 +124,141 @@ int kvm_tdp_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int ac
 	default: break;
 	}
 	return r;
+}
+
+/* ------------------------------------------------------------------ a fault in two halves */
+
+/* mmu_invalidate_retry_gfn(): an invalidation covering gfn is in progress, or one
+ * ended since mmu_seq was read. */
+static bool mmu_invalidate_retry_gfn(struct tdp_vm *vm, u64 mmu_seq, u64 gfn)
+{
+	if (vm->mmu_invalidate_in_progress && gfn >= vm->mmu_invalidate_start && gfn < vm->mmu_invalidate_end)
+		return true;
+	return vm->mmu_invalidate_seq != mmu_seq;
+}
+
+/* kvm_tdp_page_fault() split where KVM itself lets other CPUs in: the first half
+ * (fast_page_fault(), then kvm_faultin_pfn() outside mmu_lock, after reading
+ * mmu_invalidate_seq) runs when the operation starts; the second half, under
+ * mmu_lock, at its first step: is_page_fault_stale() -- the root invalid or gone,
+ * or mmu_invalidate_retry_gfn() -- makes the fault retry; otherwise the pfn of the
+ * first half is mapped. Host invalidations, memslot deletion and root invalidation
+ * can run in between. */
+static int page_fault_check(struct tdp_vm *vm, u64 a, u64 b, u64 c)
+{
+	int r;
+	if (a >= (u64)vm->cfg.nvcpus)
+		return vm_err(vm, TDP_EINVAL, "vcpu %llu out of range (the VM has %d)", (unsigned long long)a,
+			      vm->cfg.nvcpus);
+	if ((r = vm_check_gfn(vm, "gfn", b)))
+		return r;
+	if (c > TDP_ACC_EXEC_USER)
+		return vm_err(vm, TDP_EINVAL, "access must be 0..%d (r, w, x, xu), got %llu", TDP_ACC_EXEC_USER,
+			      (unsigned long long)c);
+	struct tdp_root *root = tdp_mmu_find_root(vm, vm->vcpus[a].root_id);
+	if (!root)
+		return vm_err(vm, TDP_ESTATE, "vcpu %llu has no root loaded (vcpu_run it first)", (unsigned long long)a);
+	return 0;
+}
+
+static void page_fault_start(struct tdp_vm *vm, struct vm_op *o)
+{
+	struct fault_half *fh = &o->fault;
+	struct tdp_root *root = tdp_mmu_find_root(vm, vm->vcpus[o->a].root_id);
+	u64 gfn = o->b;
+	int access = (int)o->c;
+	struct memslot *slot = vm_slot_of(vm, gfn);
+
+	fh->root = root->id;
+	fh->pfn = NO_PFN;
+	fh->result = -1;
+	vm->stats[ST_pf_taken]++;
+	vm_cost(vm, vm->costs.fault);
+	vm_trace(vm, TR_FAULT, (u32)access, gfn, root->id, 0);
+	if (root->invalid) {
+		fh->result = RET_PF_RETRY;
+		return;
+	}
+	int fast = fast_page_fault(vm, root, gfn, access, slot);
+	if (fast >= 0) {
+		fh->result = fast;
+		return;
+	}
+	if (slot && access == TDP_ACC_WRITE && (slot->flags & TDP_SLOT_READONLY)) {
+		vm->stats[ST_pf_emulate]++;
+		fh->result = RET_PF_EMULATE;
+		return;
+	}
+	fh->mmu_seq = vm->mmu_invalidate_seq;
+	/* kvm_faultin_pfn(): the host page now (the host allocates one for a gfn it
+	 * unmapped). A fault racing an invalidation in progress gives up at once. */
+	if ((vm->mmu_invalidate_in_progress && gfn >= vm->mmu_invalidate_start && gfn < vm->mmu_invalidate_end) ||
+	    (slot && slot->deleting)) {
+		vm->stats[ST_pf_retry]++;
+		fh->result = RET_PF_BLOCKED;
+		return;
+	}
+	if (slot) {
+		fh->pfn = vm_fault_in_pfn(vm, slot, gfn);
+		if (fh->pfn == NO_PFN)
+			fh->result = RET_PF_NOMEM;
+	}
+}
+
+static int page_fault_run(struct tdp_vm *vm, struct vm_op *o)
+{
+	struct fault_half *fh = &o->fault;
+	u64 gfn = o->b;
+	int access = (int)o->c;
+
+	if (fh->result >= 0)
+		return 1; /* the first half ended the fault */
+	struct tdp_root *root = tdp_mmu_find_root(vm, fh->root);
+	struct memslot *slot = vm_slot_of(vm, gfn);
+	/* is_page_fault_stale(). A memslot deleted or added over gfn since the first half
+	 * went with a fast zap (every root invalid) or not at all; with B18's precise
+	 * zap the root stays valid, and the fault retries as well (model choice: the
+	 * first half's memslot is gone). */
+	bool stale = !vm->cfg.stale_fault && (!root || root->invalid || mmu_invalidate_retry_gfn(vm, fh->mmu_seq, gfn));
+	if (!root || stale || (slot == NULL) != (fh->pfn == NO_PFN) || (slot && slot->deleting)) {
+		vm->stats[ST_pf_retry]++;
+		fh->result = RET_PF_RETRY;
+		return 1;
+	}
+	struct kvm_page_fault fault = {
+		.gfn = gfn, .slot = slot, .write = access == TDP_ACC_WRITE,
+		.exec = access == TDP_ACC_EXEC || access == TDP_ACC_EXEC_USER, .prefetch = false,
+		.has_pfn = slot != NULL, .pfn = fh->pfn};
+	/* kvm_mmu_hugepage_adjust() runs under mmu_lock; the mapping level is the host's
+	 * now. Only a pfn that no longer backs gfn (the host changed the page and the
+	 * stale check above was not made) maps at 4K. */
+	fault.req_level = fault.goal_level = slot ? vm_max_mapping_level(vm, slot, gfn) : 1;
+	if (slot && vm_gfn_to_pfn(vm, slot, gfn) != fh->pfn)
+		fault.req_level = fault.goal_level = 1;
+	if (fault.exec && vm->pol.nx_huge_pages && fault.goal_level > 1) {
+		fault.huge_page_disallowed = true;
+		fault.goal_level = 1;
+	}
+	bool flushed;
+	int r = tdp_mmu_map_gfn(vm, root, &fault, &flushed);
+	switch (r) {
+	case RET_PF_FIXED:
+		vm->stats[ST_pf_fixed]++;
+		if (vm->cfg.invariants)
+			checker_check_fault_install(vm, root, gfn, fault.goal_level); /* I5 */
+		break;
+	case RET_PF_SPURIOUS: vm->stats[ST_pf_spurious]++; break;
+	case RET_PF_RETRY: vm->stats[ST_pf_retry]++; break;
+	default: break;
+	}
+	fh->result = r;
+	return 1;
+}
+
+static int page_fault_finish(struct tdp_vm *vm, struct vm_op *o)
+{
+	(void)vm;
+	return o->fault.result;
 }
 
 /* ------------------------------------------------------------------ map on request */
@@ -243,6 +388,9 @@ struct stepped_op_handler {
 	int (*check)(struct tdp_vm *vm, u64 a, u64 b, u64 c);
 	void (*start)(struct tdp_vm *vm, struct vm_op *o);
 	int (*finish)(struct tdp_vm *vm, struct vm_op *o);
+	/* one step, when it is not a walk to the next yield point (tdp_op_run()):
+	 * 0 to go on, 1 finished, <0 TDP_E* */
+	int (*run)(struct tdp_vm *vm, struct vm_op *o);
 };
 
 static bool op_flush_needed(const struct vm_op *o) { return o->op.flush || o->op.result_flush; }
@@ -424,8 +572,9 @@ static const struct stepped_op_handler stepped_ops[] = {
 	[TDP_OP_SPLIT] = {split_check, split_start, no_flush_finish},
 	[TDP_OP_RECOVER_HUGE] = {check_range_args, recover_huge_start, recover_huge_finish},
 	[TDP_OP_NX_RECOVER] = {nx_recover_check, nx_recover_start, nx_recover_finish},
+	[TDP_OP_PAGE_FAULT] = {page_fault_check, page_fault_start, page_fault_finish, page_fault_run},
 };
-_Static_assert(sizeof(stepped_ops) / sizeof(stepped_ops[0]) == TDP_OP_NX_RECOVER + 1,
+_Static_assert(sizeof(stepped_ops) / sizeof(stepped_ops[0]) == TDP_OP_LAST + 1,
 	       "a handler for every enum tdp_op_kind");
 
 int tdp_op_start(tdp_vm *vm, int kind, uint64_t a, uint64_t b, uint64_t c, int yield_every, uint32_t *op_id)
@@ -435,7 +584,7 @@ int tdp_op_start(tdp_vm *vm, int kind, uint64_t a, uint64_t b, uint64_t c, int y
 	VM_OP_BEGIN(vm);
 	if (yield_every < 1 || yield_every > (1 << 24))
 		return vm_err(vm, TDP_EINVAL, "yield_every must be 1..16777216, got %d", yield_every);
-	if (kind < TDP_OP_ZAP_GFN_RANGE || kind > TDP_OP_NX_RECOVER)
+	if (kind < TDP_OP_ZAP_GFN_RANGE || kind > TDP_OP_LAST)
 		return vm_err(vm, TDP_EINVAL, "unknown operation kind %d", kind);
 	const struct stepped_op_handler *h = &stepped_ops[kind];
 	if ((r = h->check(vm, a, b, c)))
@@ -471,7 +620,7 @@ int tdp_op_step(tdp_vm *vm, uint32_t op_id, int *done, int *result)
 	o = vm_find_op(vm, op_id, &idx);
 	if (!o)
 		return vm_err(vm, TDP_ENOENT, "operation %u does not exist (finished, or never started)", op_id);
-	int r = tdp_op_run(vm, &o->op, true);
+	int r = stepped_ops[o->kind].run ? stepped_ops[o->kind].run(vm, o) : tdp_op_run(vm, &o->op, true);
 	*done = 0;
 	*result = 0;
 	if (r != 0) {

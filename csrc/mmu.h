@@ -9,11 +9,20 @@ struct tdp_vm;
 struct memslot;
 
 /* A stepped long operation (enum tdp_op_kind) and its arguments. */
+/* A page fault between its halves (TDP_OP_PAGE_FAULT): what the first half saw. */
+struct fault_half {
+	u32 root;      /* the vCPU's root when it faulted */
+	u64 mmu_seq;   /* mmu_invalidate_seq before the pfn lookup */
+	u64 pfn;       /* the host page then (NO_PFN: none) */
+	int result;    /* the first half's RET_PF_* when it ended the fault, else -1 */
+};
+
 struct vm_op {
 	u32 id;
 	int kind;             /* enum tdp_op_kind */
 	u64 a, b, c;
 	struct tdp_op op;
+	struct fault_half fault;
 };
 
 /* kvm_tdp_page_fault(): an EPT violation / #NPF on gfn; RET_PF_*. */

@@ -89,8 +89,8 @@ static const char *const op_kind_names[] = {
 	[TDP_OP_ZAP_INVALIDATED_ROOTS] = "zap_invalidated_roots", [TDP_OP_DELETE_MEMSLOT] = "delete_memslot",
 	[TDP_OP_WRPROT] = "write_protect_range", [TDP_OP_CLEAR_DIRTY] = "clear_dirty_range",
 	[TDP_OP_SPLIT] = "split_huge_pages", [TDP_OP_RECOVER_HUGE] = "recover_huge_pages",
-	[TDP_OP_NX_RECOVER] = "recover_nx_huge_pages"};
-_Static_assert(NAMES_LEN(op_kind_names) == TDP_OP_NX_RECOVER + 1, "a name for every stepped operation");
+	[TDP_OP_NX_RECOVER] = "recover_nx_huge_pages", [TDP_OP_PAGE_FAULT] = "page_fault"};
+_Static_assert(NAMES_LEN(op_kind_names) == TDP_OP_LAST + 1, "a name for every stepped operation");
 const char *tdp_op_kind_name(int kind) { return kind < 1 ? NULL : name_at(op_kind_names, NAMES_LEN(op_kind_names), kind); }
 
 static const char *const trace_kind_names[] = {

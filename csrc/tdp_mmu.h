@@ -118,7 +118,8 @@ int tdp_mmu_recover_huge_spte(struct tdp_vm *vm, struct tdp_op *op);
 int tdp_mmu_nx_recover_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yield);
 
 /* The fault path (kvm_tdp_mmu_map). */
-enum { RET_PF_FIXED = 0, RET_PF_SPURIOUS, RET_PF_RETRY, RET_PF_EMULATE, RET_PF_NOMEM, RET_PF_BLOCKED };
+enum { RET_PF_FIXED = TDP_PF_FIXED, RET_PF_SPURIOUS = TDP_PF_SPURIOUS, RET_PF_RETRY = TDP_PF_RETRY,
+       RET_PF_EMULATE = TDP_PF_EMULATE, RET_PF_NOMEM = TDP_PF_NOMEM, RET_PF_BLOCKED = TDP_PF_BLOCKED };
 struct memslot;
 /* KVM's struct kvm_page_fault: one fault as the fault path sees it. */
 struct kvm_page_fault {
@@ -128,6 +129,8 @@ struct kvm_page_fault {
 	int req_level;             /* the largest level the memslot and the host allow */
 	int goal_level;            /* the level to map at; lowered on the way down */
 	bool huge_page_disallowed; /* the NX mitigation forbids a huge page here */
+	bool has_pfn;              /* pfn was looked up in the fault's first half (else: look up now) */
+	u64 pfn;
 };
 int tdp_mmu_map_gfn(struct tdp_vm *vm, struct tdp_root *root, struct kvm_page_fault *fault, bool *flushed);
 /* Populating a table in one pass: the last-level table a 4K fault on gfn walks

@@ -190,7 +190,8 @@ static int map_handle_target_level(struct tdp_vm *vm, struct kvm_page_fault *fau
 			acc &= ~ACC_WRITE;
 			wrprot = true;
 		}
-		u64 pfn = vm_gfn_to_pfn(vm, slot, it->gfn);
+		/* the first half's pfn is gfn's; a huge leaf starts at it->gfn */
+		u64 pfn = fault->has_pfn ? fault->pfn - (fault->gfn - it->gfn) : vm_gfn_to_pfn(vm, slot, it->gfn);
 		new_spte = make_leaf_spte(&vm->masks, pfn, fault->goal_level, acc, host_writable, fault->write, fault->prefetch);
 		if (wrprot) /* host-writable stays, MMU-writable does not */
 			new_spte &= ~(SPTE_W | vm->masks.mmu_writable);

@@ -130,6 +130,8 @@ struct tdp_config {
 	int stale_iter;       /* test hook: an injected bug - after a yield the TDP iterator goes
 	                       * on from the tables it held instead of restarting from the root;
 	                       * the engine must report the stale handle, not follow it */
+	int stale_fault;      /* test hook: an injected bug - a page fault's second half skips
+	                       * is_page_fault_stale() and maps the pfn its first half saw */
 	int mutant;           /* the engine's mutation test: remove this flush site (1 ..
 	                       * tdp_flush_site_count(), see tdp_flush_site_name(); 0: none) */
 };
@@ -398,8 +400,15 @@ enum tdp_op_kind {
 	TDP_OP_CLEAR_DIRTY = 6,     /* a start, b end; flushes if changed; result: flushed */
 	TDP_OP_SPLIT = 7,           /* a start, b end, c target level */
 	TDP_OP_RECOVER_HUGE = 8,    /* a start, b end; flushes itself */
-	TDP_OP_NX_RECOVER = 9       /* a count (0: by ratio) */
+	TDP_OP_NX_RECOVER = 9,      /* a count (0: by ratio) */
+	TDP_OP_PAGE_FAULT = 10      /* a vcpu, b gfn, c access: a fault in two halves, the pfn looked up
+	                             * at the start, installed at the first step unless it went stale
+	                             * meanwhile; result: enum tdp_fault_result */
 };
+#define TDP_OP_LAST TDP_OP_PAGE_FAULT
+/* What a page fault did (the result of TDP_OP_PAGE_FAULT): KVM's RET_PF_* values. */
+enum tdp_fault_result { TDP_PF_FIXED = 0, TDP_PF_SPURIOUS = 1, TDP_PF_RETRY = 2, TDP_PF_EMULATE = 3,
+			TDP_PF_NOMEM = 4, TDP_PF_BLOCKED = 5 };
 int tdp_op_start(tdp_vm *vm, int kind, uint64_t a, uint64_t b, uint64_t c, int yield_every, uint32_t *op_id);
 int tdp_op_step(tdp_vm *vm, uint32_t op_id, int *done, int *result);
 int tdp_op_list(tdp_vm *vm, uint32_t *ids, int max, int *n);

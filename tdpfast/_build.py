@@ -83,7 +83,10 @@ def build_in_place(builder: FFI, verbose: bool = False) -> str:
     with tempfile.TemporaryDirectory(prefix="tdpfast-build-") as scratch:
         built = builder.compile(tmpdir=scratch, verbose=verbose)
         dest = os.path.join(HERE, os.path.basename(built))
-        shutil.copy2(built, dest)
+        # A new file renamed over the old one: a process that has the old extension
+        # loaded keeps its (unlinked) copy instead of running code changed under it.
+        shutil.copy2(built, dest + ".tmp")
+        os.replace(dest + ".tmp", dest)
     return dest
 
 

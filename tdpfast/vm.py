@@ -82,7 +82,9 @@ class VM:
     - ``inject``: a test hook that puts a memory-safety bug into the engine, to show it is
       reported rather than followed: ``"stale_iter"`` makes the TDP iterator go on after a
       yield from the tables it held instead of restarting from the root; a table freed
-      meanwhile is reported as a ``use_after_free`` of that page-table page (no vCPU).
+      meanwhile is reported as a ``use_after_free`` of that page-table page (no vCPU);
+      ``"stale_fault"`` makes a ``page_fault`` operation's second half skip
+      ``is_page_fault_stale()`` and map the host page its first half saw.
 
     A VM is safe to share between threads: every call holds the VM's own lock while it
     touches the model (calls on one VM run one at a time; separate VMs run in parallel).
@@ -145,9 +147,10 @@ class VM:
         cfg.invariants = _invariants.mask(invariants)
         # The engine's mutation test (tdpfast/flush_sites.py): one flush site removed.
         cfg.mutant = _flush_sites.site_id(mutant)
-        if inject not in (None, "stale_iter"):
-            raise InvalidArgumentError(f"inject must be None or 'stale_iter', got {inject!r}")
+        if inject not in (None, "stale_iter", "stale_fault"):
+            raise InvalidArgumentError(f"inject must be None, 'stale_iter' or 'stale_fault', got {inject!r}")
         cfg.stale_iter = int(inject == "stale_iter")
+        cfg.stale_fault = int(inject == "stale_fault")
         c_costs = ffi.new("struct tdp_costs *")
         lib.tdp_default_costs(c_costs)
         for k, v in (costs or {}).items():
@@ -478,7 +481,13 @@ class VM:
         zap_gfn_range(start, end, shared=0), host_unmap(start, end),
         zap_invalidated_roots(), delete_memslot(slot), write_protect_range(start, end),
         clear_dirty_range(start, end), split_huge_pages(start, end, target_level),
-        recover_huge_pages(start, end), recover_nx_huge_pages(count=0).
+        recover_huge_pages(start, end), recover_nx_huge_pages(count=0), and
+        page_fault(vcpu, gfn, access) -- a fault in two halves, as KVM lets other CPUs in
+        between them: the host page is looked up at the start (after reading
+        mmu_invalidate_seq), and the first step maps it under mmu_lock unless the fault went
+        stale meanwhile (the vCPU's root invalidated, or an invalidation of gfn ran), when it
+        retries; ``access`` is 0 read, 1 write, 2 exec, 3 user exec; the result is KVM's
+        RET_PF_* (0 fixed, 1 spurious, 2 retry, 3 emulate, 4 no memory, 5 blocked).
         ``yield_every`` is how many iterator steps pass between yield points.
         """
         return _ops.start(self, name, args, yield_every)

@@ -44,3 +44,49 @@ def test_the_stale_walk_replays_from_the_event_log():
 def test_inject_is_checked():
     with pytest.raises(InvalidArgumentError, match="inject"):
         VM(inject="nope")
+
+
+# ----------------------------------------------------------------- a page fault in two halves
+from tdpfast.reference import model as ref  # noqa: E402
+
+RETRY, FIXED = 2, 0
+
+
+def _two_halves(cls, between, inject=None):
+    """vCPU 0 faults on gfn 5 (a write); ``between`` runs after the first half."""
+    kw = {} if inject is None else {"inject": inject}
+    vm = cls(vcpus=1, pcpus=1, record=True, invariants=True, **kw)
+    vm.add_memslot(0, 512)
+    vm.vcpu_run(0, 0)
+    op = vm.start_op("page_fault", 0, 5, 1)
+    between(vm)
+    return vm, op.finish()
+
+
+BETWEEN = {
+    "nothing": lambda vm: None,
+    "host_unmap": lambda vm: vm.host_unmap(5, 6),
+    "host_migrate": lambda vm: vm.host_migrate(5),
+    "unmap_elsewhere": lambda vm: vm.host_unmap(100, 101),   # still a new mmu_invalidate_seq
+    "invalidate_roots": lambda vm: vm.mmu.invalidate_all_roots(),
+    "delete_memslot": lambda vm: vm.delete_memslot(vm.memslots[0]),
+}
+EXPECT = {"nothing": FIXED, "host_unmap": RETRY, "host_migrate": RETRY, "unmap_elsewhere": RETRY,
+          "invalidate_roots": RETRY, "delete_memslot": RETRY}
+
+
+@pytest.mark.parametrize("case", list(BETWEEN))
+def test_a_fault_whose_first_half_went_stale_retries_on_both_engines(case):
+    vm, res = _two_halves(VM, BETWEEN[case])
+    assert res == EXPECT[case] and vm.violations == []
+    r, rres = _two_halves(lambda **kw: ref.VM(quirks=tuple(ref.KNOWN_C_QUIRKS), **kw), BETWEEN[case])
+    assert rres == res and r.stats == vm.stats and r.violations == []
+
+
+def test_the_injected_stale_fault_maps_a_freed_page_and_is_reported():
+    vm, res = _two_halves(VM, BETWEEN["host_unmap"], inject="stale_fault")
+    assert res == FIXED                      # mapped the page the host took back
+    vm.access(0, 5 << 12, "r")
+    assert [v.kind for v in vm.violations] == ["use_after_free"]
+    with pytest.raises(Exception):
+        ref.VM(inject="stale_fault")

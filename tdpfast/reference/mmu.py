@@ -111,6 +111,110 @@ def _spte_allows(vm, s: int, access: int) -> bool:
     return bool(p & {0: 1, 1: 2}.get(access, 4))
 
 
+def _fast_page_fault(vm, r: tdp_mmu.Root, gfn: int, access: int, slot) -> Optional[int]:
+    """fast_page_fault(): a present leaf that only lacks A (access tracking) or W is fixed in
+    place; one that already allows the access is spurious. None: the slow path runs."""
+    spte, level, f, i = tdp_mmu.lookup(vm, r, gfn)
+    if not is_present_leaf(spte, level):
+        return None
+    new = spte
+    if is_access_tracked_spte(vm.masks, spte):  # and A, where A is a software bit (v6.13)
+        new = restore_acc_track_spte(spte) | vm.masks.accessed
+    # never make a huge SPTE writable while the slot is dirty logged
+    if access == 1 and not new & W and is_mmu_writable_spte(vm.masks, new) and \
+            not (level > 1 and slot is not None and slot.dirty_log):
+        new |= W
+    if not _spte_allows(vm, new, access):
+        return None
+    if new == spte:
+        vm.stats["pf_spurious"] += 1
+        return tdp_mmu.RET_PF_SPURIOUS
+    vm.mem.table(f)[i] = new
+    vm.stats["pf_fast"] += 1
+    vm.stats["spte_writes"] += 1
+    vm.cost("spte_write")
+    if new & W and not spte & W and slot is not None and slot.dirty_log:
+        slot.mark_dirty(gfn)
+    return tdp_mmu.RET_PF_FIXED
+
+
+@dataclass
+class FaultHalf:
+    """A page fault between its halves (the page_fault stepped operation)."""
+    root: int
+    mmu_seq: int = 0
+    pfn: Optional[int] = None
+    result: Optional[int] = None     # set when the first half ended the fault
+
+
+def page_fault_first_half(vm, v, gfn: int, access: int) -> FaultHalf:
+    """kvm_tdp_page_fault() up to kvm_faultin_pfn(): fast_page_fault(), then read
+    mmu_invalidate_seq and look up the host page outside mmu_lock."""
+    r = tdp_mmu.find_root(vm, v.root_id)
+    slot = vm.slot_of(gfn)
+    fh = FaultHalf(r.id)
+    vm.stats["pf_taken"] += 1
+    vm.cost("fault")
+    if r.invalid:
+        fh.result = tdp_mmu.RET_PF_RETRY
+        return fh
+    fast = _fast_page_fault(vm, r, gfn, access, slot)
+    if fast is not None:
+        fh.result = fast
+        return fh
+    if slot is not None and access == 1 and slot.readonly:
+        vm.stats["pf_emulate"] += 1
+        fh.result = tdp_mmu.RET_PF_EMULATE
+        return fh
+    fh.mmu_seq = vm.mmu_invalidate_seq
+    if (vm.mmu_invalidate_in_progress and vm.mmu_invalidate_start <= gfn < vm.mmu_invalidate_end) or \
+            (slot is not None and slot.deleting):
+        vm.stats["pf_retry"] += 1
+        fh.result = tdp_mmu.RET_PF_BLOCKED
+        return fh
+    if slot is not None:
+        fh.pfn = memslot.fault_in_pfn(vm.mem, slot, gfn)
+        if fh.pfn is None:
+            fh.result = tdp_mmu.RET_PF_NOMEM
+    return fh
+
+
+def page_fault_second_half(vm, fh: FaultHalf, gfn: int, access: int) -> int:
+    """Under mmu_lock: is_page_fault_stale() (the root invalid or gone, or
+    mmu_invalidate_retry_gfn(): an invalidation covering gfn in progress or ended since
+    the first half) retries; otherwise map the first half's pfn."""
+    if fh.result is not None:
+        return fh.result
+    r = tdp_mmu.find_root(vm, fh.root)
+    slot = vm.slot_of(gfn)
+    stale_seq = (vm.mmu_invalidate_in_progress and vm.mmu_invalidate_start <= gfn < vm.mmu_invalidate_end) or \
+        vm.mmu_invalidate_seq != fh.mmu_seq
+    # the first half's memslot gone (or one added over an MMIO gfn): retry (model choice)
+    if r is None or r.invalid or stale_seq or (slot is None) != (fh.pfn is None) or \
+            (slot is not None and slot.deleting):
+        vm.stats["pf_retry"] += 1
+        fh.result = tdp_mmu.RET_PF_RETRY
+        return fh.result
+    exec_ = access in (2, 3)
+    goal = vm.max_mapping_level(slot, gfn) if slot is not None else 1
+    if slot is not None and slot.gfn_to_pfn(gfn) != fh.pfn:
+        goal = 1     # a pfn that no longer backs gfn maps at 4K
+    req_level = goal
+    huge_disallowed = False
+    if exec_ and vm.pol.nx_huge_pages and goal > 1:
+        huge_disallowed, goal = True, 1
+    ret, _ = tdp_mmu.map_gfn(vm, r, gfn, goal, access == 1, huge_disallowed, req_level, exec_fault=exec_,
+                             pfn=fh.pfn)
+    if ret == tdp_mmu.RET_PF_FIXED and vm.cfg.invariants:
+        checker.check_fault_install(vm, r, gfn, goal)     # I5
+    name = {tdp_mmu.RET_PF_FIXED: "pf_fixed", tdp_mmu.RET_PF_SPURIOUS: "pf_spurious",
+            tdp_mmu.RET_PF_RETRY: "pf_retry"}.get(ret)
+    if name:
+        vm.stats[name] += 1
+    fh.result = ret
+    return ret
+
+
 def page_fault(vm, r: Optional[tdp_mmu.Root], gfn: int, access: int) -> int:
     """kvm_tdp_page_fault(): fast_page_fault() first (lockless, only ever adds
     permissions: never a flush), then the slow path -- kvm_mmu_hugepage_adjust(),
@@ -124,26 +228,9 @@ def page_fault(vm, r: Optional[tdp_mmu.Root], gfn: int, access: int) -> int:
     if r is None or r.invalid:
         vm.stats["pf_retry"] += 1
         return tdp_mmu.RET_PF_RETRY
-    spte, level, f, i = tdp_mmu.lookup(vm, r, gfn)
-    if is_present_leaf(spte, level):
-        new = spte
-        if is_access_tracked_spte(vm.masks, spte):  # and A, where A is a software bit (v6.13)
-            new = restore_acc_track_spte(spte) | vm.masks.accessed
-        # fast_page_fault(): never make a huge SPTE writable while the slot is dirty logged.
-        if write and not new & W and is_mmu_writable_spte(vm.masks, new) and \
-                not (level > 1 and slot is not None and slot.dirty_log):
-            new |= W
-        if _spte_allows(vm, new, access):
-            if new == spte:
-                vm.stats["pf_spurious"] += 1
-                return tdp_mmu.RET_PF_SPURIOUS
-            vm.mem.table(f)[i] = new
-            vm.stats["pf_fast"] += 1
-            vm.stats["spte_writes"] += 1
-            vm.cost("spte_write")
-            if new & W and not spte & W and slot is not None and slot.dirty_log:
-                slot.mark_dirty(gfn)
-            return tdp_mmu.RET_PF_FIXED
+    fast = _fast_page_fault(vm, r, gfn, access, slot)
+    if fast is not None:
+        return fast
     if slot is not None and write and slot.readonly:
         vm.stats["pf_emulate"] += 1
         return tdp_mmu.RET_PF_EMULATE
@@ -173,6 +260,11 @@ def page_fault(vm, r: Optional[tdp_mmu.Root], gfn: int, access: int) -> int:
 
 
 # ======================================================================== stepped operations
+def _fault_second_half(k, op, gfn: int, access: int):
+    """The page_fault operation's one step: its second half (a generator that never yields)."""
+    page_fault_second_half(k, op.fault, gfn, access)
+    return
+    yield   # pragma: no cover - makes this a generator
 @dataclass
 class _StepOp:
     """A stepped operation in flight: its kind and arguments as started, the walk's state
@@ -249,6 +341,14 @@ class SteppedOps:
                 raise InvalidStateError(f"memslot {a} is already being deleted")
         elif kind == 9 and a > 1 << 30:
             raise InvalidArgumentError(f"count must be 0..{1 << 30}")
+        elif kind == 10:
+            if a >= k.cfg.nvcpus:
+                raise InvalidArgumentError(f"vcpu {a} out of range (the VM has {k.cfg.nvcpus})")
+            k.check_gfn("gfn", b)
+            if c > 3:
+                raise InvalidArgumentError(f"access must be 0..3 (r, w, x, xu), got {c}")
+            if tdp_mmu.find_root(k, k.vcpus[a].root_id) is None:
+                raise InvalidStateError(f"vcpu {a} has no root loaded (vcpu_run it first)")
         T = tdp_mmu
         if kind == 1:
             op = T.new_op(k, T.ZAP_LEAFS, T.ROOTS_VALID, a, b, c != 0)
@@ -277,12 +377,15 @@ class SteppedOps:
             op.target_level = c
         elif kind == 8:
             op = T.new_op(k, T.RECOVER_HUGE, T.ROOTS_VALID, a, b, True)
+        elif kind == 10:
+            op = T.new_op(k, T.ZAP_LEAFS, T.ROOTS_VALID, 0, 0, False)   # unused: a fault is not a walk
+            op.fault = page_fault_first_half(k, k.vcpus[a], b, c)
         else:
             op = T.new_op(k, T.NX_RECOVER, T.ROOTS_ALL, 0, 0, False)
             op.nx_left = nx_recovery_count(k, a)
         op.yield_every = yield_every
         k.next_op_id += 1
-        gen = nx_recovery(k, op) if kind == 9 else T.run_op(k, op)
+        gen = nx_recovery(k, op) if kind == 9 else _fault_second_half(k, op, b, c) if kind == 10 else T.run_op(k, op)
         k.ops.append(_StepOp(k.next_op_id, kind, a, b, c, op, gen))
         k.log("start_op", kind, a, b, c, yield_every | k.next_op_id << 32)
         k.op_end()
@@ -340,4 +443,6 @@ class SteppedOps:
             return int(op.result)   # each root that changed flushed at its end
         if o.kind == 9:
             return op.nx_done
+        if o.kind == 10:
+            return op.fault.result
         return 0

@@ -694,13 +694,13 @@ def tables_needed(vm, r: Root, start: int, end: int, level: int) -> int:
 
 
 def map_gfn(vm, r: Root, gfn: int, goal_level: int, write_fault: bool, huge_disallowed: bool,
-            req_level: int, exec_fault: bool = False):
+            req_level: int, exec_fault: bool = False, pfn: Optional[int] = None):
     """kvm_tdp_mmu_map() + tdp_mmu_map_handle_target_level(): walk to ``goal_level``
     creating tables (CMPXCHG), splitting a huge leaf above the goal in place (v6.2+: no
     flush), then install the leaf.  ``req_level`` is the level the fault could have used
     without the NX mitigation: tables created at or below it for a huge-disallowed fault
     go on the possible-NX list (possible_nx_huge_pages).  Returns (RET_PF_*, "replaced a
-    table")."""
+    table"). ``pfn``: gfn's host page as the fault's first half saw it (None: the slot's now)."""
     slot = vm.slot_of(gfn)
     nx = vm.pol.nx_huge_pages
     if r.invalid:
@@ -717,7 +717,7 @@ def map_gfn(vm, r: Root, gfn: int, goal_level: int, write_fault: bool, huge_disa
         if is_frozen_spte(it.old_spte):
             return RET_PF_RETRY, False
         if it.level == goal_level:
-            return _map_target_level(vm, it, slot, gfn, goal_level, write_fault, exec_fault)
+            return _map_target_level(vm, it, slot, gfn, goal_level, write_fault, exec_fault, pfn)
         if is_shadow_present_pte(it.old_spte) and not is_large_pte(it.old_spte):
             it.next()
             continue
@@ -741,7 +741,8 @@ def map_gfn(vm, r: Root, gfn: int, goal_level: int, write_fault: bool, huge_disa
     return RET_PF_RETRY, False
 
 
-def _map_target_level(vm, it: TdpIter, slot, gfn: int, level: int, write_fault: bool, exec_fault: bool):
+def _map_target_level(vm, it: TdpIter, slot, gfn: int, level: int, write_fault: bool, exec_fault: bool,
+                      pfn: Optional[int] = None):
     # A present leaf that already allows the access is not rewritten (386d69f9f29b, v6.13).
     if vm.pol.fault_spurious_if_allowed and is_present_leaf(it.old_spte, it.level) and \
             is_access_allowed(vm.masks, it.old_spte, write_fault, exec_fault):
@@ -757,7 +758,8 @@ def _map_target_level(vm, it: TdpIter, slot, gfn: int, level: int, write_fault: 
         if not slot.writable(gfn) and host_writable:
             acc &= ~ACC_WRITE  # a write-tracked gfn: make_spte write-protects it
             wrprot = True
-        new = make_leaf_spte(vm.masks, slot.gfn_to_pfn(it.gfn), level, acc, host_writable)
+        base = slot.gfn_to_pfn(it.gfn) if pfn is None else pfn - (gfn - it.gfn)   # a huge leaf starts at it.gfn
+        new = make_leaf_spte(vm.masks, base, level, acc, host_writable)
         if wrprot:  # host-writable stays, MMU-writable does not (spte.h: the "100" state)
             new &= ~(W | vm.masks.mmu_writable)
     ret, replaced_table = RET_PF_FIXED, False
