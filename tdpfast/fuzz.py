@@ -32,7 +32,8 @@ class FuzzConfig:
     chunk: int = 4000             # operations per VM before a fresh one (short histories shrink well)
     invariants: bool = True       # check the state invariants (tdpfast/invariants.py) after every step
     mutant: Optional[str] = None  # the engine with this flush site removed (tdpfast/flush_sites.py)
-    host_variety: bool = True     # every 4th VM (seeds 3, 7, ...): NX huge pages (VMX), 2 ASIDs per pCPU (SVM)
+    host_variety: bool = True     # every 4th VM (seeds 3, 7, ...): NX huge pages (VMX), 2 ASIDs per pCPU
+    #                               (SVM); every 8th (7, 15, ...) also a 39-bit MAXPHYADDR (4-level)
 
     def ad_for(self, seed: int) -> bool:
         return self.ad if self.ad is not None else seed % 2 == 0
@@ -54,10 +55,18 @@ class FuzzConfig:
         32767 otherwise."""
         return 2 if self.arch == "svm" and self._varied(seed) else 32767
 
+    def maxphyaddr_for(self, seed: int) -> int:
+        """The host's and guest's MAXPHYADDR in VM ``seed``: 52 with 5 levels; with 4, 46,
+        or 39 in every 8th VM (the smaller guest physical space ends zaps, zap-all and
+        teardown below what the paging levels could map)."""
+        if self.levels == 5:
+            return 52
+        return 39 if self._varied(seed) and seed % 8 == 7 else 46
+
     def vm(self, seed: int, record: bool) -> VM:
         return VM(arch=self.arch, levels=self.levels, seed=seed, vcpus=self.vcpus, pcpus=self.pcpus,
                   tlb=self.tlb, policy=self.policy_for(seed), ad=self.ad_for(seed),
-                  maxphyaddr=52 if self.levels == 5 else 46, max_asid=self.max_asid_for(seed), record=record,
+                  maxphyaddr=self.maxphyaddr_for(seed), max_asid=self.max_asid_for(seed), record=record,
                   invariants=self.invariants, mutant=self.mutant)
 
 
@@ -262,7 +271,7 @@ def reproducer(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> str:
     lines = ["# Reproducer written by `tdpfast fuzz`.",
              "from tdpfast import VM, Policy, TLBConfig", "",
              f"vm = VM(arch={cfg.arch!r}, levels={cfg.levels}, seed={seed}, vcpus={cfg.vcpus}, pcpus={cfg.pcpus}, "
-             f"ad={cfg.ad_for(seed)}, maxphyaddr={52 if cfg.levels == 5 else 46}, tlb=TLBConfig.adversarial(),"
+             f"ad={cfg.ad_for(seed)}, maxphyaddr={cfg.maxphyaddr_for(seed)}, tlb=TLBConfig.adversarial(),"
              + (f" max_asid={asid}," if asid != 32767 else ""),
              f"        policy={pol_txt}{', invariants=True' if cfg.invariants else ''}"
              f"{f', mutant={cfg.mutant!r}' if cfg.mutant else ''})"]
