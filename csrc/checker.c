@@ -143,6 +143,7 @@ static int invariant_of(int kind)
 	case TDP_V_STALE_FAULT_INSTALL: return TDP_INV_MEMSLOT;
 	case TDP_V_ROOT_REFCOUNT:
 	case TDP_V_LEAKED_TABLE: return TDP_INV_ROOTS;
+	case TDP_V_UNLOGGED_WRITABLE: return TDP_INV_DIRTY_LOG;
 	default: return TDP_INV_TABLES;
 	}
 }
@@ -229,6 +230,56 @@ void checker_check_range_unmapped(struct tdp_vm *vm, u64 start, u64 end, int kin
 		if (find_leaf(vm, r->frame, r->level, 0, start, end, &gfn, &level, &spte)) {
 			u64 g = gfn < start ? start : gfn;
 			report_state(vm, kind, r->id, g, level, spte, backing_of(vm, g));
+			return;
+		}
+	}
+}
+
+/* The first writable leaf under table f (entries of `level`, based at gfn base) that maps
+ * a gfn of slot s whose dirty bit is clear: its gfn, level and SPTE. */
+static bool find_unlogged_writable(struct tdp_vm *vm, struct memslot *s, u32 f, int level, u64 base, u64 *gfn,
+				   int *lvl, u64 *spte)
+{
+	const u64 *t = hostmem_table(&vm->mem, f);
+	u64 span = pages_per_level(level), start = s->base_gfn, end = s->base_gfn + s->npages;
+	int i = start > base ? (int)((start - base) / span) : 0;
+
+	for (; i < 512 && base + (u64)i * span < end; i++) {
+		u64 e = t[i], g0 = base + (u64)i * span;
+		if (!is_shadow_present_pte(e))
+			continue;
+		if (is_last_spte(e, level)) {
+			if (!(e & SPTE_W))
+				continue;
+			for (u64 g = g0 < start ? start : g0; g < g0 + span && g < end; g++)
+				if (!vm_gfn_is_dirty(s, g)) {
+					*gfn = g, *lvl = level, *spte = e;
+					return true;
+				}
+			continue;
+		}
+		u32 c = spte_to_child_frame(&vm->mem, e, level);
+		if (c != NO_FRAME && vm->mem.frames[c].state == FRAME_TABLE &&
+		    find_unlogged_writable(vm, s, c, level - 1, g0, gfn, lvl, spte))
+			return true;
+	}
+	return false;
+}
+
+void checker_check_dirty_log(struct tdp_vm *vm, struct memslot *s)
+{
+	u64 gfn, spte;
+	int level;
+
+	if (!(vm->cfg.invariants & TDP_INV_DIRTY_LOG) || (vm->inv.reported & (1u << TDP_V_UNLOGGED_WRITABLE)) ||
+	    !(s->flags & TDP_SLOT_DIRTY_LOG) || !s->dirty)
+		return;
+	for (int i = 0; i < vm->nroots; i++) {
+		struct tdp_root *r = &vm->roots[i];
+		if (r->invalid || vm->mem.frames[r->frame].state != FRAME_TABLE)
+			continue; /* vCPUs leave an invalid root before they run again */
+		if (find_unlogged_writable(vm, s, r->frame, r->level, 0, &gfn, &level, &spte)) {
+			report_state(vm, TDP_V_UNLOGGED_WRITABLE, r->id, gfn, level, spte, backing_of(vm, gfn));
 			return;
 		}
 	}

@@ -54,6 +54,12 @@ void checker_check_invariants(struct tdp_vm *vm);
  * [start, end). Called where it must hold: after the notifier's zap, before the
  * host frees the pages; when memslot deletion returns. */
 void checker_check_range_unmapped(struct tdp_vm *vm, u64 start, u64 end, int kind);
+/* I6 (kind TDP_V_UNLOGGED_WRITABLE): once enabling dirty logging or harvesting the log
+ * (kvm_get_dirty_log_protect()) returns, no writable leaf SPTE in a valid root maps a
+ * gfn of the slot whose dirty bit is clear (a write through it would be neither
+ * faulted nor logged). Called where it must hold. */
+struct memslot;
+void checker_check_dirty_log(struct tdp_vm *vm, struct memslot *s);
 /* I5: a fault installed gfn into root: the root must still be valid
  * (is_page_fault_stale() makes a fault whose root was invalidated retry). */
 void checker_check_fault_install(struct tdp_vm *vm, const struct tdp_root *root, u64 gfn, int level);

@@ -356,6 +356,7 @@ int tdp_dirty_log_enable(tdp_vm *vm, int slot_id, int enable)
 		bool changed = tdp_mmu_wrprot(vm, start, end, 1);
 		if ((vm->pol.dirty_log_enable_flush == 0 || changed) && FLUSH_SITE(vm, DIRTY_LOG_ENABLE))
 			kvm_flush_remote_tlbs_range(vm, start, end - start);
+		checker_check_dirty_log(vm, s); /* I6 */
 	} else if (!enable && (s->flags & TDP_SLOT_DIRTY_LOG)) {
 		s->flags &= ~TDP_SLOT_DIRTY_LOG;
 		free(s->dirty);
@@ -401,6 +402,7 @@ int tdp_dirty_log_get(tdp_vm *vm, int slot_id, uint64_t *bitmap, size_t nwords, 
 	}
 	if (any && FLUSH_SITE(vm, DIRTY_LOG_GET))
 		kvm_flush_remote_tlbs_range(vm, s->base_gfn, s->npages);
+	checker_check_dirty_log(vm, s); /* I6 */
 	*ndirty = n;
 	vm_log(vm, EV_DIRTY_LOG_GET, (u64)slot_id, 0, 0, 0, 0);
 	vm_op_end(vm);

@@ -66,7 +66,9 @@ enum tdp_violation_kind {
 	TDP_V_FROZEN_SPTE = 10,          /* a frozen SPTE survived an operation in a reachable table */
 	TDP_V_LEAF_COUNT = 11,           /* the leaf counters (pages_4k/2m/1g) differ from the tables */
 	TDP_V_ROOT_REFCOUNT = 12,        /* I7: a root's refcount is not the number of its holders */
-	TDP_V_LEAKED_TABLE = 13          /* I7: a table page no root reaches and nobody freed */
+	TDP_V_LEAKED_TABLE = 13,         /* I7: a table page no root reaches and nobody freed */
+	TDP_V_UNLOGGED_WRITABLE = 14     /* I6: after dirty logging was enabled or harvested, a writable
+	                                  * SPTE in a valid root maps a gfn the dirty log does not hold */
 };
 /* The state invariants a VM checks (struct tdp_config.invariants, a mask): after
  * every top-level operation, which includes every stop of a stepped operation at a
@@ -76,7 +78,8 @@ enum tdp_invariant {
 	TDP_INV_MEMSLOT = 2,  /* I5: after memslot deletion; faults into invalidated roots */
 	TDP_INV_TABLES = 4,   /* well-formed tables, no frozen SPTE, leaf counters */
 	TDP_INV_ROOTS = 8,    /* I7: root refcounts equal holders, no leaked table */
-	TDP_INV_ALL = 15
+	TDP_INV_DIRTY_LOG = 16, /* I6: a write after dirty logging protected a page faults or is logged */
+	TDP_INV_ALL = 31
 };
 enum tdp_access_outcome { TDP_OUT_OK = 0, TDP_OUT_MMIO = 1, TDP_OUT_LIVELOCK = 2, TDP_OUT_BLOCKED = 3 };
 /* What a host frame is (tdp_frame_state(), and struct tdp_violation's frame_state). */

@@ -9,7 +9,7 @@ from typing import Dict, Iterable, Tuple, Union
 from ._native import ffi, lib
 
 # name -> bit, read from the binding (enum tdp_invariant): notifier (I1), memslot (I5),
-# tables (well-formed tables, frozen SPTEs, leaf counters), roots (I7).
+# tables (well-formed tables, frozen SPTEs, leaf counters), roots (I7), dirty_log (I6).
 NAMES: Dict[str, int] = {}
 _bit = 1
 while lib.tdp_invariant_name(_bit) != ffi.NULL:
@@ -20,7 +20,7 @@ ALL = lib.TDP_INV_ALL
 # The violation kinds of the state invariants (enum tdp_violation_kind, from the binding).
 KINDS: Tuple[str, ...] = tuple(
     ffi.string(lib.tdp_violation_kind_name(k)).decode()
-    for k in range(lib.TDP_V_NOTIFIER_RANGE_MAPPED, lib.TDP_V_LEAKED_TABLE + 1))
+    for k in range(lib.TDP_V_NOTIFIER_RANGE_MAPPED, lib.TDP_V_UNLOGGED_WRITABLE + 1))
 
 Spec = Union[bool, None, Iterable[str]]
 

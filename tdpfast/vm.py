@@ -21,7 +21,7 @@ from .results import (ACCESS_NAMES, FRAME_STATES, OUTCOME_NAMES, VIOLATION_KINDS
 from .tlbconfig import TLBConfig
 
 _NO_PFN = (1 << 64) - 1
-_STATE_KINDS = range(lib.TDP_V_NOTIFIER_RANGE_MAPPED, lib.TDP_V_LEAKED_TABLE + 1)  # state invariants' kinds
+_STATE_KINDS = range(lib.TDP_V_NOTIFIER_RANGE_MAPPED, lib.TDP_V_UNLOGGED_WRITABLE + 1)  # state invariants' kinds
 _ARCH = {name: code for code, name in c_names(lib.tdp_arch_name).items()}
 #: KVM requests by name -> request bit (enum tdp_request; read from the binding).
 REQUESTS = {name: bit for bit, name in c_names(lib.tdp_request_name, (1 << i for i in range(32))).items()}

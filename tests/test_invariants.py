@@ -13,7 +13,7 @@ from tdpfast import VM, InvalidArgumentError, Policy, fuzz, invariants
 
 
 def test_invariants_are_named_from_the_binding_and_validated():
-    assert set(invariants.NAMES) == {"notifier", "memslot", "tables", "roots"}
+    assert set(invariants.NAMES) == {"notifier", "memslot", "tables", "roots", "dirty_log"}
     assert invariants.mask(True) == invariants.ALL == sum(invariants.NAMES.values())
     assert invariants.mask(False) == invariants.mask(None) == 0
     assert invariants.names(invariants.mask(["roots", "notifier"])) == ("notifier", "roots")
@@ -22,7 +22,26 @@ def test_invariants_are_named_from_the_binding_and_validated():
             VM(invariants=bad)
     assert set(invariants.KINDS) >= {"notifier_range_mapped", "deleted_slot_mapped", "stale_fault_install",
                                      "malformed_table", "frozen_spte", "leaf_count", "root_refcount",
-                                     "leaked_table"}
+                                     "leaked_table", "unlogged_writable"}
+
+
+def _enable_dirty_log_after_populate(skip_after_yield):
+    pol = Policy.kvm().replace(iter_skip_after_yield=skip_after_yield, yield_every=4)
+    vm = VM(vcpus=1, pcpus=1, policy=pol, invariants=True)
+    s = vm.add_memslot(0, 512, max_level=1)
+    vm.mmu.alloc_root()
+    vm.mmu.map_range(0, 64, 1)          # 64 writable 4K leaves
+    vm.set_dirty_logging(s, True)       # write-protects them (the iterator yields every 4 steps)
+    return vm
+
+
+def test_i6_a_writable_spte_left_after_enabling_dirty_logging_is_reported_at_once():
+    assert _enable_dirty_log_after_populate(False).violations == []
+    vm = _enable_dirty_log_after_populate(True)     # B9: an entry skipped after each yield
+    v, = vm.violations
+    assert (v.kind, v.root, v.level, v.event) == ("unlogged_writable", 1, 1, 3)
+    assert v.spte & 2                                # W: a write would be neither faulted nor logged
+    assert 0 < v.gpa >> 12 < 64
 
 
 def _unmap_after_invalidation(policy, inv):
