@@ -374,7 +374,7 @@ class DifferentialMachine(RuleBasedStateMachine):
                 "zap_invalidated_roots": (), "delete_memslot": (self.slot(pick),),
                 "write_protect_range": (g, g + length), "clear_dirty_range": (g, g + length),
                 "split_huge_pages": (g, g + length, 1 + extra % 2), "recover_huge_pages": (g, g + length),
-                "recover_nx_huge_pages": (extra,)}[name]
+                "recover_nx_huge_pages": (extra,), "page_fault": (0, g, extra)}[name]
         self.pair.call("vm", "start_op", name, *args, yield_every=yield_every)
 
     @rule(pick=picks, times=st.integers(1, 3))
