@@ -30,7 +30,7 @@ static const int base_weight[FZ_NKINDS] = {300, 60, 15, 40, 30, 12, 35, 30, 20, 
 /* Long operations started stepwise (by enum tdp_op_kind), scaled per VM the same
  * way: mostly the zaps that walk several roots, and the zaps of invalidated roots
  * that leave emptied tables behind them while they yield. */
-static const int base_op_weight[TDP_OP_NX_RECOVER + 1] = {0, 300, 300, 100, 120, 33, 33, 33, 33, 33};
+static const int base_op_weight[TDP_OP_LAST + 1] = {0, 300, 300, 100, 120, 33, 33, 33, 33, 33, 150};
 
 #define RECENT 64u   /* gfns the guest touched lately */
 #define FOCUS_OPS 32 /* picks stay near a hazard for this many operations */
@@ -48,7 +48,7 @@ struct fuzz {
 	int exec_pct;  /* per VM: instruction fetches among guest accesses (%) */
 	u64 focus;     /* a gfn where the TLB and the tables disagree ... */
 	int focus_left; /* ... and for how many more operations picks stay near it */
-	int op_weight[TDP_OP_NX_RECOVER + 1]; /* per VM: which long operations are stepped */
+	int op_weight[TDP_OP_LAST + 1]; /* per VM: which long operations are stepped */
 	int op_total;
 };
 
@@ -137,6 +137,29 @@ static int in_guest_from(tdp_vm *vm, int v)
 	return -1;
 }
 
+/* Between the halves of a fault on gfn (KVM: after kvm_faultin_pfn(), before mmu_lock):
+ * what can make it stale -- the host unmapping or migrating the page, the roots
+ * invalidated (a fast zap), the fault's memslot deleted -- or nothing. */
+static void race_fault(struct fuzz *f, u64 gfn)
+{
+	u64 nw;
+	switch (below(f, 5)) {
+	case 0: tdp_host_unmap(f->vm, gfn, gfn + 1); break;
+	case 1: tdp_host_migrate(f->vm, gfn, &nw); break;
+	case 2: tdp_mmu_zap_all_fast(f->vm); break;
+	case 3: {
+		struct memslot *s = vm_slot_of(f->vm, gfn);
+		for (int i = 0; i < 2 && s && below(f, 4) == 0; i++)
+			if (f->slot_id[i] == s->id && tdp_memslot_delete(f->vm, f->slot_id[i]) == 0) {
+				f->slot_id[i] = -1; /* added again by a later memslot operation */
+				break;
+			}
+		break;
+	}
+	default: break;
+	}
+}
+
 static void step_ops(struct fuzz *f)
 {
 	int n;
@@ -151,7 +174,8 @@ static void step_ops(struct fuzz *f)
 	/* Stopped at a yield point with mmu_lock dropped: other threads race on the
 	 * gfns the operation is working on. */
 	struct vm_op *o = vm_find_op(f->vm, id, NULL);
-	if (!o || o->kind == TDP_OP_DELETE_MEMSLOT || o->kind == TDP_OP_NX_RECOVER || o->b <= o->a)
+	if (!o || o->kind == TDP_OP_DELETE_MEMSLOT || o->kind == TDP_OP_NX_RECOVER || o->kind == TDP_OP_PAGE_FAULT ||
+	    o->b <= o->a)
 		return;
 	u64 lo = o->a, hi = o->b;
 	u64 g = lo + below(f, hi - lo), nw;
@@ -325,7 +349,7 @@ static void one_op(struct fuzz *f)
 	} else if (kind == FZ_OP) {
 		if (below(f, 3) == 0 || !vm->nops) {
 			/* Mostly the zaps that run over several roots. */
-			int okind = pick_weighted(f->op_weight, TDP_OP_NX_RECOVER + 1,
+			int okind = pick_weighted(f->op_weight, TDP_OP_LAST + 1,
 						  (int)below(f, (u64)f->op_total + 1), TDP_OP_ZAP_GFN_RANGE);
 			u64 a = 0, b = 0, c = 0;
 			pick_range(f, &a, &b);
@@ -340,8 +364,16 @@ static void one_op(struct fuzz *f)
 				c = below(f, 2);
 			} else if (okind == TDP_OP_NX_RECOVER) {
 				a = 1 + below(f, 4);
+			} else if (okind == TDP_OP_PAGE_FAULT) {
+				/* A fault in two halves by a vCPU with a root; the host, memslots and
+				 * roots change under it before its second half (race_fault()). */
+				a = (u64)any_vcpu(f);
+				b = pick_gfn(f);
+				c = below(f, 8) < 5 ? TDP_ACC_WRITE : below(f, 2) ? TDP_ACC_READ : TDP_ACC_EXEC;
 			}
-			tdp_op_start(vm, okind, a, b, c, 1 + (int)below(f, (u64)f->yield_max), &id);
+			if (tdp_op_start(vm, okind, a, b, c, 1 + (int)below(f, (u64)f->yield_max), &id) == 0 &&
+			    okind == TDP_OP_PAGE_FAULT && below(f, 2))
+				race_fault(f, b);
 		} else {
 			step_ops(f);
 		}
@@ -395,7 +427,7 @@ int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done)
 		f.weight[k] = k == FZ_ACCESS ? base_weight[k] << below(&f, 3) : swarm_scale(&f, base_weight[k]);
 		f.total += f.weight[k];
 	}
-	for (int k = 1; k <= TDP_OP_NX_RECOVER; k++) {
+	for (int k = 1; k <= TDP_OP_LAST; k++) {
 		f.op_weight[k] = swarm_scale(&f, base_op_weight[k]);
 		f.op_total += f.op_weight[k];
 	}
