@@ -20,15 +20,19 @@ def test_the_explorer_reports_the_injected_stale_walk_and_kvm_is_clean():
         ran = vm._fuzz(seed, 4000)
         if not vm.violations:
             continue
-        found += 1
         v = vm.violations[0]
-        assert v.kind == "use_after_free" and v.vcpu == -1 and v.root is not None and v.spte is None
-        assert v.frame_state != "table" or v.stale_pfn is not None
-        assert "walk of root" in str(v)
+        if v.kind != "use_after_free":
+            # The walk that went on from where it was also missed entries: a state invariant
+            # can see that first.
+            assert v.kind in ("notifier_range_mapped", "deleted_slot_mapped", "unlogged_writable"), v
+        else:
+            found += 1
+            assert v.vcpu == -1 and v.root is not None and v.spte is None
+            assert "walk of root" in str(v)
         # The same VM without the injected bug runs the same operations clean.
         clean = _vm(seed)
         assert clean._fuzz(seed, ran) == ran and clean.violations == []
-    assert found >= 6                  # 8 of these 16 VMs meet it within 4,000 operations
+    assert found >= 7                  # 8 of these 16 VMs report it within 4,000 operations (one more: I1)
 
 
 def test_the_stale_walk_replays_from_the_event_log():
