@@ -1,5 +1,5 @@
 """Guest accesses through vm.access_batch at ~99%, ~90% and ~50% TLB hit rates (Skylake
-geometry), next to a bare set-associative LRU lookup over the same addresses."""
+geometry), next to a bare set-associative lookup over the same addresses."""
 import pytest
 
 from tdpfast import bench

@@ -521,7 +521,6 @@ int tdp_access_batch(tdp_vm *vm, int vcpu, const uint64_t *gpas, const uint8_t *
 		     size_t n, struct tdp_access_result *per, uint64_t *counts, size_t *done)
 {
 	int r;
-	struct tdp_access_result tmp;
 	*done = 0;
 	VM_OP_BEGIN(vm);
 	if ((r = check_access_args(vm, vcpu, default_access)))
@@ -536,24 +535,8 @@ int tdp_access_batch(tdp_vm *vm, int vcpu, const uint64_t *gpas, const uint8_t *
 	if (vm->cfg.record && vm_log_reserve_batch(vm, n * 9))
 		return vm_err(vm, TDP_ENOMEM, "out of host memory for the event log");
 	memset(counts, 0, 9 * sizeof(u64));
-	struct vcpu *v = &vm->vcpus[vcpu];
 	size_t i;
-	for (i = 0; i < n; i++) {
-		struct tdp_access_result *o = per ? &per[i] : &tmp;
-		int acc = accesses ? accesses[i] : default_access;
-		if (hostmem_available(&vm->mem) < (u64)tdp_fault_frames(vm->cfg.levels)) {
-			/* Not an error: the batch stops before an access that might need
-			 * more frames than are left, and says how far it got. */
-			vm_err(vm, 0, "frame pool exhausted: the batch stopped after %zu of %zu accesses", i, n);
-			break;
-		}
-		if ((r = cpu_access(vm, v, gpas[i], acc, o, i)))
-			break;
-		counts[TDP_BATCH_OK + o->outcome]++;
-		counts[TDP_BATCH_WALKED + o->tlb_hit]++;
-		counts[TDP_BATCH_FAULTS] += (u64)o->faults;
-		counts[TDP_BATCH_VIOLATIONS] += o->violation != 0;
-	}
+	r = cpu_access_batch(vm, &vm->vcpus[vcpu], gpas, accesses, default_access, n, per, counts, &i);
 	*done = i;
 	if (i)
 		vm_log_access_batch(vm, vcpu, gpas, accesses, default_access, i);

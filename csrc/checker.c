@@ -44,6 +44,8 @@ int checker_check_translation(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int ac
 	struct memslot *s = vm_slot_of(vm, gfn);
 	u64 expected = s ? vm_gfn_to_pfn(vm, s, gfn) : NO_PFN;
 
+	if (pfn == expected && access != TDP_ACC_WRITE)
+		return 0; /* the common case: nothing to report, so no frame state to name */
 	u32 f = hostmem_frame_of(&vm->mem, pfn);
 	int st = f == NO_FRAME ? (pfn == expected ? TDP_FRAME_CURRENT : TDP_FRAME_UNUSED) : vm->mem.frames[f].state;
 

@@ -310,33 +310,13 @@ int cpu_fill_tlb_junk(struct tdp_vm *vm, int p, u32 count, u64 max_gfn)
 		if (c < 0)
 			return TDP_ENOMEM;
 		u64 r2 = rng * 0x9e3779b97f4a7c15ull;
-		if (tlb_fill(t, c, (r2 >> 8) % max_gfn, 1, (r2 >> 20) & 0xffffff, 7, 1))
+		if (tlb_fill(t, c, (r2 >> 8) % max_gfn, 1, (r2 >> 20) & 0xffffff, 7, 1, false, NULL))
 			return TDP_ENOMEM;
 	}
 	return 0;
 }
 
 /* ---------------------------------------------------------------- guest accesses */
-
-/* The walker's table read: one load from the frame pool, found without a call
- * (hostmem_frame_of()'s bounds test, inline). */
-static int engine_read(void *ctx, u64 hpa, u64 *val)
-{
-	struct tdp_vm *vm = ctx;
-	u64 pfn = hpa >> 12;
-	u32 f = pfn < vm->mem.base_pfn || pfn - vm->mem.base_pfn >= vm->mem.nframes ? NO_FRAME
-										    : (u32)(pfn - vm->mem.base_pfn);
-
-	/* [MODEL CHOICE] guest data is not modelled: a frame that is not a table
-	 * (or was never one) reads as zeroes, i.e. a not-present entry. */
-	if (f == NO_FRAME || f >= vm->mem.nchunks * ARENA_CHUNK_FRAMES || !vm->mem.chunks[f / ARENA_CHUNK_FRAMES] ||
-	    vm->mem.frames[f].state == FRAME_GUEST) {
-		*val = 0;
-		return 0;
-	}
-	*val = vm->mem.chunks[f / ARENA_CHUNK_FRAMES][(size_t)(f % ARENA_CHUNK_FRAMES) * 512 + ((hpa & 0xfff) >> 3)];
-	return 0;
-}
 
 static void engine_write(struct tdp_vm *vm, u64 hpa, u64 old, u64 nw)
 {
@@ -361,6 +341,41 @@ static unsigned need_perm(struct tdp_vm *vm, int access)
 
 #define MAX_FAULT_RETRIES 8
 
+/* The checker's verdict kept in a TLB entry: a 4K translation that passed
+ * checker_check_translation() for `access` passes it again, with no effect, until
+ * the truth changes (vm->truth_gen, memslot_truth_changed()); so a TLB hit's check
+ * is a generation compare. A check that fails reports and is not kept: it fails
+ * again next time. A huge page's entry serves many gfns: it is checked every time. */
+static inline unsigned verdict_for(int access)
+{
+	return access == TDP_ACC_WRITE ? TLB_CHK_MAP | TLB_CHK_WRITE : TLB_CHK_MAP;
+}
+
+static inline void keep_verdict(const struct tdp_vm *vm, struct tlb_ent *e, unsigned chk)
+{
+	if (!e || e->level != 1)
+		return;
+	if (e->chk_gen != vm->truth_gen) {
+		e->chk_gen = vm->truth_gen;
+		e->chk = 0;
+	}
+	e->chk |= (u8)chk;
+}
+
+/* The checker on a TLB hit on e (src: the L2 entry an L2 hit refilled e from). */
+static inline void check_tlb_hit(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct tlb_ent *e,
+				 struct tlb_ent *src, u64 pfn, u64 tag, u64 batch_index)
+{
+	unsigned chk = verdict_for(access);
+
+	if (e->chk_gen == vm->truth_gen && (e->chk & chk) == chk)
+		return;
+	if (checker_check_translation(vm, v, gpa, access, pfn, e->level, tag, batch_index))
+		return;
+	keep_verdict(vm, e, chk);
+	keep_verdict(vm, src, chk);
+}
+
 /* An EPT violation / #NPF reaches KVM's fault handler: 1 when the access ends here
  * (emulated, or waiting for an invalidation), 0 to retry it, <0 on error. */
 static int take_fault(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct tdp_access_result *out)
@@ -381,8 +396,12 @@ static int take_fault(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, st
 	}
 }
 
-int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct tdp_access_result *out,
-	       u64 batch_index)
+/* l1_missed: the caller has just probed the 4K L1 array of the vCPU's current context
+ * for gfn and missed (l1_hit_kept()), with the vCPU in guest mode: the first lookup
+ * starts after it. */
+static inline __attribute__((always_inline)) int access_one(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access,
+							     struct tdp_access_result *out, u64 batch_index,
+							     bool l1_missed)
 {
 	struct pcpu *pc;
 	u64 gfn = gpa >> 12;
@@ -400,12 +419,11 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 	}
 	pc = pc_of(vm, v);
 	vm->stats[ST_accesses]++;
-	struct walk_mem mem = {engine_read, vm};
 	for (int tries = 0; tries < MAX_FAULT_RETRIES; tries++) {
 		int ctx = pc->cur_ctx;
-		struct tlb_ent *e;
+		struct tlb_ent *e, *src;
 		u64 tag = pc->tlb.ctx[ctx].key & ((1ull << 62) - 1);
-		int hit = tlb_lookup(&pc->tlb, ctx, gfn, &e);
+		int hit = tlb_lookup(&pc->tlb, ctx, gfn, &e, &src, l1_missed && tries == 0);
 		if (hit) {
 			bool permitted = (e->perms & need) != 0;
 			if (permitted && !(is_write && ad && !e->dirty)) {
@@ -414,7 +432,7 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 				vm_cost(vm, vm->costs.tlb_hit);
 				out->tlb_hit = hit;
 				out->hpa = ((e->pfn + off) << 12) | (gpa & 0xfff);
-				checker_check_translation(vm, v, gpa, access, e->pfn + off, e->level, tag, batch_index);
+				check_tlb_hit(vm, v, gpa, access, e, src, e->pfn + off, tag, batch_index);
 				if (vm->hazard_probe && !vm->hazard)
 					checker_probe_hazard(vm, v, gfn, e->pfn + off, e->level);
 				goto done;
@@ -454,7 +472,7 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 			perms = psc->perms;
 		}
 		struct tdp_walk_result w;
-		walk_gpa(&vm->hw, &mem, table, level, perms, gpa, access, &w);
+		walk_gpa_hostmem(&vm->hw, &vm->mem, table, level, perms, gpa, access, &w);
 		vm->stats[ST_walks]++;
 		vm->stats[ST_walk_refs] += (u64)w.refs;
 		vm_cost(vm, vm->costs.walk_ref * (u64)w.refs);
@@ -469,20 +487,29 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 				int lv = level - i;
 				u64 ent = w.entries[i];
 				acc &= spte_hw_perms(&vm->masks, ent);
-				u64 child = (ent & SPTE_PFN_MASK) >> 12;
-				u32 cf = hostmem_frame_of(&vm->mem, child);
-				if (tlb_psc_fill(&pc->tlb, ctx, gfn, lv, child, acc, cf == NO_FRAME ? 0 : vm->mem.frames[cf].gen))
-					return vm_err(vm, TDP_ENOMEM, "out of host memory for the paging-structure cache");
-				vm->stats[ST_psc_fills]++;
+				if (tlb_psc_caches(&pc->tlb, lv)) {
+					u64 child = (ent & SPTE_PFN_MASK) >> 12;
+					u32 cf = hostmem_frame_of(&vm->mem, child);
+					if (tlb_psc_fill(&pc->tlb, ctx, gfn, lv, child, acc,
+							 cf == NO_FRAME ? 0 : vm->mem.frames[cf].gen))
+						return vm_err(vm, TDP_ENOMEM, "out of host memory for the paging-structure cache");
+				}
+				vm->stats[ST_psc_fills]++; /* counted where no cache keeps it, as before */
 			}
 			u64 leafpfn = ((w.hpa >> 12) & ~(pages_per_level(w.level) - 1));
 			int dirty = !ad || is_write || (w.entries[w.nentries - 1] & vm->masks.dirty);
-			if (tlb_fill(&pc->tlb, ctx, gfn, w.level, leafpfn, w.perms, dirty))
+			struct tlb_ent *filled[2] = {NULL, NULL};
+			/* After a miss the arrays hold no live entry for gfn (a hit that had
+			 * to re-walk for D is replaced in place). */
+			if (tlb_fill(&pc->tlb, ctx, gfn, w.level, leafpfn, w.perms, dirty, hit == 0, filled))
 				return vm_err(vm, TDP_ENOMEM, "out of host memory for the TLB");
 			vm->stats[ST_tlb_fills]++;
 			out->hpa = w.hpa;
-			if (!stale_reported)
-				checker_check_translation(vm, v, gpa, access, w.hpa >> 12, w.level, tag, batch_index);
+			if (!stale_reported &&
+			    !checker_check_translation(vm, v, gpa, access, w.hpa >> 12, w.level, tag, batch_index)) {
+				keep_verdict(vm, filled[0], verdict_for(access));
+				keep_verdict(vm, filled[1], verdict_for(access));
+			}
 			goto done;
 		}
 		/* EPT violation / misconfiguration, #NPF. */
@@ -512,4 +539,91 @@ done:
 	if (vm->nviol > nviol_before)
 		out->violation = (int)vm->nviol;
 	return 0;
+}
+
+int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct tdp_access_result *out,
+	       u64 batch_index)
+{
+	return access_one(vm, v, gpa, access, out, batch_index, false);
+}
+
+/* The whole of an access that hits a 4K entry of the L1 TLB whose checker verdict is
+ * kept (check_tlb_hit()), with no hazard probe to run: the same effects as
+ * access_one() - the entry's use, the counters, the result - for a probe, a tag
+ * compare and a generation compare. NULL when anything else may happen; the probe
+ * has no effect, so access_one() then starts from scratch. */
+static inline struct tlb_ent *l1_hit_kept(struct tdp_vm *vm, struct vcpu *v, u64 gfn, int access, bool ad,
+					  u32 *set, u32 *way, bool *missed)
+{
+	*missed = false;
+	if (v->mode != TDP_IN_GUEST || (vm->hazard_probe && !vm->hazard))
+		return NULL;
+	struct tlb *t = &pc_of(vm, v)->tlb;
+	if (t->mode == TDP_TLB_ADVERSARIAL)
+		return NULL;
+	struct tlb_ent *e = tlb_array_find(t, &t->l1[0], pc_of(vm, v)->cur_ctx, gfn, 1, set, way);
+	*missed = !e;
+	if (!e || !(e->perms & need_perm(vm, access)) || e->chk_gen != vm->truth_gen)
+		return NULL;
+	if (access == TDP_ACC_WRITE)
+		return ad && !e->dirty ? NULL : (e->chk & TLB_CHK_WRITE) ? e : NULL;
+	return (e->chk & TLB_CHK_MAP) ? e : NULL;
+}
+
+int cpu_access_batch(struct tdp_vm *vm, struct vcpu *v, const u64 *gpas, const u8 *accesses, int default_access,
+		     size_t n, struct tdp_access_result *per, u64 *counts, size_t *done)
+{
+	struct tdp_access_result tmp;
+	const u64 fault_frames = (u64)tdp_fault_frames(vm->cfg.levels);
+	const bool ad = vm->cfg.arch == TDP_SVM || vm->cfg.ad;
+	u64 kept = 0; /* L1 hits taken by l1_hit_kept(), counted at the next slow access */
+	int r = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		int acc = accesses ? accesses[i] : default_access;
+		if (hostmem_available(&vm->mem) < fault_frames) {
+			/* Not an error: the batch stops before an access that might need
+			 * more frames than are left, and says how far it got. */
+			vm_err(vm, 0, "frame pool exhausted: the batch stopped after %zu of %zu accesses", i, n);
+			break;
+		}
+		u64 gpa = gpas[i];
+		u32 set, way;
+		bool missed;
+		struct tlb_ent *e = l1_hit_kept(vm, v, gpa >> 12, acc, ad, &set, &way, &missed);
+		if (e) {
+			struct tlb *t = &pc_of(vm, v)->tlb;
+			tlb_touch(t, &t->l1[0], set, way);
+			kept++;
+			if (per)
+				per[i] = (struct tdp_access_result){.outcome = TDP_OUT_OK, .tlb_hit = TDP_TLB_HIT_L1,
+								    .hpa = (e->pfn << 12) | (gpa & 0xfff)};
+			continue;
+		}
+		if (kept) {
+			vm->stats[ST_accesses] += kept;
+			vm->stats[ST_tlb_hits_l1] += kept;
+			vm_cost(vm, vm->costs.tlb_hit * kept);
+			counts[TDP_BATCH_OK] += kept;
+			counts[TDP_BATCH_L1_HITS] += kept;
+			kept = 0;
+		}
+		struct tdp_access_result *o = per ? &per[i] : &tmp;
+		if ((r = access_one(vm, v, gpa, acc, o, i, missed)))
+			break;
+		counts[TDP_BATCH_OK + o->outcome]++;
+		counts[TDP_BATCH_WALKED + o->tlb_hit]++;
+		counts[TDP_BATCH_FAULTS] += (u64)o->faults;
+		counts[TDP_BATCH_VIOLATIONS] += o->violation != 0;
+	}
+	if (kept) {
+		vm->stats[ST_accesses] += kept;
+		vm->stats[ST_tlb_hits_l1] += kept;
+		vm_cost(vm, vm->costs.tlb_hit * kept);
+		counts[TDP_BATCH_OK] += kept;
+		counts[TDP_BATCH_L1_HITS] += kept;
+	}
+	*done = i;
+	return r;
 }

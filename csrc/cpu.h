@@ -43,6 +43,9 @@ int cpu_vcpu_run(struct tdp_vm *vm, int vcpu, int pcpu);
 void cpu_vcpu_exit(struct tdp_vm *vm, struct vcpu *v);
 int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct tdp_access_result *out,
 	       u64 batch_index);
+/* tdp_access_batch()'s loop: counts[] as documented there; *done accesses ran. */
+int cpu_access_batch(struct tdp_vm *vm, struct vcpu *v, const u64 *gpas, const u8 *accesses, int default_access,
+		     size_t n, struct tdp_access_result *per, u64 *counts, size_t *done);
 u64 cpu_eptp(struct tdp_vm *vm, u32 root_frame);
 int cpu_context_of(struct tdp_vm *vm, struct vcpu *v);
 /* Fill pCPU p's TLB with `count` junk entries below max_gfn (tlb.junk). */

@@ -22,12 +22,6 @@ void hostmem_destroy(struct hostmem *h)
 	memset(h, 0, sizeof(*h));
 }
 
-u64 hostmem_available(const struct hostmem *h)
-{
-	if (!h->limit)
-		return (u64)(0x7fffffffu - h->in_use);
-	return h->in_use >= h->limit ? 0 : h->limit - h->in_use;
-}
 
 static int grow(struct hostmem *h)
 {
@@ -139,9 +133,3 @@ void hostmem_synchronize_rcu(struct hostmem *h)
 	h->nrcu = 0;
 }
 
-u32 hostmem_frame_of(const struct hostmem *h, u64 pfn)
-{
-	if (pfn < h->base_pfn || pfn - h->base_pfn >= h->nframes)
-		return NO_FRAME;
-	return (u32)(pfn - h->base_pfn);
-}

@@ -54,14 +54,39 @@ struct hostmem {
 int hostmem_init(struct hostmem *h, u64 base_pfn, u32 limit);
 void hostmem_destroy(struct hostmem *h);
 /* Frames that can still be handed out (respecting the limit). */
-u64 hostmem_available(const struct hostmem *h);
+static inline u64 hostmem_available(const struct hostmem *h)
+{
+	if (!h->limit)
+		return (u64)(0x7fffffffu - h->in_use);
+	return h->in_use >= h->limit ? 0 : h->limit - h->in_use;
+}
 u32 hostmem_alloc(struct hostmem *h, int state); /* NO_FRAME when exhausted */
 void hostmem_free_now(struct hostmem *h, u32 f);
 void hostmem_free_rcu(struct hostmem *h, u32 f); /* call_rcu() */
 void hostmem_synchronize_rcu(struct hostmem *h); /* end of a grace period */
 u64 *hostmem_table(struct hostmem *h, u32 f);
 static inline u64 hostmem_pfn(const struct hostmem *h, u32 f) { return h->base_pfn + f; }
+/* The 8-byte entry at hpa as the hardware walker reads it: a pool frame's contents.
+ * [MODEL CHOICE] guest data is not modelled: a frame that is not a table (or was
+ * never one), or a page outside the pool, reads as zeroes, i.e. a not-present entry. */
+static inline u64 hostmem_read_entry(const struct hostmem *h, u64 hpa)
+{
+	u64 pfn = hpa >> 12;
+	if (pfn < h->base_pfn || pfn - h->base_pfn >= h->nframes)
+		return 0;
+	u32 f = (u32)(pfn - h->base_pfn);
+	if (f >= h->nchunks * ARENA_CHUNK_FRAMES || !h->chunks[f / ARENA_CHUNK_FRAMES] ||
+	    h->frames[f].state == FRAME_GUEST)
+		return 0;
+	return h->chunks[f / ARENA_CHUNK_FRAMES][(size_t)(f % ARENA_CHUNK_FRAMES) * 512 + ((hpa & 0xfff) >> 3)];
+}
+
 /* Pool frame index of a host pfn, NO_FRAME if outside the pool. */
-u32 hostmem_frame_of(const struct hostmem *h, u64 pfn);
+static inline u32 hostmem_frame_of(const struct hostmem *h, u64 pfn)
+{
+	if (pfn < h->base_pfn || pfn - h->base_pfn >= h->nframes)
+		return NO_FRAME;
+	return (u32)(pfn - h->base_pfn);
+}
 
 #endif

@@ -37,12 +37,22 @@ u64 vm_gfn_to_pfn(struct tdp_vm *vm, struct memslot *s, u64 gfn)
 	return s->host_base_pfn + (gfn - s->base_gfn);
 }
 
+void memslot_truth_changed(struct tdp_vm *vm)
+{
+	if (++vm->truth_gen == 0) {
+		/* Wrapped: no kept verdict may match a reused generation. */
+		for (int p = 0; vm->pcpus && p < vm->cfg.npcpus; p++)
+			tlb_forget_checks(&vm->pcpus[p].tlb);
+		vm->truth_gen = 1;
+	}
+}
+
 int memslot_set_backing(struct tdp_vm *vm, struct memslot *s, u64 gfn, u64 pfn)
 {
 	u64 nchunks = memslot_chunk_of(s, s->base_gfn + s->npages - 1) + 1;
 	u64 ci = memslot_chunk_of(s, gfn);
 
-	(void)vm;
+	memslot_truth_changed(vm);
 	if (!s->dev) {
 		s->dev = calloc(nchunks, sizeof(u64 *));
 		u64 n1g = ((s->base_gfn + s->npages - 1) >> 18) - (s->base_gfn >> 18) + 1;
@@ -167,6 +177,7 @@ bool vm_gfn_is_dirty(struct memslot *s, u64 gfn)
 
 void memslot_free(struct tdp_vm *vm, struct memslot *s)
 {
+	memslot_truth_changed(vm);
 	if (s->dev) {
 		u64 nchunks = memslot_chunk_of(s, s->base_gfn + s->npages - 1) + 1;
 		for (u64 i = 0; i < nchunks; i++) {
@@ -271,6 +282,7 @@ int tdp_memslot_add(tdp_vm *vm, uint64_t base_gfn, uint64_t npages, uint32_t fla
 					  .dirty = dirty};
 	vm->host_next_region_pfn = region_end;
 	vm->memslots_gen++;
+	memslot_truth_changed(vm);
 	*slot_id = id;
 	vm_log(vm, EV_MEMSLOT_ADD, base_gfn, npages, flags, (u64)max_level, 0);
 	vm_op_end(vm);
@@ -349,6 +361,7 @@ int tdp_dirty_log_enable(tdp_vm *vm, int slot_id, int enable)
 			return vm_err(vm, TDP_ENOMEM, "out of host memory for the dirty bitmap");
 		s->dirty = bm;
 		s->flags |= TDP_SLOT_DIRTY_LOG;
+		memslot_truth_changed(vm);
 		/* kvm_mmu_slot_apply_flags(): eager split (no flush), write-protect,
 		 * then the memslot flush — always since b64d740ea7dd (B14). */
 		if (vm->pol.eager_split)
@@ -361,6 +374,7 @@ int tdp_dirty_log_enable(tdp_vm *vm, int slot_id, int enable)
 		s->flags &= ~TDP_SLOT_DIRTY_LOG;
 		free(s->dirty);
 		s->dirty = NULL;
+		memslot_truth_changed(vm);
 		/* Recover huge pages in place; each root that changed flushes the memslot. */
 		tdp_mmu_recover_huge(vm, start, end);
 	}
@@ -386,6 +400,7 @@ int tdp_dirty_log_get(tdp_vm *vm, int slot_id, uint64_t *bitmap, size_t nwords, 
 	 * pages, flush the memslot if any bit was set, then report. */
 	bool any = false;
 	u64 n = 0;
+	memslot_truth_changed(vm);
 	for (size_t w = 0; w < words; w++) {
 		u64 mask = s->dirty[w];
 		s->dirty[w] = 0;
@@ -426,6 +441,7 @@ int tdp_write_protect_gfn(tdp_vm *vm, uint64_t gfn, int enable)
 			return vm_err(vm, TDP_ENOMEM, "out of host memory");
 	}
 	u64 i = gfn - s->base_gfn;
+	memslot_truth_changed(vm);
 	if (enable) {
 		if (!(s->wrtrack[i >> 6] & (1ull << (i & 63))))
 			s->nwrtrack++;

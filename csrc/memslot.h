@@ -49,5 +49,10 @@ u64 memslot_unbacked_in(struct tdp_vm *vm, u64 start, u64 end);
 int memslot_set_backing(struct tdp_vm *vm, struct memslot *s, u64 gfn, u64 pfn);
 void memslot_release_pfn(struct tdp_vm *vm, u64 pfn);
 void memslot_free(struct tdp_vm *vm, struct memslot *s);
+/* The truth changed in a way that can fail a translation that passed the checker (a
+ * host page replaced or gone, a memslot added or deleted, dirty logging or write
+ * tracking turned on, the dirty bitmap harvested): the verdicts that TLB entries
+ * keep (struct tlb_ent chk, cpu.c) no longer hold. */
+void memslot_truth_changed(struct tdp_vm *vm);
 
 #endif

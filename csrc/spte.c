@@ -212,16 +212,6 @@ u64 restore_acc_track_spte(const struct spte_masks *m, u64 s)
 	return s | saved;
 }
 
-unsigned spte_hw_perms(const struct spte_masks *m, u64 s)
-{
-	if (m->fmt == FMT_EPT)
-		return (unsigned)((s & 7) | (((s >> 10) & 1) << 3));
-	if (!(s & NPT_P) || !(s & NPT_U))
-		return 0;
-	/* NPT: readable when present (and U, always for KVM), exec unless NX. */
-	return 1u | ((s & NPT_W) ? 2u : 0u) | ((s & NPT_NX) ? 0u : 4u | 8u);
-}
-
 u64 make_spte_executable(const struct spte_masks *m, u64 s)
 {
 	/* make_spte_executable(): an access-tracked SPTE gets X in its saved bits. */

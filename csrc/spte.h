@@ -108,6 +108,14 @@ u64 mark_spte_for_access_track(const struct spte_masks *m, u64 s);
 u64 restore_acc_track_spte(const struct spte_masks *m, u64 s);
 u64 make_spte_executable(const struct spte_masks *m, u64 s);
 /* Hardware-effective permissions of one SPTE as R|W<<1|X<<2|XU<<3 (TLB perm bits). */
-unsigned spte_hw_perms(const struct spte_masks *m, u64 s);
+static inline unsigned spte_hw_perms(const struct spte_masks *m, u64 s)
+{
+	if (m->fmt == FMT_EPT)
+		return (unsigned)((s & 7) | (((s >> 10) & 1) << 3));
+	if (!(s & NPT_P) || !(s & NPT_U))
+		return 0;
+	/* NPT: readable when present (and U, always for KVM), exec unless NX. */
+	return 1u | ((s & NPT_W) ? 2u : 0u) | ((s & NPT_NX) ? 0u : 4u | 8u);
+}
 
 #endif

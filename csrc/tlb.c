@@ -5,11 +5,6 @@
 #include <string.h>
 #include "tlb.h"
 
-static inline bool alive(const struct tlb *t, const struct tlb_ent *e)
-{
-	return e->level && e->epoch && e->epoch == t->ctx[e->ctx].epoch;
-}
-
 static u64 xorshift(u64 *s)
 {
 	u64 x = *s;
@@ -28,14 +23,18 @@ static int array_init(struct tlb_array *a, const struct tdp_tlb_array_config *c)
 	a->ways = (u32)c->ways;
 	a->e = calloc((size_t)a->sets * a->ways, sizeof(*a->e));
 	a->key = calloc((size_t)a->sets * a->ways, sizeof(*a->key));
+	a->stamp = calloc((size_t)a->sets * a->ways, sizeof(*a->stamp));
+	a->full = calloc(a->sets, sizeof(*a->full));
 	a->plru = calloc(a->sets, sizeof(u64));
-	return (a->e && a->key && a->plru) ? 0 : -1;
+	return (a->e && a->key && a->stamp && a->full && a->plru) ? 0 : -1;
 }
 
 static void array_free(struct tlb_array *a)
 {
 	free(a->e);
 	free(a->key);
+	free(a->stamp);
+	free(a->full);
 	free(a->plru);
 	memset(a, 0, sizeof(*a));
 }
@@ -54,6 +53,7 @@ int tlb_init(struct tlb *t, const struct tdp_tlb_config *c, u64 seed)
 	t->mode = c->mode;
 	t->repl = c->repl;
 	t->rng = seed ? seed : 0x9e3779b97f4a7c15ull;
+	t->kills = 1; /* full[] starts at 0: no set is known to be full */
 	if (t->mode == TDP_TLB_ADVERSARIAL) {
 		if (store_init(&t->store, 1024) || store_init(&t->pstore, 256))
 			return -1;
@@ -110,35 +110,41 @@ int tlb_ctx(struct tlb *t, u64 key)
 	return (int)t->nctx++;
 }
 
+/* Entries may have died: no set is known to be full any more. */
+static void entries_may_die(struct tlb *t)
+{
+	if (++t->kills)
+		return;
+	/* Wrapped: forget every set's record, so that none matches a reused value. */
+	struct tlb_array *arrs[] = {&t->l1[0], &t->l1[1], &t->l1[2], &t->l2, &t->l2_1g,
+				    &t->psc[2], &t->psc[3], &t->psc[4], &t->psc[5]};
+	for (size_t i = 0; i < sizeof(arrs) / sizeof(arrs[0]); i++)
+		if (arrs[i]->sets)
+			memset(arrs[i]->full, 0, arrs[i]->sets * sizeof(*arrs[i]->full));
+	t->kills = 1;
+}
+
 void tlb_flush_ctx(struct tlb *t, int ctx)
 {
-	if (ctx >= 0 && (u32)ctx < t->nctx)
+	if (ctx >= 0 && (u32)ctx < t->nctx) {
 		t->ctx[ctx].epoch++;
+		entries_may_die(t);
+	}
 }
 
 void tlb_flush_all(struct tlb *t)
 {
 	for (u32 i = 0; i < t->nctx; i++)
 		t->ctx[i].epoch++;
+	entries_may_die(t);
 }
 
 /* ---- set-associative arrays ---- */
 
-static inline u32 set_of(const struct tlb_array *a, u64 vpn)
+/* tree-PLRU for power-of-two ways, bit-PLRU (MRU bits) otherwise; tlb_touch() calls
+ * this for PLRU arrays of 2..64 ways. */
+void tlb_plru_touch(struct tlb_array *a, u32 set, u32 way)
 {
-	u64 h = vpn ^ (vpn >> 17);
-	if ((a->sets & (a->sets - 1)) == 0)
-		return (u32)(h & (a->sets - 1)); /* no division for power-of-two set counts */
-	return (u32)(h % a->sets);
-}
-
-/* Inlined into the lookups: a hit is a hash, a tag compare over the ways and this. */
-static inline __attribute__((always_inline)) void touch(struct tlb *t, struct tlb_array *a, u32 set, u32 way)
-{
-	t->stamp++;
-	a->e[(size_t)set * a->ways + way].stamp = t->stamp;
-	if (t->repl != TDP_REPL_PLRU || a->ways == 1 || a->ways > 64)
-		return;
 	u64 *b = &a->plru[set];
 	if ((a->ways & (a->ways - 1)) == 0) {
 		/* tree-PLRU: walk from the root, pointing every node away from `way`. */
@@ -169,9 +175,14 @@ static u32 victim(struct tlb *t, struct tlb_array *a, u32 set)
 	struct tlb_ent *row = &a->e[(size_t)set * a->ways];
 	u32 w;
 
-	for (w = 0; w < a->ways; w++)
-		if (!alive(t, &row[w]))
-			return w;
+	/* The first dead way, if any: not searched again while the set is known full
+	 * (every way alive when last searched, nothing died since, fills only replace). */
+	if (a->full[set] != t->kills) {
+		for (w = 0; w < a->ways; w++)
+			if (!tlb_alive(t, &row[w]))
+				return w;
+		a->full[set] = t->kills;
+	}
 	switch (t->repl) {
 	case TDP_REPL_RANDOM:
 		return (u32)(xorshift(&t->rng) % a->ways);
@@ -198,35 +209,17 @@ static u32 victim(struct tlb *t, struct tlb_array *a, u32 set)
 		}
 		/* fall through */
 	default: {
-		u32 best = 0;
+		/* The oldest stamp, the first of equals (wrap-safe compare). */
+		const u32 *st = &a->stamp[(size_t)set * a->ways];
+		u32 best = 0, oldest = st[0];
 		for (w = 1; w < a->ways; w++)
-			if ((int32_t)(row[w].stamp - row[best].stamp) < 0)
+			if ((int32_t)(st[w] - oldest) < 0) {
 				best = w;
+				oldest = st[w];
+			}
 		return best;
 	}
 	}
-}
-
-static inline __attribute__((always_inline)) struct tlb_ent *array_find(struct tlb *t, struct tlb_array *a, int ctx,
-									u64 vpn, int level, u32 *set_out,
-									u32 *way_out)
-{
-	if (!a->fills)
-		return NULL;
-	u32 set = set_of(a, vpn);
-	size_t base = (size_t)set * a->ways;
-	const u64 *keys = &a->key[base], k = tlb_ent_key(vpn, level);
-	for (u32 w = 0; w < a->ways; w++) {
-		if (keys[w] != k)
-			continue; /* the same test as e->vpn == vpn && e->level == level */
-		struct tlb_ent *e = &a->e[base + w];
-		if (e->ctx == (u32)ctx && alive(t, e)) {
-			*set_out = set;
-			*way_out = w;
-			return e;
-		}
-	}
-	return NULL;
 }
 
 /* absent: the caller has just probed this array for (ctx, vpn, level) and missed,
@@ -239,9 +232,9 @@ static struct tlb_ent *array_fill_probed(struct tlb *t, struct tlb_array *a, int
 
 	if (!a->sets)
 		return NULL;
-	e = absent ? NULL : array_find(t, a, ctx, vpn, level, &set, &way);
+	e = absent ? NULL : tlb_array_find(t, a, ctx, vpn, level, &set, &way);
 	if (!e) {
-		set = set_of(a, vpn);
+		set = tlb_set_of(a, vpn);
 		way = victim(t, a, set);
 		e = &a->e[(size_t)set * a->ways + way];
 	}
@@ -250,8 +243,12 @@ static struct tlb_ent *array_fill_probed(struct tlb *t, struct tlb_array *a, int
 	e->level = (u8)level;
 	e->ctx = (u32)ctx;
 	e->epoch = t->ctx[ctx].epoch;
+	if (!e->epoch)
+		entries_may_die(t); /* the context's epoch wrapped: born dead */
+	e->chk = 0; /* a new translation: the checker has not seen it */
+	e->chk_gen = 0;
 	a->fills++;
-	touch(t, a, set, way);
+	tlb_touch(t, a, set, way);
 	return e;
 }
 
@@ -276,7 +273,7 @@ static int store_rebuild(struct tlb *t, struct tlb_store *s, u64 ncap)
 		return -1;
 	for (u64 i = 0; i < s->cap; i++) {
 		struct tlb_ent *e = &s->e[i];
-		if (!alive(t, e))
+		if (!tlb_alive(t, e))
 			continue;
 		u64 j = store_hash(e->vpn, e->level) & (n.cap - 1);
 		while (n.e[j].level)
@@ -295,7 +292,7 @@ static struct tlb_ent *store_find(struct tlb *t, struct tlb_store *s, int ctx, u
 
 	while (s->e[j].level) {
 		struct tlb_ent *e = &s->e[j];
-		if (e->vpn == vpn && e->level == level && e->ctx == (u32)ctx && alive(t, e))
+		if (e->vpn == vpn && e->level == level && e->ctx == (u32)ctx && tlb_alive(t, e))
 			return e;
 		j = (j + 1) & (s->cap - 1);
 	}
@@ -310,7 +307,7 @@ static struct tlb_ent *store_fill(struct tlb *t, struct tlb_store *s, int ctx, u
 		if ((s->used + 1) * 10 > s->cap * 6) {
 			u64 live = 0;
 			for (u64 i = 0; i < s->cap; i++)
-				live += alive(t, &s->e[i]);
+				live += tlb_alive(t, &s->e[i]);
 			u64 ncap = s->cap;
 			while ((live + 1) * 10 > ncap * 3)
 				ncap *= 2;
@@ -318,7 +315,7 @@ static struct tlb_ent *store_fill(struct tlb *t, struct tlb_store *s, int ctx, u
 				return NULL;
 		}
 		u64 j = store_hash(vpn, level) & (s->cap - 1);
-		while (s->e[j].level && alive(t, &s->e[j]))
+		while (s->e[j].level && tlb_alive(t, &s->e[j]))
 			j = (j + 1) & (s->cap - 1);
 		e = &s->e[j];
 		if (!e->level)
@@ -328,48 +325,47 @@ static struct tlb_ent *store_fill(struct tlb *t, struct tlb_store *s, int ctx, u
 	e->level = (u8)level;
 	e->ctx = (u32)ctx;
 	e->epoch = t->ctx[ctx].epoch;
+	e->chk = 0;
+	e->chk_gen = 0;
 	return e;
 }
 
 /* ---- lookups and fills ---- */
 
-int tlb_lookup(struct tlb *t, int ctx, u64 gfn, struct tlb_ent **out)
+int tlb_lookup_store(struct tlb *t, int ctx, u64 gfn, struct tlb_ent **out)
 {
-	u32 set, way;
-	struct tlb_ent *e;
-
-	if (t->mode == TDP_TLB_ADVERSARIAL) {
-		for (int l = 1; l <= 3; l++) {
-			e = store_find(t, &t->store, ctx, gfn >> (9 * (l - 1)), l);
-			if (e) {
-				*out = e;
-				return 1;
-			}
-		}
-		return 0;
-	}
 	for (int l = 1; l <= 3; l++) {
-		u64 vpn = gfn >> (9 * (l - 1));
-		e = array_find(t, &t->l1[l - 1], ctx, vpn, l, &set, &way);
+		struct tlb_ent *e = store_find(t, &t->store, ctx, gfn >> (9 * (l - 1)), l);
 		if (e) {
-			touch(t, &t->l1[l - 1], set, way);
 			*out = e;
 			return 1;
 		}
 	}
+	return 0;
+}
+
+/* After the L1 arrays missed (tlb_lookup()). */
+int tlb_lookup_l2(struct tlb *t, int ctx, u64 gfn, struct tlb_ent **out, struct tlb_ent **src)
+{
+	u32 set, way;
+
 	for (int l = 1; l <= 3; l++) {
 		u64 vpn = gfn >> (9 * (l - 1));
 		struct tlb_array *a = l == 3 ? &t->l2_1g : &t->l2;
-		e = array_find(t, a, ctx, vpn, l, &set, &way);
+		struct tlb_ent *e = tlb_array_find(t, a, ctx, vpn, l, &set, &way);
 		if (e) {
-			touch(t, a, set, way);
-			/* An L2 hit refills L1 (where the loop above just missed). */
+			tlb_touch(t, a, set, way);
+			/* An L2 hit refills L1 (where tlb_lookup() just missed). */
 			struct tlb_ent *f = array_fill_probed(t, &t->l1[l - 1], ctx, vpn, l, true);
 			if (f) {
 				f->pfn = e->pfn;
 				f->perms = e->perms;
 				f->dirty = e->dirty;
+				/* The same translation: the checker's verdict on it holds. */
+				f->chk = e->chk;
+				f->chk_gen = e->chk_gen;
 				*out = f;
+				*src = e;
 			} else {
 				*out = e;
 			}
@@ -379,7 +375,8 @@ int tlb_lookup(struct tlb *t, int ctx, u64 gfn, struct tlb_ent **out)
 	return 0;
 }
 
-int tlb_fill(struct tlb *t, int ctx, u64 gfn, int level, u64 pfn, unsigned perms, int dirty)
+int tlb_fill(struct tlb *t, int ctx, u64 gfn, int level, u64 pfn, unsigned perms, int dirty, bool absent,
+	     struct tlb_ent **filled)
 {
 	u64 vpn = gfn >> (9 * (level - 1));
 	struct tlb_ent *e;
@@ -391,16 +388,20 @@ int tlb_fill(struct tlb *t, int ctx, u64 gfn, int level, u64 pfn, unsigned perms
 		e->pfn = pfn;
 		e->perms = (u8)perms;
 		e->dirty = (u8)dirty;
+		if (filled)
+			filled[0] = e;
 		return 0;
 	}
 	struct tlb_array *arrs[2] = {&t->l1[level - 1], level == 3 ? &t->l2_1g : &t->l2};
 	for (int i = 0; i < 2; i++) {
-		e = array_fill(t, arrs[i], ctx, vpn, level);
+		e = arrs[i]->sets ? array_fill_probed(t, arrs[i], ctx, vpn, level, absent) : NULL;
 		if (e) {
 			e->pfn = pfn;
 			e->perms = (u8)perms;
 			e->dirty = (u8)dirty;
 		}
+		if (filled)
+			filled[i] = e;
 	}
 	return 0;
 }
@@ -409,17 +410,19 @@ struct tlb_ent *tlb_psc_lookup(struct tlb *t, int ctx, u64 gfn, int top_level)
 {
 	u32 set, way;
 
-	/* Deepest first: a PDE-cache hit skips the most levels. */
-	for (int l = 2; l <= top_level; l++) {
-		u64 vpn = gfn >> (9 * (l - 1));
-		struct tlb_ent *e;
-		if (t->mode == TDP_TLB_ADVERSARIAL) {
-			e = store_find(t, &t->pstore, ctx, vpn, l);
-		} else {
-			e = array_find(t, &t->psc[l], ctx, vpn, l, &set, &way);
-			if (e)
-				touch(t, &t->psc[l], set, way);
+	if (t->mode != TDP_TLB_ADVERSARIAL) {
+		/* Deepest first: a PDE-cache hit skips the most levels. */
+		for (int l = 2; l <= top_level; l++) {
+			struct tlb_ent *e = tlb_array_find(t, &t->psc[l], ctx, gfn >> (9 * (l - 1)), l, &set, &way);
+			if (e) {
+				tlb_touch(t, &t->psc[l], set, way);
+				return e;
+			}
 		}
+		return NULL;
+	}
+	for (int l = 2; l <= top_level; l++) {
+		struct tlb_ent *e = store_find(t, &t->pstore, ctx, gfn >> (9 * (l - 1)), l);
 		if (e)
 			return e;
 	}
@@ -444,7 +447,7 @@ static void kill_vpn_array(struct tlb *t, struct tlb_array *a, u64 vpn, int leve
 {
 	if (!a->sets)
 		return;
-	struct tlb_ent *row = &a->e[(size_t)set_of(a, vpn) * a->ways];
+	struct tlb_ent *row = &a->e[(size_t)tlb_set_of(a, vpn) * a->ways];
 	for (u32 w = 0; w < a->ways; w++)
 		if (row[w].vpn == vpn && row[w].level == level)
 			row[w].epoch = 0;
@@ -502,6 +505,7 @@ void tlb_flush_range(struct tlb *t, u64 gfn, u64 npages)
 
 	if (npages == 0)
 		return;
+	entries_may_die(t);
 	for (int l = 1; l <= 3; l++) {
 		u64 sh = 9 * (l - 1), vs = gfn >> sh, ve = (end - 1) >> sh;
 		if (t->mode == TDP_TLB_ADVERSARIAL) {
@@ -532,6 +536,7 @@ void tlb_flush_gfn_ctx(struct tlb *t, int ctx, u64 gfn)
 	struct tlb_ent *e;
 	u32 set, way;
 
+	entries_may_die(t);
 	for (int l = 1; l <= 3; l++) {
 		u64 vpn = gfn >> (9 * (l - 1));
 		if (t->mode == TDP_TLB_ADVERSARIAL) {
@@ -539,20 +544,38 @@ void tlb_flush_gfn_ctx(struct tlb *t, int ctx, u64 gfn)
 				e->epoch = 0;
 			continue;
 		}
-		if ((e = array_find(t, &t->l1[l - 1], ctx, vpn, l, &set, &way)))
+		if ((e = tlb_array_find(t, &t->l1[l - 1], ctx, vpn, l, &set, &way)))
 			e->epoch = 0;
-		if ((e = array_find(t, l == 3 ? &t->l2_1g : &t->l2, ctx, vpn, l, &set, &way)))
+		if ((e = tlb_array_find(t, l == 3 ? &t->l2_1g : &t->l2, ctx, vpn, l, &set, &way)))
 			e->epoch = 0;
 	}
 	while ((e = tlb_psc_lookup(t, ctx, gfn, 5)))
 		e->epoch = 0;
 }
 
+static void forget_checks(struct tlb_ent *e, u64 n)
+{
+	for (u64 i = 0; i < n; i++)
+		e[i].chk = 0;
+}
+
+void tlb_forget_checks(struct tlb *t)
+{
+	if (t->mode == TDP_TLB_ADVERSARIAL) {
+		forget_checks(t->store.e, t->store.cap);
+		return;
+	}
+	for (int i = 0; i < 3; i++)
+		forget_checks(t->l1[i].e, (u64)t->l1[i].sets * t->l1[i].ways);
+	forget_checks(t->l2.e, (u64)t->l2.sets * t->l2.ways);
+	forget_checks(t->l2_1g.e, (u64)t->l2_1g.sets * t->l2_1g.ways);
+}
+
 static u64 count_alive(const struct tlb *t, const struct tlb_ent *e, u64 n)
 {
 	u64 c = 0;
 	for (u64 i = 0; i < n; i++)
-		c += alive(t, &e[i]);
+		c += tlb_alive(t, &e[i]);
 	return c;
 }
 
@@ -578,7 +601,7 @@ static size_t dump_entries(const struct tlb *t, const struct tlb_ent *e, u64 n, 
 			   int structure, struct tdp_tlb_entry *out, size_t at, size_t max)
 {
 	for (u64 i = 0; i < n; i++) {
-		if (!alive(t, &e[i]))
+		if (!tlb_alive(t, &e[i]))
 			continue;
 		if (at < max) {
 			u64 key = t->ctx[e[i].ctx].key;
@@ -621,7 +644,7 @@ static u64 digest_entries(const struct tlb *t, const struct tlb_ent *e, u64 n, u
 	 * depends on its rehash history, the contents do not. */
 	u64 acc = 0;
 	for (u64 i = 0; i < n; i++) {
-		if (!alive(t, &e[i]))
+		if (!tlb_alive(t, &e[i]))
 			continue;
 		u64 x = mix(mix(mix(mix(0, e[i].vpn), e[i].pfn), t->ctx[e[i].ctx].key),
 			    ((u64)e[i].level << 16) | ((u64)e[i].perms << 8) | e[i].dirty);

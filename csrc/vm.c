@@ -314,6 +314,7 @@ int tdp_vm_create(const struct tdp_config *cfg, const struct tdp_tlb_config *tlb
 		.mbec = cfg->mbec, .paging_structure = 0};
 	hostmem_init(&vm->mem, cfg->hpa_base >> 12, cfg->frame_limit ? cfg->frame_limit : POOL_MAX_FRAMES);
 	vm->next_root_id = 1;
+	vm->truth_gen = 1;
 	vm->host_next_region_pfn = (cfg->hpa_base + HOST_SLOT_REGION_OFFSET) >> 12;
 	vm->vcpus = calloc((size_t)cfg->nvcpus, sizeof(*vm->vcpus));
 	vm->pcpus = calloc((size_t)cfg->npcpus, sizeof(*vm->pcpus));

@@ -52,6 +52,7 @@ struct tdp_vm {
 	int nslots;
 	u64 host_next_region_pfn;
 	u32 memslots_gen;
+	u32 truth_gen;        /* the checker's truth generation: memslot_truth_changed() */
 	u64 mmu_invalidate_seq;
 	int mmu_invalidate_in_progress;
 	u64 mmu_invalidate_start, mmu_invalidate_end;

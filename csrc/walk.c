@@ -3,6 +3,7 @@
  * AMD APM Vol. 2 sections of 15.25 "Nested Paging". */
 #include <stdio.h>
 #include <string.h>
+#include "hostmem.h"
 #include "walk.h"
 
 static inline u64 bits(int hi, int lo)
@@ -102,9 +103,13 @@ static u64 npt_ec(int access, bool present, bool rsvd, bool paging_structure)
 	return ec;
 }
 
-static int walk_ept(const struct tdp_hw_params *p, const struct walk_mem *mem, u64 table,
-		    int start_level, unsigned perms, u64 gpa, int access,
-		    struct tdp_walk_result *out)
+/* The walks are written once, inline into each kind of memory they read: `read`
+ * (a constant at each use) with `rctx`, as struct walk_mem. */
+typedef int (*walk_read_fn)(void *ctx, u64 hpa, u64 *val);
+
+static inline __attribute__((always_inline)) int walk_ept(const struct tdp_hw_params *restrict p, walk_read_fn read,
+							  void *rctx, u64 table, int start_level, unsigned perms,
+							  u64 gpa, int access, struct tdp_walk_result *restrict out)
 {
 	bool ad_on = p->ad != 0;
 	/* SDM 28.2.3.2 and 28.2.4: with EPT A/D on, guest paging-structure accesses count as writes;
@@ -122,7 +127,7 @@ static int walk_ept(const struct tdp_hw_params *p, const struct walk_mem *mem, u
 	}
 	for (level = start_level; level >= 1; level--) {
 		u64 addr = table | (((gpa >> (12 + 9 * (level - 1))) & 511) << 3);
-		int r = mem->read(mem->ctx, addr, &e);
+		int r = read(rctx, addr, &e);
 		if (r)
 			return r;
 		out->refs++;
@@ -200,9 +205,9 @@ static int walk_ept(const struct tdp_hw_params *p, const struct walk_mem *mem, u
 	return 0;
 }
 
-static int walk_npt(const struct tdp_hw_params *p, const struct walk_mem *mem, u64 table,
-		    int start_level, unsigned perms, u64 gpa, int access,
-		    struct tdp_walk_result *out)
+static inline __attribute__((always_inline)) int walk_npt(const struct tdp_hw_params *restrict p, walk_read_fn read,
+							  void *rctx, u64 table, int start_level, unsigned perms,
+							  u64 gpa, int access, struct tdp_walk_result *restrict out)
 {
 	bool is_write = access == TDP_ACC_WRITE || p->paging_structure;
 	bool is_fetch = (access == TDP_ACC_EXEC || access == TDP_ACC_EXEC_USER) && !p->paging_structure;
@@ -217,7 +222,7 @@ static int walk_npt(const struct tdp_hw_params *p, const struct walk_mem *mem, u
 	}
 	for (level = start_level; level >= 1; level--) {
 		u64 addr = table | (((gpa >> (12 + 9 * (level - 1))) & 511) << 3);
-		int r = mem->read(mem->ctx, addr, &e);
+		int r = read(rctx, addr, &e);
 		if (r)
 			return r;
 		out->refs++;
@@ -279,19 +284,11 @@ static int walk_npt(const struct tdp_hw_params *p, const struct walk_mem *mem, u
 	return 0;
 }
 
-int walk_gpa(const struct tdp_hw_params *p, const struct walk_mem *mem, u64 table,
-	     int start_level, unsigned start_perms, u64 gpa, int access,
-	     struct tdp_walk_result *out)
+/* The A/D records carry a level; name the entry address from the path. */
+static void ad_addresses(struct tdp_walk_result *out, u64 table, int start_level, u64 gpa)
 {
 	u64 tables[6];
-	int r;
 
-	memset(out, 0, sizeof(*out));
-	r = (p->fmt == FMT_EPT ? walk_ept : walk_npt)(p, mem, table, start_level, start_perms, gpa,
-						       access, out);
-	if (r || !out->nad)
-		return r;
-	/* The A/D records carry a level; name the entry address from the path. */
 	tables[start_level] = table;
 	for (int i = 0; i + 1 < out->nentries; i++) {
 		int lv = start_level - i;
@@ -301,6 +298,49 @@ int walk_gpa(const struct tdp_hw_params *p, const struct walk_mem *mem, u64 tabl
 		int lv = (int)out->ad_addr[k];
 		out->ad_addr[k] = tables[lv] | (((gpa >> (12 + 9 * (lv - 1))) & 511) << 3);
 	}
+}
+
+int walk_gpa(const struct tdp_hw_params *p, const struct walk_mem *mem, u64 table,
+	     int start_level, unsigned start_perms, u64 gpa, int access,
+	     struct tdp_walk_result *out)
+{
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	r = p->fmt == FMT_EPT ? walk_ept(p, mem->read, mem->ctx, table, start_level, start_perms, gpa, access, out)
+			      : walk_npt(p, mem->read, mem->ctx, table, start_level, start_perms, gpa, access, out);
+	if (r || !out->nad)
+		return r;
+	ad_addresses(out, table, start_level, gpa);
+	return 0;
+}
+
+static inline int hostmem_read(void *ctx, u64 hpa, u64 *val)
+{
+	*val = hostmem_read_entry(ctx, hpa);
+	return 0;
+}
+
+int walk_gpa_hostmem(const struct tdp_hw_params *p, const struct hostmem *h, u64 table, int start_level,
+		     unsigned start_perms, u64 gpa, int access, struct tdp_walk_result *out)
+{
+	void *rctx = (void *)(uintptr_t)h; /* read only: hostmem_read() takes it back as const */
+
+	out->status = 0;
+	out->level = 0;
+	out->hpa = 0;
+	out->qualification = 0;
+	out->error_code = 0;
+	out->refs = 0;
+	out->nentries = 0;
+	out->nad = 0;
+	out->perms = 0;
+	if (p->fmt == FMT_EPT)
+		walk_ept(p, hostmem_read, rctx, table, start_level, start_perms, gpa, access, out);
+	else
+		walk_npt(p, hostmem_read, rctx, table, start_level, start_perms, gpa, access, out);
+	if (out->nad)
+		ad_addresses(out, table, start_level, gpa);
 	return 0;
 }
 

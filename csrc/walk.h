@@ -22,6 +22,12 @@ enum { PERM_R = 1, PERM_W = 2, PERM_X = 4, PERM_XU = 8, PERM_ALL = 15 };
 int walk_gpa(const struct tdp_hw_params *p, const struct walk_mem *mem, u64 table,
 	     int start_level, unsigned start_perms, u64 gpa, int access,
 	     struct tdp_walk_result *out);
+/* walk_gpa() over the engine's frames (hostmem_read_entry()), its reads inline: the
+ * result's scalar fields are set and its arrays written only as far as nentries and
+ * nad say (the rest is left as it was). Never fails. */
+struct hostmem;
+int walk_gpa_hostmem(const struct tdp_hw_params *p, const struct hostmem *h, u64 table, int start_level,
+		     unsigned start_perms, u64 gpa, int access, struct tdp_walk_result *out);
 /* Decode an EPTP / nCR3; returns 0 and the root table address, or TDP_EINVAL with
  * a message in err. */
 int walk_decode_root_pointer(const struct tdp_hw_params *p, u64 rp, u64 *table, int *ad,

@@ -79,23 +79,23 @@ uint64_t tdp_limit_walk(const uint64_t *mem, int levels, const uint64_t *gfns, u
 	return sum;
 }
 
-/* ---- set-associative LRU TLB ----
- * The least work a TLB hit needs: a set-index hash and a tag compare over the set's
- * ways, in an array of bare 8-byte tags (the set of a 12-way array is 96 bytes), plus
- * the one store LRU replacement needs to remember the use (stamps are a separate
- * array, written only on a hit and read only when choosing a victim). A miss also
- * pays the victim choice (the first empty way, else the oldest stamp) and the fill. */
+/* ---- set-associative TLB: the bare lookup ----
+ * The least work a TLB hit needs is exactly a set-index hash and a tag compare over
+ * the set's ways, in an array of bare 8-byte tags (the set of a 12-way array is 96
+ * bytes): a hit stores nothing and reads nothing else. A miss pays a fill: the first
+ * empty way, else the next way in a per-set round-robin order (FIFO: the cheapest
+ * replacement, which needs no bookkeeping on a hit; its hit rate on these uniform
+ * traces is reported beside the engine's). An L2 hit refills L1. */
 
 struct limit_array {
 	uint32_t sets, ways;
 	uint64_t mask;    /* sets - 1 when sets is a power of two, else 0 */
 	uint64_t *key;    /* per way: vpn + 1; 0 = empty */
-	uint64_t *stamp;  /* per way: last use */
+	uint32_t *next;   /* per set: the way the next fill replaces once the set is full */
 };
 
 struct tdp_limit_tlb {
 	struct limit_array l1, l2;
-	uint64_t clock;
 };
 
 static int array_new(struct limit_array *a, uint32_t sets, uint32_t ways)
@@ -104,12 +104,12 @@ static int array_new(struct limit_array *a, uint32_t sets, uint32_t ways)
 	a->ways = ways;
 	a->mask = (sets && !(sets & (sets - 1))) ? sets - 1 : 0;
 	a->key = NULL;
-	a->stamp = NULL;
+	a->next = NULL;
 	if (!sets || !ways)
 		return 0;
 	a->key = calloc((size_t)sets * ways, sizeof(*a->key));
-	a->stamp = calloc((size_t)sets * ways, sizeof(*a->stamp));
-	return (a->key && a->stamp) ? 0 : -1;
+	a->next = calloc(sets, sizeof(*a->next));
+	return (a->key && a->next) ? 0 : -1;
 }
 
 tdp_limit_tlb *tdp_limit_tlb_new(uint32_t l1_sets, uint32_t l1_ways, uint32_t l2_sets, uint32_t l2_ways)
@@ -130,75 +130,67 @@ void tdp_limit_tlb_free(tdp_limit_tlb *t)
 	if (!t)
 		return;
 	free(t->l1.key);
-	free(t->l1.stamp);
+	free(t->l1.next);
 	free(t->l2.key);
-	free(t->l2.stamp);
+	free(t->l2.next);
 	free(t);
 }
 
-/* The engine's set index (tlb.c set_of: (vpn ^ vpn >> 17) % sets), so both see the same
- * conflicts; a mask instead of the division when sets is a power of two (same result). */
-static inline size_t set_base(const struct limit_array *a, uint64_t vpn)
+/* The engine's set index (tlb.h tlb_set_of: (vpn ^ vpn >> 17) % sets), so both see the
+ * same conflicts; a mask instead of the division when sets is a power of two (same result). */
+static inline uint64_t set_of(const struct limit_array *a, uint64_t vpn)
 {
 	uint64_t h = vpn ^ (vpn >> 17);
-	uint64_t set = a->mask ? (h & a->mask) : (h % a->sets);
-	return (size_t)set * a->ways;
+	return a->mask ? (h & a->mask) : (h % a->sets);
 }
 
-/* 1 on a hit (its stamp refreshed), else 0. */
-static inline int probe(struct limit_array *a, uint64_t key, uint64_t now)
+/* The bare lookup: 1 on a hit, else 0. A set-index hash and a tag compare over the
+ * ways; nothing else. */
+static inline int probe(const struct limit_array *a, uint64_t key)
 {
 	if (!a->sets)
 		return 0;
-	size_t b = set_base(a, key - 1);
-	const uint64_t *k = &a->key[b];
-	for (uint32_t i = 0; i < a->ways; i++) {
-		if (k[i] == key) {
-			a->stamp[b + i] = now;
+	const uint64_t *k = &a->key[set_of(a, key - 1) * a->ways];
+	for (uint32_t i = 0; i < a->ways; i++)
+		if (k[i] == key)
 			return 1;
-		}
-	}
 	return 0;
 }
 
-static inline void fill(struct limit_array *a, uint64_t key, uint64_t now)
+static inline void fill(struct limit_array *a, uint64_t key)
 {
 	if (!a->sets)
 		return;
-	size_t b = set_base(a, key - 1);
-	uint64_t *k = &a->key[b], *st = &a->stamp[b];
-	uint32_t victim = 0;
+	uint64_t set = set_of(a, key - 1);
+	uint64_t *k = &a->key[set * a->ways];
 	for (uint32_t i = 0; i < a->ways; i++) {
 		if (!k[i]) {
-			victim = i;
-			break;
+			k[i] = key;
+			return;
 		}
-		if (st[i] < st[victim])
-			victim = i;
 	}
-	k[victim] = key;
-	st[victim] = now;
+	uint32_t v = a->next[set];
+	k[v] = key;
+	a->next[set] = v + 1 == a->ways ? 0 : v + 1;
 }
 
 void tdp_limit_tlb_run(tdp_limit_tlb *t, const uint64_t *gpas, uint64_t n, uint64_t *counts)
 {
-	uint64_t now = t->clock, c0 = 0, c1 = 0, c2 = 0;
+	uint64_t c0 = 0, c1 = 0, c2 = 0;
 
 	for (uint64_t k = 0; k < n; k++) {
 		uint64_t key = (gpas[k] >> 12) + 1;
-		now++;
-		if (probe(&t->l1, key, now)) {
+		if (probe(&t->l1, key)) {
 			c0++;
-		} else if (probe(&t->l2, key, now)) {
-			fill(&t->l1, key, now);
+		} else if (probe(&t->l2, key)) {
+			fill(&t->l1, key);
 			c1++;
 		} else {
-			fill(&t->l1, key, now);
-			fill(&t->l2, key, now);
+			fill(&t->l1, key);
+			fill(&t->l2, key);
 			c2++;
 		}
 	}
-	t->clock = now;
 	counts[0] += c0;
 	counts[1] += c1;
 	counts[2] += c2;

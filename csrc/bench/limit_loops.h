@@ -34,11 +34,12 @@ uint64_t tdp_limit_populate(uint64_t *mem, uint64_t max_tables, int levels, uint
  * (so the loop cannot be optimised away); a not-present entry adds nothing. */
 uint64_t tdp_limit_walk(const uint64_t *mem, int levels, const uint64_t *gfns, uint64_t n);
 
-/* Set-associative TLB lookup with LRU replacement: an L1 array and an L2 array
- * (sets x ways each; l2_sets = 0: none), indexed like the engine's TLB (4 KiB
- * pages, vpn = gfn). A lookup probes L1, then L2 (an L2 hit refills L1); a miss
- * fills both. No walk, no context tags, no checking: per hit a set-index hash, a
- * compare over the ways' 8-byte tags and the LRU stamp store. */
+/* The bare set-associative TLB lookup: an L1 array and an L2 array (sets x ways
+ * each; l2_sets = 0: none), indexed like the engine's TLB (4 KiB pages, vpn = gfn).
+ * A lookup probes L1, then L2 (an L2 hit refills L1); a miss fills both (FIFO
+ * replacement: nothing is recorded on a hit). No walk, no context tags, no
+ * checking: per hit exactly a set-index hash and a compare over the ways' 8-byte
+ * tags. */
 typedef struct tdp_limit_tlb tdp_limit_tlb;
 tdp_limit_tlb *tdp_limit_tlb_new(uint32_t l1_sets, uint32_t l1_ways, uint32_t l2_sets, uint32_t l2_ways);
 void tdp_limit_tlb_free(tdp_limit_tlb *t);

@@ -88,7 +88,8 @@ class AccessCase:
 
 
 class AccessLimitCase:
-    """The limit: the same addresses through a bare L1+L2 set-associative LRU lookup."""
+    """The limit: the same addresses through a bare L1+L2 set-associative lookup (a hit is a
+    set-index hash and a tag compare over the ways; FIFO fills on a miss)."""
 
     def __init__(self, gpas):
         self.ffi, self.lib = _limits()

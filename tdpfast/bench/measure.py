@@ -103,7 +103,7 @@ def measure_access(sz: Sizes, progress) -> Iterator[dict]:
         lt, cnt = time_rounds(lc.run, None, max(3, sz.access_rounds))
         unit = "m_accesses_per_s"
         rows.append(timing_row(f"access.{suffix}", "access", unit, per_unit(t, unit, ac.n), better="higher",
-                               limit_samples=per_unit(lt, unit, lc.n), limit_kind="c_setassoc_lru",
+                               limit_samples=per_unit(lt, unit, lc.n), limit_kind="c_setassoc_lookup",
                                extra={"working_set": ws, "accesses": ac.n, "hit_rate": res.hit_rate,
                                       "l1_hits": res.l1_hits, "l2_hits": res.l2_hits, "walked": res.walked,
                                       "faults": res.faults, "limit_hit_rate": (cnt[0] + cnt[1]) / lc.n,

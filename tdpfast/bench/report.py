@@ -8,7 +8,7 @@ UNIT_TEXT = {"ns_per_leaf": "ns/leaf", "ns_per_flush": "ns/flush", "bytes_per_pa
              "m_accesses_per_s": "M accesses/s", "m_faults_per_s": "M faults/s", "m_pages_per_s": "M pages/s",
              "m_walks_per_s": "M walks/s", "cycles": "cycles", "flushes": "flushes"}
 LIMIT_TEXT = {"c_clear_entries": "C loop clearing the entries of the same number of tables",
-              "c_setassoc_lru": "C set-associative LRU lookup, same sets/ways",
+              "c_setassoc_lookup": "C bare set-associative lookup (hash + tag compare), same sets/ways",
               "c_radix_build": "C radix-tree build, one gfn at a time",
               "c_pointer_chase": "C 4-level pointer chase",
               "raw_page_tables": "raw page tables: 4 KiB per table (8 B per leaf)"}
