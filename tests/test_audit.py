@@ -38,7 +38,7 @@ def test_load_bearing_and_not_shown_verdicts():
     rows = _runs(InProcessScheduler())
     b5, b16 = rows
     assert (b5["site"], b5["verdict"], b5["kind"], b5["ops_to_find"]) == ("shared_zap_flush", "load_bearing",
-                                                                           "use_after_free", 8167)
+                                                                           "use_after_free", 16195)
     assert b5["witness"]["verdict"] == "policy" and 1 <= b5["reproducer_events"] <= 10
     # The finding replays: that VM seed under the removed flush violates, KVM's policy does not.
     cfg = fuzz.FuzzConfig(policy=Policy.kvm().replace(**b5["removed"]))
