@@ -212,9 +212,11 @@ class VM(MemslotApi, NotifierApi, VcpuApi, SteppedOps, EventLogApi):
                  frame_limit: Optional[int] = None, max_asid: int = 32767, min_asid: int = 1,
                  flush_by_asid: bool = True, trace: bool = False, record: bool = False,
                  costs: Optional[Dict[str, int]] = None, quirks: Iterable[str] = (), invariants=False,
-                 bulk: bool = True):
+                 bulk: bool = True, invariant_walk: str = "incremental"):
         # ``bulk`` is the C engine's whole-table fast path, which gives the same results as the
         # per-SPTE path; the reference model has only the latter and takes the flag for parity.
+        # So is ``invariant_walk`` (how the C engine walks the tables for their invariants,
+        # which the reference model does not check).
         if arch not in ("vmx", "svm"):
             raise InvalidArgumentError(f"arch must be 'vmx' or 'svm', got {arch!r}")
         tlb = TLBConfig.adversarial() if tlb is None else tlb
