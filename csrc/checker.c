@@ -340,6 +340,7 @@ static bool grow_marks(struct tdp_vm *vm)
 		cs->kids = nk;
 		for (u32 f = cs->mark_cap; f < ncap; f++)
 			nn[f] = (struct inv_node){.parent = NO_FRAME};
+		memset(nk + (size_t)cs->mark_cap * 8, 0, (size_t)(ncap - cs->mark_cap) * 8 * sizeof(*nk));
 	}
 	memset(n + cs->mark_cap, 0, (size_t)(ncap - cs->mark_cap) * sizeof(*n));
 	cs->mark_cap = ncap;
@@ -364,6 +365,15 @@ static void forget_all(struct checker_state *cs)
 {
 	for (u32 f = 0; f < cs->mark_cap; f++)
 		cs->node[f] = (struct inv_node){.parent = NO_FRAME};
+}
+
+/* Does table p still link f through entry i, as when f was last walked? (If p's
+ * entries were written since, p is read again anyway.) */
+static bool links(struct tdp_vm *vm, u32 p, int i, u32 f)
+{
+	const u64 *t = hostmem_table_read(&vm->mem, p);
+	return t && (vm->inv.kids[(size_t)p * 8 + i / 64] >> (i % 64) & 1) &&
+	       hostmem_frame_of(&vm->mem, spte_to_pfn(t[i])) == f;
 }
 
 /* Apply the pool's notes: false if the chain of a note is not a chain of tables
@@ -391,7 +401,7 @@ static void apply_notes(struct tdp_vm *vm)
 		u32 p = cs->node[f].parent;
 		if (p == NO_FRAME)
 			continue;
-		if (what & HOSTMEM_NOTE_META)
+		if ((what & HOSTMEM_NOTE_META) && links(vm, p, cs->node[f].index, f))
 			cs->node[p].state = INV_STALE; /* its entry for f is checked against f's metadata */
 		for (int d = 0; p != NO_FRAME; p = cs->node[p].parent) {
 			if (++d > 8) { /* longer than any chain of tables: forget, to be safe */
@@ -448,14 +458,14 @@ static bool inc_table(struct tdp_vm *vm, const struct tdp_root *r, u32 f, int le
 	memset(kids, 0, 8 * sizeof(*kids));
 	if (level == 1) {
 		/* Every present entry is a leaf: one loop without branches. */
-		u32 frozen = 0;
+		u64 frozen = 0, present = 0;
 		for (int i = 0; i < 512; i++) {
 			frozen += t[i] == FROZEN_SPTE;
-			acc.own += is_shadow_present_pte(t[i]);
+			present += (t[i] & SPTE_MMU_PRESENT) != 0;
 		}
 		if (frozen)
 			return false;
-		acc.leaves[0] = acc.own;
+		acc.own = acc.leaves[0] = (u32)present;
 		acc.state = INV_CLEAN;
 		cs->node[f] = acc;
 		return true;
@@ -479,6 +489,7 @@ static bool inc_table(struct tdp_vm *vm, const struct tdp_root *r, u32 f, int le
 			return false;
 		cs->mark[c] = cs->epoch;
 		cs->node[c].parent = f;
+		cs->node[c].index = (u16)i;
 		if (!inc_table(vm, r, c, level - 1, gfn))
 			return false;
 		kids[i / 64] |= 1ull << (i % 64);

@@ -18,6 +18,7 @@ struct inv_node {
 	u32 tables;    /* tables in its subtree, itself included */
 	u32 leaves[3]; /* leaves of levels 1..3 in its subtree */
 	u32 own;       /* leaves in the table itself */
+	u16 index;     /* the entry of `parent` that linked it */
 	u8 state;      /* enum inv_node_state (checker.c) */
 };
 
