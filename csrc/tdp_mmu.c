@@ -152,14 +152,27 @@ static void handle_removed_pt(struct tdp_vm *vm, u32 f, bool shared)
 		untrack_possible_nx_huge_page(vm, f);
 	if (level == 1 && removed_pt_bulk(vm, t, shared)) {
 		/* done: the same writes, counters and costs as the loop below */
-	} else for (int i = 0; i < 512; i++) {
-		u64 old = t[i];
-		if (!shared && !is_shadow_present_pte(old))
-			continue;
-		if (is_frozen_spte(old))
-			continue; /* owned by a racing writer */
-		t[i] = FROZEN_SPTE;
-		handle_changed_spte(vm, base + (u64)i * span, old, FROZEN_SPTE, level, shared);
+	} else {
+		/* A non-present entry frozen (shared mode) is one write for
+		 * handle_changed_spte() and nothing else: where nothing observes the
+		 * single writes (bulk_allowed()), they are counted once, after the loop. */
+		bool bulk = bulk_allowed(vm);
+		u64 nonpresent = 0;
+		for (int i = 0; i < 512; i++) {
+			u64 old = t[i];
+			if (!shared && !is_shadow_present_pte(old))
+				continue;
+			if (is_frozen_spte(old))
+				continue; /* owned by a racing writer */
+			t[i] = FROZEN_SPTE;
+			if (bulk && !is_shadow_present_pte(old))
+				nonpresent++;
+			else
+				handle_changed_spte(vm, base + (u64)i * span, old, FROZEN_SPTE, level, shared);
+		}
+		vm->stats[ST_spte_writes] += nonpresent;
+		vm->stats[ST_spte_changed_l1 + level - 1] += nonpresent;
+		vm->stats[ST_cycles] += nonpresent * vm->costs.spte_write;
 	}
 	if (vm->pol.removed_pt_flush == 1)
 		kvm_flush_remote_tlbs_range(vm, base, 512 * span);
