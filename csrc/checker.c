@@ -280,17 +280,48 @@ static bool walker_holds(const struct vm_op *o, u32 id, bool scheduled_only)
  * dropped by kvm_tdp_mmu_zap_invalidated_roots() once the root is zapped; in the
  * v5.17 lifetime taken by the invalidation instead). A vCPU never holds a freed
  * root. */
+#define CHECKER_ROOTS_AT_ONCE 64
+
+/* The index in vm->roots of root id among the first n, or -1. */
+static int root_index(const struct tdp_vm *vm, u32 id, int n)
+{
+	for (int i = 0; id && i < n; i++)
+		if (vm->roots[i].id == id)
+			return i;
+	return -1;
+}
+
 static void check_roots(struct tdp_vm *vm)
 {
+	/* The vCPUs' and the walkers' references, counted per root in one pass over
+	 * each (for up to CHECKER_ROOTS_AT_ONCE roots; past that, per root). */
+	int counted[CHECKER_ROOTS_AT_ONCE];
+	bool sched[CHECKER_ROOTS_AT_ONCE];
+	int n = vm->nroots < CHECKER_ROOTS_AT_ONCE ? vm->nroots : CHECKER_ROOTS_AT_ONCE, j;
+	memset(counted, 0, sizeof(counted));
+	memset(sched, 0, sizeof(sched));
+	for (int v = 0; v < vm->cfg.nvcpus; v++)
+		if ((j = root_index(vm, vm->vcpus[v].root_id, n)) >= 0)
+			counted[j]++;
+	for (int k = 0; k < vm->nops; k++)
+		if ((j = root_index(vm, vm->ops[k]->op.cur, n)) >= 0) {
+			counted[j]++;
+			sched[j] |= walker_holds(vm->ops[k], vm->roots[j].id, true);
+		}
 	for (int i = 0; i < vm->nroots; i++) {
 		const struct tdp_root *r = &vm->roots[i];
 		int holders = r->user_refs;
 		bool sched_walk = false;
-		for (int v = 0; v < vm->cfg.nvcpus; v++)
-			holders += vm->vcpus[v].root_id == r->id;
-		for (int k = 0; k < vm->nops; k++) {
-			holders += walker_holds(vm->ops[k], r->id, false);
-			sched_walk |= walker_holds(vm->ops[k], r->id, true);
+		if (i < n) {
+			holders += counted[i];
+			sched_walk = sched[i];
+		} else {
+			for (int v = 0; v < vm->cfg.nvcpus; v++)
+				holders += vm->vcpus[v].root_id == r->id;
+			for (int k = 0; k < vm->nops; k++) {
+				holders += walker_holds(vm->ops[k], r->id, false);
+				sched_walk |= walker_holds(vm->ops[k], r->id, true);
+			}
 		}
 		bool own = r->scheduled || sched_walk ||
 			   (vm->pol.root_lifetime == TDP_ROOT_PRESERVE && !r->invalid);
