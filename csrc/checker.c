@@ -501,30 +501,38 @@ static bool inc_table(struct tdp_vm *vm, const struct tdp_root *r, u32 f, int le
 		cs->node[f] = acc;
 		return true;
 	}
+	/* A pass without branches finds the frozen and the present entries (most
+	 * entries of the upper levels are neither); then the present ones, in order. */
+	u64 frozen = 0, present[8] = {0};
 	for (int i = 0; i < 512; i++) {
-		u64 s = t[i], gfn = base + (u64)i * span;
-		if (is_frozen_spte(s))
-			return false;
-		if (!is_shadow_present_pte(s))
-			continue;
-		if (is_last_spte(s, level)) {
-			if (level > 3)
+		frozen += t[i] == FROZEN_SPTE;
+		present[i / 64] |= (u64)((t[i] & SPTE_MMU_PRESENT) != 0) << (i % 64);
+	}
+	if (frozen)
+		return false;
+	for (int w = 0; w < 8; w++) {
+		for (u64 m = present[w]; m; m &= m - 1) {
+			int i = w * 64 + __builtin_ctzll(m);
+			u64 s = t[i], gfn = base + (u64)i * span;
+			if (is_last_spte(s, level)) {
+				if (level > 3)
+					return false;
+				acc.own++;
+				continue;
+			}
+			u32 c = hostmem_frame_of(&vm->mem, spte_to_pfn(s));
+			const struct frame *fr = c == NO_FRAME ? NULL : &vm->mem.frames[c];
+			if (!fr || fr->state != FRAME_TABLE || fr->sp_unlinked || fr->sp_level != level - 1 ||
+			    fr->sp_gfn != gfn || fr->sp_root != r->id || fr->parent != f || cs->mark[c] == cs->epoch)
 				return false;
-			acc.own++;
-			continue;
+			cs->mark[c] = cs->epoch;
+			cs->node[c].parent = f;
+			cs->node[c].index = (u16)i;
+			if (!inc_table(vm, r, c, level - 1, gfn))
+				return false;
+			kids[w] |= 1ull << (i % 64);
+			add_subtree(&acc, &cs->node[c]);
 		}
-		u32 c = hostmem_frame_of(&vm->mem, spte_to_pfn(s));
-		const struct frame *fr = c == NO_FRAME ? NULL : &vm->mem.frames[c];
-		if (!fr || fr->state != FRAME_TABLE || fr->sp_unlinked || fr->sp_level != level - 1 || fr->sp_gfn != gfn ||
-		    fr->sp_root != r->id || fr->parent != f || cs->mark[c] == cs->epoch)
-			return false;
-		cs->mark[c] = cs->epoch;
-		cs->node[c].parent = f;
-		cs->node[c].index = (u16)i;
-		if (!inc_table(vm, r, c, level - 1, gfn))
-			return false;
-		kids[i / 64] |= 1ull << (i % 64);
-		add_subtree(&acc, &cs->node[c]);
 	}
 	if (level <= 3)
 		acc.leaves[level - 1] += acc.own;
