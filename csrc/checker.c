@@ -489,24 +489,30 @@ static bool inc_table(struct tdp_vm *vm, const struct tdp_root *r, u32 f, int le
 	memset(kids, 0, 8 * sizeof(*kids));
 	if (level == 1) {
 		/* Every present entry is a leaf: one loop without branches. */
-		u64 frozen = 0, present = 0;
-		for (int i = 0; i < 512; i++) {
-			frozen += t[i] == FROZEN_SPTE;
-			present += (t[i] & SPTE_MMU_PRESENT) != 0;
-		}
+		u64 frozen = 0, present[4] = {0};
+		for (int i = 0; i < 512; i += 4)
+			for (int k = 0; k < 4; k++) {
+				frozen |= t[i + k] == FROZEN_SPTE;
+				present[k] += (t[i + k] & SPTE_MMU_PRESENT) != 0;
+			}
 		if (frozen)
 			return false;
-		acc.own = acc.leaves[0] = (u32)present;
+		acc.own = acc.leaves[0] = (u32)(present[0] + present[1] + present[2] + present[3]);
 		acc.state = INV_CLEAN;
 		cs->node[f] = acc;
 		return true;
 	}
 	/* A pass without branches finds the frozen and the present entries (most
 	 * entries of the upper levels are neither); then the present ones, in order. */
-	u64 frozen = 0, present[8] = {0};
-	for (int i = 0; i < 512; i++) {
-		frozen += t[i] == FROZEN_SPTE;
-		present[i / 64] |= (u64)((t[i] & SPTE_MMU_PRESENT) != 0) << (i % 64);
+	u64 frozen = 0, present[8];
+	for (int w = 0; w < 8; w++) {
+		u64 m = 0;
+		for (int b = 0; b < 64; b++) {
+			u64 s = t[w * 64 + b];
+			frozen |= s == FROZEN_SPTE;
+			m |= (u64)((s & SPTE_MMU_PRESENT) != 0) << b;
+		}
+		present[w] = m;
 	}
 	if (frozen)
 		return false;
