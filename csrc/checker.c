@@ -274,12 +274,6 @@ static bool walker_holds(const struct vm_op *o, u32 id, bool scheduled_only)
 	return o->op.cur == id && (!scheduled_only || o->op.which == ROOTS_SCHEDULED);
 }
 
-/* I7: a root's refcount is the number of its holders - the vCPUs that loaded it,
- * the references taken through the public alloc_root(), stepped walkers stopped
- * in it, and the TDP MMU's own reference (kvm_tdp_mmu_alloc_root() since v6.4;
- * dropped by kvm_tdp_mmu_zap_invalidated_roots() once the root is zapped; in the
- * v5.17 lifetime taken by the invalidation instead). A vCPU never holds a freed
- * root. */
 #define CHECKER_ROOTS_AT_ONCE 64
 
 /* The index in vm->roots of root id among the first n, or -1. */
@@ -291,6 +285,12 @@ static int root_index(const struct tdp_vm *vm, u32 id, int n)
 	return -1;
 }
 
+/* I7: a root's refcount is the number of its holders - the vCPUs that loaded it,
+ * the references taken through the public alloc_root(), stepped walkers stopped
+ * in it, and the TDP MMU's own reference (kvm_tdp_mmu_alloc_root() since v6.4;
+ * dropped by kvm_tdp_mmu_zap_invalidated_roots() once the root is zapped; in the
+ * v5.17 lifetime taken by the invalidation instead). A vCPU never holds a freed
+ * root. */
 static void check_roots(struct tdp_vm *vm)
 {
 	/* The vCPUs' and the walkers' references, counted per root in one pass over
@@ -407,8 +407,9 @@ static bool links(struct tdp_vm *vm, u32 p, int i, u32 f)
 	       hostmem_frame_of(&vm->mem, spte_to_pfn(t[i])) == f;
 }
 
-/* Apply the pool's notes: false if the chain of a note is not a chain of tables
- * (the memory is forgotten, every table is read again). */
+/* Apply the pool's notes to the memory of the last walk (if notes were lost, or a
+ * chain of parents is longer than any chain of tables, all of it is forgotten and
+ * every table is read again). */
 static void apply_notes(struct tdp_vm *vm)
 {
 	struct checker_state *cs = &vm->inv;
