@@ -194,10 +194,11 @@ void hostmem_note_ptr(struct hostmem *h, const u64 *p)
 {
 	if (!h->track)
 		return;
+	uintptr_t a = (uintptr_t)p;
 	for (u32 c = 0; c < h->nchunks; c++) {
-		const u64 *b = h->chunks[c];
-		if (b && p >= b && p < b + (size_t)ARENA_CHUNK_FRAMES * 512) {
-			hostmem_note_slow(h, c * ARENA_CHUNK_FRAMES + (u32)((size_t)(p - b) / 512), HOSTMEM_NOTE_WRITE);
+		uintptr_t b = (uintptr_t)h->chunks[c];
+		if (b && a >= b && a - b < (uintptr_t)ARENA_CHUNK_FRAMES * 4096) {
+			hostmem_note_slow(h, c * ARENA_CHUNK_FRAMES + (u32)((a - b) / 4096), HOSTMEM_NOTE_WRITE);
 			return;
 		}
 	}
