@@ -73,7 +73,7 @@ class VM:
     - ``costs``: overrides of the cycle cost model (``{"ipi": 6000, ...}``; ``vm.stats["cycles"]``).
     - ``invariants``: check KVM's state invariants after every operation and at yield points
       (``True``, ``False`` or a collection of names from ``tdpfast.invariants``), each
-      breach a violation of its own kind; off by default (it costs about half the
+      breach a violation of its own kind; off by default (it costs about a quarter of the
       explorer's throughput), on in ``tdpfast fuzz``.
     - ``invariant_walk``: how the tables' and roots' invariants are checked, with the same
       verdicts: ``"incremental"`` (default: only the tables written or re-purposed since
