@@ -347,7 +347,7 @@ int tdp_mmu_root_pointer(tdp_vm *vm, uint32_t root_id, uint64_t *value)
 
 static void collect_tables(tdp_vm *vm, u32 f, int level, uint64_t *addrs, uint8_t *data, size_t max, size_t *n)
 {
-	u64 *t = hostmem_table(&vm->mem, f);
+	const u64 *t = hostmem_table_read(&vm->mem, f);
 	if (*n < max) {
 		addrs[*n] = hostmem_pfn(&vm->mem, f) << 12;
 		if (data)
@@ -385,7 +385,7 @@ int tdp_mmu_read_spte(tdp_vm *vm, uint32_t root_id, uint64_t gfn, int level, uin
 	u64 *p = NULL;
 	u32 f = root->frame;
 	for (int l = root->level; l >= level; l--) {
-		p = hostmem_table(&vm->mem, f) + spte_index(gfn, l);
+		p = hostmem_table_read(&vm->mem, f) + spte_index(gfn, l);
 		if (l == level)
 			break;
 		f = spte_to_child_frame(&vm->mem, *p, l);

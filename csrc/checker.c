@@ -152,6 +152,7 @@ static int invariant_of(int kind)
 
 static void report_state(struct tdp_vm *vm, int kind, u32 root, u64 gfn, int level, u64 spte, u64 expected)
 {
+	vm->inv.seen++;
 	if (!(vm->cfg.invariants & invariant_of(kind)) || (vm->inv.reported & (1u << kind)))
 		return;
 	vm->inv.reported |= 1u << kind;
@@ -177,7 +178,7 @@ static u64 backing_of(struct tdp_vm *vm, u64 gfn)
 static bool find_leaf(struct tdp_vm *vm, u32 f, int level, u64 base, u64 start, u64 end, u64 *gfn, int *lvl,
 		      u64 *spte)
 {
-	const u64 *t = hostmem_table(&vm->mem, f);
+	const u64 *t = hostmem_table_read(&vm->mem, f);
 	u64 span = pages_per_level(level);
 	int i = start > base ? (int)((start - base) / span) : 0;
 
@@ -242,7 +243,7 @@ void checker_check_range_unmapped(struct tdp_vm *vm, u64 start, u64 end, int kin
 static bool find_unlogged_writable(struct tdp_vm *vm, struct memslot *s, u32 f, int level, u64 base, u64 *gfn,
 				   int *lvl, u64 *spte)
 {
-	const u64 *t = hostmem_table(&vm->mem, f);
+	const u64 *t = hostmem_table_read(&vm->mem, f);
 	u64 span = pages_per_level(level), start = s->base_gfn, end = s->base_gfn + s->npages;
 	int i = start > base ? (int)((start - base) / span) : 0;
 
@@ -300,7 +301,7 @@ void checker_check_fault_install(struct tdp_vm *vm, const struct tdp_root *root,
  * frozen entries are no longer reachable). Leaves are counted per level. */
 static void walk_table(struct tdp_vm *vm, const struct tdp_root *r, u32 f, int level, u64 base, u64 *leaves)
 {
-	const u64 *t = hostmem_table(&vm->mem, f);
+	const u64 *t = hostmem_table_read(&vm->mem, f);
 	u64 span = pages_per_level(level);
 
 	for (int i = 0; i < 512; i++) {
@@ -337,6 +338,17 @@ static bool walker_holds(const struct vm_op *o, u32 id, bool scheduled_only)
 	return o->op.cur == id && (!scheduled_only || o->op.which == ROOTS_SCHEDULED);
 }
 
+#define CHECKER_ROOTS_AT_ONCE 64
+
+/* The index in vm->roots of root id among the first n, or -1. */
+static int root_index(const struct tdp_vm *vm, u32 id, int n)
+{
+	for (int i = 0; id && i < n; i++)
+		if (vm->roots[i].id == id)
+			return i;
+	return -1;
+}
+
 /* I7: a root's refcount is the number of its holders - the vCPUs that loaded it,
  * the references taken through the public alloc_root(), stepped walkers stopped
  * in it, and the TDP MMU's own reference (kvm_tdp_mmu_alloc_root() since v6.4;
@@ -345,15 +357,35 @@ static bool walker_holds(const struct vm_op *o, u32 id, bool scheduled_only)
  * root. */
 static void check_roots(struct tdp_vm *vm)
 {
+	/* The vCPUs' and the walkers' references, counted per root in one pass over
+	 * each (for up to CHECKER_ROOTS_AT_ONCE roots; past that, per root). */
+	int counted[CHECKER_ROOTS_AT_ONCE];
+	bool sched[CHECKER_ROOTS_AT_ONCE];
+	int n = vm->nroots < CHECKER_ROOTS_AT_ONCE ? vm->nroots : CHECKER_ROOTS_AT_ONCE, j;
+	memset(counted, 0, sizeof(counted));
+	memset(sched, 0, sizeof(sched));
+	for (int v = 0; v < vm->cfg.nvcpus; v++)
+		if ((j = root_index(vm, vm->vcpus[v].root_id, n)) >= 0)
+			counted[j]++;
+	for (int k = 0; k < vm->nops; k++)
+		if ((j = root_index(vm, vm->ops[k]->op.cur, n)) >= 0) {
+			counted[j]++;
+			sched[j] |= walker_holds(vm->ops[k], vm->roots[j].id, true);
+		}
 	for (int i = 0; i < vm->nroots; i++) {
 		const struct tdp_root *r = &vm->roots[i];
 		int holders = r->user_refs;
 		bool sched_walk = false;
-		for (int v = 0; v < vm->cfg.nvcpus; v++)
-			holders += vm->vcpus[v].root_id == r->id;
-		for (int k = 0; k < vm->nops; k++) {
-			holders += walker_holds(vm->ops[k], r->id, false);
-			sched_walk |= walker_holds(vm->ops[k], r->id, true);
+		if (i < n) {
+			holders += counted[i];
+			sched_walk = sched[i];
+		} else {
+			for (int v = 0; v < vm->cfg.nvcpus; v++)
+				holders += vm->vcpus[v].root_id == r->id;
+			for (int k = 0; k < vm->nops; k++) {
+				holders += walker_holds(vm->ops[k], r->id, false);
+				sched_walk |= walker_holds(vm->ops[k], r->id, true);
+			}
 		}
 		bool own = r->scheduled || sched_walk ||
 			   (vm->pol.root_lifetime == TDP_ROOT_PRESERVE && !r->invalid);
@@ -384,17 +416,243 @@ static u64 structure_signature(const struct tdp_vm *vm)
 
 static bool grow_marks(struct tdp_vm *vm)
 {
-	if (vm->inv.mark_cap >= vm->mem.nframes)
+	struct checker_state *cs = &vm->inv;
+	if (cs->mark_cap >= vm->mem.nframes)
 		return true;
 	u32 ncap = vm->mem.nframes + vm->mem.nframes / 2 + 64;
-	u32 *n = realloc(vm->inv.mark, (size_t)ncap * sizeof(*n));
+	u32 *n = realloc(cs->mark, (size_t)ncap * sizeof(*n));
 	if (!n)
 		return false;
-	memset(n + vm->inv.mark_cap, 0, (size_t)(ncap - vm->inv.mark_cap) * sizeof(*n));
-	vm->inv.mark = n;
-	vm->inv.mark_cap = ncap;
+	cs->mark = n;
+	if (vm->mem.track) {
+		struct inv_node *nn = realloc(cs->node, (size_t)ncap * sizeof(*nn));
+		if (!nn)
+			return false;
+		cs->node = nn;
+		u64 *nk = realloc(cs->kids, (size_t)ncap * 8 * sizeof(*nk));
+		if (!nk)
+			return false;
+		cs->kids = nk;
+		for (u32 f = cs->mark_cap; f < ncap; f++)
+			nn[f] = (struct inv_node){.parent = NO_FRAME};
+		memset(nk + (size_t)cs->mark_cap * 8, 0, (size_t)(ncap - cs->mark_cap) * 8 * sizeof(*nk));
+	}
+	memset(n + cs->mark_cap, 0, (size_t)(ncap - cs->mark_cap) * sizeof(*n));
+	cs->mark_cap = ncap;
 	return true;
 }
+
+/* ------------------------------------------------------------------ the incremental walk
+ * The same checks as walk_table() and the roots' loop below, on the tables written
+ * or re-purposed since the last walk only. A table is CLEAN when neither its
+ * entries, nor the metadata of the tables they link, nor anything in its subtree
+ * changed since a walk found it well-formed: then the full walk would find it as
+ * it did, and its subtree's counts stand. Writers note the frames they write
+ * (hostmem_table(), hostmem_note()); the pool notes frames handed out or freed.
+ * A noted frame becomes STALE (read again), and so does the table that linked it if
+ * its metadata changed; the tables above become BELOW (their entries stand, their
+ * subtree's counts are summed again through the entries that link a child). The
+ * first thing found wrong ends the incremental walk: the full walk then runs and
+ * reports, exactly as it would have without the incremental one. */
+enum inv_node_state { INV_STALE = 0, INV_BELOW = 1, INV_CLEAN = 2 };
+
+static void forget_all(struct checker_state *cs)
+{
+	for (u32 f = 0; f < cs->mark_cap; f++)
+		cs->node[f] = (struct inv_node){.parent = NO_FRAME};
+}
+
+/* Does table p still link f through entry i, as when f was last walked? (If p's
+ * entries were written since, p is read again anyway.) */
+static bool links(struct tdp_vm *vm, u32 p, int i, u32 f)
+{
+	const u64 *t = hostmem_table_read(&vm->mem, p);
+	return t && (vm->inv.kids[(size_t)p * 8 + i / 64] >> (i % 64) & 1) &&
+	       hostmem_frame_of(&vm->mem, spte_to_pfn(t[i])) == f;
+}
+
+/* Apply the pool's notes to the memory of the last walk (if notes were lost, or a
+ * chain of parents is longer than any chain of tables, all of it is forgotten and
+ * every table is read again). */
+static void apply_notes(struct tdp_vm *vm)
+{
+	struct checker_state *cs = &vm->inv;
+	struct hostmem *h = &vm->mem;
+
+	if (h->noted_lost) {
+		forget_all(cs);
+		if (h->noted)
+			memset(h->noted, 0, h->noted_size);
+		h->nnoted = 0;
+		h->noted_lost = false;
+		return;
+	}
+	for (u32 k = 0; k < h->nnoted; k++) {
+		u32 f = h->noted_list[k];
+		unsigned what = h->noted[f];
+		h->noted[f] = 0;
+		if (f >= cs->mark_cap)
+			continue; /* never walked */
+		cs->node[f].state = INV_STALE;
+		u32 p = cs->node[f].parent;
+		if (p == NO_FRAME)
+			continue;
+		if ((what & HOSTMEM_NOTE_META) && links(vm, p, cs->node[f].index, f))
+			cs->node[p].state = INV_STALE; /* its entry for f is checked against f's metadata */
+		for (int d = 0; p != NO_FRAME; p = cs->node[p].parent) {
+			if (++d > 8) { /* longer than any chain of tables: forget, to be safe */
+				forget_all(cs);
+				break;
+			}
+			if (cs->node[p].state == INV_CLEAN)
+				cs->node[p].state = INV_BELOW;
+		}
+	}
+	h->nnoted = 0;
+}
+
+static void add_subtree(struct inv_node *n, const struct inv_node *c)
+{
+	n->tables += c->tables;
+	for (int l = 0; l < 3; l++)
+		n->leaves[l] += c->leaves[l];
+}
+
+/* walk_table() for a table that is not CLEAN; false at the first thing it would
+ * report. */
+static bool inc_table(struct tdp_vm *vm, const struct tdp_root *r, u32 f, int level, u64 base)
+{
+	struct checker_state *cs = &vm->inv;
+	struct inv_node *n = &cs->node[f];
+	const u64 *t = hostmem_table_read(&vm->mem, f);
+	u64 *kids = cs->kids + (size_t)f * 8;
+	u64 span = pages_per_level(level);
+
+	if (n->state == INV_CLEAN)
+		return true;
+	if (n->state == INV_BELOW) {
+		/* Its entries and their children's metadata are as the last walk found them. */
+		n->tables = 1;
+		n->leaves[0] = n->leaves[1] = n->leaves[2] = 0;
+		if (level <= 3)
+			n->leaves[level - 1] = n->own;
+		for (int w = 0; w < 8; w++)
+			for (u64 m = kids[w]; m; m &= m - 1) {
+				int i = w * 64 + __builtin_ctzll(m);
+				u32 c = hostmem_frame_of(&vm->mem, spte_to_pfn(t[i]));
+				if (c == NO_FRAME || c >= cs->mark_cap || cs->mark[c] == cs->epoch)
+					return false;
+				cs->mark[c] = cs->epoch;
+				if (!inc_table(vm, r, c, level - 1, base + (u64)i * span))
+					return false;
+				add_subtree(n, &cs->node[c]);
+			}
+		n->state = INV_CLEAN;
+		return true;
+	}
+	struct inv_node acc = {.parent = n->parent, .tables = 1};
+	memset(kids, 0, 8 * sizeof(*kids));
+	if (level == 1) {
+		/* Every present entry is a leaf: one loop without branches. */
+		u64 frozen = 0, present[4] = {0};
+		for (int i = 0; i < 512; i += 4)
+			for (int k = 0; k < 4; k++) {
+				frozen |= t[i + k] == FROZEN_SPTE;
+				present[k] += (t[i + k] & SPTE_MMU_PRESENT) != 0;
+			}
+		if (frozen)
+			return false;
+		acc.own = acc.leaves[0] = (u32)(present[0] + present[1] + present[2] + present[3]);
+		acc.state = INV_CLEAN;
+		cs->node[f] = acc;
+		return true;
+	}
+	/* A pass without branches finds the frozen and the present entries (most
+	 * entries of the upper levels are neither); then the present ones, in order. */
+	u64 frozen = 0, present[8];
+	for (int w = 0; w < 8; w++) {
+		u64 m = 0;
+		for (int b = 0; b < 64; b++) {
+			u64 s = t[w * 64 + b];
+			frozen |= s == FROZEN_SPTE;
+			m |= (u64)((s & SPTE_MMU_PRESENT) != 0) << b;
+		}
+		present[w] = m;
+	}
+	if (frozen)
+		return false;
+	for (int w = 0; w < 8; w++) {
+		for (u64 m = present[w]; m; m &= m - 1) {
+			int i = w * 64 + __builtin_ctzll(m);
+			u64 s = t[i], gfn = base + (u64)i * span;
+			if (is_last_spte(s, level)) {
+				if (level > 3)
+					return false;
+				acc.own++;
+				continue;
+			}
+			u32 c = hostmem_frame_of(&vm->mem, spte_to_pfn(s));
+			const struct frame *fr = c == NO_FRAME ? NULL : &vm->mem.frames[c];
+			if (!fr || fr->state != FRAME_TABLE || fr->sp_unlinked || fr->sp_level != level - 1 ||
+			    fr->sp_gfn != gfn || fr->sp_root != r->id || fr->parent != f || cs->mark[c] == cs->epoch)
+				return false;
+			cs->mark[c] = cs->epoch;
+			cs->node[c].parent = f;
+			cs->node[c].index = (u16)i;
+			if (!inc_table(vm, r, c, level - 1, gfn))
+				return false;
+			kids[w] |= 1ull << (i % 64);
+			add_subtree(&acc, &cs->node[c]);
+		}
+	}
+	if (level <= 3)
+		acc.leaves[level - 1] += acc.own;
+	acc.state = INV_CLEAN;
+	cs->node[f] = acc;
+	return true;
+}
+
+/* The roots' loop of checker_check_invariants() over the incremental walk: true
+ * when the full walk would report nothing; *leaves and *reached are then what it
+ * would count. */
+static bool inc_walk(struct tdp_vm *vm, u64 leaves[4])
+{
+	struct checker_state *cs = &vm->inv;
+	int inv = vm->cfg.invariants;
+
+	apply_notes(vm);
+	cs->reached = 0;
+	for (int i = 0; i < vm->nroots; i++) {
+		const struct tdp_root *r = &vm->roots[i];
+		const struct frame *fr = &vm->mem.frames[r->frame];
+		if (fr->state != FRAME_TABLE || fr->sp_level != r->level || fr->sp_root != r->id || fr->sp_unlinked ||
+		    cs->mark[r->frame] == cs->epoch || (r->refcount <= 0 && (inv & TDP_INV_ROOTS)))
+			return false;
+		cs->mark[r->frame] = cs->epoch;
+		cs->node[r->frame].parent = NO_FRAME;
+		if (!inc_table(vm, r, r->frame, r->level, 0))
+			return false;
+		const struct inv_node *n = &cs->node[r->frame];
+		cs->reached += n->tables;
+		for (int l = 1; l <= 3; l++)
+			leaves[l] += n->leaves[l - 1];
+	}
+	if (inv & TDP_INV_TABLES)
+		if (vm->stats[ST_pages_4k] != leaves[1] || vm->stats[ST_pages_2m] != leaves[2] ||
+		    vm->stats[ST_pages_1g] != leaves[3])
+			return false;
+	return !(inv & TDP_INV_ROOTS) || cs->reached == vm->stats[ST_mmu_pages];
+}
+
+static void next_epoch(struct tdp_vm *vm)
+{
+	if (++vm->inv.epoch == 0) {
+		memset(vm->inv.mark, 0, (size_t)vm->inv.mark_cap * sizeof(*vm->inv.mark));
+		vm->inv.epoch = 1;
+	}
+}
+
+static void full_walk(struct tdp_vm *vm);
 
 void checker_check_invariants(struct tdp_vm *vm)
 {
@@ -418,11 +676,36 @@ void checker_check_invariants(struct tdp_vm *vm)
 	if (!grow_marks(vm))
 		return; /* no host memory for the marks: the walk waits for the next operation */
 	vm->inv.sig = sig;
-	if (++vm->inv.epoch == 0) {
-		memset(vm->inv.mark, 0, (size_t)vm->inv.mark_cap * sizeof(*vm->inv.mark));
-		vm->inv.epoch = 1;
+	next_epoch(vm);
+	u64 inc_leaves[4] = {0}, inc_reached = 0, seen = vm->inv.seen;
+	bool inc_clean = false;
+	if (vm->mem.track) {
+		inc_clean = inc_walk(vm, inc_leaves);
+		inc_reached = vm->inv.reached;
+		if (inc_clean && vm->cfg.invariant_walk == TDP_INV_WALK_INCREMENTAL)
+			return;
+		if (!inc_clean)
+			forget_all(&vm->inv); /* read every table again once the state is well-formed */
+		next_epoch(vm);
 	}
-	u64 leaves[4] = {0};
+	full_walk(vm);
+	if (vm->mem.track && vm->cfg.invariant_walk == TDP_INV_WALK_CROSSCHECK) {
+		/* The incremental walk must see something wrong exactly when the full
+		 * walk does, and count the same tables and leaves when all is well. */
+		bool full_clean = vm->inv.seen == seen, same = vm->inv.reached == inc_reached;
+		for (int l = 1; l <= 3; l++)
+			same &= vm->inv.full_leaves[l] == inc_leaves[l];
+		TDP_WARN_ON(vm, full_clean != inc_clean || (inc_clean && !same));
+	}
+}
+
+/* Every table from the roots (the specification of the tables' and roots'
+ * invariants). */
+static void full_walk(struct tdp_vm *vm)
+{
+	int inv = vm->cfg.invariants;
+	u64 *leaves = vm->inv.full_leaves;
+	memset(vm->inv.full_leaves, 0, sizeof(vm->inv.full_leaves));
 	vm->inv.reached = 0;
 	for (int i = 0; i < vm->nroots; i++) {
 		const struct tdp_root *r = &vm->roots[i];
@@ -447,6 +730,7 @@ void checker_check_invariants(struct tdp_vm *vm)
 			}
 	}
 	if ((inv & TDP_INV_ROOTS) && vm->inv.reached != vm->stats[ST_mmu_pages]) {
+		vm->inv.seen++; /* a table is missing even if the search below does not find it */
 		/* I7: every table page is reachable from a root or on its way back to
 		 * the pool (unlinked: RCU-freed). The live-table gauge (mmu_pages) says
 		 * whether one is missing; only then are the frames searched for it. */

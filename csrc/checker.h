@@ -12,10 +12,23 @@ struct vcpu;
 struct tdp_root;
 struct tdp_iter;
 
+/* What the incremental walk of the tables remembers of one table frame from the
+ * last walk that found nothing wrong (checker.c). */
+struct inv_node {
+	u32 parent;    /* the table whose entry linked it (NO_FRAME: a root, or never reached) */
+	u32 tables;    /* tables in its subtree, itself included */
+	u32 leaves[3]; /* leaves of levels 1..3 in its subtree */
+	u32 own;       /* leaves in the table itself */
+	u16 index;     /* the entry of `parent` that linked it */
+	u8 state;      /* enum inv_node_state (checker.c) */
+};
+
 /* The state invariants' bookkeeping, per VM: a mark per frame for the walk from
  * the roots (marked frames carry the current epoch), the state signature at the
- * last full walk (unchanged tables are not walked again), and the kinds already
- * reported (each is reported once per VM, at the first operation that broke it). */
+ * last full walk (unchanged tables are not walked again), the kinds already
+ * reported (each is reported once per VM, at the first operation that broke it),
+ * and the incremental walk's memory of each table (node, kids: a bit per entry
+ * that links a child table). */
 struct checker_state {
 	u32 *mark;
 	u32 mark_cap;
@@ -25,6 +38,10 @@ struct checker_state {
 	u32 leaf_ops;  /* operations since then that wrote only leaf SPTEs */
 	u64 reached;   /* tables the last walk reached */
 	u32 reported;
+	u64 seen;      /* broken invariants seen, reported or not (the cross-check counts them) */
+	u64 full_leaves[4]; /* leaves per level the last full walk counted */
+	struct inv_node *node;
+	u64 *kids;     /* 8 words per frame */
 };
 
 void vm_report(struct tdp_vm *vm, int kind, struct vcpu *v, u64 gpa, u64 tag, u64 stale_pfn,

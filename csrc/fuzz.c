@@ -19,6 +19,7 @@
 #define FUZZ_SLOT1_BASE (1u << 18)
 #define FUZZ_SLOT1_PAGES (1u << 18)
 #define FUZZ_GFNS (FUZZ_SLOT1_BASE + FUZZ_SLOT1_PAGES)
+#define FUZZ_BITMAP_WORDS (FUZZ_SLOT1_PAGES / 64)
 
 enum fuzz_kind { FZ_ACCESS, FZ_RUN, FZ_EXIT, FZ_UNMAP, FZ_MIGRATE, FZ_MEMSLOT, FZ_ZAP, FZ_MAP, FZ_DIRTY_TOGGLE,
 		 FZ_DIRTY_GET, FZ_AGE, FZ_WRTRACK, FZ_ROOTS, FZ_OP, FZ_NX, FZ_SPLIT, FZ_RECOVER, FZ_ZAP_SP,
@@ -50,6 +51,7 @@ struct fuzz {
 	int focus_left; /* ... and for how many more operations picks stay near it */
 	int op_weight[TDP_OP_LAST + 1]; /* per VM: which long operations are stepped */
 	int op_total;
+	u64 dirty_bitmap[FUZZ_BITMAP_WORDS]; /* where a harvest of the dirty log goes */
 };
 
 static u64 rnd(struct fuzz *f)
@@ -311,12 +313,10 @@ static void one_op(struct fuzz *f)
 			tdp_dirty_log_enable(vm, f->slot_id[i], sl && !(sl->flags & TDP_SLOT_DIRTY_LOG));
 		}
 	} else if (kind == FZ_DIRTY_GET) {
-		static const size_t words = FUZZ_SLOT1_PAGES / 64;
-		u64 *bm = malloc(words * sizeof(u64)), nd;
+		u64 nd;
 		int i = (int)below(f, 2);
-		if (bm && f->slot_id[i] >= 0)
-			tdp_dirty_log_get(vm, f->slot_id[i], bm, words, &nd);
-		free(bm);
+		if (f->slot_id[i] >= 0)
+			tdp_dirty_log_get(vm, f->slot_id[i], f->dirty_bitmap, FUZZ_BITMAP_WORDS, &nd);
 	} else if (kind == FZ_AGE) {
 		pick_range(f, &s, &e);
 		tdp_host_age(vm, s, e, &flag);

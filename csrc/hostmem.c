@@ -19,6 +19,8 @@ void hostmem_destroy(struct hostmem *h)
 	free(h->frames);
 	free(h->free_stack);
 	free(h->rcu);
+	free(h->noted);
+	free(h->noted_list);
 	memset(h, 0, sizeof(*h));
 }
 
@@ -67,10 +69,17 @@ u32 hostmem_alloc(struct hostmem *h, int state)
 	fr->sp_gfn = 0;
 	fr->owner_gfn = 0;
 	h->in_use++;
+	hostmem_note(h, f, HOSTMEM_NOTE_META);
 	return f;
 }
 
 u64 *hostmem_table(struct hostmem *h, u32 f)
+{
+	hostmem_note(h, f, HOSTMEM_NOTE_WRITE);
+	return hostmem_table_read(h, f);
+}
+
+u64 *hostmem_table_read(struct hostmem *h, u32 f)
 {
 	u32 c = f / ARENA_CHUNK_FRAMES;
 
@@ -101,6 +110,7 @@ void hostmem_free_now(struct hostmem *h, u32 f)
 	h->free_stack[h->nfree++] = f;
 	h->in_use--;
 	h->frames_freed++;
+	hostmem_note(h, f, HOSTMEM_NOTE_META);
 }
 
 void hostmem_free_rcu(struct hostmem *h, u32 f)
@@ -120,6 +130,7 @@ void hostmem_free_rcu(struct hostmem *h, u32 f)
 	}
 	h->frames[f].state = FRAME_RCU;
 	h->rcu[h->nrcu++] = f;
+	hostmem_note(h, f, HOSTMEM_NOTE_META);
 }
 
 void hostmem_synchronize_rcu(struct hostmem *h)
@@ -133,3 +144,49 @@ void hostmem_synchronize_rcu(struct hostmem *h)
 	h->nrcu = 0;
 }
 
+void hostmem_note_slow(struct hostmem *h, u32 f, unsigned what)
+{
+	if (f >= h->nframes || h->noted_lost)
+		return;
+	if (f >= h->noted_size) {
+		u32 n = h->cap;
+		u8 *nb = realloc(h->noted, n);
+		if (!nb) {
+			h->noted_lost = true;
+			return;
+		}
+		memset(nb + h->noted_size, 0, n - h->noted_size);
+		h->noted = nb;
+		h->noted_size = n;
+	}
+	if ((h->noted[f] & what) == what)
+		return;
+	if (!h->noted[f]) {
+		if (h->nnoted == h->noted_cap) {
+			u32 ncap = h->noted_cap ? h->noted_cap * 2 : 256;
+			u32 *nl = realloc(h->noted_list, (size_t)ncap * sizeof(*nl));
+			if (!nl) {
+				h->noted_lost = true;
+				return;
+			}
+			h->noted_list = nl;
+			h->noted_cap = ncap;
+		}
+		h->noted_list[h->nnoted++] = f;
+	}
+	h->noted[f] |= (u8)what;
+}
+
+void hostmem_note_ptr(struct hostmem *h, const u64 *p)
+{
+	if (!h->track)
+		return;
+	uintptr_t a = (uintptr_t)p;
+	for (u32 c = 0; c < h->nchunks; c++) {
+		uintptr_t b = (uintptr_t)h->chunks[c];
+		if (b && a >= b && a - b < (uintptr_t)ARENA_CHUNK_FRAMES * 4096) {
+			hostmem_note_slow(h, c * ARENA_CHUNK_FRAMES + (u32)((a - b) / 4096), HOSTMEM_NOTE_WRITE);
+			return;
+		}
+	}
+}

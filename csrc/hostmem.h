@@ -49,6 +49,20 @@ struct hostmem {
 	u32 in_use;          /* TABLE + GUEST + RCU */
 	u64 grace_periods;
 	u64 frames_freed;
+	/* Frames written or re-purposed since the state invariants' walk last looked
+	 * (checker.c), noted only while `track` is set: noted[f] holds HOSTMEM_NOTE_*
+	 * bits, noted_list the frames that have any. noted_lost: a note could not be
+	 * stored, so the walk must assume that every frame changed. */
+	u8 *noted;
+	u32 noted_size;
+	u32 *noted_list;
+	u32 nnoted, noted_cap;
+	bool track, noted_lost;
+};
+
+enum {
+	HOSTMEM_NOTE_WRITE = 1, /* an entry of the table may have been written */
+	HOSTMEM_NOTE_META = 2,  /* handed out, freed or queued for RCU: its metadata changed */
 };
 
 int hostmem_init(struct hostmem *h, u64 base_pfn, u32 limit);
@@ -64,7 +78,19 @@ u32 hostmem_alloc(struct hostmem *h, int state); /* NO_FRAME when exhausted */
 void hostmem_free_now(struct hostmem *h, u32 f);
 void hostmem_free_rcu(struct hostmem *h, u32 f); /* call_rcu() */
 void hostmem_synchronize_rcu(struct hostmem *h); /* end of a grace period */
+/* The 512 entries of frame f, to write them: noted as written while h->track is
+ * set. Readers use hostmem_table_read(), which notes nothing. */
 u64 *hostmem_table(struct hostmem *h, u32 f);
+u64 *hostmem_table_read(struct hostmem *h, u32 f);
+void hostmem_note_slow(struct hostmem *h, u32 f, unsigned what);
+static inline void hostmem_note(struct hostmem *h, u32 f, unsigned what)
+{
+	if (h->track)
+		hostmem_note_slow(h, f, what);
+}
+/* A write through a pointer into the arena (from hostmem_table_read() or an
+ * iterator) whose frame the writer does not hold. */
+void hostmem_note_ptr(struct hostmem *h, const u64 *p);
 static inline u64 hostmem_pfn(const struct hostmem *h, u32 f) { return h->base_pfn + f; }
 /* The 8-byte entry at hpa as the hardware walker reads it: a pool frame's contents.
  * [MODEL CHOICE] guest data is not modelled: a frame that is not a table (or was

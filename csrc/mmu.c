@@ -59,6 +59,7 @@ static int fast_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, in
 		return RET_PF_SPURIOUS;
 	}
 	*sptep = nw;
+	hostmem_note_ptr(&vm->mem, sptep);
 	vm->stats[ST_pf_fast]++;
 	vm->stats[ST_spte_writes]++;
 	vm_cost(vm, vm->costs.spte_write);

@@ -152,14 +152,27 @@ static void handle_removed_pt(struct tdp_vm *vm, u32 f, bool shared)
 		untrack_possible_nx_huge_page(vm, f);
 	if (level == 1 && removed_pt_bulk(vm, t, shared)) {
 		/* done: the same writes, counters and costs as the loop below */
-	} else for (int i = 0; i < 512; i++) {
-		u64 old = t[i];
-		if (!shared && !is_shadow_present_pte(old))
-			continue;
-		if (is_frozen_spte(old))
-			continue; /* owned by a racing writer */
-		t[i] = FROZEN_SPTE;
-		handle_changed_spte(vm, base + (u64)i * span, old, FROZEN_SPTE, level, shared);
+	} else {
+		/* A non-present entry frozen (shared mode) is one write for
+		 * handle_changed_spte() and nothing else: where nothing observes the
+		 * single writes (bulk_allowed()), they are counted once, after the loop. */
+		bool bulk = bulk_allowed(vm);
+		u64 nonpresent = 0;
+		for (int i = 0; i < 512; i++) {
+			u64 old = t[i];
+			if (!shared && !is_shadow_present_pte(old))
+				continue;
+			if (is_frozen_spte(old))
+				continue; /* owned by a racing writer */
+			t[i] = FROZEN_SPTE;
+			if (bulk && !is_shadow_present_pte(old))
+				nonpresent++;
+			else
+				handle_changed_spte(vm, base + (u64)i * span, old, FROZEN_SPTE, level, shared);
+		}
+		vm->stats[ST_spte_writes] += nonpresent;
+		vm->stats[ST_spte_changed_l1 + level - 1] += nonpresent;
+		vm->stats[ST_cycles] += nonpresent * vm->costs.spte_write;
 	}
 	/* not a KVM flush site: removed_pt_flush, the B6 era's flushes (none since v6.x) */
 	if (vm->pol.removed_pt_flush == 1)
@@ -179,6 +192,7 @@ void tdp_mmu_iter_set_spte(struct tdp_vm *vm, struct tdp_iter *it, u64 new)
 	u64 old = it->old_spte;
 
 	*it->sptep = new;
+	hostmem_note(&vm->mem, tdp_iter_frame(it), HOSTMEM_NOTE_WRITE);
 	it->old_spte = new;
 	handle_changed_spte(vm, it->gfn, old, new, it->level, false);
 }
@@ -194,6 +208,7 @@ int tdp_mmu_set_spte_atomic(struct tdp_vm *vm, struct tdp_iter *it, u64 new)
 		return -1;
 	}
 	*it->sptep = new;
+	hostmem_note(&vm->mem, tdp_iter_frame(it), HOSTMEM_NOTE_WRITE);
 	handle_changed_spte(vm, it->gfn, old, new, it->level, true);
 	return 0;
 }
@@ -209,6 +224,7 @@ int tdp_mmu_zap_spte_atomic(struct tdp_vm *vm, struct tdp_iter *it)
 		return -1;
 	}
 	*it->sptep = FROZEN_SPTE;
+	hostmem_note(&vm->mem, tdp_iter_frame(it), HOSTMEM_NOTE_WRITE);
 	if (vm->pol.shared_zap_flush && FLUSH_SITE(vm, SHARED_ZAP))
 		kvm_flush_remote_tlbs_range(vm, it->gfn, pages_per_level(it->level));
 	*it->sptep = SHADOW_NONPRESENT_VALUE;
@@ -643,6 +659,7 @@ static bool op_bulk_table(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root 
 		nleaf = 0;
 	}
 	u64 nonleaf = 0;
+	hostmem_note(&vm->mem, tdp_iter_frame(it), HOSTMEM_NOTE_WRITE);
 	for (int i = 0; i < 512; i++) {
 		u64 old = t[i];
 		if (!is_shadow_present_pte(old))
@@ -672,6 +689,94 @@ static bool op_bulk_table(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root 
 	it->next_last_level_gfn = it->gfn;
 	it->sptep = t + 511;
 	it->old_spte = t[511];
+	return true;
+}
+
+/* The write-protect and clear-dirty bulk path: the iterator is at entry 0 of a
+ * last-level table whose 512 entries the per-SPTE loop would all visit (as for
+ * op_bulk_table()). Every present entry with the bit set loses it, with the
+ * counters and costs that handle_changed_spte() adds per write (a leaf replaced by
+ * a leaf: the leaf gauge's -1 and +1, which need a gauge of at least 1). */
+static bool op_bulk_wrprot(struct tdp_vm *vm, struct tdp_op *op)
+{
+	struct tdp_iter *it = &op->it;
+	u64 base = it->gfn, k = 0, n = 0;
+	u64 *t = it->sptep;
+
+	if ((op->kind != OP_WRPROT && op->kind != OP_CLEAR_DIRTY) || it->level != 1 || !bulk_allowed(vm) ||
+	    spte_index(base, 1) != 0 || base + 511 >= op->end || !leaf_gauge_covers(vm, 1, 1))
+		return false;
+	if (op->can_yield && op->yield_every > 0) {
+		k = resched_checks_in_table(it, base, 1);
+		if (op->since_yield + k >= (u64)op->yield_every)
+			return false; /* a yield comes due inside this table */
+	}
+	u64 bit = (op->kind == OP_WRPROT || !vm->masks.ad) ? SPTE_W : vm->masks.dirty;
+	hostmem_note(&vm->mem, tdp_iter_frame(it), HOSTMEM_NOTE_WRITE);
+	for (int i = 0; i < 512; i++) {
+		u64 old = t[i];
+		if (!is_shadow_present_pte(old) || !(old & bit))
+			continue;
+		t[i] = old & ~bit;
+		n++;
+	}
+	vm->stats[ST_spte_writes] += n;
+	vm->stats[ST_spte_changed_l1] += n;
+	vm->stats[ST_cycles] += n * vm->costs.spte_write;
+	vm->stats[ST_iter_visited_l1] += 512;
+	if (n)
+		op->result = op->changed = true;
+	op->since_yield += k;
+	it->gfn = base + 511;
+	it->next_last_level_gfn = it->gfn;
+	it->sptep = t + 511;
+	it->old_spte = t[511];
+	return true;
+}
+
+/* The third bulk path: the iterator is on a non-present SPTE, which no root
+ * walker's body touches (and none descends into). The following non-present
+ * entries of the same table that the loop would visit before a yield comes due
+ * are passed over at once, counted as visited and towards need_resched as the
+ * per-SPTE loop counts them; the iterator is left on the last of them, so the
+ * loop's step goes on from there. False: not taken. */
+static bool op_skip_nonpresent(struct tdp_vm *vm, struct tdp_op *op)
+{
+	struct tdp_iter *it = &op->it;
+	int level = it->level, i = spte_index(it->gfn, level), j;
+	u64 span = pages_per_level(level), y = it->yielded_gfn;
+	bool counts = op->can_yield && op->yield_every > 0;
+	u64 budget = counts ? (u64)op->yield_every - 1 - op->since_yield : ~0ull, used = 0;
+
+	if (op->kind > OP_SPLIT || !bulk_allowed(vm) || is_shadow_present_pte(it->old_spte) || i == 511)
+		return false;
+	if (counts && op->since_yield + 1 >= (u64)op->yield_every)
+		return false;
+	const u64 *t = it->sptep - i;
+	u64 base = it->gfn - (u64)i * span;
+	if (counts && it->next_last_level_gfn != y)
+		used++; /* the current entry's check */
+	if (used > budget)
+		return false;
+	for (j = i + 1; j < 512; j++) {
+		u64 g = base + (u64)j * span;
+		if (is_shadow_present_pte(t[j]) || g >= op->end)
+			break;
+		u64 c = counts && g != y;
+		if (used + c > budget)
+			break;
+		used += c;
+	}
+	/* entries i..j-1 */
+	if (counts)
+		op->since_yield += used;
+	vm->stats[ST_iter_visited_l1 + level - 1] += (u64)(j - i);
+	if (j - 1 > i) {
+		it->gfn = base + (u64)(j - 1) * span;
+		it->next_last_level_gfn = it->gfn;
+		it->sptep += j - 1 - i;
+		it->old_spte = *it->sptep;
+	}
 	return true;
 }
 
@@ -721,7 +826,7 @@ int tdp_op_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yield)
 			tdp_iter_next(&op->it); /* the caller's `continue` after a yield */
 		}
 		for (; op->it.valid && op->it.gfn < op->end; tdp_iter_next(&op->it)) {
-			if (op_bulk_table(vm, op, r))
+			if (op_bulk_table(vm, op, r) || op_bulk_wrprot(vm, op) || op_skip_nonpresent(vm, op))
 				continue;
 retry:
 			if (op->can_yield && tdp_mmu_iter_cond_resched(vm, op, &op->flush)) {
@@ -870,6 +975,7 @@ bool tdp_mmu_age(struct tdp_vm *vm, u64 start, u64 end)
 			u64 nw = mark_spte_for_access_track(&vm->masks, it.old_spte);
 			if (nw != it.old_spte) {
 				*it.sptep = nw;
+				hostmem_note(&vm->mem, tdp_iter_frame(&it), HOSTMEM_NOTE_WRITE);
 				vm->stats[ST_spte_writes]++;
 				vm_cost(vm, vm->costs.spte_write);
 				vm_trace(vm, TR_SPTE_CHANGED, (u32)it.level, it.gfn, it.old_spte, nw);

@@ -51,7 +51,7 @@ int track_possible_nx_huge_page(struct tdp_vm *vm, u32 f)
 
 static bool subtree_has_leaf(struct tdp_vm *vm, u32 f)
 {
-	u64 *t = table_of(vm, f);
+	const u64 *t = hostmem_table_read(&vm->mem, f);
 	int level = vm->mem.frames[f].sp_level;
 
 	for (int i = 0; i < 512; i++) {
@@ -106,7 +106,7 @@ int tdp_mmu_split_huge_page(struct tdp_vm *vm, struct tdp_iter *it, struct tdp_r
  * make_huge_spte() source); 0 if the subtree maps nothing. */
 static u64 first_leaf_below(struct tdp_vm *vm, u32 f, int level)
 {
-	u64 *t = table_of(vm, f);
+	const u64 *t = hostmem_table_read(&vm->mem, f);
 
 	for (int k = 0; k < 512; k++) {
 		if (!is_shadow_present_pte(t[k]))

@@ -16,7 +16,7 @@ u32 tdp_mmu_find_sp(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int level
 	u32 f = root->frame;
 
 	for (int l = root->level; l > level && f != NO_FRAME; l--)
-		f = spte_to_child_frame(&vm->mem, table_of(vm, f)[spte_index(gfn, l)], l);
+		f = spte_to_child_frame(&vm->mem, hostmem_table_read(&vm->mem, f)[spte_index(gfn, l)], l);
 	return f;
 }
 
@@ -26,7 +26,7 @@ u64 tdp_mmu_lookup(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int *level
 	u64 spte = SHADOW_NONPRESENT_VALUE;
 
 	for (int l = root->level; l >= 1; l--) {
-		u64 *p = table_of(vm, f) + spte_index(gfn, l);
+		u64 *p = hostmem_table_read(&vm->mem, f) + spte_index(gfn, l);
 		spte = *p;
 		*level = l;
 		if (sptep)
@@ -128,7 +128,7 @@ u64 *tdp_mmu_last_level_table(struct tdp_vm *vm, struct tdp_root *root, u64 gfn,
 	u32 f = root->frame;
 
 	for (int l = root->level; l > 1; l--) {
-		u64 *p = table_of(vm, f) + spte_index(gfn, l);
+		u64 *p = hostmem_table_read(&vm->mem, f) + spte_index(gfn, l);
 		if (!is_shadow_present_pte(*p) || is_last_spte(*p, l))
 			return NULL;
 		f = spte_to_child_frame(&vm->mem, *p, l);
@@ -152,6 +152,7 @@ int tdp_mmu_map_gfn_in_table(struct tdp_vm *vm, struct tdp_root *root, struct kv
 		return RET_PF_RETRY;
 	it.h = &vm->mem;
 	it.level = 1;
+	it.pt_path[1] = NO_FRAME; /* the table was noted as written when it was looked up */
 	it.gfn = fault->gfn;
 	it.sptep = table + spte_index(fault->gfn, 1);
 	it.old_spte = *it.sptep;

@@ -81,6 +81,15 @@ enum tdp_invariant {
 	TDP_INV_DIRTY_LOG = 16, /* I6: a write after dirty logging protected a page faults or is logged */
 	TDP_INV_ALL = 31
 };
+/* How the tables' and roots' invariants are walked (struct tdp_config.invariant_walk). The
+ * verdicts are the same: the incremental walk reads again only the tables written or
+ * re-purposed since the last walk, and hands over to the full walk when it sees anything
+ * wrong, so that the report is the full walk's. */
+enum tdp_invariant_walk {
+	TDP_INV_WALK_INCREMENTAL = 0, /* default */
+	TDP_INV_WALK_FULL = 1,        /* every table from the roots: the specification */
+	TDP_INV_WALK_CROSSCHECK = 2   /* both, an engine warning (vm.health()) where they disagree */
+};
 enum tdp_access_outcome { TDP_OUT_OK = 0, TDP_OUT_MMIO = 1, TDP_OUT_LIVELOCK = 2, TDP_OUT_BLOCKED = 3 };
 /* What a host frame is (tdp_frame_state(), and struct tdp_violation's frame_state). */
 enum tdp_frame_state {
@@ -130,6 +139,7 @@ struct tdp_config {
 	int no_bulk;          /* test hook: always take the per-SPTE path (the specification)
 	                       * instead of the whole-table bulk paths that give the same result */
 	int invariants;       /* enum tdp_invariant mask of state invariants to check (0: none) */
+	int invariant_walk;   /* enum tdp_invariant_walk: how the tables' invariants are walked */
 	int stale_iter;       /* test hook: an injected bug - after a yield the TDP iterator goes
 	                       * on from the tables it held instead of restarting from the root;
 	                       * the engine must report the stale handle, not follow it */

@@ -220,6 +220,8 @@ void tdp_vm_destroy(tdp_vm *vm)
 	free(vm->nx_list);
 	free(vm->viol);
 	free(vm->inv.mark);
+	free(vm->inv.node);
+	free(vm->inv.kids);
 	free(vm->ev);
 	free(vm->blob);
 	free(vm->tr);
@@ -276,6 +278,11 @@ int tdp_vm_create(const struct tdp_config *cfg, const struct tdp_tlb_config *tlb
 			 cfg->invariants);
 		return TDP_EINVAL;
 	}
+	if (cfg->invariant_walk < TDP_INV_WALK_INCREMENTAL || cfg->invariant_walk > TDP_INV_WALK_CROSSCHECK) {
+		snprintf(err, errlen, "invariant_walk must be %d (incremental), %d (full) or %d (crosscheck), got %d",
+			 TDP_INV_WALK_INCREMENTAL, TDP_INV_WALK_FULL, TDP_INV_WALK_CROSSCHECK, cfg->invariant_walk);
+		return TDP_EINVAL;
+	}
 	if (cfg->mutant < 0 || cfg->mutant >= FS_COUNT) {
 		snprintf(err, errlen, "mutant must be a flush site id 1..%d (0: none), got %d", FS_COUNT - 1, cfg->mutant);
 		return TDP_EINVAL;
@@ -313,6 +320,8 @@ int tdp_vm_create(const struct tdp_config *cfg, const struct tdp_tlb_config *tlb
 		.ad = cfg->arch == TDP_SVM ? 1 : cfg->ad, .maxphyaddr = cfg->maxphyaddr, .exec_only = 1,
 		.mbec = cfg->mbec, .paging_structure = 0};
 	hostmem_init(&vm->mem, cfg->hpa_base >> 12, cfg->frame_limit ? cfg->frame_limit : POOL_MAX_FRAMES);
+	/* The incremental walk of the tables reads what was written since it last looked. */
+	vm->mem.track = (cfg->invariants & (TDP_INV_TABLES | TDP_INV_ROOTS)) && cfg->invariant_walk != TDP_INV_WALK_FULL;
 	vm->next_root_id = 1;
 	vm->truth_gen = 1;
 	vm->host_next_region_pfn = (cfg->hpa_base + HOST_SLOT_REGION_OFFSET) >> 12;
@@ -402,7 +411,7 @@ uint64_t tdp_digest(tdp_vm *vm)
 		h = mix(h, ((u64)fr->gen << 8) | fr->state);
 		h = mix(h, ((u64)fr->sp_level << 16) | ((u64)fr->sp_unlinked << 8) | fr->sp_nx);
 		if (fr->state == FRAME_TABLE || fr->state == FRAME_RCU) {
-			u64 *t = hostmem_table(m, f);
+			const u64 *t = hostmem_table_read(m, f);
 			for (int i = 0; i < 512; i++)
 				h = mix(h, t[i]);
 		}

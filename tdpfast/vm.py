@@ -23,6 +23,8 @@ from .tlbconfig import TLBConfig
 _NO_PFN = (1 << 64) - 1
 _STATE_KINDS = range(lib.TDP_V_NOTIFIER_RANGE_MAPPED, lib.TDP_V_UNLOGGED_WRITABLE + 1)  # state invariants' kinds
 _ARCH = {name: code for code, name in c_names(lib.tdp_arch_name).items()}
+_INVARIANT_WALK = {"incremental": lib.TDP_INV_WALK_INCREMENTAL, "full": lib.TDP_INV_WALK_FULL,
+                   "crosscheck": lib.TDP_INV_WALK_CROSSCHECK}
 #: KVM requests by name -> request bit (enum tdp_request; read from the binding).
 REQUESTS = {name: bit for bit, name in c_names(lib.tdp_request_name, (1 << i for i in range(32))).items()}
 _MODES = c_name_table(lib.tdp_vcpu_mode_name)
@@ -71,8 +73,13 @@ class VM:
     - ``costs``: overrides of the cycle cost model (``{"ipi": 6000, ...}``; ``vm.stats["cycles"]``).
     - ``invariants``: check KVM's state invariants after every operation and at yield points
       (``True``, ``False`` or a collection of names from ``tdpfast.invariants``), each
-      breach a violation of its own kind; off by default (it costs about half the
+      breach a violation of its own kind; off by default (it costs about a quarter of the
       explorer's throughput), on in ``tdpfast fuzz``.
+    - ``invariant_walk``: how the tables' and roots' invariants are checked, with the same
+      verdicts: ``"incremental"`` (default: only the tables written or re-purposed since
+      the last check are read again; anything wrong hands over to the full walk, which
+      reports), ``"full"`` (every table from the roots each time: the specification), or
+      ``"crosscheck"`` (both; a disagreement is an engine warning in :meth:`health`).
     - ``bulk``: let zaps and ``map_range`` process whole tables in one loop where nothing can
       observe the single steps (same tables, counters, costs and events); ``False`` keeps
       the per-SPTE paths only.
@@ -98,7 +105,8 @@ class VM:
                  frame_limit: Optional[int] = None, max_asid: int = 32767, min_asid: int = 1,
                  flush_by_asid: bool = True, trace: bool = False, record: bool = False,
                  costs: Optional[Dict[str, int]] = None, kernel: Optional[str] = None, bulk: bool = True,
-                 invariants=False, mutant: Optional[str] = None, inject: Optional[str] = None):
+                 invariants=False, invariant_walk: str = "incremental", mutant: Optional[str] = None,
+                 inject: Optional[str] = None):
         self._lock = threading.RLock()
         self._unlogged: List[tuple] = []   # (event count, what) of state changes the log does not hold
         if not isinstance(arch, str) or arch not in _ARCH:
@@ -106,6 +114,9 @@ class VM:
         for flag, value in (("ad", ad), ("mbec", mbec), ("flush_by_asid", flush_by_asid), ("trace", trace),
                             ("record", record), ("bulk", bulk)):
             _bool(flag, value)
+        if invariant_walk not in _INVARIANT_WALK:
+            raise InvalidArgumentError(f"invariant_walk must be one of {', '.join(map(repr, _INVARIANT_WALK))}, "
+                                       f"got {invariant_walk!r}")
         if costs is not None and not isinstance(costs, dict):
             raise InvalidArgumentError(f"costs must be a dict of cost name to cycles, got {type(costs).__name__}")
         tlb = TLBConfig.adversarial() if tlb is None else tlb
@@ -124,7 +135,7 @@ class VM:
                             policy=policy, ad=ad, mbec=mbec, maxphyaddr=maxphyaddr, hpa_base=hpa_base,
                             frame_limit=frame_limit, max_asid=max_asid, min_asid=min_asid,
                             flush_by_asid=flush_by_asid, trace=trace, record=record, costs=costs, bulk=bulk,
-                            invariants=invariants, mutant=mutant, inject=inject)
+                            invariants=invariants, invariant_walk=invariant_walk, mutant=mutant, inject=inject)
         cfg = ffi.new("struct tdp_config *")
         lib.tdp_default_config(cfg)
         cfg.arch = _ARCH[arch]
@@ -145,6 +156,7 @@ class VM:
         cfg.no_bulk = int(not bulk)   # bulk=False: the per-SPTE paths only (tests/test_bulk_paths.py)
         # State invariants (tdpfast/invariants.py): True, False, or a collection of names.
         cfg.invariants = _invariants.mask(invariants)
+        cfg.invariant_walk = _INVARIANT_WALK[invariant_walk]
         # The engine's mutation test (tdpfast/flush_sites.py): one flush site removed.
         cfg.mutant = _flush_sites.site_id(mutant)
         if inject not in (None, "stale_iter", "stale_fault"):

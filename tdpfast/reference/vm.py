@@ -212,9 +212,12 @@ class VM(MemslotApi, NotifierApi, VcpuApi, SteppedOps, EventLogApi):
                  frame_limit: Optional[int] = None, max_asid: int = 32767, min_asid: int = 1,
                  flush_by_asid: bool = True, trace: bool = False, record: bool = False,
                  costs: Optional[Dict[str, int]] = None, quirks: Iterable[str] = (), invariants=False,
-                 bulk: bool = True, mutant: Optional[str] = None, inject: Optional[str] = None):
+                 bulk: bool = True, invariant_walk: str = "incremental", mutant: Optional[str] = None,
+                 inject: Optional[str] = None):
         # ``bulk`` is the C engine's whole-table fast path, which gives the same results as the
         # per-SPTE path; the reference model has only the latter and takes the flag for parity.
+        # So is ``invariant_walk`` (how the C engine walks the tables for their invariants,
+        # which the reference model does not check).
         # ``mutant`` and ``inject`` change the C engine on purpose (its mutation test, an injected
         # bug): the specification has neither, and takes only their "none".
         if mutant is not None or inject is not None:
