@@ -123,7 +123,8 @@ def test_fuzz_cli_invariants_flag():
         return json.loads(p.stdout)
     on, off = run(), run("--no-invariants")
     assert on["config"]["invariants"] is True and off["config"]["invariants"] is False
-    assert on["violation"]["kind"] == "notifier_range_mapped" and on["violation"]["root"] is not None
+    assert on["violation"]["kind"] in {"notifier_range_mapped", "unlogged_writable"}    # I1 or I6
+    assert on["violation"]["root"] is not None
     assert off["violation"]["kind"] in {"use_after_free", "lost_dirty", "stale_write", "stale_page_table"}
     assert off["violation"]["root"] is None and off["violation"]["spte"] is None
     assert on["ops_explored"] < off["ops_explored"]
@@ -159,8 +160,8 @@ from tdpfast.reference import model as ref  # noqa: E402
 
 @pytest.mark.slow
 @pytest.mark.parametrize("policy,arch,seed,nops", [
-    ("B9-iter-skip-after-yield", "vmx", 0, 70),             # I1, found by the explorer
-    ("B9-iter-skip-after-yield", "svm", 0, 70),
+    ("B9-iter-skip-after-yield", "vmx", 2, 982),            # I1, found by the explorer
+    ("B9-iter-skip-after-yield", "svm", 2, 982),
     ("kvm", "vmx", 3, 4000), ("kvm", "svm", 4, 4000),        # clean on both sides
     ("B18-memslot-precise-zap", "vmx", 5, 4000),
 ])
