@@ -159,8 +159,11 @@ def table(rows: List[Dict[str, Any]], archs: List[str]) -> str:
     """The terminal (and README) table: one line per site, one column per vendor."""
     by = {(r["site"], r["arch"]): r for r in rows}
 
-    def cell(r: Optional[Dict[str, Any]]) -> str:
+    def cell(r: Optional[Dict[str, Any]], name: str = "", arch: str = "") -> str:
         if r is None:
+            site = _BY_NAME.get(name)
+            if site is not None and arch not in site.archs:
+                return f"n/a ({'/'.join(a.upper() for a in site.archs)} code only)"
             return "-"
         if r["verdict"] == "not_shown":
             return f"not shown necessary in {r['ops_explored']:,} ops"
@@ -173,7 +176,7 @@ def table(rows: List[Dict[str, Any]], archs: List[str]) -> str:
     names = [s.name for s in SITES + MUTANTS if any((s.name, a) in by for a in archs)]
     out = ["| flush site | " + " | ".join(a.upper() for a in archs) + " |", "|---" * (len(archs) + 1) + "|"]
     for n in names:
-        out.append(f"| `{n}` | " + " | ".join(cell(by.get((n, a))) for a in archs) + " |")
+        out.append(f"| `{n}` | " + " | ".join(cell(by.get((n, a)), n, a) for a in archs) + " |")
     return "\n".join(out)
 
 
@@ -297,8 +300,9 @@ def cmd(args) -> int:
     line.done()
     if args.chart and res.rows:
         what = "engine flush sites removed (mutants)" if args.mutants else "policy flush switches removed"
-        chart(res.rows, args.archs, args.chart,
-              f"tdpfast audit: {what}, {args.budget:g} s per site and vendor")
+        limit = (f"up to {args.max_ops:,} operations" if args.max_ops else f"{args.budget:g} s") + \
+            " per site and vendor"
+        chart(res.rows, args.archs, args.chart, f"tdpfast audit: {what}, {limit}")
     if args.json:
         print(json.dumps(document(res, args), indent=2))
     else:
