@@ -120,7 +120,7 @@ static int vocabulary(void)
 	if (tdp_request_name(0) || tdp_request_name(3) || tdp_request_name((uint32_t)TDP_REQ_ALL + 1))
 		return fail("a name for something that is not one request bit");
 	if (!tdp_op_kind_name(TDP_OP_ZAP_GFN_RANGE) || !tdp_op_kind_name(TDP_OP_NX_RECOVER) || tdp_op_kind_name(0) ||
-	    tdp_op_kind_name(TDP_OP_NX_RECOVER + 1) || !tdp_violation_kind_name(TDP_V_LIVELOCK) ||
+	    tdp_op_kind_name(TDP_OP_LAST + 1) || !tdp_op_kind_name(TDP_OP_PAGE_FAULT) || !tdp_violation_kind_name(TDP_V_LIVELOCK) ||
 	    tdp_violation_kind_name(0) || !tdp_frame_state_name(TDP_FRAME_CURRENT) ||
 	    tdp_frame_state_name(TDP_FRAME_CURRENT + 1) || !tdp_access_outcome_name(TDP_OUT_BLOCKED) ||
 	    tdp_access_outcome_name(-1) || !tdp_trace_kind_name(TDP_TR_NEW_ASID) || tdp_trace_kind_name(0) ||
@@ -130,6 +130,11 @@ static int vocabulary(void)
 	    tdp_policy_value_name("removed_pt_flush", 3) || tdp_policy_value_name("no_such_switch", 0) ||
 	    tdp_policy_value_name(NULL, 0))
 		return fail("enum names");
+	for (int i = 1; i <= tdp_flush_site_count(); i++)
+		if (!tdp_flush_site_name(i) || !tdp_flush_site_arch(i) || !tdp_flush_site_where(i) || !tdp_flush_site_what(i))
+			return fail("a flush site without a name");
+	if (tdp_flush_site_count() < 1 || tdp_flush_site_name(0) || tdp_flush_site_name(tdp_flush_site_count() + 1))
+		return fail("a name for a flush site that does not exist");
 	return 0;
 }
 
