@@ -570,6 +570,17 @@ static inline struct tlb_ent *l1_hit_kept(struct tdp_vm *vm, struct vcpu *v, u64
 	return (e->chk & TLB_CHK_MAP) ? e : NULL;
 }
 
+/* The counters and costs of `kept` inline L1 hits, added at once; returns 0. */
+static u64 add_kept_hits(struct tdp_vm *vm, u64 *counts, u64 kept)
+{
+	vm->stats[ST_accesses] += kept;
+	vm->stats[ST_tlb_hits_l1] += kept;
+	vm_cost(vm, vm->costs.tlb_hit * kept);
+	counts[TDP_BATCH_OK] += kept;
+	counts[TDP_BATCH_L1_HITS] += kept;
+	return 0;
+}
+
 int cpu_access_batch(struct tdp_vm *vm, struct vcpu *v, const u64 *gpas, const u8 *accesses, int default_access,
 		     size_t n, struct tdp_access_result *per, u64 *counts, size_t *done)
 {
@@ -601,14 +612,7 @@ int cpu_access_batch(struct tdp_vm *vm, struct vcpu *v, const u64 *gpas, const u
 								    .hpa = (e->pfn << 12) | (gpa & 0xfff)};
 			continue;
 		}
-		if (kept) {
-			vm->stats[ST_accesses] += kept;
-			vm->stats[ST_tlb_hits_l1] += kept;
-			vm_cost(vm, vm->costs.tlb_hit * kept);
-			counts[TDP_BATCH_OK] += kept;
-			counts[TDP_BATCH_L1_HITS] += kept;
-			kept = 0;
-		}
+		kept = add_kept_hits(vm, counts, kept);
 		struct tdp_access_result *o = per ? &per[i] : &tmp;
 		if ((r = access_one(vm, v, gpa, acc, o, i, missed)))
 			break;
@@ -617,13 +621,7 @@ int cpu_access_batch(struct tdp_vm *vm, struct vcpu *v, const u64 *gpas, const u
 		counts[TDP_BATCH_FAULTS] += (u64)o->faults;
 		counts[TDP_BATCH_VIOLATIONS] += o->violation != 0;
 	}
-	if (kept) {
-		vm->stats[ST_accesses] += kept;
-		vm->stats[ST_tlb_hits_l1] += kept;
-		vm_cost(vm, vm->costs.tlb_hit * kept);
-		counts[TDP_BATCH_OK] += kept;
-		counts[TDP_BATCH_L1_HITS] += kept;
-	}
+	add_kept_hits(vm, counts, kept);
 	*done = i;
 	return r;
 }
