@@ -1,5 +1,6 @@
-/* tdp_mmu.h — KVM's TDP MMU (mmu/tdp_mmu.c): roots, the fault path, the zap family
- * and the other SPTE writers. Flush contracts are written next to each function.
+/* tdp_mmu.h — KVM's TDP MMU (mmu/tdp_mmu.c; here split into tdp_mmu.c, tdp_mmu_root.c,
+ * tdp_mmu_map.c and tdp_mmu_huge.c): roots, the fault path, the zap family and the
+ * other SPTE writers. Flush contracts are written next to each function.
  * The zaps and writers here RETURN whether a flush is needed (a bool named for what
  * changed) and leave it to their caller, as upstream; the callers that OWE and
  * perform it are in mmu.c (kvm_zap_gfn_range_flush(), kvm_recover_huge_pages_flush(),
