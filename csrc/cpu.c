@@ -52,6 +52,7 @@ void kvm_flush_remote_tlbs(struct tdp_vm *vm)
 	vm->stats[ST_remote_tlb_flush_requests]++;
 	vm_cost(vm, vm->costs.remote_flush);
 	kvm_make_all_cpus_request(vm, TDP_REQ_TLB_FLUSH);
+	vm->cov.tlb_warm = false;
 	vm->stats[ST_remote_tlb_flush]++;
 	vm_trace(vm, TR_REMOTE_FLUSH, 0, 0, 0, 0);
 }
@@ -504,6 +505,7 @@ static inline __attribute__((always_inline)) int access_one(struct tdp_vm *vm, s
 			if (tlb_fill(&pc->tlb, ctx, gfn, w.level, leafpfn, w.perms, dirty, hit == 0, filled))
 				return vm_err(vm, TDP_ENOMEM, "out of host memory for the TLB");
 			vm->stats[ST_tlb_fills]++;
+			vm->cov.tlb_warm = true;
 			out->hpa = w.hpa;
 			if (!stale_reported &&
 			    !checker_check_translation(vm, v, gpa, access, w.hpa >> 12, w.level, tag, batch_index)) {

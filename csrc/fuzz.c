@@ -33,6 +33,21 @@ static const int base_weight[FZ_NKINDS] = {300, 60, 15, 40, 30, 12, 35, 30, 20, 
  * that leave emptied tables behind them while they yield. */
 static const int base_op_weight[TDP_OP_LAST + 1] = {0, 300, 300, 100, 120, 33, 33, 33, 33, 33, 150};
 
+/* The operation part of a coverage signature (coverage.h): what the explorer is
+ * doing when an SPTE changes. One code per kind of step above, then a stepped
+ * operation's start and steps (by enum tdp_op_kind), the racers that run while a
+ * stepped operation or a two-half fault is stopped, and the hazard chases. */
+enum cov_op_code {
+	COV_OP_START = FZ_NKINDS,                 /* + enum tdp_op_kind */
+	COV_OP_STEP = COV_OP_START + TDP_OP_LAST + 1, /* + enum tdp_op_kind */
+	COV_OP_RACE_YIELD = COV_OP_STEP + TDP_OP_LAST + 1,
+	COV_OP_RACE_FAULT,
+	COV_OP_CHASE,
+	COV_OP_CHASE_WEAK,
+	COV_OP_END
+};
+_Static_assert(COV_OP_END <= COV_OPS, "every explorer operation has its own coverage code");
+
 #define RECENT 64u   /* gfns the guest touched lately */
 #define FOCUS_OPS 32 /* picks stay near a hazard for this many operations */
 
@@ -145,6 +160,7 @@ static int in_guest_from(tdp_vm *vm, int v)
 static void race_fault(struct fuzz *f, u64 gfn)
 {
 	u64 nw;
+	f->vm->cov.op = COV_OP_RACE_FAULT;
 	switch (below(f, 5)) {
 	case 0: tdp_host_unmap(f->vm, gfn, gfn + 1); break;
 	case 1: tdp_host_migrate(f->vm, gfn, &nw); break;
@@ -171,11 +187,15 @@ static void step_ops(struct fuzz *f)
 		return;
 	u32 id = ids[below(f, (u64)(n < 16 ? n : 16))];
 	int done, res;
+	struct vm_op *o = vm_find_op(f->vm, id, NULL);
+	if (o)
+		f->vm->cov.op = (u8)(COV_OP_STEP + o->kind);
 	if (tdp_op_step(f->vm, id, &done, &res) || done || below(f, 4) == 0)
 		return;
 	/* Stopped at a yield point with mmu_lock dropped: other threads race on the
 	 * gfns the operation is working on. */
-	struct vm_op *o = vm_find_op(f->vm, id, NULL);
+	f->vm->cov.op = COV_OP_RACE_YIELD;
+	o = vm_find_op(f->vm, id, NULL);
 	if (!o || o->kind == TDP_OP_DELETE_MEMSLOT || o->kind == TDP_OP_NX_RECOVER || o->kind == TDP_OP_PAGE_FAULT ||
 	    o->b <= o->a)
 		return;
@@ -216,6 +236,7 @@ static void chase_hazard(struct fuzz *f)
 	struct tdp_access_result out;
 
 	vm->hazard = false;
+	vm->cov.op = COV_OP_CHASE;
 	f->focus = g;
 	f->focus_left = FOCUS_OPS;
 	if (below(f, 4) == 0)
@@ -240,6 +261,7 @@ static void chase_weak_hazard(struct fuzz *f)
 	struct tdp_access_result out;
 
 	vm->hazard_weak = false;
+	vm->cov.op = COV_OP_CHASE_WEAK;
 	if (f->focus_left <= 0) {
 		f->focus = g;
 		f->focus_left = FOCUS_OPS;
@@ -259,6 +281,8 @@ static void one_op(struct fuzz *f)
 	u64 s, e;
 	int flag, v, kind = pick_kind(f);
 	u32 id;
+
+	vm->cov.op = (u8)kind;
 
 	if (kind == FZ_ACCESS) {
 		v = any_vcpu(f);
@@ -371,6 +395,7 @@ static void one_op(struct fuzz *f)
 				b = pick_gfn(f);
 				c = below(f, 8) < 5 ? TDP_ACC_WRITE : below(f, 2) ? TDP_ACC_READ : TDP_ACC_EXEC;
 			}
+			vm->cov.op = (u8)(COV_OP_START + okind);
 			if (tdp_op_start(vm, okind, a, b, c, 1 + (int)below(f, (u64)f->yield_max), &id) == 0 &&
 			    okind == TDP_OP_PAGE_FAULT && below(f, 2))
 				race_fault(f, b);
@@ -438,6 +463,7 @@ int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done)
 		return vm_err(vm, TDP_EINVAL, "maxphyaddr too small for the explorer");
 	add_slot(&f, 0);
 	add_slot(&f, 1);
+	vm->cov.on = true;
 	vm->hazard_probe = true;
 	for (n = 0; n < max_ops && !vm->nviol; n++) {
 		one_op(&f);
@@ -448,5 +474,22 @@ int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done)
 	}
 	vm->hazard_probe = vm->hazard = vm->hazard_weak = false;
 	*ops_done = n;
+	return 0;
+}
+
+_Static_assert(TDP_COVERAGE_WORDS == COV_WORDS && TDP_COVERAGE_SIGNATURES == COV_SIGNATURES,
+	       "the public coverage bitmap is the engine's");
+
+int tdp_fuzz_coverage(tdp_vm *vm, uint64_t *bits, size_t nwords, uint64_t *count)
+{
+	u64 n = 0;
+
+	if (nwords < COV_WORDS)
+		return vm_err(vm, TDP_EINVAL, "coverage needs %d words, got %zu", COV_WORDS, nwords);
+	for (int i = 0; i < COV_WORDS; i++) {
+		bits[i] = vm->cov.bits[i];
+		n += (u64)__builtin_popcountll(vm->cov.bits[i]);
+	}
+	*count = n;
 	return 0;
 }

@@ -58,6 +58,8 @@ static int fast_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, in
 		vm->stats[ST_pf_spurious]++;
 		return RET_PF_SPURIOUS;
 	}
+	vm->cov.root_invalid = root->invalid;
+	cov_note_spte(&vm->cov, spte, nw, lvl);
 	*sptep = nw;
 	hostmem_note_ptr(&vm->mem, sptep);
 	vm->stats[ST_pf_fast]++;

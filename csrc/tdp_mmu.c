@@ -60,6 +60,7 @@ static void handle_changed_spte(struct tdp_vm *vm, u64 gfn, u64 old, u64 new, in
 
 	if (old == new)
 		return;
+	cov_note_spte(&vm->cov, old, new, level);
 	vm->stats[ST_spte_writes]++;
 	vm->stats[ST_spte_changed_l1 + level - 1]++;
 	vm_cost(vm, vm->costs.spte_write);
@@ -130,6 +131,8 @@ static bool removed_pt_bulk(struct tdp_vm *vm, u64 *t, bool shared)
 		nleaf += present;
 	}
 	/* handle_changed_spte() per frozen entry: a write each, a leaf each present one. */
+	if (vm->cov.on && nfrozen)
+		cov_note(&vm->cov, COV_FROZEN, 1);
 	vm->stats[ST_spte_writes] += nfrozen;
 	vm->stats[ST_spte_changed_l1] += nfrozen;
 	vm->stats[ST_cycles] += nfrozen * vm->costs.spte_write;
@@ -173,6 +176,8 @@ static void handle_removed_pt(struct tdp_vm *vm, u32 f, bool shared)
 			else
 				handle_changed_spte(vm, base + (u64)i * span, old, FROZEN_SPTE, level, shared);
 		}
+		if (vm->cov.on && nonpresent)
+			cov_note(&vm->cov, COV_FROZEN, level);
 		vm->stats[ST_spte_writes] += nonpresent;
 		vm->stats[ST_spte_changed_l1 + level - 1] += nonpresent;
 		vm->stats[ST_cycles] += nonpresent * vm->costs.spte_write;
@@ -271,6 +276,7 @@ static bool tdp_mmu_iter_cond_resched(struct tdp_vm *vm, struct tdp_op *op, bool
 
 void tdp_mmu_iter_start(struct tdp_vm *vm, struct tdp_iter *it, struct tdp_root *root, int min_level, u64 start)
 {
+	vm->cov.root_invalid = root->invalid;
 	it->skip_after_restart = vm->pol.iter_skip_after_yield != 0;
 	it->no_restart = vm->cfg.stale_iter != 0;
 	tdp_iter_start(it, &vm->mem, root->frame, root->level, min_level, start);
@@ -572,6 +578,8 @@ static bool op_bulk_table(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root 
 		}
 	}
 	account_zapped_leaves(vm, level, nleaf);
+	if (vm->cov.on && nleaf)
+		cov_note(&vm->cov, COV_LEAF_TO_NP, level);
 	vm->stats[ST_iter_visited_l1 + level - 1] += 512;
 	vm->stats[ST_zapped_leaf_l1 + level - 1] += nleaf;
 	vm->stats[ST_zapped_nonleaf] += nonleaf;
@@ -619,6 +627,8 @@ static bool op_bulk_wrprot(struct tdp_vm *vm, struct tdp_op *op)
 		t[i] = old & ~bit;
 		n++;
 	}
+	if (vm->cov.on && n)
+		cov_note(&vm->cov, COV_LEAF_TO_LEAF, 1);
 	vm->stats[ST_spte_writes] += n;
 	vm->stats[ST_spte_changed_l1] += n;
 	vm->stats[ST_cycles] += n * vm->costs.spte_write;
@@ -836,6 +846,7 @@ bool tdp_mmu_age(struct tdp_vm *vm, u64 start, u64 end)
 			young = true;
 			u64 nw = mark_spte_for_access_track(&vm->masks, it.old_spte);
 			if (nw != it.old_spte) {
+				cov_note_spte(&vm->cov, it.old_spte, nw, it.level);
 				*it.sptep = nw;
 				hostmem_note(&vm->mem, tdp_iter_frame(&it), HOSTMEM_NOTE_WRITE);
 				vm->stats[ST_spte_writes]++;

@@ -150,6 +150,7 @@ int tdp_mmu_map_gfn_in_table(struct tdp_vm *vm, struct tdp_root *root, struct kv
 	*flushed = false;
 	if (root->invalid || fault->goal_level != 1)
 		return RET_PF_RETRY;
+	vm->cov.root_invalid = false; /* as tdp_mmu_iter_start() notes it for a walk */
 	it.h = &vm->mem;
 	it.level = 1;
 	it.pt_path[1] = NO_FRAME; /* the table was noted as written when it was looked up */

@@ -436,6 +436,12 @@ int tdp_kvm_zap_gfn_range(tdp_vm *vm, uint64_t start, uint64_t end, int shared, 
 
 /* the random explorer (fuzz.c): random operations until a violation or max_ops */
 int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done);
+/* The coverage signatures this VM's tdp_fuzz() runs reached (coverage.h: explorer
+ * operation x SPTE transition x level x root invalid x TLB warm), as a bitmap of
+ * TDP_COVERAGE_WORDS words (bit i: signature i); *count: how many are set.
+ * TDP_EINVAL if nwords is too small. */
+enum { TDP_COVERAGE_WORDS = 256, TDP_COVERAGE_SIGNATURES = 256 * 64 };
+int tdp_fuzz_coverage(tdp_vm *vm, uint64_t *bits, size_t nwords, uint64_t *count);
 
 /* The fewest frames a fault may need (levels + 1; every access keeps them available
  * and stops with TDP_ENOMEM otherwise): with the root's own frame, a VM needs a

@@ -15,6 +15,7 @@
 #include "mmu.h"
 #include "checker.h"
 #include "event.h"
+#include "coverage.h"
 
 enum stat_id {
 #define STAT(name) ST_##name,
@@ -96,6 +97,7 @@ struct tdp_vm {
 	u64 hazard_gfn;
 
 	struct checker_state inv; /* the state invariants' bookkeeping (checker.c) */
+	struct coverage cov;      /* the explorer's coverage signatures (coverage.h) */
 };
 
 /* Set the message tdp_errmsg() returns; returns code. */

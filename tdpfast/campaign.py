@@ -45,6 +45,7 @@ def explore_seeds(cfg: fuzz.FuzzConfig, first: int, nseeds: int, last_ops: Optio
     A violation is shrunk here, on the worker that found it."""
     t0 = time.monotonic()
     ops, done, cover, findings = 0, 0, set(), []
+    sigs = fuzz.Coverage()
     for s in range(first, first + nseeds):
         n = last_ops if (last_ops is not None and s == first + nseeds - 1) else cfg.chunk
         vm = cfg.vm(s, record=False)
@@ -52,6 +53,7 @@ def explore_seeds(cfg: fuzz.FuzzConfig, first: int, nseeds: int, last_ops: Optio
         ops += ran
         done += 1
         cover.update(k for k, v in vm.stats.items() if v)
+        sigs.add(vm._coverage_bits())
         if vm._violation_count():
             findings.append(_shrunk(cfg, s, ran, shrink_budget_s))
             if not keep_going:
@@ -59,7 +61,8 @@ def explore_seeds(cfg: fuzz.FuzzConfig, first: int, nseeds: int, last_ops: Optio
         if time.monotonic() - t0 >= budget_s:
             break
     return {"worker": current_worker(), "first": first, "seeds_done": done, "ops": ops,
-            "seconds": time.monotonic() - t0, "coverage": sorted(cover), "findings": findings}
+            "seconds": time.monotonic() - t0, "coverage": sorted(cover), "signatures": sigs.hex(),
+            "findings": findings}
 
 
 def _shrunk(cfg: fuzz.FuzzConfig, seed: int, nops: int, shrink_budget_s: float) -> Dict[str, Any]:
@@ -89,6 +92,7 @@ class CampaignResult:
     seeds_explored: int = 0
     per_worker: Dict[str, dict] = field(default_factory=dict)
     coverage: List[str] = field(default_factory=list)
+    signatures: fuzz.Coverage = field(default_factory=fuzz.Coverage)
     units_done: int = 0
     units_cancelled: int = 0
     units_retried: int = 0
@@ -120,7 +124,8 @@ class CampaignResult:
         doc = fuzz.document(cfg, policy_name=args.policy, seed=args.seed, budget_s=args.budget,
                             max_ops=args.max_ops, shrink_budget_s=args.shrink_budget, finding=None,
                             ops_explored=self.ops, seconds=self.seconds, interrupted=self.interrupted,
-                            reproducer=f["reproducer"] if f else None, out=out if f else None)
+                            reproducer=f["reproducer"] if f else None, out=out if f else None,
+                            signatures=self.signatures.count)
         if f is not None:
             doc.update(status="interrupted" if self.interrupted else "violation", violation=f["violation"],
                        vm_seed=f["seed"], events_recorded=f["events"], minimal=f["minimal"], shrink=f["shrink"],
@@ -170,6 +175,7 @@ def run(cfg: fuzz.FuzzConfig, sched: Scheduler, *, seed: int = 0, budget_s: floa
         w["seconds"] = round(w["seconds"] + r["seconds"], 3)
         w["units"] += 1
         res.coverage = sorted(set(res.coverage) | set(r["coverage"]))
+        res.signatures.add(int(r["signatures"], 16))
         for f in r["findings"]:
             old = by_sig.get(f["signature"])
             if old is None or f["seed"] < old["seed"]:
@@ -192,7 +198,7 @@ def run(cfg: fuzz.FuzzConfig, sched: Scheduler, *, seed: int = 0, budget_s: floa
             el = time.monotonic() - t0
             progress.show(f"explored {res.ops:,} operations on {max(len(res.per_worker), 1)} worker(s) "
                           f"in {el:5.1f}s ({res.ops / el / 1e6 if el else 0:.2f} M ops/s), "
-                          f"{res.units_done} units, {len(by_sig)} finding(s)")
+                          f"{res.units_done} units, {res.signatures.count:,} signatures, {len(by_sig)} finding(s)")
 
     try:
         drive(sched, next_unit, take, tick=tick)
@@ -307,5 +313,6 @@ def render(res: CampaignResult, replay: Optional[str], out: Optional[str] = None
     lines.append(f"  {'worker':28s} {'units':>6s} {'operations':>14s} {'busy s':>8s} {'M ops/s':>8s}")
     lines += rows
     lines.append(f"  units: {res.units_done} done, {res.units_cancelled} cancelled, {res.units_retried} re-run "
-                 f"after a lost worker; coverage: {len(res.coverage)} counters reached")
+                 f"after a lost worker; coverage: {len(res.coverage)} counters reached, "
+                 f"{res.signatures.count:,} signatures")
     return "\n".join(lines)

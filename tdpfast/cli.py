@@ -164,6 +164,7 @@ class _FuzzProgress:
         self.line = ProgressLine(stream, clock=clock)
         self.replays = 0
         self.t_shrink: Optional[float] = None
+        self.coverage = None   # the run's fuzz.Coverage, shown while exploring
 
     def explore(self, total: int, elapsed: float) -> None:
         from .progress import rate
@@ -176,8 +177,9 @@ class _FuzzProgress:
             if a.max_ops:
                 share = max(share, total / a.max_ops)
                 ops += f"/{a.max_ops:,}"
+            cov = f"  {self.coverage.count:,} signatures" if self.coverage is not None else ""
             return (f"{elapsed:6.1f}s/{a.budget:g}s {min(share, 1.0):4.0%}  {ops} ops  "
-                    f"{rate(total, elapsed)}")
+                    f"{rate(total, elapsed)}{cov}")
         self.line.update("exploring", text)
 
     def shrink(self, start: int, now: int) -> None:
@@ -238,11 +240,14 @@ def cmd_fuzz(args) -> int:
                   f"{args.arch}, {args.levels}-level, budget {args.budget:g}s, seed {args.seed}"
                   f"{'' if args.invariants else ', invariants off'}"
                   f"{f', mutant {args.mutant}' if args.mutant else ''}", file=sys.stderr)
+        coverage = fuzz.Coverage()
+        if bar:
+            bar.coverage = coverage
         t0 = time.monotonic()
         finding, total = fuzz.run(cfg, seed=args.seed, budget_s=args.budget, max_ops=args.max_ops,
                                   shrink_budget_s=args.shrink_budget, stop=lambda: bool(stopping),
                                   progress=bar.explore if bar else None,
-                                  shrink_progress=bar.shrink if bar else None)
+                                  shrink_progress=bar.shrink if bar else None, coverage=coverage)
     finally:
         signal.signal(signal.SIGINT, old)
         if bar:
@@ -263,14 +268,16 @@ def cmd_fuzz(args) -> int:
         doc = fuzz.document(cfg, policy_name=args.policy, seed=args.seed, budget_s=args.budget,
                             max_ops=args.max_ops, shrink_budget_s=args.shrink_budget, finding=finding,
                             ops_explored=total, seconds=elapsed, interrupted=interrupted,
-                            reproducer=script, out=written)
+                            reproducer=script, out=written, signatures=coverage.count)
         print(json.dumps(doc, indent=2))
         return code
     how = "interrupted" if interrupted else None
     if finding is None:
-        print(f"{how + ': ' if how else ''}no violation in {total:,} operations ({elapsed:.1f}s)")
+        print(f"{how + ': ' if how else ''}no violation in {total:,} operations ({elapsed:.1f}s; "
+              f"{coverage.count:,} coverage signatures reached)")
         return code
-    print(f"{how + ': ' if how else ''}VIOLATION after {total:,} operations ({elapsed:.1f}s): {finding.violation}")
+    print(f"{how + ': ' if how else ''}VIOLATION after {total:,} operations ({elapsed:.1f}s; "
+          f"{coverage.count:,} coverage signatures reached): {finding.violation}")
     state = "" if finding.shrink_complete else (", shrinking interrupted" if interrupted
                                                 else ", shrink budget ran out")
     w = finding.witness

@@ -127,12 +127,41 @@ def witness(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> Witness:
                    bool(replay(kvm_twin(cfg), seed, events).violations))
 
 
+class Coverage:
+    """The explorer's coverage signatures reached so far, over any number of VMs: how much
+    of the state space a search covered, beyond its operation count.
+
+    A signature is one (explorer operation x SPTE transition x level x root invalid or
+    not x a translation cached since the last remote flush or not), noted by the engine
+    at every SPTE change (csrc/coverage.h); there are ``lib.TDP_COVERAGE_SIGNATURES``
+    possible, many of them unreachable (a fault never unlinks a table at level 1)."""
+
+    def __init__(self, bits: int = 0) -> None:
+        self.bits = bits
+
+    def add(self, bits: int) -> int:
+        """Union ``bits`` in; returns how many signatures were new."""
+        new = bits & ~self.bits
+        self.bits |= bits
+        return bin(new).count("1")
+
+    @property
+    def count(self) -> int:
+        """How many distinct signatures were reached."""
+        return bin(self.bits).count("1")
+
+    def hex(self) -> str:
+        """The bitmap as a hex string (how campaign units send it back)."""
+        return format(self.bits, "x")
+
+
 def explore(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: Optional[int] = None,
             progress: Optional[Callable[[int, float], None]] = None,
-            stop: Optional[Callable[[], bool]] = None) -> tuple:
+            stop: Optional[Callable[[], bool]] = None, coverage: Optional[Coverage] = None) -> tuple:
     """Run the C explorer over fresh VMs (seed, seed+1, ... modulo 2**64) until a violation,
     the time budget, ``max_ops``, or ``stop()`` returning true (checked between VMs).
-    Returns (vm_seed, ops_in_that_vm, total_ops) or (None, 0, total)."""
+    Returns (vm_seed, ops_in_that_vm, total_ops) or (None, 0, total). Each explored VM's
+    coverage signatures are added to ``coverage``, if given."""
     total = 0
     t0 = time.monotonic()
     s = seed
@@ -143,6 +172,8 @@ def explore(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: 
         vm = cfg.vm(s, record=False)
         ran = vm._fuzz(s, n)
         total += ran
+        if coverage is not None:
+            coverage.add(vm._coverage_bits())
         if vm._violation_count():
             return s, ran, total
         elapsed = time.monotonic() - t0
@@ -297,7 +328,8 @@ def reproducer(cfg: FuzzConfig, seed: int, events: Sequence[Event]) -> str:
 def run(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: Optional[int] = None,
         shrink_budget_s: float = 30.0, progress: Optional[Callable[[int, float], None]] = None,
         stop: Optional[Callable[[], bool]] = None,
-        shrink_progress: Optional[Callable[[int, int], None]] = None) -> tuple:
+        shrink_progress: Optional[Callable[[int, int], None]] = None,
+        coverage: Optional[Coverage] = None) -> tuple:
     """Explore, and on a violation record, shrink and return a :class:`Finding`.
     Returns (finding or None, total operations explored).
 
@@ -305,9 +337,9 @@ def run(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: Opti
     ``shrink_progress(events_at_start, events_now)`` before every replay while shrinking.
     When ``stop()`` turns true the run ends early with what it has: no finding if the
     explorer was still searching, else the finding with the shortest sequence so far
-    (``shrink_complete`` False)."""
+    (``shrink_complete`` False). ``coverage`` collects the explored VMs' coverage signatures."""
     vm_seed, nops, total = explore(cfg, seed=seed, budget_s=budget_s, max_ops=max_ops, progress=progress,
-                                   stop=stop)
+                                   stop=stop, coverage=coverage)
     if vm_seed is None:
         return None, total
     vm = record(cfg, vm_seed, nops)
@@ -328,7 +360,7 @@ def run(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: Opti
 
 def document(cfg: FuzzConfig, *, policy_name: str, seed: int, budget_s: float, max_ops: Optional[int],
              shrink_budget_s: float, finding: Optional[Finding], ops_explored: int, seconds: float,
-             interrupted: bool, reproducer: Optional[str], out: Optional[str]) -> dict:
+             interrupted: bool, reproducer: Optional[str], out: Optional[str], signatures: int = 0) -> dict:
     """The ``tdpfast fuzz --json`` document (docs/json/fuzz.md): the same keys whether the
     run was clean, found a violation, or was interrupted."""
     doc = jsondoc.header("fuzz")
@@ -339,6 +371,7 @@ def document(cfg: FuzzConfig, *, policy_name: str, seed: int, budget_s: float, m
                 "invariants": cfg.invariants, "mutant": cfg.mutant, "seed": seed, "budget_s": budget_s, "max_ops": max_ops, "shrink_budget_s": shrink_budget_s},
         ops_explored=ops_explored, seconds=round(seconds, 3),
         ops_per_second=round(ops_explored / seconds, 1) if seconds > 0 else 0.0,
+        signatures=signatures,
         violation=jsondoc.violation(finding.violation) if finding else None,
         vm_seed=finding.seed if finding else None,
         events_recorded=len(finding.events) if finding else None,

@@ -665,6 +665,15 @@ class VM:
         return out[0]
 
     @locked
+    def _coverage_bits(self) -> int:
+        """The explorer's coverage signatures this VM reached (``tdp_fuzz_coverage``), as an
+        int whose bit i is signature i (:class:`tdpfast.fuzz.Coverage` unions them)."""
+        words = ffi.new("uint64_t[]", lib.TDP_COVERAGE_WORDS)
+        count = ffi.new("uint64_t *")
+        check(self._h, lib.tdp_fuzz_coverage(self._h, words, lib.TDP_COVERAGE_WORDS, count))
+        return int.from_bytes(ffi.buffer(words), "little")
+
+    @locked
     def _violation_count(self) -> int:
         return lib.tdp_violation_count(self._h)
 

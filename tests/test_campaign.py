@@ -79,10 +79,13 @@ def test_a_clean_campaign_runs_exactly_the_vms_of_a_local_run():
     cfg = config("kvm")
     res = campaign.run(cfg, scheduler.InProcessScheduler(), seed=7, budget_s=600, max_ops=max_ops,
                        seeds_per_unit=2)
-    _, _, local_total = fuzz.explore(cfg, seed=7, budget_s=600, max_ops=max_ops)
+    local_cov = fuzz.Coverage()
+    _, _, local_total = fuzz.explore(cfg, seed=7, budget_s=600, max_ops=max_ops, coverage=local_cov)
     assert res.findings == [] and res.ops == local_total == max_ops
     assert res.seeds_explored == 4 and res.units_done == 2
     assert "remote_tlb_flush" in res.coverage and "violations" not in res.coverage
+    # the units' coverage signatures add up to exactly those of the same VMs run locally
+    assert res.signatures.count > 0 and res.signatures.bits == local_cov.bits
 
 
 def test_the_first_violation_is_the_lowest_seed_and_replays_on_one_machine():
