@@ -115,6 +115,17 @@ void checker_report_stale_walk(struct tdp_vm *vm, const struct tdp_root *root, c
 		.batch_index = 0, .root = root ? root->id : 0, .spte = 0});
 }
 
+void checker_report_walk_livelock(struct tdp_vm *vm, const struct tdp_root *root, const struct tdp_iter *it)
+{
+	/* No vCPU: a host-side walk (a zap, a write-protect, ...) kept yielding at gfn
+	 * without getting past it; `spte` is how many times in a row. */
+	append(vm, &(struct tdp_violation){
+		.kind = TDP_V_LIVELOCK, .vcpu = -1, .pcpu = -1, .gpa = it->next_last_level_gfn << 12, .tag = 0,
+		.stale_pfn = NO_PFN, .expected_pfn = NO_PFN, .event = vm->cur_event, .access = TDP_ACC_READ,
+		.level = it->level, .frame_state = 0, .batch_index = 0, .root = root ? root->id : 0,
+		.spte = TDP_WALK_STUCK_YIELDS});
+}
+
 void checker_report_livelock(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, u64 batch_index)
 {
 	vm_report(vm, TDP_V_LIVELOCK, v, gpa, 0, NO_PFN, NO_PFN, access, 0, 0, batch_index);

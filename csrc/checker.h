@@ -59,6 +59,11 @@ bool checker_check_psc(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, u
 void checker_report_stale_walk(struct tdp_vm *vm, const struct tdp_root *root, const struct tdp_iter *it);
 /* The access's fault kept retrying. */
 void checker_report_livelock(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, u64 batch_index);
+/* A root walk yielded TDP_WALK_STUCK_YIELDS times in a row at the same gfn: it would
+ * never finish (KVM yields only after forward progress, ed5e484b79e8 "KVM: x86/mmu:
+ * Ensure forward progress when yielding in TDP MMU iter"); reported, the walk ends. */
+#define TDP_WALK_STUCK_YIELDS 1000
+void checker_report_walk_livelock(struct tdp_vm *vm, const struct tdp_root *root, const struct tdp_iter *it);
 /* For the explorer: does the vCPU's current root still give this cached translation? */
 void checker_probe_hazard(struct tdp_vm *vm, struct vcpu *v, u64 gfn, u64 pfn, int cached_level);
 

@@ -259,7 +259,7 @@ static bool tdp_mmu_iter_cond_resched(struct tdp_vm *vm, struct tdp_op *op, bool
 {
 	struct tdp_iter *it = &op->it;
 
-	if (it->next_last_level_gfn == it->yielded_gfn)
+	if (it->next_last_level_gfn == it->yielded_gfn && !vm->cfg.no_progress)
 		return false;
 	if (!tdp_op_need_resched(op))
 		return false;
@@ -739,6 +739,17 @@ int tdp_op_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yield)
 				continue;
 retry:
 			if (op->can_yield && tdp_mmu_iter_cond_resched(vm, op, &op->flush)) {
+				if (op->it.next_last_level_gfn != op->stuck_gfn || !op->stuck_yields) {
+					op->stuck_gfn = op->it.next_last_level_gfn;
+					op->stuck_yields = 0;
+				}
+				if (++op->stuck_yields >= TDP_WALK_STUCK_YIELDS) {
+					/* No forward progress: a livelock, reported instead of hung. */
+					checker_report_walk_livelock(vm, r, &op->it);
+					op->stuck_yields = 0;
+					op->it.valid = false;
+					break;
+				}
 				if (stop_at_yield) {
 					op->resume_next = true;
 					return 0;

@@ -81,6 +81,8 @@ struct tdp_op {
 	u64 chg_lo, chg_hi;           /* gfns covered by the SPTEs replaced (recover) */
 	int yield_every;
 	u64 since_yield;
+	u64 stuck_gfn;                /* next_last_level_gfn at the last yield ... */
+	u32 stuck_yields;             /* ... and the yields in a row there (checker.h) */
 	int nx_left, nx_done;
 	int err;
 };

@@ -145,6 +145,9 @@ struct tdp_config {
 	                       * the engine must report the stale handle, not follow it */
 	int stale_fault;      /* test hook: an injected bug - a page fault's second half skips
 	                       * is_page_fault_stale() and maps the pfn its first half saw */
+	int no_progress;      /* test hook: an injected bug - the TDP iterator yields without
+	                       * forward progress (before ed5e484b79e8); a walk that would never
+	                       * finish must be reported as a livelock, not hang the caller */
 	int mutant;           /* the engine's mutation test: remove this flush site (1 ..
 	                       * tdp_flush_site_count(), see tdp_flush_site_name(); 0: none) */
 };

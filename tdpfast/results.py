@@ -61,6 +61,9 @@ class Violation:
         if self.spte is not None:
             return (f"{self.kind}: root {self.root} gfn {self.gpa >> 12:#x} level {self.level} spte {self.spte:#x} "
                     f"[event {self.event}]")
+        if self.vcpu == -1 and self.root is not None and self.kind == "livelock":
+            return (f"{self.kind}: the TDP MMU's walk of root {self.root} kept yielding at gfn {self.gpa >> 12:#x} "
+                    f"(level {self.level}) without getting past it [event {self.event}]")
         if self.vcpu == -1 and self.root is not None:
             return (f"{self.kind}: the TDP MMU's walk of root {self.root} at gfn {self.gpa >> 12:#x} went on in "
                     f"table frame {self.stale_pfn:#x} of level {self.level} entries, freed under it "

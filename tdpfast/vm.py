@@ -91,7 +91,10 @@ class VM:
       yield from the tables it held instead of restarting from the root; a table freed
       meanwhile is reported as a ``use_after_free`` of that page-table page (no vCPU);
       ``"stale_fault"`` makes a ``page_fault`` operation's second half skip
-      ``is_page_fault_stale()`` and map the host page its first half saw.
+      ``is_page_fault_stale()`` and map the host page its first half saw;
+      ``"no_progress"`` lets the TDP iterator yield again where it last yielded (KVM
+      before ed5e484b79e8): a walk that keeps yielding at one gfn is reported as a
+      ``livelock`` of that root walk (no vCPU) and ends, instead of never returning.
 
     A VM is safe to share between threads: every call holds the VM's own lock while it
     touches the model (calls on one VM run one at a time; separate VMs run in parallel).
@@ -159,10 +162,12 @@ class VM:
         cfg.invariant_walk = _INVARIANT_WALK[invariant_walk]
         # The engine's mutation test (tdpfast/flush_sites.py): one flush site removed.
         cfg.mutant = _flush_sites.site_id(mutant)
-        if inject not in (None, "stale_iter", "stale_fault"):
-            raise InvalidArgumentError(f"inject must be None, 'stale_iter' or 'stale_fault', got {inject!r}")
+        if inject not in (None, "stale_iter", "stale_fault", "no_progress"):
+            raise InvalidArgumentError(f"inject must be None, 'stale_iter', 'stale_fault' or 'no_progress', "
+                                       f"got {inject!r}")
         cfg.stale_iter = int(inject == "stale_iter")
         cfg.stale_fault = int(inject == "stale_fault")
+        cfg.no_progress = int(inject == "no_progress")
         c_costs = ffi.new("struct tdp_costs *")
         lib.tdp_default_costs(c_costs)
         for k, v in (costs or {}).items():

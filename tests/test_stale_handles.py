@@ -111,3 +111,35 @@ def test_the_explorer_races_faults_and_finds_the_injected_stale_fault():
                        ad=seed % 2 == 0)
             assert clean._fuzz(seed, ran) == ran and clean.violations == []
     assert found and found[0] <= 9          # VM seeds 1 and 9 meet it within 4,000 operations
+
+
+# ----------------------------------------------------------------- a walk without forward progress
+def test_a_walk_that_yields_without_progress_is_reported_not_hung():
+    """With ``inject="no_progress"`` the iterator may yield again where it last yielded
+    (KVM before ed5e484b79e8): with a yield due every step, a zap restarts from the root
+    at the same gfn for ever. The driver reports a livelock of that root walk and ends it;
+    the engine as it is zaps the same range with no violation."""
+    def zap(inject):
+        vm = VM(arch="vmx", vcpus=1, pcpus=1, invariants=True, inject=inject,
+                policy=VM().policy.replace(yield_every=1))
+        vm.add_memslot(0, 4096)
+        vm.vcpu_run(0, 0)                       # loads a root
+        vm.mmu.map_range(0, 2048)
+        vm.mmu.zap_gfn_range(0, 4096)
+        return vm
+
+    bad, good = zap("no_progress"), zap(None)
+    assert good.violations == [] and good.stats["pages_4k"] == 0
+    kinds = {v.kind for v in bad.violations}
+    assert kinds == {"livelock"}, bad.violations
+    v = bad.violations[0]
+    assert v.vcpu == -1 and v.root is not None and "kept yielding at gfn" in str(v)
+
+
+def test_the_explorer_reports_the_injected_livelock_instead_of_hanging():
+    found = 0
+    for seed in range(4):
+        vm = _vm(seed, "no_progress")
+        vm._fuzz(seed, 4000)
+        found += any(v.kind == "livelock" and v.vcpu == -1 for v in vm.violations)
+    assert found >= 1
