@@ -196,10 +196,18 @@ static void step_ops(struct fuzz *f)
 	 * gfns the operation is working on. */
 	f->vm->cov.op = COV_OP_RACE_YIELD;
 	o = vm_find_op(f->vm, id, NULL);
-	if (!o || o->kind == TDP_OP_DELETE_MEMSLOT || o->kind == TDP_OP_NX_RECOVER || o->kind == TDP_OP_PAGE_FAULT ||
-	    o->b <= o->a)
+	if (!o || o->kind == TDP_OP_DELETE_MEMSLOT || o->kind == TDP_OP_PAGE_FAULT)
 		return;
 	u64 lo = o->a, hi = o->b;
+	if (o->kind == TDP_OP_NX_RECOVER) {
+		/* NX recovery's gfns: those of the SPs it zapped since its last flush. */
+		if (!o->op.flush_pending_range)
+			return;
+		lo = o->op.chg_lo;
+		hi = o->op.chg_hi;
+	}
+	if (hi <= lo)
+		return;
 	u64 g = lo + below(f, hi - lo), nw;
 	if (below(f, 4)) {
 		/* a gfn the guest touched lately, if one is in range */

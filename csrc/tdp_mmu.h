@@ -78,7 +78,9 @@ struct tdp_op {
 	bool result_flush;            /* B1: flushes OR-ed from earlier roots */
 	bool result;                  /* something changed (zapped, protected, ...) */
 	bool changed;                 /* an SPTE was written */
-	u64 chg_lo, chg_hi;           /* gfns covered by the SPTEs replaced (recover) */
+	u64 chg_lo, chg_hi;           /* gfns covered by the SPTEs replaced (recover); NX recovery:
+	                               * by the SPs zapped since its last flush */
+	bool flush_pending_range;     /* NX recovery: chg_lo/chg_hi hold such a range */
 	int yield_every;
 	u64 since_yield;
 	u64 stuck_gfn;                /* next_last_level_gfn at the last yield ... */

@@ -212,13 +212,22 @@ int tdp_mmu_nx_recover_run(struct tdp_vm *vm, struct tdp_op *op, bool stop_at_yi
 				if (FLUSH_SITE(vm, NX_RECOVER_FLAG))
 					op->flush |= zapped;
 			}
+			/* The gfns of the SPs zapped since the last flush (what a racer at the
+			 * next yield aims at; the explorer reads it, the engine does not). */
+			struct frame *fr = &vm->mem.frames[f];
+			u64 lo = fr->sp_gfn, hi = lo + 512 * pages_per_level(fr->sp_level);
+			op->chg_lo = op->flush_pending_range ? (lo < op->chg_lo ? lo : op->chg_lo) : lo;
+			op->chg_hi = op->flush_pending_range ? (hi > op->chg_hi ? hi : op->chg_hi) : hi;
+			op->flush_pending_range = true;
 			if (vm->mem.frames[f].sp_nx)
 				untrack_possible_nx_huge_page(vm, f);
 			op->nx_done++;
 		}
 		if (tdp_op_need_resched(op)) {
-			if (op->flush && FLUSH_SITE(vm, NX_RECOVER_YIELD))
+			if (op->flush && FLUSH_SITE(vm, NX_RECOVER_YIELD)) {
 				kvm_flush_remote_tlbs(vm);
+				op->flush_pending_range = false;
+			}
 			op->flush = false;
 			vm->stats[ST_iter_yields]++;
 			vm_rcu_quiescent(vm, true);

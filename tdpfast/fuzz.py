@@ -33,7 +33,7 @@ class FuzzConfig:
     invariants: bool = True       # check the state invariants (tdpfast/invariants.py) after every step
     mutant: Optional[str] = None  # the engine with this flush site removed (tdpfast/flush_sites.py)
     host_variety: bool = True     # every 4th VM (seeds 3, 7, ...): NX huge pages (VMX), 2 ASIDs per pCPU
-    #                               (SVM); every 8th (7, 15, ...) also a 39-bit MAXPHYADDR (4-level)
+    #                               (SVM); every 8th (7, 15, ...) also a small MAXPHYADDR (maxphyaddr_for)
 
     def ad_for(self, seed: int) -> bool:
         return self.ad if self.ad is not None else seed % 2 == 0
@@ -56,12 +56,16 @@ class FuzzConfig:
         return 2 if self.arch == "svm" and self._varied(seed) else 32767
 
     def maxphyaddr_for(self, seed: int) -> int:
-        """The host's and guest's MAXPHYADDR in VM ``seed``: 52 with 5 levels; with 4, 46,
-        or 39 in every 8th VM (the smaller guest physical space ends zaps, zap-all and
-        teardown below what the paging levels could map)."""
+        """The host's and guest's MAXPHYADDR in VM ``seed``: 46 with 4 levels, 52 with 5; in
+        every 8th VM (seeds 7, 15, ...) a smaller one, so zaps, zap-all and teardown end below
+        what the paging levels could map (KVM ends them at the host's MAXPHYADDR,
+        ``kvm_mmu_max_gfn()``): 39 with 4 levels, and 46 with 5, where a PML5 entry
+        (256 TiB) then reaches past the end of the space (the engine's host layout needs
+        39 bits at least)."""
+        small = self._varied(seed) and seed % 8 == 7
         if self.levels == 5:
-            return 52
-        return 39 if self._varied(seed) and seed % 8 == 7 else 46
+            return 46 if small else 52
+        return 39 if small else 46
 
     def vm(self, seed: int, record: bool) -> VM:
         return VM(arch=self.arch, levels=self.levels, seed=seed, vcpus=self.vcpus, pcpus=self.pcpus,
