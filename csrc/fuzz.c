@@ -403,8 +403,13 @@ static void one_op(struct fuzz *f)
 				b = pick_gfn(f);
 				c = below(f, 8) < 5 ? TDP_ACC_WRITE : below(f, 2) ? TDP_ACC_READ : TDP_ACC_EXEC;
 			}
+			/* NX recovery checks for a yield after each huge page it zaps (KVM's
+			 * cond_resched_rwlock_write() per SP): its yields must fall inside its
+			 * batch of a pages, or it would never stop with a flush pending. */
+			int yield_every = okind == TDP_OP_NX_RECOVER ? 1 + (int)below(f, a + 1)
+								     : 1 + (int)below(f, (u64)f->yield_max);
 			vm->cov.op = (u8)(COV_OP_START + okind);
-			if (tdp_op_start(vm, okind, a, b, c, 1 + (int)below(f, (u64)f->yield_max), &id) == 0 &&
+			if (tdp_op_start(vm, okind, a, b, c, yield_every, &id) == 0 &&
 			    okind == TDP_OP_PAGE_FAULT && below(f, 2))
 				race_fault(f, b);
 		} else {
