@@ -448,13 +448,23 @@ static void one_op(struct fuzz *f)
 	}
 }
 
-int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done)
+/* splitmix64: neighbouring seeds must not share swarm settings or streams. */
+static u64 splitmix(u64 z)
 {
-	/* splitmix64 of the seed: neighbouring seeds must not share swarm settings. */
-	u64 z = seed + 0x9e3779b97f4a7c15ull;
+	z += 0x9e3779b97f4a7c15ull;
 	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
 	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	struct fuzz f = {.vm = vm, .rng = z ^ (z >> 31)};
+	return z ^ (z >> 31);
+}
+
+int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done)
+{
+	return tdp_fuzz_stream(vm, seed, 0, max_ops, ops_done);
+}
+
+int tdp_fuzz_stream(tdp_vm *vm, uint64_t seed, uint64_t stream, uint64_t max_ops, uint64_t *ops_done)
+{
+	struct fuzz f = {.vm = vm, .rng = splitmix(seed)};
 	u64 n;
 
 	f.slot_id[0] = f.slot_id[1] = -1;
@@ -472,6 +482,12 @@ int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done)
 	f.yield_max = below(&f, 2) ? 64 : 600;
 	f.locality = (int)below(&f, 12);
 	f.exec_pct = (int[]){2, 10, 10, 40}[below(&f, 4)];
+	if (stream) {
+		/* Another run of the same swarm settings: the operations differ. */
+		f.rng ^= splitmix(stream ^ 0x5bd1e995u);
+		if (f.rng == 0)
+			f.rng = 1;
+	}
 	if (vm->cfg.maxphyaddr < 24)
 		return vm_err(vm, TDP_EINVAL, "maxphyaddr too small for the explorer");
 	add_slot(&f, 0);

@@ -439,6 +439,9 @@ int tdp_kvm_zap_gfn_range(tdp_vm *vm, uint64_t start, uint64_t end, int shared, 
 
 /* the random explorer (fuzz.c): random operations until a violation or max_ops */
 int tdp_fuzz(tdp_vm *vm, uint64_t seed, uint64_t max_ops, uint64_t *ops_done);
+/* The same with another stream of operations (0: tdp_fuzz()'s) under the swarm settings
+ * of `seed`: what coverage-guided exploration runs again when a VM reached new signatures. */
+int tdp_fuzz_stream(tdp_vm *vm, uint64_t seed, uint64_t stream, uint64_t max_ops, uint64_t *ops_done);
 /* The coverage signatures this VM's tdp_fuzz() runs reached (coverage.h: explorer
  * operation x SPTE transition x level x root invalid x TLB warm), as a bitmap of
  * TDP_COVERAGE_WORDS words (bit i: signature i); *count: how many are set.

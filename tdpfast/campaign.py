@@ -128,7 +128,7 @@ class CampaignResult:
                             signatures=self.signatures.count)
         if f is not None:
             doc.update(status="interrupted" if self.interrupted else "violation", violation=f["violation"],
-                       vm_seed=f["seed"], events_recorded=f["events"], minimal=f["minimal"], shrink=f["shrink"],
+                       vm_seed=f["seed"], vm_stream=f.get("stream", 0), events_recorded=f["events"], minimal=f["minimal"], shrink=f["shrink"],
                        witness=f.get("witness"))
         doc.update(ops_in_seed=f["ops_in_seed"] if f else None, replay=replay, coverage=self.coverage,
                    findings=[_public(x) for x in self.findings], campaign=self.campaign_fields())

@@ -221,7 +221,8 @@ def cmd_fuzz(args) -> int:
         if args.out:
             check_output_file(args.out)
         cfg = fuzz.FuzzConfig(policy=policy, arch=args.arch, levels=args.levels, vcpus=args.vcpus,
-                              pcpus=args.pcpus, ad=args.ad, invariants=args.invariants, mutant=args.mutant)
+                              pcpus=args.pcpus, ad=args.ad, invariants=args.invariants, mutant=args.mutant,
+                              guided=args.guided)
         try:
             cfg.vm(args.seed, record=False)  # the VM shape (vCPU and pCPU counts) is one the engine takes
         except InvalidArgumentError as e:
@@ -230,6 +231,8 @@ def cmd_fuzz(args) -> int:
         from . import campaign
 
         if campaign.wanted(args):
+            if args.guided:
+                raise UsageError("--guided runs in one process (not with --jobs, --scheduler or --keep-going)")
             signal.signal(signal.SIGINT, old)     # the campaign handles Ctrl-C itself
             return campaign.cmd(args, cfg, args.policy, policy.changed())
         # ------------------------------------------------------------------------------------
@@ -238,7 +241,7 @@ def cmd_fuzz(args) -> int:
         if not args.json:
             print(f"tdpfast fuzz: policy {args.policy}{' with ' + ', '.join(args.set) if args.set else ''}, "
                   f"{args.arch}, {args.levels}-level, budget {args.budget:g}s, seed {args.seed}"
-                  f"{'' if args.invariants else ', invariants off'}"
+                  f"{'' if args.invariants else ', invariants off'}{', guided' if args.guided else ''}"
                   f"{f', mutant {args.mutant}' if args.mutant else ''}", file=sys.stderr)
         coverage = fuzz.Coverage()
         if bar:
@@ -330,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     fz.add_argument("--mutant", metavar="SITE", choices=_flush_site_names(),
                     help="search the engine with this flush site removed (its mutation test; "
                          "`tdpfast audit --mutants` runs them all): " + ", ".join(_flush_site_names()))
+    fz.add_argument("--guided", action="store_true",
+                    help="coverage-guided: a VM that reaches new coverage signatures is run again with another "
+                         "stream of operations (up to 16 per seed) before the next seed; one process only")
     fz.add_argument("--budget", type=_seconds(zero_ok=False), default=10.0, metavar="SECONDS",
                     help="exploration time (default 10)")
     fz.add_argument("--max-ops", type=_integer(1, U64_MAX), default=None, metavar="N",

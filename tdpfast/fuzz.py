@@ -34,6 +34,8 @@ class FuzzConfig:
     mutant: Optional[str] = None  # the engine with this flush site removed (tdpfast/flush_sites.py)
     host_variety: bool = True     # every 4th VM (seeds 3, 7, ...): NX huge pages (VMX), 2 ASIDs per pCPU
     #                               (SVM); every 8th (7, 15, ...) also a small MAXPHYADDR (maxphyaddr_for)
+    guided: bool = False          # coverage-guided: a VM that reached new signatures is run again
+    #                               with another stream (explore_guided)
 
     def ad_for(self, seed: int) -> bool:
         return self.ad if self.ad is not None else seed % 2 == 0
@@ -88,10 +90,11 @@ class Finding:
     shrink_replays: int = 0           # candidate sequences replayed while shrinking
     shrink_from: int = 0              # events up to the violation when shrinking began
     witness: Optional["Witness"] = None
+    stream: int = 0                   # the explorer's stream of that VM seed (guided runs; 0 otherwise)
 
     def as_dict(self) -> dict:
         """Plain data in the forms of the ``fuzz --json`` document (docs/json/fuzz.md)."""
-        return {"seed": self.seed, "ops_explored": self.ops_explored,
+        return {"seed": self.seed, "stream": self.stream, "ops_explored": self.ops_explored,
                 "violation": jsondoc.violation(self.violation), "events": len(self.events),
                 "minimal": [jsondoc.event(e) for e in self.minimal],
                 "witness": self.witness.as_dict() if self.witness else None}
@@ -188,10 +191,45 @@ def explore(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: 
         s = (s + 1) & _U64
 
 
-def record(cfg: FuzzConfig, vm_seed: int, nops: int) -> VM:
-    """Re-run one VM of the explorer with the event log on (deterministic by seed)."""
+#: Guided exploration runs a VM seed's swarm settings in at most this many streams.
+MAX_STREAMS = 16
+
+
+def explore_guided(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: Optional[int] = None,
+                   progress: Optional[Callable[[int, float], None]] = None,
+                   stop: Optional[Callable[[], bool]] = None, coverage: Optional[Coverage] = None) -> tuple:
+    """Coverage-guided :func:`explore`: VMs favoured by the signatures they add. A VM (a seed's
+    swarm settings and host, run as one stream of operations) that reached a signature no
+    VM of this search had reached is followed at once by another stream of the same seed,
+    up to ``MAX_STREAMS`` per seed; then the next fresh seed. Deterministic by seed.
+    Returns (vm_seed, stream, ops_in_that_vm, total_ops) or (None, 0, 0, total)."""
+    cov = coverage if coverage is not None else Coverage()
+    total, t0, s, k = 0, time.monotonic(), seed, 0
+    while True:
+        n = cfg.chunk if max_ops is None else min(cfg.chunk, max_ops - total)
+        if n <= 0 or (stop is not None and stop()):
+            return None, 0, 0, total
+        vm = cfg.vm(s, record=False)
+        ran = vm._fuzz(s, n, k)
+        total += ran
+        new = cov.add(vm._coverage_bits())
+        if vm._violation_count():
+            return s, k, ran, total
+        elapsed = time.monotonic() - t0
+        if progress:
+            progress(total, elapsed)
+        if elapsed >= budget_s:
+            return None, 0, 0, total
+        if new and k + 1 < MAX_STREAMS:
+            k += 1                      # favour this VM: another stream of its settings
+        else:
+            s, k = (s + 1) & _U64, 0
+
+
+def record(cfg: FuzzConfig, vm_seed: int, nops: int, stream: int = 0) -> VM:
+    """Re-run one VM of the explorer with the event log on (deterministic by seed and stream)."""
     vm = cfg.vm(vm_seed, record=True)
-    vm._fuzz(vm_seed, nops)
+    vm._fuzz(vm_seed, nops, stream)
     return vm
 
 
@@ -342,11 +380,16 @@ def run(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: Opti
     When ``stop()`` turns true the run ends early with what it has: no finding if the
     explorer was still searching, else the finding with the shortest sequence so far
     (``shrink_complete`` False). ``coverage`` collects the explored VMs' coverage signatures."""
-    vm_seed, nops, total = explore(cfg, seed=seed, budget_s=budget_s, max_ops=max_ops, progress=progress,
-                                   stop=stop, coverage=coverage)
+    stream = 0
+    if cfg.guided:
+        vm_seed, stream, nops, total = explore_guided(cfg, seed=seed, budget_s=budget_s, max_ops=max_ops,
+                                                      progress=progress, stop=stop, coverage=coverage)
+    else:
+        vm_seed, nops, total = explore(cfg, seed=seed, budget_s=budget_s, max_ops=max_ops, progress=progress,
+                                       stop=stop, coverage=coverage)
     if vm_seed is None:
         return None, total
-    vm = record(cfg, vm_seed, nops)
+    vm = record(cfg, vm_seed, nops, stream)
     events = vm.events
     v = vm.violations[0]
     t0 = time.monotonic()
@@ -359,7 +402,7 @@ def run(cfg: FuzzConfig, *, seed: int = 0, budget_s: float = 10.0, max_ops: Opti
     fv = final.violations[0] if final.violations else v
     wit = Witness(bool(final.violations), bool(replay(kvm_twin(cfg), vm_seed, minimal).violations))
     return Finding(vm_seed, fv, events, minimal, total, complete, time.monotonic() - t0, replays,
-                   len(start), wit), total
+                   len(start), wit, stream), total
 
 
 def document(cfg: FuzzConfig, *, policy_name: str, seed: int, budget_s: float, max_ops: Optional[int],
@@ -372,12 +415,14 @@ def document(cfg: FuzzConfig, *, policy_name: str, seed: int, budget_s: float, m
         status="interrupted" if interrupted else ("violation" if finding else "clean"),
         policy=policy_name, switches=cfg.policy.changed(),
         config={"arch": cfg.arch, "levels": cfg.levels, "vcpus": cfg.vcpus, "pcpus": cfg.pcpus, "ad": cfg.ad,
-                "invariants": cfg.invariants, "mutant": cfg.mutant, "seed": seed, "budget_s": budget_s, "max_ops": max_ops, "shrink_budget_s": shrink_budget_s},
+                "invariants": cfg.invariants, "mutant": cfg.mutant, "guided": cfg.guided, "seed": seed,
+                "budget_s": budget_s, "max_ops": max_ops, "shrink_budget_s": shrink_budget_s},
         ops_explored=ops_explored, seconds=round(seconds, 3),
         ops_per_second=round(ops_explored / seconds, 1) if seconds > 0 else 0.0,
         signatures=signatures,
         violation=jsondoc.violation(finding.violation) if finding else None,
         vm_seed=finding.seed if finding else None,
+        vm_stream=finding.stream if finding else None,
         events_recorded=len(finding.events) if finding else None,
         minimal=[jsondoc.event(e) for e in finding.minimal] if finding else None,
         shrink={"complete": finding.shrink_complete, "seconds": round(finding.shrink_seconds, 3),

@@ -663,10 +663,12 @@ class VM:
         return n[0]
 
     @locked
-    def _fuzz(self, seed: int, max_ops: int) -> int:
-        """Run the C explorer (``tdp_fuzz``) on this VM; returns the operations it ran."""
+    def _fuzz(self, seed: int, max_ops: int, stream: int = 0) -> int:
+        """Run the C explorer (``tdp_fuzz_stream``; stream 0 is ``tdp_fuzz``) on this VM;
+        returns the operations it ran."""
         out = ffi.new("uint64_t *")
-        check(self._h, lib.tdp_fuzz(self._h, _int("seed", seed), _int("max_ops", max_ops), out))
+        check(self._h, lib.tdp_fuzz_stream(self._h, _int("seed", seed), _int("stream", stream),
+                                           _int("max_ops", max_ops), out))
         return out[0]
 
     @locked

@@ -82,3 +82,56 @@ def test_fuzz_reports_signatures_in_its_summary_and_json():
     assert doc["signatures"] == cov.count > 0
     p = fuzz_cli()
     assert f"{cov.count:,} coverage signatures reached" in p.stdout
+
+
+# ----------------------------------------------------------------- coverage-guided exploration
+def vm_bits(cfg, seed, stream, n=None):
+    vm = cfg.vm(seed, record=False)
+    vm._fuzz(seed, n or cfg.chunk, stream)
+    return vm
+
+
+def test_stream_0_is_the_plain_explorer_and_other_streams_differ():
+    cfg = fuzz.FuzzConfig()
+    a, b, c = vm_bits(cfg, 3, 0), cfg.vm(3, record=False), vm_bits(cfg, 3, 1)
+    b._fuzz(3, cfg.chunk)
+    assert a.digest() == b.digest() and a.digest() != c.digest()
+    assert vm_bits(cfg, 3, 1).digest() == c.digest()          # deterministic by seed and stream
+
+
+def test_guided_follows_a_vm_that_reached_new_signatures_with_its_next_stream():
+    cfg = fuzz.FuzzConfig(guided=True)
+    cov = fuzz.Coverage()
+    # The first VM reaches new signatures (all are new), so the second is seed 0, stream 1.
+    assert fuzz.explore_guided(cfg, seed=0, budget_s=600, max_ops=2 * cfg.chunk, coverage=cov) == \
+        (None, 0, 0, 2 * cfg.chunk)
+    expect = fuzz.Coverage()
+    for k in (0, 1):
+        expect.add(vm_bits(cfg, 0, k)._coverage_bits())
+    assert cov.bits == expect.bits
+    again = fuzz.Coverage()
+    fuzz.explore_guided(cfg, seed=0, budget_s=600, max_ops=2 * cfg.chunk, coverage=again)
+    assert again.bits == cov.bits
+
+
+def test_a_guided_finding_records_its_stream_and_replays():
+    cfg = fuzz.FuzzConfig(policy=Policy.named("no-flush-on-migrate"), guided=True)
+    seed, stream, ops, total = fuzz.explore_guided(cfg, seed=0, budget_s=600)
+    assert seed is not None and stream > 0            # found in a stream a new signature earned
+    vm = fuzz.record(cfg, seed, ops, stream)           # the same VM again, with its event log
+    assert vm.violations
+    finding, total2 = fuzz.run(cfg, seed=0, budget_s=600, shrink_budget_s=10)
+    assert (finding.seed, finding.stream, total2) == (seed, stream, total)
+    assert finding.witness.verdict == "policy"
+    p = subprocess.run([sys.executable, "-c", fuzz.reproducer(cfg, finding.seed, finding.minimal)],
+                       capture_output=True, text=True, env=ENV, cwd=SUBPROCESS_CWD, timeout=120)
+    assert p.returncode == 1 and finding.violation.kind in p.stdout
+
+
+def test_guided_cli_json_and_usage():
+    p = fuzz_cli("--guided", "--json", "--policy", "no-flush-on-migrate")
+    assert p.returncode == 1, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["config"]["guided"] is True and isinstance(doc["vm_stream"], int)
+    p = fuzz_cli("--guided", "--jobs", "2")
+    assert p.returncode == 2 and "--guided" in p.stderr
