@@ -513,6 +513,30 @@ static u64 resched_checks_in_table(const struct tdp_iter *it, u64 base, u64 span
 	return k;
 }
 
+/* A bulk path may take the whole table at once only if no yield comes due inside
+ * it; *k: the cond_resched checks of its 512 entries that count (0: none count). */
+static bool bulk_no_yield_due(const struct tdp_op *op, u64 base, u64 span, u64 *k)
+{
+	*k = 0;
+	if (!op->can_yield || op->yield_every <= 0)
+		return true;
+	*k = resched_checks_in_table(&op->it, base, span);
+	return op->since_yield + *k < (u64)op->yield_every;
+}
+
+/* After a bulk path: the k checks counted, and the iterator on entry 511 of table t,
+ * where the per-SPTE loop would have left it. */
+static void bulk_table_done(struct tdp_op *op, u64 *t, u64 base, u64 span, u64 k)
+{
+	struct tdp_iter *it = &op->it;
+
+	op->since_yield += k;
+	it->gfn = base + 511 * span;
+	it->next_last_level_gfn = it->gfn;
+	it->sptep = t + 511;
+	it->old_spte = t[511];
+}
+
 /* The zaps' bulk path: the iterator is at entry 0 of a table whose 512 entries
  * the per-SPTE loop would all visit at this level, with none of them observable
  * on its own (bulk_allowed(), and no yield can come due inside the table). Does
@@ -540,11 +564,8 @@ static bool op_bulk_table(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root 
 	} else {
 		return false;
 	}
-	if (op->can_yield && op->yield_every > 0) {
-		k = resched_checks_in_table(it, base, span);
-		if (op->since_yield + k >= (u64)op->yield_every)
-			return false; /* a yield comes due inside this table */
-	}
+	if (!bulk_no_yield_due(op, base, span, &k))
+		return false;
 	if (level > 1 || !leaf_gauge_covers(vm, level, 512)) {
 		/* A child table is descended into by zap_leafs, and freed (maybe with a
 		 * flush) by zap_root; the leaf gauge must cover what is zapped. */
@@ -591,11 +612,7 @@ static bool op_bulk_table(struct tdp_vm *vm, struct tdp_op *op, struct tdp_root 
 				op->flush = true;
 		}
 	}
-	op->since_yield += k;
-	it->gfn = base + 511 * span;
-	it->next_last_level_gfn = it->gfn;
-	it->sptep = t + 511;
-	it->old_spte = t[511];
+	bulk_table_done(op, t, base, span, k);
 	return true;
 }
 
@@ -613,11 +630,8 @@ static bool op_bulk_wrprot(struct tdp_vm *vm, struct tdp_op *op)
 	if ((op->kind != OP_WRPROT && op->kind != OP_CLEAR_DIRTY) || it->level != 1 || !bulk_allowed(vm) ||
 	    spte_index(base, 1) != 0 || base + 511 >= op->end || !leaf_gauge_covers(vm, 1, 1))
 		return false;
-	if (op->can_yield && op->yield_every > 0) {
-		k = resched_checks_in_table(it, base, 1);
-		if (op->since_yield + k >= (u64)op->yield_every)
-			return false; /* a yield comes due inside this table */
-	}
+	if (!bulk_no_yield_due(op, base, 1, &k))
+		return false;
 	u64 bit = (op->kind == OP_WRPROT || !vm->masks.ad) ? SPTE_W : vm->masks.dirty;
 	hostmem_note(&vm->mem, tdp_iter_frame(it), HOSTMEM_NOTE_WRITE);
 	for (int i = 0; i < 512; i++) {
@@ -635,11 +649,7 @@ static bool op_bulk_wrprot(struct tdp_vm *vm, struct tdp_op *op)
 	vm->stats[ST_iter_visited_l1] += 512;
 	if (n)
 		op->result = op->changed = true;
-	op->since_yield += k;
-	it->gfn = base + 511;
-	it->next_last_level_gfn = it->gfn;
-	it->sptep = t + 511;
-	it->old_spte = t[511];
+	bulk_table_done(op, t, base, 1, k);
 	return true;
 }
 

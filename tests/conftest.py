@@ -17,6 +17,22 @@ SUBPROCESS_ENV = dict(os.environ, PYTHONPATH=PKG_HOME)
 SUBPROCESS_CWD = tempfile.mkdtemp(prefix="tdpfast-tests-")
 
 
+def build_c_test(name: str, out_dir) -> str:
+    """Compile tests/c/NAME.c with the engine's C sources of this checkout (or unpacked sdist,
+    wherever tdpfast itself is installed), warnings as errors; returns the executable's path."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = os.path.join(root, "csrc")
+    exe = os.path.join(str(out_dir), name)
+    cc = subprocess.run(["gcc", "-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", "-I", src,
+                         *sorted(os.path.join(src, f) for f in os.listdir(src) if f.endswith(".c")),
+                         os.path.join(root, "tests", "c", name + ".c"), "-o", exe],
+                        capture_output=True, text=True, timeout=300)
+    assert cc.returncode == 0, cc.stderr
+    return exe
+
+
 # Every VM a test makes is checked afterwards for the engine's WARN_ON()-style reports and
 # dropped records: a "can't happen" state fails the test that reached it.
 _live_vms = []

@@ -4,11 +4,11 @@ wrong hands over to the full walk, which is the specification and reports. The v
 must be the full walk's: the same violations (kind, root, gfn, level, SPTE) at the same
 operation. VM(invariant_walk="crosscheck") runs both and makes a disagreement an engine
 warning, which the suite's health check fails."""
-import os
 import subprocess
 
 import pytest
 
+from conftest import build_c_test
 from tdpfast import VM, InvalidArgumentError, Policy, fuzz
 
 
@@ -61,14 +61,7 @@ def test_explorer_verdicts_are_the_full_walks(policy, arch):
 def test_random_breakage_gets_the_same_reports_from_every_walk(tmp_path):
     # tests/c/invariant_walk.c breaks the state at random (frozen, cleared, retargeted or
     # doubled SPTEs, counter and refcount slips) between two explorer runs, under each walk.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    src = os.path.join(root, "csrc")
-    test = os.path.join(root, "tests", "c", "invariant_walk.c")
-    exe = str(tmp_path / "invariant_walk")
-    cc = subprocess.run(["gcc", "-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", "-I", src,
-                         *sorted(os.path.join(src, f) for f in os.listdir(src) if f.endswith(".c")), test,
-                         "-o", exe], capture_output=True, text=True, timeout=300)
-    assert cc.returncode == 0, cc.stderr
+    exe = build_c_test("invariant_walk", tmp_path)
     r = subprocess.run([exe, "300"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr + r.stdout
     assert "0 disagreements" in r.stdout

@@ -2,13 +2,12 @@
 each broken invariant is its own violation kind, carrying the root, gfn, level and SPTE, at
 the operation that broke it - before any guest access shows the damage."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import SUBPROCESS_CWD, SUBPROCESS_ENV as ENV
+from conftest import SUBPROCESS_CWD, SUBPROCESS_ENV as ENV, build_c_test
 from tdpfast import VM, InvalidArgumentError, Policy, fuzz, invariants
 
 
@@ -133,15 +132,7 @@ def test_fuzz_cli_invariants_flag():
 @pytest.mark.slow
 def test_c_engine_with_injected_breakage_reports_each_invariant(tmp_path):
     # tests/c/invariants.c breaks the state as a buggy engine would, one way per case.
-    # The C sources of this checkout (or unpacked sdist), wherever tdpfast itself is installed.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    src = os.path.join(root, "csrc")
-    test = os.path.join(root, "tests", "c", "invariants.c")
-    exe = str(tmp_path / "invariants")
-    cc = subprocess.run(["gcc", "-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", "-I", src,
-                         *sorted(os.path.join(src, f) for f in os.listdir(src) if f.endswith(".c")), test,
-                         "-o", exe], capture_output=True, text=True, timeout=300)
-    assert cc.returncode == 0, cc.stderr
+    exe = build_c_test("invariants", tmp_path)
     r = subprocess.run([exe], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     for case, kind in [("frozen", "frozen_spte"), ("leaf_count", "leaf_count"), ("malformed", "malformed_table"),
