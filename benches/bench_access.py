@@ -1,4 +1,4 @@
-"""Guest accesses through vm.access_batch at ~99%, ~90% and ~50% TLB hit rates (Skylake
+"""Guest accesses through vm.access_batch at 100%, ~99%, ~90% and ~50% TLB hit rates (Skylake
 geometry), next to a bare set-associative lookup over the same addresses."""
 import pytest
 
@@ -19,6 +19,16 @@ def _limit(benchmark, sizes, ws):
     lim = bench.AccessLimitCase(case.gpas)
     l1, l2, miss = benchmark.pedantic(lim.run, rounds=max(sizes.access_rounds, 3))
     benchmark.extra_info.update(accesses=lim.n, working_set=ws, hit_rate=(l1 + l2) / lim.n)
+
+
+@pytest.mark.benchmark(group="access-hit100")
+def test_access_hit100_engine(benchmark, sizes):
+    _engine(benchmark, sizes, WS["hit100"])
+
+
+@pytest.mark.benchmark(group="access-hit100")
+def test_access_hit100_limit(benchmark, sizes):
+    _limit(benchmark, sizes, WS["hit100"])
 
 
 @pytest.mark.benchmark(group="access-hit99")

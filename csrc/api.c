@@ -132,7 +132,8 @@ static int map_checks(tdp_vm *vm, struct tdp_root *root, u64 start, u64 end, int
 		if (vm->mmu_invalidate_in_progress && g < vm->mmu_invalidate_end && vm->mmu_invalidate_start < g + span)
 			return vm_err(vm, TDP_ESTATE, "an MMU-notifier invalidation of gfns 0x%llx..0x%llx is in progress: faults there retry",
 				      (unsigned long long)vm->mmu_invalidate_start, (unsigned long long)vm->mmu_invalidate_end);
-		int maxl = s ? vm_max_mapping_level(vm, s, g) : 1;
+		/* Every gfn can be mapped at 4K: only a huge level asks the memslot. */
+		int maxl = level == 1 ? 1 : s ? vm_max_mapping_level(vm, s, g) : 1;
 		if (level > maxl)
 			return vm_err(vm, TDP_EINVAL, "level %d is not possible at gfn 0x%llx: %s allows at most level %d there",
 				      level, (unsigned long long)g, s ? "its memslot" : "a gfn without a memslot (MMIO)", maxl);

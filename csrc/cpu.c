@@ -398,7 +398,7 @@ static int take_fault(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, st
 }
 
 /* l1_missed: the caller has just probed the 4K L1 array of the vCPU's current context
- * for gfn and missed (l1_hit_kept()), with the vCPU in guest mode: the first lookup
+ * for gfn and missed (kept_hit_run()), with the vCPU in guest mode: the first lookup
  * starts after it. */
 static inline __attribute__((always_inline)) int access_one(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access,
 							     struct tdp_access_result *out, u64 batch_index,
@@ -549,38 +549,119 @@ int cpu_access(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, struct td
 	return access_one(vm, v, gpa, access, out, batch_index, false);
 }
 
-/* The whole of an access that hits a 4K entry of the L1 TLB whose checker verdict is
- * kept (check_tlb_hit()), with no hazard probe to run: the same effects as
- * access_one() - the entry's use, the counters, the result - for a probe, a tag
- * compare and a generation compare. NULL when anything else may happen; the probe
- * has no effect, so access_one() then starts from scratch. */
-static inline struct tlb_ent *l1_hit_kept(struct tdp_vm *vm, struct vcpu *v, u64 gfn, int access, bool ad,
-					  u32 *set, u32 *way, bool *missed)
+/* Whether a 4K TLB entry serves `acc` with the checker's verdict kept for it
+ * (check_tlb_hit() would return at once): permitted, the verdict current, and for a
+ * write with A/D on, D already recorded (else the access re-walks to set it). */
+static inline bool kept_for(const struct tlb_ent *e, int acc, unsigned need, u32 gen, bool ad)
+{
+	if (!(e->perms & need) || e->chk_gen != gen)
+		return false;
+	if (acc == TDP_ACC_WRITE)
+		return !(ad && !e->dirty) && (e->chk & TLB_CHK_WRITE);
+	return e->chk & TLB_CHK_MAP;
+}
+
+/* The run of accesses from index i that hit a 4K TLB entry whose checker verdict is
+ * kept, with no hazard probe to run: in the L1 array, or after every L1 array
+ * missed, in the L2 array (then refilling L1). For each, the same effects as
+ * access_one() - the entries' use (LRU stamps, PLRU bits, the refill), the result -
+ * for the probes and a generation compare. What such hits cannot change is read once:
+ * the vCPU's context and its epoch, the arrays, the truth generation. Returns the
+ * index of the first access that is not such a hit (n at the end); *missed then says
+ * whether its 4K L1 probe missed (the probes have no effect, so access_one() starts
+ * from scratch, or after that probe). hits[0] and hits[1] count the L1 and L2 hits. */
+static size_t kept_hit_run(struct tdp_vm *vm, struct vcpu *v, const u64 *gpas, const u8 *accesses,
+			   int default_access, size_t i, size_t n, struct tdp_access_result *per, bool ad,
+			   bool *missed, u64 hits[2])
 {
 	*missed = false;
 	if (v->mode != TDP_IN_GUEST || (vm->hazard_probe && !vm->hazard))
-		return NULL;
+		return i;
 	struct tlb *t = &pc_of(vm, v)->tlb;
 	if (t->mode == TDP_TLB_ADVERSARIAL)
-		return NULL;
-	struct tlb_ent *e = tlb_array_find(t, &t->l1[0], pc_of(vm, v)->cur_ctx, gfn, 1, set, way);
-	*missed = !e;
-	if (!e || !(e->perms & need_perm(vm, access)) || e->chk_gen != vm->truth_gen)
-		return NULL;
-	if (access == TDP_ACC_WRITE)
-		return ad && !e->dirty ? NULL : (e->chk & TLB_CHK_WRITE) ? e : NULL;
-	return (e->chk & TLB_CHK_MAP) ? e : NULL;
+		return i;
+	struct tlb_array *a = &t->l1[0];
+	const int ctx = pc_of(vm, v)->cur_ctx;
+	const u32 epoch = t->ctx[ctx].epoch, gen = vm->truth_gen, ways = a->ways;
+	if (!epoch) { /* nothing is alive in this context (tlb_alive()) */
+		*missed = true;
+		return i;
+	}
+	const unsigned need[4] = {PERM_R, PERM_W, PERM_X, need_perm(vm, TDP_ACC_EXEC_USER)};
+	const bool plru = t->repl == TDP_REPL_PLRU && ways > 1 && ways <= 64;
+	u32 stamp = t->stamp; /* t->stamp, kept in a register between the L2 refills */
+	while (i < n) {
+		/* L1 hits: tlb_array_find() inline, in a loop of their own. */
+		for (; i < n; i++) {
+			int acc = accesses ? accesses[i] : default_access; /* 0..3, checked by the caller */
+			u64 gpa = gpas[i], gfn = gpa >> 12, key = tlb_ent_key(gfn, 1);
+			u32 set = tlb_set_of(a, gfn), w;
+			const size_t base = (size_t)set * ways;
+			const u64 *keys = &a->key[base];
+			struct tlb_ent *e = NULL;
+			for (w = 0; w < ways && a->fills; w++) {
+				if (keys[w] != key)
+					continue; /* the key match implies vpn, level 1, and level != 0 */
+				struct tlb_ent *c = &a->e[base + w];
+				if (c->ctx == (u32)ctx && c->epoch == epoch) {
+					e = c;
+					break;
+				}
+			}
+			if (!e)
+				break;
+			if (!kept_for(e, acc, need[acc], gen, ad))
+				goto out;
+			a->stamp[base + w] = ++stamp; /* tlb_touch() */
+			if (plru)
+				tlb_plru_touch(a, set, w);
+			hits[0]++;
+			if (per)
+				per[i] = (struct tdp_access_result){.outcome = TDP_OUT_OK, .tlb_hit = TDP_TLB_HIT_L1,
+								    .hpa = (e->pfn << 12) | (gpa & 0xfff)};
+		}
+		if (i == n)
+			break;
+		/* The 4K L1 probe missed: tlb_lookup() goes on with the L1 huge-page
+		 * arrays, then L2. */
+		*missed = true;
+		int acc = accesses ? accesses[i] : default_access;
+		u64 gpa = gpas[i], gfn = gpa >> 12;
+		u32 set, w;
+		if (tlb_array_find(t, &t->l1[1], ctx, gfn >> 9, 2, &set, &w) ||
+		    tlb_array_find(t, &t->l1[2], ctx, gfn >> 18, 3, &set, &w))
+			break;
+		struct tlb_ent *l2 = tlb_array_find(t, &t->l2, ctx, gfn, 1, &set, &w);
+		if (!l2 || !kept_for(l2, acc, need[acc], gen, ad))
+			break;
+		*missed = false;
+		t->stamp = stamp;
+		struct tlb_ent *e = tlb_l2_use(t, ctx, gfn, 1, l2, set, w);
+		stamp = t->stamp;
+		hits[1]++;
+		if (per)
+			per[i] = (struct tdp_access_result){.outcome = TDP_OUT_OK, .tlb_hit = TDP_TLB_HIT_L2,
+							    .hpa = (e->pfn << 12) | (gpa & 0xfff)};
+		i++;
+	}
+out:
+	t->stamp = stamp;
+	return i;
 }
 
-/* The counters and costs of `kept` inline L1 hits, added at once; returns 0. */
-static u64 add_kept_hits(struct tdp_vm *vm, u64 *counts, u64 kept)
+/* The counters and costs of kept TLB hits (hits[0] in L1, hits[1] in L2), added at
+ * once; zeroes them. */
+static void add_kept_hits(struct tdp_vm *vm, u64 *counts, u64 hits[2])
 {
-	vm->stats[ST_accesses] += kept;
-	vm->stats[ST_tlb_hits_l1] += kept;
-	vm_cost(vm, vm->costs.tlb_hit * kept);
-	counts[TDP_BATCH_OK] += kept;
-	counts[TDP_BATCH_L1_HITS] += kept;
-	return 0;
+	u64 all = hits[0] + hits[1];
+	vm->stats[ST_accesses] += all;
+	vm->stats[ST_tlb_hits_l1] += hits[0];
+	vm->stats[ST_tlb_hits_l2] += hits[1];
+	vm_cost(vm, vm->costs.tlb_hit * all);
+	counts[TDP_BATCH_OK] += all;
+	counts[TDP_BATCH_L1_HITS] += hits[0];
+	counts[TDP_BATCH_L2_HITS] += hits[1];
+	hits[0] = hits[1] = 0;
 }
 
 int cpu_access_batch(struct tdp_vm *vm, struct vcpu *v, const u64 *gpas, const u8 *accesses, int default_access,
@@ -589,34 +670,25 @@ int cpu_access_batch(struct tdp_vm *vm, struct vcpu *v, const u64 *gpas, const u
 	struct tdp_access_result tmp;
 	const u64 fault_frames = (u64)tdp_fault_frames(vm->cfg.levels);
 	const bool ad = vm->cfg.arch == TDP_SVM || vm->cfg.ad;
-	u64 kept = 0; /* L1 hits taken by l1_hit_kept(), counted at the next slow access */
+	u64 kept[2] = {0, 0}; /* hits taken by kept_hit_run(), counted at the next slow access */
 	int r = 0;
 	size_t i;
 
 	for (i = 0; i < n; i++) {
-		int acc = accesses ? accesses[i] : default_access;
 		if (hostmem_available(&vm->mem) < fault_frames) {
 			/* Not an error: the batch stops before an access that might need
 			 * more frames than are left, and says how far it got. */
 			vm_err(vm, 0, "frame pool exhausted: the batch stopped after %zu of %zu accesses", i, n);
 			break;
 		}
-		u64 gpa = gpas[i];
-		u32 set, way;
+		/* Kept hits take no frame, so the check above holds for the whole run. */
 		bool missed;
-		struct tlb_ent *e = l1_hit_kept(vm, v, gpa >> 12, acc, ad, &set, &way, &missed);
-		if (e) {
-			struct tlb *t = &pc_of(vm, v)->tlb;
-			tlb_touch(t, &t->l1[0], set, way);
-			kept++;
-			if (per)
-				per[i] = (struct tdp_access_result){.outcome = TDP_OUT_OK, .tlb_hit = TDP_TLB_HIT_L1,
-								    .hpa = (e->pfn << 12) | (gpa & 0xfff)};
-			continue;
-		}
-		kept = add_kept_hits(vm, counts, kept);
+		if ((i = kept_hit_run(vm, v, gpas, accesses, default_access, i, n, per, ad, &missed, kept)) == n)
+			break;
+		add_kept_hits(vm, counts, kept);
+		int acc = accesses ? accesses[i] : default_access;
 		struct tdp_access_result *o = per ? &per[i] : &tmp;
-		if ((r = access_one(vm, v, gpa, acc, o, i, missed)))
+		if ((r = access_one(vm, v, gpas[i], acc, o, i, missed)))
 			break;
 		counts[TDP_BATCH_OK + o->outcome]++;
 		counts[TDP_BATCH_WALKED + o->tlb_hit]++;

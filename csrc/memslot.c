@@ -15,16 +15,17 @@ u64 vm_max_gfn(struct tdp_vm *vm)
 	return 1ull << (vm->cfg.maxphyaddr - 12);
 }
 
-struct memslot *vm_slot_of(struct tdp_vm *vm, u64 gfn)
+struct memslot *vm_slot_of_slow(struct tdp_vm *vm, u64 gfn)
 {
 	for (int i = 0; i < vm->nslots; i++) {
 		struct memslot *s = &vm->slots[i];
-		if (s->used && gfn - s->base_gfn < s->npages)
+		if (s->used && gfn - s->base_gfn < s->npages) {
+			vm->slot_hint = i;
 			return s;
+		}
 	}
 	return NULL;
 }
-
 
 u64 vm_gfn_to_pfn(struct tdp_vm *vm, struct memslot *s, u64 gfn)
 {

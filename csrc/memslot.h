@@ -34,7 +34,8 @@ static inline u64 memslot_chunk_of(const struct memslot *s, u64 gfn) { return (g
 
 /* Lookups: the truth the checker compares against. */
 u64 vm_max_gfn(struct tdp_vm *vm);
-struct memslot *vm_slot_of(struct tdp_vm *vm, u64 gfn);
+/* vm_slot_of(), inline in vm.h: the memslot that holds gfn, or NULL. */
+struct memslot *vm_slot_of_slow(struct tdp_vm *vm, u64 gfn);
 struct memslot *memslot_by_id(struct tdp_vm *vm, int id);
 u64 vm_gfn_to_pfn(struct tdp_vm *vm, struct memslot *s, u64 gfn);
 u64 vm_fault_in_pfn(struct tdp_vm *vm, struct memslot *s, u64 gfn); /* allocates if unbacked */

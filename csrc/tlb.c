@@ -344,6 +344,22 @@ int tlb_lookup_store(struct tlb *t, int ctx, u64 gfn, struct tlb_ent **out)
 	return 0;
 }
 
+struct tlb_ent *tlb_l2_use(struct tlb *t, int ctx, u64 vpn, int level, struct tlb_ent *e, u32 set, u32 way)
+{
+	tlb_touch(t, level == 3 ? &t->l2_1g : &t->l2, set, way);
+	/* An L2 hit refills L1 (where the lookup has just missed). */
+	struct tlb_ent *f = array_fill_probed(t, &t->l1[level - 1], ctx, vpn, level, true);
+	if (!f)
+		return e;
+	f->pfn = e->pfn;
+	f->perms = e->perms;
+	f->dirty = e->dirty;
+	/* The same translation: the checker's verdict on it holds. */
+	f->chk = e->chk;
+	f->chk_gen = e->chk_gen;
+	return f;
+}
+
 /* After the L1 arrays missed (tlb_lookup()). */
 int tlb_lookup_l2(struct tlb *t, int ctx, u64 gfn, struct tlb_ent **out, struct tlb_ent **src)
 {
@@ -351,24 +367,10 @@ int tlb_lookup_l2(struct tlb *t, int ctx, u64 gfn, struct tlb_ent **out, struct 
 
 	for (int l = 1; l <= 3; l++) {
 		u64 vpn = gfn >> (9 * (l - 1));
-		struct tlb_array *a = l == 3 ? &t->l2_1g : &t->l2;
-		struct tlb_ent *e = tlb_array_find(t, a, ctx, vpn, l, &set, &way);
+		struct tlb_ent *e = tlb_array_find(t, l == 3 ? &t->l2_1g : &t->l2, ctx, vpn, l, &set, &way);
 		if (e) {
-			tlb_touch(t, a, set, way);
-			/* An L2 hit refills L1 (where tlb_lookup() just missed). */
-			struct tlb_ent *f = array_fill_probed(t, &t->l1[l - 1], ctx, vpn, l, true);
-			if (f) {
-				f->pfn = e->pfn;
-				f->perms = e->perms;
-				f->dirty = e->dirty;
-				/* The same translation: the checker's verdict on it holds. */
-				f->chk = e->chk;
-				f->chk_gen = e->chk_gen;
-				*out = f;
-				*src = e;
-			} else {
-				*out = e;
-			}
+			*out = tlb_l2_use(t, ctx, vpn, l, e, set, way);
+			*src = *out == e ? NULL : e;
 			return 2;
 		}
 	}

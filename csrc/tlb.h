@@ -92,6 +92,10 @@ void tlb_flush_gfn_ctx(struct tlb *t, int ctx, u64 gfn);
 static inline int tlb_lookup(struct tlb *t, int ctx, u64 gfn, struct tlb_ent **e, struct tlb_ent **src,
 			     bool l1_4k_missed);
 int tlb_lookup_l2(struct tlb *t, int ctx, u64 gfn, struct tlb_ent **e, struct tlb_ent **src);
+/* The use of e, the live entry for (ctx, vpn, level) at (set, way) of an L2 array,
+ * after the L1 arrays missed: its LRU stamp and the refill of L1 from it. Returns
+ * the L1 entry filled (NULL-free: e itself where L1 keeps nothing at that level). */
+struct tlb_ent *tlb_l2_use(struct tlb *t, int ctx, u64 vpn, int level, struct tlb_ent *e, u32 set, u32 way);
 int tlb_lookup_store(struct tlb *t, int ctx, u64 gfn, struct tlb_ent **e);
 /* absent: tlb_lookup() for gfn in ctx has just missed, so no live entry of the
  * set-associative arrays is replaced in place (the probe a fill starts with is

@@ -51,6 +51,7 @@ struct tdp_vm {
 
 	struct memslot *slots;
 	int nslots;
+	int slot_hint; /* vm_slot_of(): where it last found a gfn (a hint, checked before use) */
 	u64 host_next_region_pfn;
 	u32 memslots_gen;
 	u32 truth_gen;        /* the checker's truth generation: memslot_truth_changed() */
@@ -108,6 +109,19 @@ static inline void vm_trace(struct tdp_vm *vm, u32 kind, u32 level, u64 a, u64 b
 		vm_trace_rec(vm, kind, level, a, b, c);
 }
 static inline void vm_cost(struct tdp_vm *vm, u64 c) { vm->stats[ST_cycles] += c; }
+
+/* The memslot that holds gfn, or NULL. Memslots never overlap: a slot in use that
+ * holds gfn is the one. Runs of gfns (map_range, batches of faults) mostly stay in
+ * the slot found last. */
+static inline struct memslot *vm_slot_of(struct tdp_vm *vm, u64 gfn)
+{
+	if (vm->slot_hint < vm->nslots) {
+		struct memslot *s = &vm->slots[vm->slot_hint];
+		if (s->used && gfn - s->base_gfn < s->npages)
+			return s;
+	}
+	return vm_slot_of_slow(vm, gfn);
+}
 
 /* Every top-level operation (a public call that changes the model) starts and
  * ends here: the event index a violation is attributed to, and the grace period

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # What a tiny run must contain (tdpfast.bench.PROFILES["tiny"]), written out literally so
 # that a row silently dropped from the suite fails here.
-TIMING_ROWS = ["zap.4k", "zap.2m", "access.hit99", "access.hit90", "access.hit50",
+TIMING_ROWS = ["zap.4k", "zap.2m", "access.hit100", "access.hit99", "access.hit90", "access.hit50",
                "populate.fault", "populate.map_range", "walk.cold"]
 MEMORY_ROWS = ["memory.8m", "memory.16m"]
 FLUSH_ROWS = [f"flush.{k}.{e}" for e in (64, 256) for k in ("single", "global")]
@@ -148,11 +148,13 @@ def test_rows_carry_their_measurements(tiny_run):
     _, doc = tiny_run
     rows = {r["id"]: r for r in doc["rows"]}
     check_timing_rows_measured(rows, TIMING_ROWS)
-    for rid in ("access.hit99", "access.hit90", "access.hit50"):
+    for rid in ("access.hit100", "access.hit99", "access.hit90", "access.hit50"):
         assert 0 < rows[rid]["extra"]["hit_rate"] <= 1
-    # the three working sets give three different hit rates, highest first
-    hr = [rows[f"access.{s}"]["extra"]["hit_rate"] for s in ("hit99", "hit90", "hit50")]
-    assert hr[0] > hr[1] > hr[2]
+    # the four working sets give four different hit rates, highest first; the hot set
+    # of 32 pages hits the L1 DTLB every time
+    hr = [rows[f"access.{s}"]["extra"]["hit_rate"] for s in ("hit100", "hit99", "hit90", "hit50")]
+    assert hr[0] == 1.0 and hr[0] > hr[1] > hr[2] > hr[3]
+    assert rows["access.hit100"]["extra"]["l1_hits"] == rows["access.hit100"]["extra"]["accesses"]
     assert rows["walk.cold"]["extra"]["refs_per_walk"] == 4.0   # no PSC: every walk from the root
     for rid in FLUSH_ROWS:
         r = rows[rid]
@@ -283,9 +285,9 @@ def test_ctrl_c_writes_the_partial_result_and_exits_130(monkeypatch, tmp_path, c
     doc = json.loads(cap.out)
     check_schema(doc)
     assert doc["status"] == "interrupted" and [r["id"] for r in doc["rows"]] == ["zap.4k"]
-    assert doc["expected_rows"] == 5 and doc["chart"] is None
+    assert doc["expected_rows"] == 6 and doc["chart"] is None   # 2 zap rows, 4 access rows
     assert json.loads((tmp_path / bench.JSON_NAME).read_text()) == doc
-    assert "interrupted: 1 of 5 rows measured" in cap.err
+    assert "interrupted: 1 of 6 rows measured" in cap.err
     rc, cap = _run(["--only", "zap", "--no-progress", "--out", str(tmp_path)], capsys)   # the tables too
     assert rc == 130 and "INTERRUPTED: 1 of 2 rows measured" in cap.out and "zap_gfn_range" in cap.out
 

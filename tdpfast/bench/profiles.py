@@ -40,7 +40,8 @@ class Sizes:
 
 # Working sets for the Skylake preset (L1 DTLB 16x4, STLB 128x12 = 1,536 4K entries):
 # uniform accesses over W pages hit an LRU cache of C entries with probability ~C/W.
-ACCESS_WORKING_SETS = (("hit99", 1552), ("hit90", 1707), ("hit50", 3072))
+# hit100: 32 pages, two per L1 set, so every access hits the L1 DTLB.
+ACCESS_WORKING_SETS = (("hit100", 32), ("hit99", 1552), ("hit90", 1707), ("hit50", 3072))
 
 PROFILES: Dict[str, Sizes] = {
     "full": Sizes("full", zap_4k_pages=262144, zap_2m_pages=64 << 18, zap_rounds=21,
