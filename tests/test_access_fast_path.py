@@ -104,3 +104,30 @@ def test_a_kept_verdict_is_checked_again_when_the_host_changes_the_page():
     assert res.per_access["tlb"] == [1, 1, 1]
     assert res.violations == 3
     assert [v.kind for v in vm.violations] == ["use_after_free"] * 3
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_the_l1_huge_page_arrays_are_probed_before_l2(batched):
+    # tlb_lookup()'s order: every L1 array, then L2. gfn 517's 4K translation is left in
+    # the STLB (its L1 DTLB entry evicted by four gfns of the same set) when a zap without
+    # the caller's flush and a 2M map replace it; an access to 518 fills the L1 2M array.
+    # The access to 517 then hits the 2M entry in L1, in the batch's run of kept hits as
+    # in a single access, not the 4K entry left in L2.
+    vm = VM(arch="vmx", tlb=TLBConfig.preset("skylake"), record=False,
+            policy=Policy.kvm().replace(map_huge_over_table_flush=False))
+    vm.add_memslot(0, 1024, max_level=2)
+    vm.vcpu_run(0, 0)
+    for g in (517, 21, 37, 53, 69):                       # one L1 DTLB set (16 sets x 4 ways)
+        vm.mmu.map(g, level=1)
+    assert [vm.access(0, g << 12).tlb for g in (517, 517, 21, 37, 53, 69)] == [None, "l1", None, None, None, None]
+    assert vm.mmu.zap_gfn_range(512, 1024) is True        # "flush needed": not done here
+    vm.mmu.map(512, level=2)
+    assert vm.access(0, 518 << 12).tlb is None            # walked: fills the 2M entry
+    before = vm.stats
+    if batched:
+        res = vm.access_batch(0, [517 << 12, 518 << 12], per_access=True)
+        assert res.per_access["tlb"] == [1, 1] and res.violations == 0
+    else:
+        assert [vm.access(0, g << 12).tlb for g in (517, 518)] == ["l1", "l1"]
+    after = vm.stats
+    assert after["tlb_hits_l1"] - before["tlb_hits_l1"] == 2 and after["tlb_hits_l2"] == before["tlb_hits_l2"]
