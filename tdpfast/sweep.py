@@ -421,8 +421,9 @@ def cmd(args) -> int:
     if not args.json:
         print(f"tdpfast sweep: {npts} points ({' x '.join(str(len(grid.axes[a])) for a in AXES)}), "
               f"scheduler {spec}, out {args.out}", file=sys.stderr)
-    if all(os.path.exists(os.path.join(args.out, "points", p.key(engine_version()) + ".json"))
-           for p in grid.points()):
+    all_done = all(os.path.exists(os.path.join(args.out, "points", p.key(engine_version()) + ".json"))
+                   for p in grid.points())
+    if all_done:
         spec = "inprocess"                            # nothing to measure: no workers to start
     try:
         sched = open_scheduler(spec)
@@ -435,8 +436,10 @@ def cmd(args) -> int:
         print(json.dumps(res.as_json(), indent=2))
     else:
         state = "INTERRUPTED: " if res.interrupted else ""
+        where = (f"on {res.scheduler}" if not all_done else
+                 f"(every point was already in {os.path.join(args.out, 'points')}: no workers started)")
         print(f"{state}{len(res.table)} of {res.points} points finished ({res.ran} measured now, "
-              f"{res.skipped} already done) in {res.seconds:.1f}s on {res.scheduler}")
+              f"{res.skipped} already done) in {res.seconds:.1f}s {where}")
         for w, n in sorted(res.per_worker.items()):
             print(f"  {w:28s} {n:5d} points")
         if res.table_path:

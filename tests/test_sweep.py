@@ -129,6 +129,10 @@ def test_cli_sweep_lists_csv_and_usage_errors(tmp_path):
     assert "2 of 2 points finished" in p.stdout
     t = pd.read_csv(os.path.join(out, "sweep.csv"))
     assert sorted(t["policy"]) == ["kvm", "precise-range"] and (t["tlb"] == "zen4").all()
+    p = run("--policy", "kvm,precise-range", "--tlb", "zen4", "--workload", "memslot", "--size", "512",
+            "--vcpus", "2", "--rounds", "1", "--format", "csv", "--no-charts", "--out", out, "--jobs", "2")
+    assert p.returncode == 0, p.stderr          # again: nothing to measure, and it says why
+    assert "(0 measured now, 2 already done)" in p.stdout and "no workers started" in p.stdout
     for args, word in ((("--policy", "kvm"), "no 'tlb' axis"),
                        (("--policy", "kvm", "--tlb", "x", "--workload", "boot", "--size", "512", "--vcpus", "1"),
                         "unknown tlb"),
