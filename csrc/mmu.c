@@ -71,6 +71,25 @@ static int fast_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, in
 	return RET_PF_FIXED;
 }
 
+/* The end of a fault's map step, synchronous or the second half of a two-half
+ * fault: the outcome counted as kvm_mmu_do_page_fault() counts it (pf_fixed,
+ * pf_emulate, pf_spurious; retries here too), and I5 on a fresh install. */
+static int fault_mapped(struct tdp_vm *vm, struct tdp_root *root, const struct kvm_page_fault *fault, int r)
+{
+	switch (r) {
+	case RET_PF_FIXED:
+		vm->stats[ST_pf_fixed]++;
+		if (vm->cfg.invariants)
+			checker_check_fault_install(vm, root, fault->gfn, fault->goal_level); /* I5 */
+		break;
+	case RET_PF_SPURIOUS: vm->stats[ST_pf_spurious]++; break;
+	case RET_PF_EMULATE: vm->stats[ST_pf_emulate]++; break;
+	case RET_PF_RETRY: vm->stats[ST_pf_retry]++; break;
+	default: break;
+	}
+	return r;
+}
+
 /* kvm_tdp_page_fault(): fast_page_fault() first (lockless; only ever adds
  * permissions, so never a flush), then the slow path: faultin the pfn, pick the
  * goal level (kvm_mmu_hugepage_adjust), retry if stale, and map. */
@@ -114,19 +133,7 @@ int kvm_tdp_page_fault(struct tdp_vm *vm, struct tdp_root *root, u64 gfn, int ac
 	bool flushed;
 	/* The walk follows the faulting gfn; the target level aligns it (so a goal
 	 * lowered on the way down still maps this gfn). */
-	int r = tdp_mmu_map_gfn(vm, root, &fault, &flushed);
-	switch (r) {
-	case RET_PF_FIXED:
-		vm->stats[ST_pf_fixed]++;
-		if (vm->cfg.invariants)
-			checker_check_fault_install(vm, root, gfn, fault.goal_level); /* I5 */
-		break;
-	case RET_PF_SPURIOUS: vm->stats[ST_pf_spurious]++; break;
-	case RET_PF_EMULATE: vm->stats[ST_pf_emulate]++; break;
-	case RET_PF_RETRY: vm->stats[ST_pf_retry]++; break;
-	default: break;
-	}
-	return r;
+	return fault_mapped(vm, root, &fault, tdp_mmu_map_gfn(vm, root, &fault, &flushed));
 }
 
 /* ------------------------------------------------------------------ a fault in two halves */
@@ -243,18 +250,7 @@ static int page_fault_run(struct tdp_vm *vm, struct vm_op *o)
 		fault.goal_level = 1;
 	}
 	bool flushed;
-	int r = tdp_mmu_map_gfn(vm, root, &fault, &flushed);
-	switch (r) {
-	case RET_PF_FIXED:
-		vm->stats[ST_pf_fixed]++;
-		if (vm->cfg.invariants)
-			checker_check_fault_install(vm, root, gfn, fault.goal_level); /* I5 */
-		break;
-	case RET_PF_SPURIOUS: vm->stats[ST_pf_spurious]++; break;
-	case RET_PF_RETRY: vm->stats[ST_pf_retry]++; break;
-	default: break;
-	}
-	fh->result = r;
+	fh->result = fault_mapped(vm, root, &fault, tdp_mmu_map_gfn(vm, root, &fault, &flushed));
 	return 1;
 }
 

@@ -53,7 +53,7 @@ def test_inject_is_checked():
 # ----------------------------------------------------------------- a page fault in two halves
 from tdpfast.reference import model as ref  # noqa: E402
 
-RETRY, FIXED = 2, 0
+RETRY, FIXED, EMULATE = 2, 0, 3
 
 
 def _two_halves(cls, between, inject=None):
@@ -74,9 +74,10 @@ BETWEEN = {
     "unmap_elsewhere": lambda vm: vm.host_unmap(100, 101),   # still a new mmu_invalidate_seq
     "invalidate_roots": lambda vm: vm.mmu.invalidate_all_roots(),
     "delete_memslot": lambda vm: vm.delete_memslot(vm.memslots[0]),
+    "write_protect": lambda vm: vm.write_protect_gfn(5),     # not an invalidation: no retry
 }
 EXPECT = {"nothing": FIXED, "host_unmap": RETRY, "host_migrate": RETRY, "unmap_elsewhere": RETRY,
-          "invalidate_roots": RETRY, "delete_memslot": RETRY}
+          "invalidate_roots": RETRY, "delete_memslot": RETRY, "write_protect": EMULATE}
 
 
 @pytest.mark.parametrize("case", list(BETWEEN))
@@ -85,6 +86,9 @@ def test_a_fault_whose_first_half_went_stale_retries_on_both_engines(case):
     assert res == EXPECT[case] and vm.violations == []
     r, rres = _two_halves(lambda **kw: ref.VM(quirks=tuple(ref.KNOWN_C_QUIRKS), **kw), BETWEEN[case])
     assert rres == res and r.stats == vm.stats and r.violations == []
+    # counted as kvm_mmu_do_page_fault() counts a fault's outcome, in either half
+    key = {FIXED: "pf_fixed", RETRY: "pf_retry", EMULATE: "pf_emulate"}[res]
+    assert vm.stats[key] == 1 and vm.stats["pf_taken"] == 1, vm.stats
 
 
 def test_the_injected_stale_fault_maps_a_freed_page_and_is_reported():

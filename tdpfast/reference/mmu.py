@@ -179,6 +179,18 @@ def page_fault_first_half(vm, v, gfn: int, access: int) -> FaultHalf:
     return fh
 
 
+def _fault_mapped(vm, r, gfn: int, goal: int, ret: int) -> int:
+    """The end of a fault's map step, synchronous or a second half: the outcome counted as
+    kvm_mmu_do_page_fault() counts it, and I5 on a fresh install."""
+    if ret == tdp_mmu.RET_PF_FIXED and vm.cfg.invariants:
+        checker.check_fault_install(vm, r, gfn, goal)     # I5
+    name = {tdp_mmu.RET_PF_FIXED: "pf_fixed", tdp_mmu.RET_PF_SPURIOUS: "pf_spurious",
+            tdp_mmu.RET_PF_EMULATE: "pf_emulate", tdp_mmu.RET_PF_RETRY: "pf_retry"}.get(ret)
+    if name:
+        vm.stats[name] += 1
+    return ret
+
+
 def page_fault_second_half(vm, fh: FaultHalf, gfn: int, access: int) -> int:
     """Under mmu_lock: is_page_fault_stale() (the root invalid or gone, or
     mmu_invalidate_retry_gfn(): an invalidation covering gfn in progress or ended since
@@ -205,13 +217,7 @@ def page_fault_second_half(vm, fh: FaultHalf, gfn: int, access: int) -> int:
         huge_disallowed, goal = True, 1
     ret, _ = tdp_mmu.map_gfn(vm, r, gfn, goal, access == 1, huge_disallowed, req_level, exec_fault=exec_,
                              pfn=fh.pfn)
-    if ret == tdp_mmu.RET_PF_FIXED and vm.cfg.invariants:
-        checker.check_fault_install(vm, r, gfn, goal)     # I5
-    name = {tdp_mmu.RET_PF_FIXED: "pf_fixed", tdp_mmu.RET_PF_SPURIOUS: "pf_spurious",
-            tdp_mmu.RET_PF_RETRY: "pf_retry"}.get(ret)
-    if name:
-        vm.stats[name] += 1
-    fh.result = ret
+    fh.result = _fault_mapped(vm, r, gfn, goal, ret)
     return ret
 
 
@@ -250,13 +256,7 @@ def page_fault(vm, r: Optional[tdp_mmu.Root], gfn: int, access: int) -> int:
     # The walk follows the faulting gfn; the target level aligns it (so a goal lowered
     # on the way down by disallowed_hugepage_adjust() still maps this gfn).
     ret, _ = tdp_mmu.map_gfn(vm, r, gfn, goal, write, huge_disallowed, req_level, exec_fault=exec_)
-    if ret == tdp_mmu.RET_PF_FIXED and vm.cfg.invariants:
-        checker.check_fault_install(vm, r, gfn, goal)     # I5
-    name = {tdp_mmu.RET_PF_FIXED: "pf_fixed", tdp_mmu.RET_PF_SPURIOUS: "pf_spurious",
-            tdp_mmu.RET_PF_EMULATE: "pf_emulate", tdp_mmu.RET_PF_RETRY: "pf_retry"}.get(ret)
-    if name:
-        vm.stats[name] += 1
-    return ret
+    return _fault_mapped(vm, r, gfn, goal, ret)
 
 
 # ======================================================================== stepped operations
