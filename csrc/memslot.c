@@ -27,16 +27,6 @@ struct memslot *vm_slot_of_slow(struct tdp_vm *vm, u64 gfn)
 	return NULL;
 }
 
-u64 vm_gfn_to_pfn(struct tdp_vm *vm, struct memslot *s, u64 gfn)
-{
-	(void)vm;
-	if (s->dev) {
-		u64 *c = s->dev[memslot_chunk_of(s, gfn)];
-		if (c)
-			return c[gfn & 511];
-	}
-	return s->host_base_pfn + (gfn - s->base_gfn);
-}
 
 void memslot_truth_changed(struct tdp_vm *vm)
 {
@@ -86,11 +76,9 @@ void memslot_release_pfn(struct tdp_vm *vm, u64 pfn)
 		hostmem_free_now(&vm->mem, f);
 }
 
-u64 vm_fault_in_pfn(struct tdp_vm *vm, struct memslot *s, u64 gfn)
+u64 vm_fault_in_new_pfn(struct tdp_vm *vm, struct memslot *s, u64 gfn)
 {
-	u64 pfn = vm_gfn_to_pfn(vm, s, gfn);
-	if (pfn != NO_PFN)
-		return pfn;
+	u64 pfn;
 	/* hva_to_pfn(): the host allocates a fresh page for a gfn it unmapped. */
 	u32 f = hostmem_alloc(&vm->mem, FRAME_GUEST);
 	if (f == NO_FRAME)

@@ -37,8 +37,24 @@ u64 vm_max_gfn(struct tdp_vm *vm);
 /* vm_slot_of(), inline in vm.h: the memslot that holds gfn, or NULL. */
 struct memslot *vm_slot_of_slow(struct tdp_vm *vm, u64 gfn);
 struct memslot *memslot_by_id(struct tdp_vm *vm, int id);
-u64 vm_gfn_to_pfn(struct tdp_vm *vm, struct memslot *s, u64 gfn);
-u64 vm_fault_in_pfn(struct tdp_vm *vm, struct memslot *s, u64 gfn); /* allocates if unbacked */
+/* The host page behind gfn (NO_PFN: unbacked). */
+static inline u64 vm_gfn_to_pfn(struct tdp_vm *vm, struct memslot *s, u64 gfn)
+{
+	(void)vm;
+	if (s->dev) {
+		u64 *c = s->dev[memslot_chunk_of(s, gfn)];
+		if (c)
+			return c[gfn & 511];
+	}
+	return s->host_base_pfn + (gfn - s->base_gfn);
+}
+/* The same, allocating a host page for an unbacked gfn (NO_PFN: the pool is empty). */
+u64 vm_fault_in_new_pfn(struct tdp_vm *vm, struct memslot *s, u64 gfn);
+static inline u64 vm_fault_in_pfn(struct tdp_vm *vm, struct memslot *s, u64 gfn)
+{
+	u64 pfn = vm_gfn_to_pfn(vm, s, gfn);
+	return pfn != NO_PFN ? pfn : vm_fault_in_new_pfn(vm, s, gfn);
+}
 int vm_max_mapping_level(struct tdp_vm *vm, struct memslot *s, u64 gfn);
 bool vm_gfn_writable(struct tdp_vm *vm, struct memslot *s, u64 gfn);
 void vm_mark_dirty(struct tdp_vm *vm, struct memslot *s, u64 gfn);
