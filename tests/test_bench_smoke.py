@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # that a row silently dropped from the suite fails here.
 TIMING_ROWS = ["zap.4k", "zap.2m", "access.hit100", "access.hit99", "access.hit90", "access.hit50",
                "populate.fault", "populate.map_range", "walk.cold"]
+EXPLORER_ROWS = ["explorer.vmx", "explorer.svm"]
 MEMORY_ROWS = ["memory.8m", "memory.16m"]
 FLUSH_ROWS = [f"flush.{k}.{e}" for e in (64, 256) for k in ("single", "global")]
 WORKLOADS = ["boot", "notifier", "memslot", "dirty_log", "migration", "root_churn"]
@@ -135,7 +136,7 @@ def test_every_expected_row_is_written_in_the_documented_schema(tiny_run):
     check_schema(doc)
     ids = [r["id"] for r in doc["rows"]]
     assert len(ids) == len(set(ids)), "duplicate row ids"
-    expected = (TIMING_ROWS + FLUSH_ROWS + MEMORY_ROWS + PUBLISHED_ROWS
+    expected = (TIMING_ROWS + EXPLORER_ROWS + FLUSH_ROWS + MEMORY_ROWS + PUBLISHED_ROWS
                 + [f"cost.{w}.{p}" for w in WORKLOADS for p in Policy.names()])
     missing = sorted(set(expected) - set(ids))
     assert not missing, f"rows missing from the JSON: {missing}"
@@ -148,6 +149,10 @@ def test_rows_carry_their_measurements(tiny_run):
     _, doc = tiny_run
     rows = {r["id"]: r for r in doc["rows"]}
     check_timing_rows_measured(rows, TIMING_ROWS)
+    for rid in EXPLORER_ROWS:   # the explorer: operations of VM seeds 0, 1, ... per second; no limit, no reference
+        r = rows[rid]
+        assert r["value"] > 0 and r["limit"] is None and r["reference"] is None, rid
+        assert r["extra"]["ops"] == bench.PROFILES["tiny"].explorer_ops and r["extra"]["invariants"] is True
     for rid in ("access.hit100", "access.hit99", "access.hit90", "access.hit50"):
         assert 0 < rows[rid]["extra"]["hit_rate"] <= 1
     # the four working sets give four different hit rates, highest first; the hot set

@@ -36,6 +36,8 @@ class Sizes:
     published_vcpus: int
     published_pages_per_vcpu: int
     ref_scale: int               # divide sizes by this for the pure-Python reference
+    explorer_ops: int = 400_000  # explorer operations per timed round (per vendor)
+    explorer_rounds: int = 3
 
 
 # Working sets for the Skylake preset (L1 DTLB 16x4, STLB 128x12 = 1,536 4K entries):
@@ -50,19 +52,19 @@ PROFILES: Dict[str, Sizes] = {
                   populate_pages=262144, populate_rounds=5, walk_pages=262144, walk_n=1_000_000,
                   walk_rounds=5, memory=(("1g", 262144), ("64g", 64 << 18)),
                   wl_pages=262144, wl_rounds=32, published_vcpus=64, published_pages_per_vcpu=1 << 20,
-                  ref_scale=64),
+                  ref_scale=64, explorer_ops=2_000_000, explorer_rounds=5),
     "quick": Sizes("quick", zap_4k_pages=262144, zap_2m_pages=64 << 18, zap_rounds=7,
                    access_n=200_000, access_rounds=5, access_ws=ACCESS_WORKING_SETS,
                    flush_entries=(64, 256, 1024, 4096, 16384, 65536), flush_rounds=5, flush_calls=1000,
                    populate_pages=65536, populate_rounds=5, walk_pages=65536, walk_n=200_000,
                    walk_rounds=5, memory=(("1g", 262144), ("4g", 1 << 20)),
                    wl_pages=16384, wl_rounds=8, published_vcpus=64, published_pages_per_vcpu=16384,
-                   ref_scale=64),
+                   ref_scale=64, explorer_ops=400_000, explorer_rounds=3),
     "tiny": Sizes("tiny", zap_4k_pages=4096, zap_2m_pages=64 << 9, zap_rounds=1,
                   access_n=4000, access_rounds=1, access_ws=ACCESS_WORKING_SETS,
                   flush_entries=(64, 256), flush_rounds=2, flush_calls=10,
                   populate_pages=2048, populate_rounds=1, walk_pages=2048, walk_n=4000,
                   walk_rounds=1, memory=(("8m", 2048), ("16m", 4096)),
                   wl_pages=2048, wl_rounds=2, published_vcpus=4, published_pages_per_vcpu=4096,
-                  ref_scale=8),
+                  ref_scale=8, explorer_ops=8000, explorer_rounds=1),
 }

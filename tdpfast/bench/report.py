@@ -6,7 +6,7 @@ from typing import List, Optional
 
 UNIT_TEXT = {"ns_per_leaf": "ns/leaf", "ns_per_flush": "ns/flush", "bytes_per_page": "bytes/page",
              "m_accesses_per_s": "M accesses/s", "m_faults_per_s": "M faults/s", "m_pages_per_s": "M pages/s",
-             "m_walks_per_s": "M walks/s", "cycles": "cycles", "flushes": "flushes"}
+             "m_walks_per_s": "M walks/s", "m_ops_per_s": "M ops/s", "cycles": "cycles", "flushes": "flushes"}
 LIMIT_TEXT = {"c_clear_entries": "C loop clearing the entries of the same number of tables",
               "c_setassoc_lookup": "C bare set-associative lookup (hash + tag compare), same sets/ways",
               "c_radix_build": "C radix-tree build, one gfn at a time",
@@ -46,6 +46,8 @@ def title(r: dict) -> str:
         return f"map_range, {ex['pages']:,} 4K pages"
     if rid == "walk.cold":
         return f"walks, no TLB/PSC, {ex['pages']:,} mapped 4K pages"
+    if rid.startswith("explorer."):
+        return f"fuzz explorer, {ex['arch'].upper()}, KVM's policy, every invariant on"
     if rid.startswith("memory."):
         return f"RSS per mapped 4K page, {size_text(ex['pages'])}"
     if rid.startswith("flush."):

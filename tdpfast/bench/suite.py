@@ -15,6 +15,7 @@ from typing import Callable, List, NamedTuple, Optional, Sequence
 # C loops; nothing here uses BLAS. Only effective before numpy is first imported.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+from .explorer import explorer_ids, measure_explorer  # noqa: E402
 from .limits import BUILD_HINT, have_limits  # noqa: E402
 from .measure import (access_ids, flush_ids, measure_access, measure_flush, measure_populate,  # noqa: E402
                       measure_zap, populate_ids, zap_ids)
@@ -47,6 +48,8 @@ STEPS = (
     Step("costs", "zap vs flush: modelled costs of workloads x policies", measure_costs, cost_ids),
     Step("published", "published counts: dirty-logging disable, 131,072 vs 76 flushes", measure_published,
          published_ids),
+    Step("explorer", "the fuzz explorer's operations per second, every invariant on", measure_explorer,
+         explorer_ids),
 )
 STEP_KEYS = tuple(s.key for s in STEPS)
 
