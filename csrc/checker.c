@@ -449,7 +449,10 @@ static bool grow_marks(struct tdp_vm *vm)
 		cs->kids = nk;
 		for (u32 f = cs->mark_cap; f < ncap; f++)
 			nn[f] = (struct inv_node){.parent = NO_FRAME};
-		memset(nk + (size_t)cs->mark_cap * 8, 0, (size_t)(ncap - cs->mark_cap) * 8 * sizeof(*nk));
+		/* kids needs no zeroing: a table's words are cleared when it is read
+		 * (inc_table()) before anything reads them (a CLEAN or BELOW table, or
+		 * the parent of a walked one, has been read). Most frames are never
+		 * tables, so most of this memory is never touched. */
 	}
 	memset(n + cs->mark_cap, 0, (size_t)(ncap - cs->mark_cap) * sizeof(*n));
 	cs->mark_cap = ncap;

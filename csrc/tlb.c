@@ -42,9 +42,16 @@ static void array_free(struct tlb_array *a)
 static int store_init(struct tlb_store *s, u64 cap)
 {
 	s->e = calloc(cap, sizeof(*s->e));
+	s->key = calloc(cap, sizeof(*s->key));
 	s->cap = cap;
 	s->used = 0;
-	return s->e ? 0 : -1;
+	if (s->e && s->key)
+		return 0;
+	free(s->e);
+	free(s->key);
+	s->e = NULL;
+	s->key = NULL;
+	return -1;
 }
 
 int tlb_init(struct tlb *t, const struct tdp_tlb_config *c, u64 seed)
@@ -79,7 +86,9 @@ void tlb_destroy(struct tlb *t)
 	for (int l = 0; l < 6; l++)
 		array_free(&t->psc[l]);
 	free(t->store.e);
+	free(t->store.key);
 	free(t->pstore.e);
+	free(t->pstore.key);
 	free(t->ctx);
 	memset(t, 0, sizeof(*t));
 }
@@ -276,25 +285,26 @@ static int store_rebuild(struct tlb *t, struct tlb_store *s, u64 ncap)
 		if (!tlb_alive(t, e))
 			continue;
 		u64 j = store_hash(e->vpn, e->level) & (n.cap - 1);
-		while (n.e[j].level)
+		while (n.key[j])
 			j = (j + 1) & (n.cap - 1);
 		n.e[j] = *e;
+		n.key[j] = s->key[i];
 		n.used++;
 	}
 	free(s->e);
+	free(s->key);
 	*s = n;
 	return 0;
 }
 
 static struct tlb_ent *store_find(struct tlb *t, struct tlb_store *s, int ctx, u64 vpn, int level)
 {
-	u64 j = store_hash(vpn, level) & (s->cap - 1);
+	u64 j = store_hash(vpn, level) & (s->cap - 1), key = tlb_ent_key(vpn, level);
 
-	while (s->e[j].level) {
+	for (u64 k; (k = s->key[j]); j = (j + 1) & (s->cap - 1)) {
 		struct tlb_ent *e = &s->e[j];
-		if (e->vpn == vpn && e->level == level && e->ctx == (u32)ctx && tlb_alive(t, e))
+		if (k == key && e->ctx == (u32)ctx && tlb_alive(t, e))
 			return e;
-		j = (j + 1) & (s->cap - 1);
 	}
 	return NULL;
 }
@@ -315,11 +325,12 @@ static struct tlb_ent *store_fill(struct tlb *t, struct tlb_store *s, int ctx, u
 				return NULL;
 		}
 		u64 j = store_hash(vpn, level) & (s->cap - 1);
-		while (s->e[j].level && tlb_alive(t, &s->e[j]))
+		while (s->key[j] && tlb_alive(t, &s->e[j]))
 			j = (j + 1) & (s->cap - 1);
 		e = &s->e[j];
-		if (!e->level)
+		if (!s->key[j])
 			s->used++;
+		s->key[j] = tlb_ent_key(vpn, level);
 	}
 	e->vpn = vpn;
 	e->level = (u8)level;
@@ -456,12 +467,10 @@ static void kill_vpn_array(struct tlb *t, struct tlb_array *a, u64 vpn, int leve
 
 static void kill_vpn_store(struct tlb_store *s, u64 vpn, int level)
 {
-	u64 j = store_hash(vpn, level) & (s->cap - 1);
-	while (s->e[j].level) {
-		if (s->e[j].vpn == vpn && s->e[j].level == level)
+	u64 j = store_hash(vpn, level) & (s->cap - 1), key = tlb_ent_key(vpn, level);
+	for (u64 k; (k = s->key[j]); j = (j + 1) & (s->cap - 1))
+		if (k == key)
 			s->e[j].epoch = 0;
-		j = (j + 1) & (s->cap - 1);
-	}
 }
 
 static void kill_psc_range(struct tlb_ent *e, u64 n, u64 start, u64 end)

@@ -49,6 +49,9 @@ static inline u64 tlb_ent_key(u64 vpn, int level) { return (vpn << 3) | (u64)lev
 /* Open-addressing store for the adversarial mode: never evicts. */
 struct tlb_store {
 	struct tlb_ent *e;
+	u64 *key;  /* per slot, beside e: tlb_ent_key(vpn, level), 0 when empty. A probe
+	            * chain (often long: the levels share home slots) is walked over these
+	            * 8-byte tags, and an entry is read only on a match. */
 	u64 cap, used;
 };
 
