@@ -677,15 +677,23 @@ static bool op_skip_nonpresent(struct tdp_vm *vm, struct tdp_op *op)
 		used++; /* the current entry's check */
 	if (used > budget)
 		return false;
-	for (j = i + 1; j < 512; j++) {
-		u64 g = base + (u64)j * span;
-		if (is_shadow_present_pte(t[j]) || g >= op->end)
-			break;
-		u64 c = counts && g != y;
-		if (used + c > budget)
-			break;
-		used += c;
+	/* The per-entry walk stops at the first entry that is present, at or past
+	 * op->end, or over the budget (each entry costs a check but the one at the
+	 * yielded gfn): the last two are computed, then the first present entry
+	 * before them is found by a loop that reads nothing else. */
+	u64 lim = op->end <= base ? 0 : (op->end - base + span - 1) / span; /* first g >= end */
+	u64 jy = y >= base && (y - base) % span == 0 ? (y - base) / span : ~0ull; /* the free one */
+	if (counts) {
+		u64 b = budget - used, jb = b >= 512 ? 512 : (u64)i + 1 + b;
+		if (jy > (u64)i && jy <= jb)
+			jb++;
+		lim = jb < lim ? jb : lim;
 	}
+	lim = lim > 512 ? 512 : lim;
+	for (j = i + 1; (u64)j < lim && !is_shadow_present_pte(t[j]); j++)
+		;
+	if (counts)
+		used += (u64)(j - 1 - i) - (jy > (u64)i && jy < (u64)j);
 	/* entries i..j-1 */
 	if (counts)
 		op->since_yield += used;

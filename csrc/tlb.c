@@ -87,8 +87,10 @@ void tlb_destroy(struct tlb *t)
 		array_free(&t->psc[l]);
 	free(t->store.e);
 	free(t->store.key);
+	free(t->store.ix);
 	free(t->pstore.e);
 	free(t->pstore.key);
+	free(t->pstore.ix);
 	free(t->ctx);
 	memset(t, 0, sizeof(*t));
 }
@@ -136,7 +138,8 @@ static void entries_may_die(struct tlb *t)
 void tlb_flush_ctx(struct tlb *t, int ctx)
 {
 	if (ctx >= 0 && (u32)ctx < t->nctx) {
-		t->ctx[ctx].epoch++;
+		if (!++t->ctx[ctx].epoch)
+			t->epoch_wrapped = true;
 		entries_may_die(t);
 	}
 }
@@ -144,7 +147,8 @@ void tlb_flush_ctx(struct tlb *t, int ctx)
 void tlb_flush_all(struct tlb *t)
 {
 	for (u32 i = 0; i < t->nctx; i++)
-		t->ctx[i].epoch++;
+		if (!++t->ctx[i].epoch)
+			t->epoch_wrapped = true;
 	entries_may_die(t);
 }
 
@@ -274,6 +278,77 @@ static inline u64 store_hash(u64 vpn, int level)
 	return h ^ (h >> 29);
 }
 
+/* ---- the store's index ----
+ * Every live entry of the store is the last one filled for its (tag, ctx): a fill
+ * reuses a live entry of theirs, so at most one of theirs lives, and a dead entry
+ * stays dead (its epoch is behind its context's, or 0) until a context's epoch
+ * wraps. So store_find() reads the slot the index names instead of walking the
+ * probe chain, with the same answer; the slots, and so the dump's order, are
+ * untouched. Only live entries are indexed when it is rebuilt. */
+
+static inline u64 ix_hash(u64 key, u32 ctx)
+{
+	/* splitmix64's finalizer: the tags of one gfn's levels differ in few bits */
+	u64 h = key + ctx * 0x9e3779b97f4a7c15ull;
+	h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+	h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+	return h ^ (h >> 31);
+}
+
+static struct tlb_store_ref *ix_find(const struct tlb_store *s, u64 key, u32 ctx)
+{
+	if (!s->ix_cap)
+		return NULL;
+	for (u64 j = ix_hash(key, ctx) & (s->ix_cap - 1);; j = (j + 1) & (s->ix_cap - 1)) {
+		struct tlb_store_ref *r = &s->ix[j];
+		if (!r->key || (r->key == key && r->ctx == ctx))
+			return r;
+	}
+}
+
+/* Index the live entries anew, with room for as many again. */
+static void ix_rebuild(struct tlb *t, struct tlb_store *s)
+{
+	u64 live = 0, ncap = 64;
+
+	for (u64 i = 0; i < s->cap; i++)
+		live += s->key[i] && tlb_alive(t, &s->e[i]);
+	while (ncap < 4 * (live + 1))
+		ncap *= 2;
+	free(s->ix);
+	s->ix = s->cap <= UINT32_MAX ? calloc(ncap, sizeof(*s->ix)) : NULL;
+	s->ix_cap = s->ix ? ncap : 0;
+	s->ix_used = 0;
+	if (!s->ix) {
+		s->ix_off = true;
+		return;
+	}
+	for (u64 i = 0; i < s->cap; i++)
+		if (s->key[i] && tlb_alive(t, &s->e[i])) {
+			struct tlb_store_ref *r = ix_find(s, s->key[i], s->e[i].ctx);
+			s->ix_used += !r->key;
+			*r = (struct tlb_store_ref){.key = s->key[i], .ctx = s->e[i].ctx, .slot = (u32)i};
+		}
+}
+
+/* Slot j was just filled for (key, ctx). */
+static void ix_note(struct tlb *t, struct tlb_store *s, u64 key, u32 ctx, u64 j)
+{
+	if (s->ix_off)
+		return;
+	struct tlb_store_ref *r = ix_find(s, key, ctx);
+	if (r && r->key) {
+		r->slot = (u32)j;
+		return;
+	}
+	if (!r || (s->ix_used + 1) * 2 > s->ix_cap) {
+		ix_rebuild(t, s); /* slot j is live: indexed */
+		return;
+	}
+	*r = (struct tlb_store_ref){.key = key, .ctx = ctx, .slot = (u32)j};
+	s->ix_used++;
+}
+
 static int store_rebuild(struct tlb *t, struct tlb_store *s, u64 ncap)
 {
 	struct tlb_store n;
@@ -293,7 +368,11 @@ static int store_rebuild(struct tlb *t, struct tlb_store *s, u64 ncap)
 	}
 	free(s->e);
 	free(s->key);
+	n.ix = s->ix;
+	n.ix_off = s->ix_off;
 	*s = n;
+	if (!s->ix_off)
+		ix_rebuild(t, s);
 	return 0;
 }
 
@@ -301,6 +380,11 @@ static struct tlb_ent *store_find(struct tlb *t, struct tlb_store *s, int ctx, u
 {
 	u64 j = store_hash(vpn, level) & (s->cap - 1), key = tlb_ent_key(vpn, level);
 
+	if (!s->ix_off && !t->epoch_wrapped) {
+		const struct tlb_store_ref *r = ix_find(s, key, (u32)ctx);
+		struct tlb_ent *e = r && r->key ? &s->e[r->slot] : NULL;
+		return e && s->key[r->slot] == key && e->ctx == (u32)ctx && tlb_alive(t, e) ? e : NULL;
+	}
 	for (u64 k; (k = s->key[j]); j = (j + 1) & (s->cap - 1)) {
 		struct tlb_ent *e = &s->e[j];
 		if (k == key && e->ctx == (u32)ctx && tlb_alive(t, e))
@@ -331,10 +415,12 @@ static struct tlb_ent *store_fill(struct tlb *t, struct tlb_store *s, int ctx, u
 		if (!s->key[j])
 			s->used++;
 		s->key[j] = tlb_ent_key(vpn, level);
+		e->vpn = vpn;
+		e->level = (u8)level;
+		e->ctx = (u32)ctx;
+		e->epoch = t->ctx[ctx].epoch;
+		ix_note(t, s, s->key[j], (u32)ctx, j);
 	}
-	e->vpn = vpn;
-	e->level = (u8)level;
-	e->ctx = (u32)ctx;
 	e->epoch = t->ctx[ctx].epoch;
 	e->chk = 0;
 	e->chk_gen = 0;
