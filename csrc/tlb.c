@@ -306,14 +306,15 @@ static struct tlb_store_ref *ix_find(const struct tlb_store *s, u64 key, u32 ctx
 	}
 }
 
-/* Index the live entries anew, with room for as many again. */
+/* Index the live entries anew, with room for several times as many (each
+ * rebuild reads the whole store). */
 static void ix_rebuild(struct tlb *t, struct tlb_store *s)
 {
-	u64 live = 0, ncap = 64;
+	u64 live = 0, ncap = 256;
 
 	for (u64 i = 0; i < s->cap; i++)
 		live += s->key[i] && tlb_alive(t, &s->e[i]);
-	while (ncap < 4 * (live + 1))
+	while (ncap < 8 * (live + 1))
 		ncap *= 2;
 	free(s->ix);
 	s->ix = s->cap <= UINT32_MAX ? calloc(ncap, sizeof(*s->ix)) : NULL;
@@ -331,12 +332,14 @@ static void ix_rebuild(struct tlb *t, struct tlb_store *s)
 		}
 }
 
-/* Slot j was just filled for (key, ctx). */
-static void ix_note(struct tlb *t, struct tlb_store *s, u64 key, u32 ctx, u64 j)
+/* Slot j was just filled for (key, ctx); r: their place in the index, if the
+ * lookup just before found it (else NULL). */
+static void ix_note(struct tlb *t, struct tlb_store *s, u64 key, u32 ctx, u64 j, struct tlb_store_ref *r)
 {
 	if (s->ix_off)
 		return;
-	struct tlb_store_ref *r = ix_find(s, key, ctx);
+	if (!r)
+		r = ix_find(s, key, ctx);
 	if (r && r->key) {
 		r->slot = (u32)j;
 		return;
@@ -376,12 +379,15 @@ static int store_rebuild(struct tlb *t, struct tlb_store *s, u64 ncap)
 	return 0;
 }
 
-static struct tlb_ent *store_find(struct tlb *t, struct tlb_store *s, int ctx, u64 vpn, int level)
+/* The live entry for (vpn, level, ctx), or NULL; *ref: where the index keeps
+ * them (if it was read). */
+static struct tlb_ent *store_lookup(struct tlb *t, struct tlb_store *s, int ctx, u64 vpn, int level,
+				    struct tlb_store_ref **ref)
 {
 	u64 j = store_hash(vpn, level) & (s->cap - 1), key = tlb_ent_key(vpn, level);
 
 	if (!s->ix_off && !t->epoch_wrapped) {
-		const struct tlb_store_ref *r = ix_find(s, key, (u32)ctx);
+		struct tlb_store_ref *r = *ref = ix_find(s, key, (u32)ctx);
 		struct tlb_ent *e = r && r->key ? &s->e[r->slot] : NULL;
 		return e && s->key[r->slot] == key && e->ctx == (u32)ctx && tlb_alive(t, e) ? e : NULL;
 	}
@@ -393,9 +399,16 @@ static struct tlb_ent *store_find(struct tlb *t, struct tlb_store *s, int ctx, u
 	return NULL;
 }
 
+static struct tlb_ent *store_find(struct tlb *t, struct tlb_store *s, int ctx, u64 vpn, int level)
+{
+	struct tlb_store_ref *r = NULL;
+	return store_lookup(t, s, ctx, vpn, level, &r);
+}
+
 static struct tlb_ent *store_fill(struct tlb *t, struct tlb_store *s, int ctx, u64 vpn, int level)
 {
-	struct tlb_ent *e = store_find(t, s, ctx, vpn, level);
+	struct tlb_store_ref *r = NULL;
+	struct tlb_ent *e = store_lookup(t, s, ctx, vpn, level, &r);
 
 	if (!e) {
 		if ((s->used + 1) * 10 > s->cap * 6) {
@@ -407,6 +420,7 @@ static struct tlb_ent *store_fill(struct tlb *t, struct tlb_store *s, int ctx, u
 				ncap *= 2;
 			if (store_rebuild(t, s, ncap))
 				return NULL;
+			r = NULL; /* the index was rebuilt */
 		}
 		u64 j = store_hash(vpn, level) & (s->cap - 1);
 		while (s->key[j] && tlb_alive(t, &s->e[j]))
@@ -419,7 +433,7 @@ static struct tlb_ent *store_fill(struct tlb *t, struct tlb_store *s, int ctx, u
 		e->level = (u8)level;
 		e->ctx = (u32)ctx;
 		e->epoch = t->ctx[ctx].epoch;
-		ix_note(t, s, s->key[j], (u32)ctx, j);
+		ix_note(t, s, s->key[j], (u32)ctx, j, r);
 	}
 	e->epoch = t->ctx[ctx].epoch;
 	e->chk = 0;
