@@ -653,6 +653,21 @@ static bool op_bulk_wrprot(struct tdp_vm *vm, struct tdp_op *op)
 	return true;
 }
 
+/* The first entry of t in [from, lim) that is present, else lim: eight entries
+ * at a time where none is (the tables it passes over are mostly empty). */
+static int next_present(const u64 *t, int from, int lim)
+{
+	int j = from;
+
+	for (; j + 8 <= lim; j += 8)
+		if ((t[j] | t[j + 1] | t[j + 2] | t[j + 3] | t[j + 4] | t[j + 5] | t[j + 6] | t[j + 7]) &
+		    SPTE_MMU_PRESENT)
+			break;
+	while (j < lim && !is_shadow_present_pte(t[j]))
+		j++;
+	return j;
+}
+
 /* The third bulk path: the iterator is on a non-present SPTE, which no root
  * walker's body touches (and none descends into). The following non-present
  * entries of the same table that the loop would visit before a yield comes due
@@ -690,8 +705,7 @@ static bool op_skip_nonpresent(struct tdp_vm *vm, struct tdp_op *op)
 		lim = jb < lim ? jb : lim;
 	}
 	lim = lim > 512 ? 512 : lim;
-	for (j = i + 1; (u64)j < lim && !is_shadow_present_pte(t[j]); j++)
-		;
+	j = lim > (u64)i + 1 ? next_present(t, i + 1, (int)lim) : i + 1;
 	if (counts)
 		used += (u64)(j - 1 - i) - (jy > (u64)i && jy < (u64)j);
 	/* entries i..j-1 */
