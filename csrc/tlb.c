@@ -354,7 +354,7 @@ static void ix_note(struct tlb *t, struct tlb_store *s, u64 key, u32 ctx, u64 j,
 
 static int store_rebuild(struct tlb *t, struct tlb_store *s, u64 ncap)
 {
-	struct tlb_store n;
+	struct tlb_store n = *s; /* the index's fields; the slots are new */
 
 	if (store_init(&n, ncap))
 		return -1;
@@ -371,8 +371,6 @@ static int store_rebuild(struct tlb *t, struct tlb_store *s, u64 ncap)
 	}
 	free(s->e);
 	free(s->key);
-	n.ix = s->ix;
-	n.ix_off = s->ix_off;
 	*s = n;
 	if (!s->ix_off)
 		ix_rebuild(t, s);
