@@ -8,6 +8,9 @@
  * "Translation-Lookaside Buffer (TLB)"), so each of these is a missing flush. */
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <emmintrin.h>
+#endif
 #include "vm.h"
 
 static void append(struct tdp_vm *vm, const struct tdp_violation *v)
@@ -446,7 +449,10 @@ static bool grow_marks(struct tdp_vm *vm)
 		cs->kids = nk;
 		for (u32 f = cs->mark_cap; f < ncap; f++)
 			nn[f] = (struct inv_node){.parent = NO_FRAME};
-		memset(nk + (size_t)cs->mark_cap * 8, 0, (size_t)(ncap - cs->mark_cap) * 8 * sizeof(*nk));
+		/* kids needs no zeroing: a table's words are cleared when it is read
+		 * (inc_table()) before anything reads them (a CLEAN or BELOW table, or
+		 * the parent of a walked one, has been read). Most frames are never
+		 * tables, so most of this memory is never touched. */
 	}
 	memset(n + cs->mark_cap, 0, (size_t)(ncap - cs->mark_cap) * sizeof(*n));
 	cs->mark_cap = ncap;
@@ -529,6 +535,56 @@ static void add_subtree(struct inv_node *n, const struct inv_node *c)
 		n->leaves[l] += c->leaves[l];
 }
 
+/* One pass over a table's 512 entries: a bit per present entry (SPTE_MMU_PRESENT)
+ * in present[8]; true when an entry is FROZEN_SPTE. The incremental walk reads
+ * every entry of each table it reads again, so this is its inner loop. */
+static bool scan_table(const u64 *t, u64 present[8])
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+	/* SSE2, which every x86-64 CPU has: the low halves of four entries in one
+	 * vector give four present bits (bit 11) at once, and a low half equal to
+	 * FROZEN_SPTE's (0x5a0) sends the table to the exact comparison below. */
+	const __m128i lo_frozen = _mm_set1_epi32((int)(u32)FROZEN_SPTE);
+	__m128i maybe = _mm_setzero_si128();
+	for (int w = 0; w < 8; w++) {
+		u64 m = 0;
+		for (int j = 0; j < 64; j += 16) {
+			const __m128i *p = (const __m128i *)(t + w * 64 + j);
+			__m128i b[4];
+			for (int k = 0; k < 4; k++) {
+				__m128 lo = _mm_shuffle_ps(_mm_castsi128_ps(_mm_loadu_si128(p + 2 * k)),
+							   _mm_castsi128_ps(_mm_loadu_si128(p + 2 * k + 1)),
+							   _MM_SHUFFLE(2, 0, 2, 0));
+				maybe = _mm_or_si128(maybe, _mm_cmpeq_epi32(_mm_castps_si128(lo), lo_frozen));
+				b[k] = _mm_slli_epi32(_mm_castps_si128(lo), 31 - 11); /* bit 11 to the sign */
+			}
+			/* Packing with signed saturation keeps each sign, in order. */
+			__m128i bytes = _mm_packs_epi16(_mm_packs_epi32(b[0], b[1]), _mm_packs_epi32(b[2], b[3]));
+			m |= (u64)(u32)_mm_movemask_epi8(bytes) << j;
+		}
+		present[w] = m;
+	}
+	if (!_mm_movemask_epi8(maybe))
+		return false;
+	for (int i = 0; i < 512; i++)
+		if (t[i] == FROZEN_SPTE)
+			return true;
+	return false;
+#else
+	u64 frozen = 0;
+	for (int w = 0; w < 8; w++) {
+		u64 m = 0;
+		for (int b = 0; b < 64; b++) {
+			u64 s = t[w * 64 + b];
+			frozen |= s == FROZEN_SPTE;
+			m |= (u64)((s & SPTE_MMU_PRESENT) != 0) << b;
+		}
+		present[w] = m;
+	}
+	return frozen;
+#endif
+}
+
 /* walk_table() for a table that is not CLEAN; false at the first thing it would
  * report. */
 static bool inc_table(struct tdp_vm *vm, const struct tdp_root *r, u32 f, int level, u64 base)
@@ -563,35 +619,21 @@ static bool inc_table(struct tdp_vm *vm, const struct tdp_root *r, u32 f, int le
 	}
 	struct inv_node acc = {.parent = n->parent, .tables = 1};
 	memset(kids, 0, 8 * sizeof(*kids));
+	/* One pass finds the frozen and the present entries (most entries of the
+	 * upper levels are neither); then the present ones, in order. */
+	u64 present[8];
+	if (scan_table(t, present))
+		return false;
 	if (level == 1) {
-		/* Every present entry is a leaf: one loop without branches. */
-		u64 frozen = 0, present[4] = {0};
-		for (int i = 0; i < 512; i += 4)
-			for (int k = 0; k < 4; k++) {
-				frozen |= t[i + k] == FROZEN_SPTE;
-				present[k] += (t[i + k] & SPTE_MMU_PRESENT) != 0;
-			}
-		if (frozen)
-			return false;
-		acc.own = acc.leaves[0] = (u32)(present[0] + present[1] + present[2] + present[3]);
+		/* Every present entry is a leaf. */
+		u32 cnt = 0;
+		for (int w = 0; w < 8; w++)
+			cnt += (u32)__builtin_popcountll(present[w]);
+		acc.own = acc.leaves[0] = cnt;
 		acc.state = INV_CLEAN;
 		cs->node[f] = acc;
 		return true;
 	}
-	/* A pass without branches finds the frozen and the present entries (most
-	 * entries of the upper levels are neither); then the present ones, in order. */
-	u64 frozen = 0, present[8];
-	for (int w = 0; w < 8; w++) {
-		u64 m = 0;
-		for (int b = 0; b < 64; b++) {
-			u64 s = t[w * 64 + b];
-			frozen |= s == FROZEN_SPTE;
-			m |= (u64)((s & SPTE_MMU_PRESENT) != 0) << b;
-		}
-		present[w] = m;
-	}
-	if (frozen)
-		return false;
 	for (int w = 0; w < 8; w++) {
 		for (u64 m = present[w]; m; m &= m - 1) {
 			int i = w * 64 + __builtin_ctzll(m);

@@ -653,6 +653,21 @@ static bool op_bulk_wrprot(struct tdp_vm *vm, struct tdp_op *op)
 	return true;
 }
 
+/* The first entry of t in [from, lim) that is present, else lim: eight entries
+ * at a time where none is (the tables it passes over are mostly empty). */
+static int next_present(const u64 *t, int from, int lim)
+{
+	int j = from;
+
+	for (; j + 8 <= lim; j += 8)
+		if ((t[j] | t[j + 1] | t[j + 2] | t[j + 3] | t[j + 4] | t[j + 5] | t[j + 6] | t[j + 7]) &
+		    SPTE_MMU_PRESENT)
+			break;
+	while (j < lim && !is_shadow_present_pte(t[j]))
+		j++;
+	return j;
+}
+
 /* The third bulk path: the iterator is on a non-present SPTE, which no root
  * walker's body touches (and none descends into). The following non-present
  * entries of the same table that the loop would visit before a yield comes due
@@ -677,15 +692,22 @@ static bool op_skip_nonpresent(struct tdp_vm *vm, struct tdp_op *op)
 		used++; /* the current entry's check */
 	if (used > budget)
 		return false;
-	for (j = i + 1; j < 512; j++) {
-		u64 g = base + (u64)j * span;
-		if (is_shadow_present_pte(t[j]) || g >= op->end)
-			break;
-		u64 c = counts && g != y;
-		if (used + c > budget)
-			break;
-		used += c;
+	/* The per-entry walk stops at the first entry that is present, at or past
+	 * op->end, or over the budget (each entry costs a check but the one at the
+	 * yielded gfn): the last two are computed, then the first present entry
+	 * before them is found by a loop that reads nothing else. */
+	u64 lim = op->end <= base ? 0 : (op->end - base + span - 1) / span; /* first g >= end */
+	u64 jy = y >= base && (y - base) % span == 0 ? (y - base) / span : ~0ull; /* the free one */
+	if (counts) {
+		u64 b = budget - used, jb = b >= 512 ? 512 : (u64)i + 1 + b;
+		if (jy > (u64)i && jy <= jb)
+			jb++;
+		lim = jb < lim ? jb : lim;
 	}
+	lim = lim > 512 ? 512 : lim;
+	j = lim > (u64)i + 1 ? next_present(t, i + 1, (int)lim) : i + 1;
+	if (counts)
+		used += (u64)(j - 1 - i) - (jy > (u64)i && jy < (u64)j);
 	/* entries i..j-1 */
 	if (counts)
 		op->since_yield += used;

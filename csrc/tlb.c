@@ -42,9 +42,16 @@ static void array_free(struct tlb_array *a)
 static int store_init(struct tlb_store *s, u64 cap)
 {
 	s->e = calloc(cap, sizeof(*s->e));
+	s->key = calloc(cap, sizeof(*s->key));
 	s->cap = cap;
 	s->used = 0;
-	return s->e ? 0 : -1;
+	if (s->e && s->key)
+		return 0;
+	free(s->e);
+	free(s->key);
+	s->e = NULL;
+	s->key = NULL;
+	return -1;
 }
 
 int tlb_init(struct tlb *t, const struct tdp_tlb_config *c, u64 seed)
@@ -79,7 +86,11 @@ void tlb_destroy(struct tlb *t)
 	for (int l = 0; l < 6; l++)
 		array_free(&t->psc[l]);
 	free(t->store.e);
+	free(t->store.key);
+	free(t->store.ix);
 	free(t->pstore.e);
+	free(t->pstore.key);
+	free(t->pstore.ix);
 	free(t->ctx);
 	memset(t, 0, sizeof(*t));
 }
@@ -127,7 +138,8 @@ static void entries_may_die(struct tlb *t)
 void tlb_flush_ctx(struct tlb *t, int ctx)
 {
 	if (ctx >= 0 && (u32)ctx < t->nctx) {
-		t->ctx[ctx].epoch++;
+		if (!++t->ctx[ctx].epoch)
+			t->epoch_wrapped = true;
 		entries_may_die(t);
 	}
 }
@@ -135,7 +147,8 @@ void tlb_flush_ctx(struct tlb *t, int ctx)
 void tlb_flush_all(struct tlb *t)
 {
 	for (u32 i = 0; i < t->nctx; i++)
-		t->ctx[i].epoch++;
+		if (!++t->ctx[i].epoch)
+			t->epoch_wrapped = true;
 	entries_may_die(t);
 }
 
@@ -265,9 +278,83 @@ static inline u64 store_hash(u64 vpn, int level)
 	return h ^ (h >> 29);
 }
 
+/* ---- the store's index ----
+ * Every live entry of the store is the last one filled for its (tag, ctx): a fill
+ * reuses a live entry of theirs, so at most one of theirs lives, and a dead entry
+ * stays dead (its epoch is behind its context's, or 0) until a context's epoch
+ * wraps. So store_find() reads the slot the index names instead of walking the
+ * probe chain, with the same answer; the slots, and so the dump's order, are
+ * untouched. Only live entries are indexed when it is rebuilt. */
+
+static inline u64 ix_hash(u64 key, u32 ctx)
+{
+	/* splitmix64's finalizer: the tags of one gfn's levels differ in few bits */
+	u64 h = key + ctx * 0x9e3779b97f4a7c15ull;
+	h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+	h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+	return h ^ (h >> 31);
+}
+
+static struct tlb_store_ref *ix_find(const struct tlb_store *s, u64 key, u32 ctx)
+{
+	if (!s->ix_cap)
+		return NULL;
+	for (u64 j = ix_hash(key, ctx) & (s->ix_cap - 1);; j = (j + 1) & (s->ix_cap - 1)) {
+		struct tlb_store_ref *r = &s->ix[j];
+		if (!r->key || (r->key == key && r->ctx == ctx))
+			return r;
+	}
+}
+
+/* Index the live entries anew, with room for several times as many (each
+ * rebuild reads the whole store). */
+static void ix_rebuild(struct tlb *t, struct tlb_store *s)
+{
+	u64 live = 0, ncap = 256;
+
+	for (u64 i = 0; i < s->cap; i++)
+		live += s->key[i] && tlb_alive(t, &s->e[i]);
+	while (ncap < 8 * (live + 1))
+		ncap *= 2;
+	free(s->ix);
+	s->ix = s->cap <= UINT32_MAX ? calloc(ncap, sizeof(*s->ix)) : NULL;
+	s->ix_cap = s->ix ? ncap : 0;
+	s->ix_used = 0;
+	if (!s->ix) {
+		s->ix_off = true;
+		return;
+	}
+	for (u64 i = 0; i < s->cap; i++)
+		if (s->key[i] && tlb_alive(t, &s->e[i])) {
+			struct tlb_store_ref *r = ix_find(s, s->key[i], s->e[i].ctx);
+			s->ix_used += !r->key;
+			*r = (struct tlb_store_ref){.key = s->key[i], .ctx = s->e[i].ctx, .slot = (u32)i};
+		}
+}
+
+/* Slot j was just filled for (key, ctx); r: their place in the index, if the
+ * lookup just before found it (else NULL). */
+static void ix_note(struct tlb *t, struct tlb_store *s, u64 key, u32 ctx, u64 j, struct tlb_store_ref *r)
+{
+	if (s->ix_off)
+		return;
+	if (!r)
+		r = ix_find(s, key, ctx);
+	if (r && r->key) {
+		r->slot = (u32)j;
+		return;
+	}
+	if (!r || (s->ix_used + 1) * 2 > s->ix_cap) {
+		ix_rebuild(t, s); /* slot j is live: indexed */
+		return;
+	}
+	*r = (struct tlb_store_ref){.key = key, .ctx = ctx, .slot = (u32)j};
+	s->ix_used++;
+}
+
 static int store_rebuild(struct tlb *t, struct tlb_store *s, u64 ncap)
 {
-	struct tlb_store n;
+	struct tlb_store n = *s; /* the index's fields; the slots are new */
 
 	if (store_init(&n, ncap))
 		return -1;
@@ -276,32 +363,50 @@ static int store_rebuild(struct tlb *t, struct tlb_store *s, u64 ncap)
 		if (!tlb_alive(t, e))
 			continue;
 		u64 j = store_hash(e->vpn, e->level) & (n.cap - 1);
-		while (n.e[j].level)
+		while (n.key[j])
 			j = (j + 1) & (n.cap - 1);
 		n.e[j] = *e;
+		n.key[j] = s->key[i];
 		n.used++;
 	}
 	free(s->e);
+	free(s->key);
 	*s = n;
+	if (!s->ix_off)
+		ix_rebuild(t, s);
 	return 0;
 }
 
-static struct tlb_ent *store_find(struct tlb *t, struct tlb_store *s, int ctx, u64 vpn, int level)
+/* The live entry for (vpn, level, ctx), or NULL; *ref: where the index keeps
+ * them (if it was read). */
+static struct tlb_ent *store_lookup(struct tlb *t, struct tlb_store *s, int ctx, u64 vpn, int level,
+				    struct tlb_store_ref **ref)
 {
-	u64 j = store_hash(vpn, level) & (s->cap - 1);
+	u64 j = store_hash(vpn, level) & (s->cap - 1), key = tlb_ent_key(vpn, level);
 
-	while (s->e[j].level) {
+	if (!s->ix_off && !t->epoch_wrapped) {
+		struct tlb_store_ref *r = *ref = ix_find(s, key, (u32)ctx);
+		struct tlb_ent *e = r && r->key ? &s->e[r->slot] : NULL;
+		return e && s->key[r->slot] == key && e->ctx == (u32)ctx && tlb_alive(t, e) ? e : NULL;
+	}
+	for (u64 k; (k = s->key[j]); j = (j + 1) & (s->cap - 1)) {
 		struct tlb_ent *e = &s->e[j];
-		if (e->vpn == vpn && e->level == level && e->ctx == (u32)ctx && tlb_alive(t, e))
+		if (k == key && e->ctx == (u32)ctx && tlb_alive(t, e))
 			return e;
-		j = (j + 1) & (s->cap - 1);
 	}
 	return NULL;
 }
 
+static struct tlb_ent *store_find(struct tlb *t, struct tlb_store *s, int ctx, u64 vpn, int level)
+{
+	struct tlb_store_ref *r = NULL;
+	return store_lookup(t, s, ctx, vpn, level, &r);
+}
+
 static struct tlb_ent *store_fill(struct tlb *t, struct tlb_store *s, int ctx, u64 vpn, int level)
 {
-	struct tlb_ent *e = store_find(t, s, ctx, vpn, level);
+	struct tlb_store_ref *r = NULL;
+	struct tlb_ent *e = store_lookup(t, s, ctx, vpn, level, &r);
 
 	if (!e) {
 		if ((s->used + 1) * 10 > s->cap * 6) {
@@ -313,17 +418,21 @@ static struct tlb_ent *store_fill(struct tlb *t, struct tlb_store *s, int ctx, u
 				ncap *= 2;
 			if (store_rebuild(t, s, ncap))
 				return NULL;
+			r = NULL; /* the index was rebuilt */
 		}
 		u64 j = store_hash(vpn, level) & (s->cap - 1);
-		while (s->e[j].level && tlb_alive(t, &s->e[j]))
+		while (s->key[j] && tlb_alive(t, &s->e[j]))
 			j = (j + 1) & (s->cap - 1);
 		e = &s->e[j];
-		if (!e->level)
+		if (!s->key[j])
 			s->used++;
+		s->key[j] = tlb_ent_key(vpn, level);
+		e->vpn = vpn;
+		e->level = (u8)level;
+		e->ctx = (u32)ctx;
+		e->epoch = t->ctx[ctx].epoch;
+		ix_note(t, s, s->key[j], (u32)ctx, j, r);
 	}
-	e->vpn = vpn;
-	e->level = (u8)level;
-	e->ctx = (u32)ctx;
 	e->epoch = t->ctx[ctx].epoch;
 	e->chk = 0;
 	e->chk_gen = 0;
@@ -458,12 +567,10 @@ static void kill_vpn_array(struct tlb *t, struct tlb_array *a, u64 vpn, int leve
 
 static void kill_vpn_store(struct tlb_store *s, u64 vpn, int level)
 {
-	u64 j = store_hash(vpn, level) & (s->cap - 1);
-	while (s->e[j].level) {
-		if (s->e[j].vpn == vpn && s->e[j].level == level)
+	u64 j = store_hash(vpn, level) & (s->cap - 1), key = tlb_ent_key(vpn, level);
+	for (u64 k; (k = s->key[j]); j = (j + 1) & (s->cap - 1))
+		if (k == key)
 			s->e[j].epoch = 0;
-		j = (j + 1) & (s->cap - 1);
-	}
 }
 
 static void kill_psc_range(struct tlb_ent *e, u64 n, u64 start, u64 end)

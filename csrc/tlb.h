@@ -46,10 +46,22 @@ struct tlb_array {
 /* The (vpn, level) part of an entry's tag as one word: vpn < 2^61 (gfns < 2^52). */
 static inline u64 tlb_ent_key(u64 vpn, int level) { return (vpn << 3) | (u64)level; }
 
+struct tlb_store_ref {
+	u64 key; /* 0: empty */
+	u32 ctx, slot;
+};
+
 /* Open-addressing store for the adversarial mode: never evicts. */
 struct tlb_store {
 	struct tlb_ent *e;
+	u64 *key;  /* per slot, beside e: tlb_ent_key(vpn, level), 0 when empty. A probe
+	            * chain (often long: the levels share home slots) is walked over these
+	            * 8-byte tags, and an entry is read only on a match. */
 	u64 cap, used;
+	/* The index: (tag, ctx) -> the slot last filled for them (see store_find()). */
+	struct tlb_store_ref *ix;
+	u64 ix_cap, ix_used;
+	bool ix_off; /* no memory for it: lookups walk the probe chain */
 };
 
 struct tlb_ctx {
@@ -66,6 +78,7 @@ struct tlb {
 	u32 nctx, ctx_cap;
 	u32 stamp;
 	u32 kills;  /* bumped whenever entries may have died (a flush, a precise invalidation) */
+	bool epoch_wrapped; /* a context's epoch went round: dead entries may live again */
 	u64 rng;
 };
 
