@@ -400,25 +400,11 @@ int tdp_mmu_read_spte(tdp_vm *vm, uint32_t root_id, uint64_t gfn, int level, uin
 
 /* ------------------------------------------------------------------ vCPUs and TLBs */
 
-static int check_vcpu(tdp_vm *vm, int vcpu)
-{
-	if (vcpu < 0 || vcpu >= vm->cfg.nvcpus)
-		return vm_err(vm, TDP_EINVAL, "vcpu must be between 0 and %d, got %d", vm->cfg.nvcpus - 1, vcpu);
-	return 0;
-}
-
-static int check_pcpu(tdp_vm *vm, int pcpu)
-{
-	if (pcpu < 0 || pcpu >= vm->cfg.npcpus)
-		return vm_err(vm, TDP_EINVAL, "pcpu must be between 0 and %d, got %d", vm->cfg.npcpus - 1, pcpu);
-	return 0;
-}
-
 int tdp_vcpu_run(tdp_vm *vm, int vcpu, int pcpu)
 {
 	int r;
 	VM_OP_BEGIN(vm);
-	if ((r = check_vcpu(vm, vcpu)) || (r = check_pcpu(vm, pcpu)))
+	if ((r = vm_check_vcpu(vm, vcpu)) || (r = vm_check_pcpu(vm, pcpu)))
 		return r;
 	struct vcpu *v = &vm->vcpus[vcpu];
 	if (!v->root_id || (tdp_mmu_find_root(vm, v->root_id) && tdp_mmu_find_root(vm, v->root_id)->invalid))
@@ -435,7 +421,7 @@ int tdp_vcpu_exit(tdp_vm *vm, int vcpu)
 {
 	int r;
 	VM_OP_BEGIN(vm);
-	if ((r = check_vcpu(vm, vcpu)))
+	if ((r = vm_check_vcpu(vm, vcpu)))
 		return r;
 	cpu_vcpu_exit(vm, &vm->vcpus[vcpu]);
 	vm_log(vm, EV_VCPU_EXIT, (u64)vcpu, 0, 0, 0, 0);
@@ -447,7 +433,7 @@ int tdp_vcpu_request(tdp_vm *vm, int vcpu, uint32_t requests)
 {
 	int r;
 	VM_OP_BEGIN(vm);
-	if ((r = check_vcpu(vm, vcpu)))
+	if ((r = vm_check_vcpu(vm, vcpu)))
 		return r;
 	if (requests & ~(u32)TDP_REQ_ALL)
 		return vm_err(vm, TDP_EINVAL, "unknown request bits 0x%x", requests);
@@ -468,7 +454,7 @@ int tdp_vcpu_request(tdp_vm *vm, int vcpu, uint32_t requests)
 int tdp_vcpu_info(tdp_vm *vm, int vcpu, struct tdp_vcpu_info *out)
 {
 	int r;
-	if ((r = check_vcpu(vm, vcpu)))
+	if ((r = vm_check_vcpu(vm, vcpu)))
 		return r;
 	struct vcpu *v = &vm->vcpus[vcpu];
 	*out = (struct tdp_vcpu_info){v->mode, v->pcpu, v->vmcs_cpu, v->root_id, v->requests, v->asid,
@@ -479,7 +465,7 @@ int tdp_vcpu_info(tdp_vm *vm, int vcpu, struct tdp_vcpu_info *out)
 int tdp_pcpu_info(tdp_vm *vm, int pcpu, struct tdp_pcpu_info *out)
 {
 	int r;
-	if ((r = check_pcpu(vm, pcpu)))
+	if ((r = vm_check_pcpu(vm, pcpu)))
 		return r;
 	struct pcpu *p = &vm->pcpus[pcpu];
 	*out = (struct tdp_pcpu_info){p->vcpu, p->asid_generation, p->next_asid, p->min_asid, p->max_asid,
@@ -490,7 +476,7 @@ int tdp_pcpu_info(tdp_vm *vm, int pcpu, struct tdp_pcpu_info *out)
 static int check_access_args(tdp_vm *vm, int vcpu, int access)
 {
 	int r;
-	if ((r = check_vcpu(vm, vcpu)))
+	if ((r = vm_check_vcpu(vm, vcpu)))
 		return r;
 	if (access < 0 || access > 3)
 		return vm_err(vm, TDP_EINVAL, "access must be 'r', 'w', 'x' or 'xu'");
@@ -572,7 +558,7 @@ int tdp_invept(tdp_vm *vm, int pcpu, int type, uint64_t eptp)
 	VM_OP_BEGIN(vm);
 	if (vm->cfg.arch != TDP_VMX)
 		return vm_err(vm, TDP_ESTATE, "INVEPT exists on VMX only (this VM is svm)");
-	if ((r = check_pcpu(vm, pcpu)))
+	if ((r = vm_check_pcpu(vm, pcpu)))
 		return r;
 	if (type != TDP_INVEPT_SINGLE_CONTEXT && type != TDP_INVEPT_GLOBAL)
 		return vm_err(vm, TDP_EINVAL, "INVEPT type must be 1 (single-context) or 2 (global), got %d (VMfailValid: error 28)", type);
@@ -586,9 +572,11 @@ int tdp_invept(tdp_vm *vm, int pcpu, int type, uint64_t eptp)
 		int c = tlb_ctx_find(&p->tlb, tlb_ctx_key_ept(table >> 12));
 		if (c >= 0)
 			tlb_flush_ctx(&p->tlb, c);
+		ctlb_flush_spaces(&p->ctlb, CTLB_EP4TA, table >> 12, true);
 		vm->stats[ST_invept_single]++;
 	} else {
 		tlb_flush_all(&p->tlb);
+		ctlb_flush_spaces(&p->ctlb, CTLB_ALL, 0, true);
 		vm->stats[ST_invept_global]++;
 	}
 	vm_log(vm, EV_INVEPT, (u64)pcpu, (u64)type, eptp, 0, 0);
@@ -602,7 +590,7 @@ int tdp_invvpid(tdp_vm *vm, int pcpu, int type, uint32_t vpid, uint64_t gla)
 	VM_OP_BEGIN(vm);
 	if (vm->cfg.arch != TDP_VMX)
 		return vm_err(vm, TDP_ESTATE, "INVVPID exists on VMX only (this VM is svm)");
-	if ((r = check_pcpu(vm, pcpu)))
+	if ((r = vm_check_pcpu(vm, pcpu)))
 		return r;
 	if (type < TDP_INVVPID_INDIVIDUAL_ADDRESS || type > TDP_INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS)
 		return vm_err(vm, TDP_EINVAL, "INVVPID type must be 0..3, got %d (VMfailValid: error 28)", type);
@@ -616,9 +604,16 @@ int tdp_invvpid(tdp_vm *vm, int pcpu, int type, uint32_t vpid, uint64_t gla)
 		if ((u64)s != gla)
 			return vm_err(vm, TDP_EINVAL, "INVVPID individual-address: gla 0x%llx is not canonical", (unsigned long long)gla);
 	}
-	/* INVVPID drops linear and combined mappings only; guest-physical
-	 * mappings (everything this model caches for TDP) survive (Intel SDM Vol. 3C
-	 * "Operations that Invalidate Cached Mappings", 28.3.3.1 in the 2016 edition). */
+	/* INVVPID drops combined (and linear) mappings only, for every PCID and
+	 * EP4TA; guest-physical mappings survive (Intel SDM Vol. 3C "Operations that
+	 * Invalidate Cached Mappings", 28.3.3.1 in the 2016 edition). */
+	struct ctlb *ct = &vm->pcpus[pcpu].ctlb;
+	switch (type) {
+	case TDP_INVVPID_INDIVIDUAL_ADDRESS: ctlb_flush_addr(ct, CTLB_ID, vpid, -1, true, gla >> 12); break;
+	case TDP_INVVPID_SINGLE_CONTEXT: ctlb_flush_spaces(ct, CTLB_ID, vpid, true); break;
+	case TDP_INVVPID_ALL_CONTEXT: ctlb_flush_spaces(ct, CTLB_ALL_BUT_ID0, 0, true); break;
+	default: ctlb_flush_spaces(ct, CTLB_ID, vpid, false); break; /* single-context retaining globals */
+	}
 	vm->stats[ST_invvpid]++;
 	vm_log(vm, EV_INVVPID, (u64)pcpu, (u64)type, vpid, gla, 0);
 	vm_op_end(vm);
@@ -631,7 +626,7 @@ int tdp_svm_set_tlb_control(tdp_vm *vm, int vcpu, int value)
 	VM_OP_BEGIN(vm);
 	if (vm->cfg.arch != TDP_SVM)
 		return vm_err(vm, TDP_ESTATE, "TLB_CONTROL exists on SVM only (this VM is vmx)");
-	if ((r = check_vcpu(vm, vcpu)))
+	if ((r = vm_check_vcpu(vm, vcpu)))
 		return r;
 	if (value != 0 && value != 1 && value != 3 && value != 7)
 		return vm_err(vm, TDP_EINVAL, "TLB_CONTROL must be 0, 1, 3 or 7 (others are reserved), got %d", value);
@@ -644,7 +639,7 @@ int tdp_svm_set_tlb_control(tdp_vm *vm, int vcpu, int value)
 int tdp_tlb_dump(tdp_vm *vm, int pcpu, struct tdp_tlb_entry *out, size_t max, size_t *n)
 {
 	int r;
-	if ((r = check_pcpu(vm, pcpu)))
+	if ((r = vm_check_pcpu(vm, pcpu)))
 		return r;
 	*n = tlb_dump(&vm->pcpus[pcpu].tlb, out, max, vm->cfg.arch == TDP_SVM);
 	return 0;
@@ -654,7 +649,7 @@ int tdp_tlb_fill_junk(tdp_vm *vm, int pcpu, uint32_t count, uint64_t max_gfn)
 {
 	int r;
 	VM_OP_BEGIN(vm);
-	if ((r = check_pcpu(vm, pcpu)))
+	if ((r = vm_check_pcpu(vm, pcpu)))
 		return r;
 	if (max_gfn == 0 || max_gfn > vm_max_gfn(vm))
 		return vm_err(vm, TDP_EINVAL, "max_gfn must be 1..0x%llx", (unsigned long long)vm_max_gfn(vm));

@@ -69,8 +69,11 @@ void kvm_flush_remote_tlbs_range(struct tdp_vm *vm, u64 gfn, u64 npages)
 	 * pCPU, without requests or IPIs. [MODEL CHOICE] every context. */
 	vm->stats[ST_remote_tlb_flush_requests]++;
 	vm->stats[ST_range_flushes]++;
-	for (int p = 0; p < vm->cfg.npcpus; p++)
+	for (int p = 0; p < vm->cfg.npcpus; p++) {
 		tlb_flush_range(&vm->pcpus[p].tlb, gfn, npages);
+		/* [MODEL CHOICE] combined entries do not keep the range's shape: all go. */
+		ctlb_flush_spaces(&vm->pcpus[p].ctlb, CTLB_ALL, 0, true);
+	}
 	vm_cost(vm, vm->costs.flush_range_page * (npages > 4096 ? 4096 : npages)); /* [MODEL CHOICE] cost saturates */
 	vm_trace(vm, TR_RANGE_FLUSH, 0, gfn, npages, 0);
 }
@@ -84,6 +87,8 @@ static void invept_single(struct tdp_vm *vm, int p, u64 eptp)
 
 	if (c >= 0)
 		tlb_flush_ctx(t, c);
+	/* INVEPT single-context: guest-physical and combined mappings of the EP4TA. */
+	ctlb_flush_spaces(&vm->pcpus[p].ctlb, CTLB_EP4TA, (eptp & SPTE_PFN_MASK) >> 12, true);
 	vm->stats[ST_invept_single]++;
 	vm_cost(vm, vm->costs.flush_current);
 	vm_trace(vm, TR_VENDOR_FLUSH, 1, (u64)p, (eptp & SPTE_PFN_MASK) >> 12, 0);
@@ -92,6 +97,7 @@ static void invept_single(struct tdp_vm *vm, int p, u64 eptp)
 static void invept_global(struct tdp_vm *vm, int p)
 {
 	tlb_flush_all(&vm->pcpus[p].tlb);
+	ctlb_flush_spaces(&vm->pcpus[p].ctlb, CTLB_ALL, 0, true);
 	vm->stats[ST_invept_global]++;
 	vm_cost(vm, vm->costs.flush_all);
 	vm_trace(vm, TR_VENDOR_FLUSH, 2, (u64)p, 0, 0);
@@ -140,9 +146,11 @@ void vendor_flush_tlb_guest(struct tdp_vm *vm, struct vcpu *v)
 		svm_flush_tlb_asid(vm, v);
 		return;
 	}
-	/* INVVPID single-context: linear and combined mappings only; the
-	 * guest-physical mappings this model caches are untouched (Intel SDM Vol. 3C
-	 * "Operations that Invalidate Cached Mappings", 28.3.3.1 in the 2016 edition). */
+	/* INVVPID single-context: the VPID's combined mappings (every PCID and
+	 * EP4TA); guest-physical mappings are untouched (Intel SDM Vol. 3C "Operations
+	 * that Invalidate Cached Mappings", 28.3.3.1 in the 2016 edition). */
+	if (v->pcpu >= 0)
+		ctlb_flush_spaces(&pc_of(vm, v)->ctlb, CTLB_ID, v->vpid, true);
 	vm->stats[ST_invvpid]++;
 	vm_cost(vm, vm->costs.flush_current);
 }
@@ -183,6 +191,7 @@ static void svm_pre_run(struct tdp_vm *vm, struct vcpu *v)
 	struct tlb *t = &pc->tlb;
 	if (v->tlb_control == 1) {
 		tlb_flush_all(t);
+		ctlb_flush_spaces(&pc->ctlb, CTLB_ALL, 0, true);
 		vm->stats[ST_tlb_control_flush_all]++;
 		vm_cost(vm, vm->costs.flush_all);
 		vm_trace(vm, TR_VENDOR_FLUSH, 3, (u64)v->pcpu, 0, 0);
@@ -190,6 +199,9 @@ static void svm_pre_run(struct tdp_vm *vm, struct vcpu *v)
 		int c = tlb_ctx_find(t, tlb_ctx_key_asid(v->asid));
 		if (c >= 0)
 			tlb_flush_ctx(t, c);
+		/* 3: every entry of the ASID; 7: its non-global entries (APM Vol. 2
+		 * Table 15-9). Guest-physical entries are never global. */
+		ctlb_flush_spaces(&pc->ctlb, CTLB_ID, v->asid, v->tlb_control == 3);
 		vm->stats[ST_tlb_control_flush_asid]++;
 		vm_cost(vm, vm->costs.flush_current);
 		vm_trace(vm, TR_VENDOR_FLUSH, 4, (u64)v->pcpu, v->asid, 0);
@@ -265,6 +277,12 @@ void cpu_vcpu_exit(struct tdp_vm *vm, struct vcpu *v)
 	if (v->mode != TDP_OUTSIDE_GUEST && v->pcpu >= 0 && vm->pcpus[v->pcpu].vcpu == v->id)
 		vm->pcpus[v->pcpu].vcpu = -1;
 	v->mode = TDP_OUTSIDE_GUEST;
+}
+
+int cpu_enter_if_kicked(struct tdp_vm *vm, struct vcpu *v)
+{
+	/* Kicked by a request: re-enter on the same pCPU, servicing it. */
+	return v->mode == TDP_EXITING_GUEST ? vcpu_enter(vm, v) : 0;
 }
 
 int cpu_vcpu_run(struct tdp_vm *vm, int vcpu, int pcpu)

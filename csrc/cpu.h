@@ -6,6 +6,8 @@
 #ifndef TDPFAST_CPU_H
 #define TDPFAST_CPU_H
 #include "tlb.h"
+#include "tlb_combined.h"
+#include "guest_paging.h"
 
 struct tdp_vm;
 
@@ -20,10 +22,12 @@ struct vcpu {
 	u64 asid_generation;  /* SVM: vmcb's asid_generation */
 	u32 vpid;             /* VMX */
 	int tlb_control;      /* SVM: VMCB TLB_CONTROL for the next VMRUN */
+	struct guest_cpu g;   /* the guest's paging state (guest_paging.h) */
 };
 
 struct pcpu {
 	struct tlb tlb;
+	struct ctlb ctlb;     /* combined (guest-linear) entries: guest paging on */
 	int vcpu;             /* vCPU in guest mode here (-1: none) */
 	int cur_ctx;          /* TLB context of that vCPU's current root */
 	u64 asid_generation;  /* SVM: sd->asid_generation */
@@ -48,6 +52,8 @@ int cpu_access_batch(struct tdp_vm *vm, struct vcpu *v, const u64 *gpas, const u
 		     size_t n, struct tdp_access_result *per, u64 *counts, size_t *done);
 u64 cpu_eptp(struct tdp_vm *vm, u32 root_frame);
 int cpu_context_of(struct tdp_vm *vm, struct vcpu *v);
+/* A vCPU kicked out of guest mode by a request re-enters, servicing it (0 or error). */
+int cpu_enter_if_kicked(struct tdp_vm *vm, struct vcpu *v);
 /* Fill pCPU p's TLB with `count` junk entries below max_gfn (tlb.junk). */
 int cpu_fill_tlb_junk(struct tdp_vm *vm, int p, u32 count, u64 max_gfn);
 

@@ -27,7 +27,7 @@ _Static_assert(EV_COUNT <= 256 && sizeof(((struct tdp_event *)0)->a) == 5 * size
 	       "an event code fits the log's one byte; an event has five words");
 /* The codes are a public format (event_log()): they never move. */
 _Static_assert(EV_MEMSLOT_ADD == 1 && EV_ZAP_RANGE == 16 && EV_ACCESS_BATCH == 29 && EV_OP_STEP == 38 &&
-	       EV_COUNT == 39, "event codes are the public event_log() format and never change");
+	       EV_GUEST_INVPCID == 48 && EV_COUNT == 49, "event codes are the public event_log() format and never change");
 
 int tdp_event_kinds(void) { return EV_COUNT; }
 const char *tdp_event_name(int code) { return code > 0 && code < EV_COUNT ? event_names[code] : NULL; }
@@ -202,6 +202,20 @@ REPLAY(INVVPID) { return tdp_invvpid(vm, (int)a[0], (int)a[1], (u32)a[2], a[3]);
 REPLAY(TLB_CONTROL) { return tdp_svm_set_tlb_control(vm, (int)a[0], (int)a[1]); }
 REPLAY(SYNC_RCU) { return tdp_synchronize_rcu(vm); }
 REPLAY(TLB_JUNK) { return tdp_tlb_fill_junk(vm, (int)a[0], (u32)a[1], a[2]); }
+REPLAY(GUEST_PT_POOL) { return tdp_guest_set_pt_pool(vm, a[0], a[1]); }
+REPLAY(GUEST_NEW_TABLE) { u64 gfn; return tdp_guest_new_table(vm, &gfn); }
+REPLAY(GUEST_MAP) { return tdp_guest_map(vm, a[0], (int)a[1], a[2], a[3], (int)(a[4] & 0xff), (u32)(a[4] >> 8)); }
+REPLAY(GUEST_UNMAP) { int was; return tdp_guest_unmap(vm, a[0], (int)a[1], a[2], &was); }
+REPLAY(GUEST_WRITE_PTE) { return tdp_guest_write_pte(vm, a[0], (int)a[1], a[2]); }
+REPLAY(GUEST_SET_PAGING) { return tdp_guest_set_paging(vm, (int)a[0], (int)a[1], (int)a[2]); }
+REPLAY(GUEST_LOAD_CR3) { return tdp_guest_load_cr3(vm, (int)a[0], a[1]); }
+REPLAY(GUEST_ACCESS)
+{
+	struct tdp_guest_access_result out;
+	return tdp_guest_access(vm, (int)a[0], a[1], (int)a[2], &out);
+}
+REPLAY(GUEST_INVLPG) { return tdp_guest_invlpg(vm, (int)a[0], a[1]); }
+REPLAY(GUEST_INVPCID) { return tdp_guest_invpcid(vm, (int)a[0], (int)a[1], (u32)a[2], a[3]); }
 REPLAY(OP_START)
 {
 	u32 orig = (u32)(a[4] >> 32), nid;

@@ -34,8 +34,9 @@ _Static_assert(NAMES_LEN(access_names) == TDP_ACC_EXEC_USER + 1, "a name for eve
 const char *tdp_access_name(int access) { return name_at(access_names, NAMES_LEN(access_names), access); }
 
 static const char *const outcome_names[] = {
-	[TDP_OUT_OK] = "ok", [TDP_OUT_MMIO] = "mmio", [TDP_OUT_LIVELOCK] = "livelock", [TDP_OUT_BLOCKED] = "blocked"};
-_Static_assert(NAMES_LEN(outcome_names) == TDP_OUT_BLOCKED + 1, "a name for every access outcome");
+	[TDP_OUT_OK] = "ok", [TDP_OUT_MMIO] = "mmio", [TDP_OUT_LIVELOCK] = "livelock", [TDP_OUT_BLOCKED] = "blocked",
+	[TDP_OUT_GUEST_PF] = "guest_page_fault"};
+_Static_assert(NAMES_LEN(outcome_names) == TDP_OUT_GUEST_PF + 1, "a name for every access outcome");
 const char *tdp_access_outcome_name(int outcome) { return name_at(outcome_names, NAMES_LEN(outcome_names), outcome); }
 
 static const char *const violation_names[] = {

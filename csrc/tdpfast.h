@@ -90,7 +90,8 @@ enum tdp_invariant_walk {
 	TDP_INV_WALK_FULL = 1,        /* every table from the roots: the specification */
 	TDP_INV_WALK_CROSSCHECK = 2   /* both, an engine warning (vm.health()) where they disagree */
 };
-enum tdp_access_outcome { TDP_OUT_OK = 0, TDP_OUT_MMIO = 1, TDP_OUT_LIVELOCK = 2, TDP_OUT_BLOCKED = 3 };
+enum tdp_access_outcome { TDP_OUT_OK = 0, TDP_OUT_MMIO = 1, TDP_OUT_LIVELOCK = 2, TDP_OUT_BLOCKED = 3,
+			  TDP_OUT_GUEST_PF = 4 /* guest paging: the guest's own #PF (tdp_guest_access()) */ };
 /* What a host frame is (tdp_frame_state(), and struct tdp_violation's frame_state). */
 enum tdp_frame_state {
 	TDP_FRAME_UNUSED = 0,   /* a pool frame never handed out; in a violation: a page outside
@@ -405,6 +406,53 @@ int tdp_invvpid(tdp_vm *vm, int pcpu, int type, uint32_t vpid, uint64_t gla);
 int tdp_svm_set_tlb_control(tdp_vm *vm, int vcpu, int value);
 int tdp_tlb_dump(tdp_vm *vm, int pcpu, struct tdp_tlb_entry *out, size_t max, size_t *n);
 int tdp_tlb_fill_junk(tdp_vm *vm, int pcpu, uint32_t count, uint64_t max_gfn);
+
+/* Guest paging (guest_paging.c): the guest's own page tables in guest memory, the
+ * two-dimensional walk, combined TLB entries, and the guest's flushes. */
+enum tdp_gpte_flags {
+	TDP_GPTE_WRITE = 1, TDP_GPTE_NX = 2, TDP_GPTE_GLOBAL = 4, TDP_GPTE_ACCESSED = 8, TDP_GPTE_DIRTY = 16,
+	TDP_GPTE_USER = 32
+};
+enum tdp_invpcid_type {
+	TDP_INVPCID_ADDRESS = 0, TDP_INVPCID_SINGLE_CONTEXT = 1, TDP_INVPCID_ALL_INCLUDING_GLOBALS = 2,
+	TDP_INVPCID_ALL_EXCEPT_GLOBALS = 3
+};
+struct tdp_guest_access_result {
+	int outcome;          /* enum tdp_access_outcome; GUEST_PF: the guest's tables refused it */
+	uint64_t gpa, hpa;
+	int tlb_hit;          /* 1: a combined TLB entry; 0: the 2D walk */
+	int guest_level;      /* the guest page's level (1 4K, 2 2M, 3 1G) */
+	int refs;             /* memory references: guest entries read + nested walk references */
+	int guest_refs;       /* guest paging-structure entries read */
+	int nested_refs;      /* EPT/NPT references (guest table addresses, the final address, A/D writes) */
+	int faults;           /* EPT violations / #NPFs taken by KVM on the way */
+	uint32_t pf_error;    /* GUEST_PF: the #PF error code (P 1, W 2, RSVD 8, I/D 16) */
+	int stale_guest;      /* the TLB gave a translation the guest's tables no longer give
+	                       * (allowed until the guest flushes it: the guest owes the flush) */
+	int violation;        /* index+1 into violations (host side), 0 none */
+};
+struct tdp_combined_entry {
+	uint32_t id;          /* VPID (VMX) or ASID (SVM) */
+	uint64_t ep4ta;       /* VMX: EPT root address; SVM: 0 */
+	uint32_t pcid;
+	uint64_t gva, gpa, hpa;
+	int perms;            /* 1 R, 2 W, 4 X: the rights both dimensions proved */
+	int is_global, dirty, guest_level;
+};
+int tdp_guest_set_pt_pool(tdp_vm *vm, uint64_t start_gfn, uint64_t npages);
+int tdp_guest_new_table(tdp_vm *vm, uint64_t *gfn);
+int tdp_guest_map(tdp_vm *vm, uint64_t cr3_gfn, int levels, uint64_t gva, uint64_t gpa, int level, uint32_t flags);
+int tdp_guest_unmap(tdp_vm *vm, uint64_t cr3_gfn, int levels, uint64_t gva, int *was_present);
+int tdp_guest_write_pte(tdp_vm *vm, uint64_t table_gfn, int index, uint64_t value);
+int tdp_guest_read_pte(tdp_vm *vm, uint64_t table_gfn, int index, uint64_t *value);
+int tdp_guest_translate(tdp_vm *vm, uint64_t cr3_gfn, int levels, uint64_t gva, uint64_t *gpa, int *level,
+			uint32_t *perms);
+int tdp_guest_set_paging(tdp_vm *vm, int vcpu, int levels, int pcide);
+int tdp_guest_load_cr3(tdp_vm *vm, int vcpu, uint64_t value);
+int tdp_guest_access(tdp_vm *vm, int vcpu, uint64_t gva, int access, struct tdp_guest_access_result *out);
+int tdp_guest_invlpg(tdp_vm *vm, int vcpu, uint64_t gva);
+int tdp_guest_invpcid(tdp_vm *vm, int vcpu, int type, uint32_t pcid, uint64_t gva);
+int tdp_combined_dump(tdp_vm *vm, int pcpu, struct tdp_combined_entry *out, size_t max, size_t *n);
 
 /* long operations stepped from yield point to yield point (KVM drops mmu_lock there) */
 enum tdp_op_kind {

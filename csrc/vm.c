@@ -90,6 +90,20 @@ void vm_rcu_quiescent(struct tdp_vm *vm, bool at_yield)
 
 /* ------------------------------------------------------------------ argument checks shared by the entry points */
 
+int vm_check_vcpu(struct tdp_vm *vm, int vcpu)
+{
+	if (vcpu < 0 || vcpu >= vm->cfg.nvcpus)
+		return vm_err(vm, TDP_EINVAL, "vcpu must be between 0 and %d, got %d", vm->cfg.nvcpus - 1, vcpu);
+	return 0;
+}
+
+int vm_check_pcpu(struct tdp_vm *vm, int pcpu)
+{
+	if (pcpu < 0 || pcpu >= vm->cfg.npcpus)
+		return vm_err(vm, TDP_EINVAL, "pcpu must be between 0 and %d, got %d", vm->cfg.npcpus - 1, pcpu);
+	return 0;
+}
+
 int vm_check_gfn(struct tdp_vm *vm, const char *what, u64 gfn)
 {
 	if (gfn >= vm_max_gfn(vm))
@@ -212,9 +226,12 @@ void tdp_vm_destroy(tdp_vm *vm)
 		memslot_free(vm, &vm->slots[i]);
 	free(vm->slots);
 	if (vm->pcpus)
-		for (int p = 0; p < vm->cfg.npcpus; p++)
+		for (int p = 0; p < vm->cfg.npcpus; p++) {
 			tlb_destroy(&vm->pcpus[p].tlb);
+			ctlb_destroy(&vm->pcpus[p].ctlb);
+		}
 	free(vm->pcpus);
+	guest_mem_free(&vm->gmem);
 	free(vm->vcpus);
 	free(vm->roots);
 	free(vm->nx_list);
@@ -341,6 +358,13 @@ int tdp_vm_create(const struct tdp_config *cfg, const struct tdp_tlb_config *tlb
 			vm->pcpus = NULL;
 			goto nomem;
 		}
+		/* [MODEL CHOICE] combined entries get an array of the L2 STLB's geometry
+		 * (the first-level DTLB's without one; a large one in adversarial mode). */
+		const struct tdp_tlb_array_config *cg = tlb->l2.sets ? &tlb->l2 : &tlb->l1[0];
+		if (tlb->mode == TDP_TLB_ADVERSARIAL)
+			ctlb_init(&pc->ctlb, 4096, 16);
+		else
+			ctlb_init(&pc->ctlb, (u32)cg->sets, (u32)cg->ways);
 		pc->vcpu = -1;
 		/* svm_cpu_init(): generation 1, next_asid past the end, so the first
 		 * VMRUN on each pCPU bumps the generation and flushes all ASIDs. */
@@ -458,9 +482,17 @@ uint64_t tdp_digest(tdp_vm *vm)
 		h = mix(h, ((u64)(u32)pc->vcpu << 32) | pc->next_asid);
 		h = mix(h, pc->asid_generation);
 		h = tlb_digest(&pc->tlb, h);
+		h = ctlb_digest(&pc->ctlb, h, mix);
 	}
+	/* Guest paging's state and counters enter the digest only once used, so the
+	 * digest of a VM that never used it is what it was before guest paging. */
+	h = guest_mem_digest(&vm->gmem, h, mix);
+	for (int i = 0; i < vm->cfg.nvcpus; i++)
+		if (vm->vcpus[i].g.levels || vm->vcpus[i].g.cr3)
+			h = mix(mix(h, vm->vcpus[i].g.cr3), ((u64)vm->vcpus[i].g.levels << 8) | vm->vcpus[i].g.pcide);
 	for (int i = 0; i < ST_COUNT; i++)
-		h = mix(h, vm->stats[i]);
+		if (i < ST_guest_accesses || vm->stats[i])
+			h = mix(h, vm->stats[i]);
 	for (int i = 0; i < vm->nops; i++) {
 		struct tdp_op *op = &vm->ops[i]->op;
 		h = mix(mix(h, vm->ops[i]->id), (u64)vm->ops[i]->kind);

@@ -16,6 +16,7 @@
 #include "checker.h"
 #include "event.h"
 #include "coverage.h"
+#include "guest_paging.h"
 
 enum stat_id {
 #define STAT(name) ST_##name,
@@ -64,6 +65,7 @@ struct tdp_vm {
 
 	struct vcpu *vcpus;
 	struct pcpu *pcpus;
+	struct guest_mem gmem; /* the guest's page tables (guest_paging.c) */
 
 	u64 stats[ST_COUNT];
 
@@ -149,6 +151,8 @@ bool vm_warn(struct tdp_vm *vm, const char *cond, const char *file, int line);
 /* Argument checks shared by the entry points (0, or TDP_EINVAL with the message set). */
 int vm_check_gfn(struct tdp_vm *vm, const char *what, u64 gfn);
 int vm_check_range(struct tdp_vm *vm, u64 start, u64 end);
+int vm_check_vcpu(struct tdp_vm *vm, int vcpu);
+int vm_check_pcpu(struct tdp_vm *vm, int pcpu);
 
 /* Grace periods: frees queued with call_rcu() happen here. */
 void vm_rcu_quiescent(struct tdp_vm *vm, bool at_yield);

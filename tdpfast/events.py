@@ -26,6 +26,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ._native import c_name_table, c_names, ffi, lib
 from .errors import EventLogError, FramePoolExhausted, InvalidArgumentError, ReplayError, TdpError
+from .guest import INVPCID_KINDS
 from .results import ACCESS_NAMES, Event
 
 
@@ -240,18 +241,37 @@ def _api_table(requests: Dict[str, int]):
         "synchronize_rcu": ("vm", lambda a, e: ((), {})),
         "tlb_fill_junk": ("vm", lambda a, e: ((a[0], a[1], a[2]), {})),
         "start_op": ("vm", lambda a, e: ((OP_NAMES[a[0]], a[1], a[2], a[3]), dict(yield_every=a[4]))),
+        "guest_set_table_pool": ("guest", lambda a, e: ((a[0], a[1]), {})),
+        "guest_new_table": ("guest", lambda a, e: ((), {})),
+        "guest_map": ("guest", lambda a, e: ((a[0], a[2], a[3]), _guest_map_kwargs(a[1], a[4]))),
+        "guest_unmap": ("guest", lambda a, e: ((a[0], a[2]), dict(levels=a[1]))),
+        "guest_write_pte": ("guest", lambda a, e: ((a[0], a[1], a[2]), {})),
+        "guest_set_paging": ("guest", lambda a, e: ((a[0], a[1]), dict(pcide=bool(a[2])))),
+        "guest_load_cr3": ("guest", lambda a, e: ((a[0], (a[1] >> 12) & ((1 << 40) - 1)),
+                                                   dict(pcid=a[1] & 0xfff, noflush=bool(a[1] >> 63)))),
+        "guest_access": ("guest", lambda a, e: ((a[0], a[1], acc[a[2]]), {})),
+        "guest_invlpg": ("guest", lambda a, e: ((a[0], a[1]), {})),
+        "guest_invpcid": ("guest", lambda a, e: ((a[0], INVPCID_KINDS[a[1]], a[2], a[3]), {})),
     }
 
 
+def _guest_map_kwargs(levels: int, packed: int) -> dict:
+    flags = packed >> 8
+    return dict(level=packed & 0xff, write=bool(flags & lib.TDP_GPTE_WRITE), nx=bool(flags & lib.TDP_GPTE_NX),
+                global_page=bool(flags & lib.TDP_GPTE_GLOBAL), accessed=bool(flags & lib.TDP_GPTE_ACCESSED),
+                dirty=bool(flags & lib.TDP_GPTE_DIRTY), user=bool(flags & lib.TDP_GPTE_USER), levels=levels)
+
+
 def api_call(e: Event, requests: Dict[str, int]) -> Tuple[str, str, tuple, dict]:
-    """(``"vm"`` or ``"mmu"``, method, args, kwargs): the public call that ``e`` records.
+    """(``"vm"``, ``"mmu"`` or ``"guest"``, method, args, kwargs): the public call that ``e`` records.
     ``step_op`` is not a call on the VM but on the operation it steps (see callers)."""
     entry = _api_table(requests).get(e.op)
     if entry is None:
         raise InvalidArgumentError(f"event {e.op!r} is not a call on the VM")
     target, make = entry
     args, kwargs = make(e.args, e)
-    return target, e.op, args, kwargs
+    # vm.guest's methods drop the event name's "guest_" (guest_map -> vm.guest.map).
+    return target, e.op[len("guest_"):] if target == "guest" else e.op, args, kwargs
 
 
 def replay_one(vm, e: Event, *, requests: Dict[str, int], op_cls) -> None:
@@ -262,7 +282,7 @@ def replay_one(vm, e: Event, *, requests: Dict[str, int], op_cls) -> None:
         op_cls(vm, e.args[0], "?").step()
         return
     target, method, args, kwargs = api_call(e, requests)
-    r = getattr(vm.mmu if target == "mmu" else vm, method)(*args, **kwargs)
+    r = getattr(getattr(vm, target) if target != "vm" else vm, method)(*args, **kwargs)
     if e.op == "access_batch" and r.accesses != len(e.batch):
         raise FramePoolExhausted(f"the batch ran {r.accesses} of its {len(e.batch)} accesses ({r.stopped})")
 
@@ -277,7 +297,7 @@ def call_text(e: Event, requests: Dict[str, int]) -> str:
     """The same call as Python source (``vm.mmu.map(0x40005, 1)``), for reproducers."""
     target, method, args, kwargs = api_call(e, requests)
     parts = [_literal(x) for x in args] + [f"{k}={_literal(v)}" for k, v in kwargs.items()]
-    return f"{'vm.mmu' if target == 'mmu' else 'vm'}.{method}({', '.join(parts)})"
+    return f"{'vm' if target == 'vm' else 'vm.' + target}.{method}({', '.join(parts)})"
 
 
 def replay(vm, events: Iterable[Event], *, requests: Dict[str, int], op_cls) -> None:

@@ -88,6 +88,24 @@ class AccessResult:
 
 
 @dataclass(frozen=True)
+class GuestAccessResult:
+    """One guest-linear access with guest paging on (:meth:`tdpfast.guest.GuestPaging.access`)."""
+
+    outcome: str          # "ok", "guest_page_fault" (the guest's tables refused it), "mmio", "livelock", "blocked"
+    gpa: Optional[int]    # the guest-physical address the guest's tables gave (None on a guest #PF)
+    hpa: Optional[int]
+    tlb: Optional[str]    # "combined" (a combined TLB entry) or None (the 2D walk)
+    guest_level: int      # the guest page's level: 1 4K, 2 2M, 3 1G (0: none)
+    refs: int             # memory references: guest entries read + nested (EPT/NPT) references
+    guest_refs: int
+    nested_refs: int
+    faults: int           # EPT violations / #NPFs KVM took on the way
+    pf_error: Optional[int]  # guest_page_fault: the #PF error code (P 1, W 2, RSVD 8, I/D 16)
+    stale_guest: bool     # the TLB gave what the guest's tables no longer say: the guest owes a flush
+    violation: Optional[Violation]
+
+
+@dataclass(frozen=True)
 class BatchResult:
     """Counts over an access batch; ``per_access`` holds numpy-friendly columns when asked."""
 
@@ -138,4 +156,4 @@ class Event:
 
 
 __all__ = ["WalkResult", "Violation", "AccessResult", "BatchResult", "Memslot", "Event",
-           "ACCESS_NAMES", "VIOLATION_KINDS", "OUTCOME_NAMES", "FRAME_STATES"]
+           "ACCESS_NAMES", "GuestAccessResult", "VIOLATION_KINDS", "OUTCOME_NAMES", "FRAME_STATES"]

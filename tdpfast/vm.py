@@ -13,6 +13,7 @@ from ._lock import locked
 from ._native import c_name_table, c_names, check, ffi, lib
 from .errors import InvalidArgumentError, InvalidStateError, ReplayError, TdpError
 from .events import OPS
+from .guest import GuestPaging
 from .mmu import MMU, Root, walk_result_from_c  # noqa: F401  (walk_result_from_c: tdpfast.hw)
 from .ops import Op
 from .policy import Policy
@@ -185,6 +186,7 @@ class VM:
         self.tlb_config = tlb
         self._policy = policy
         self.mmu = MMU(self)
+        self.guest = GuestPaging(self)
 
     # ---------------------------------------------------------------- copies and pickling
     def __reduce__(self):

@@ -39,7 +39,7 @@ def test_adding_an_event_touches_one_table():
     lines = [ln for ln in (ROOT / "csrc" / "events.def").read_text().splitlines() if ln.startswith("EVENT(")]
     if not lines:
         pytest.fail("csrc/events.def has no EVENT() lines")
-    names = [re.search(r'"([a-z_]+)"', ln).group(1) for ln in lines]
+    names = [re.search(r'"([a-z0-9_]+)"', ln).group(1) for ln in lines]
     assert names == [events.EVENT_NAMES[c] for c in sorted(events.EVENT_NAMES)]
     py_sources = "\n".join(p.read_text() for p in (ROOT / "tdpfast").rglob("*.py"))
     assert '"set_dirty_logging", "get_dirty_log", "write_protect_gfn"' not in py_sources  # no retyped table
@@ -74,7 +74,8 @@ def test_requests_outcomes_accesses_violations_and_frame_states_come_from_the_bi
                                    "mmu_free_obsolete_roots": lib.TDP_REQ_MMU_FREE_OBSOLETE_ROOTS,
                                    "load_mmu_pgd": lib.TDP_REQ_LOAD_MMU_PGD}
     assert sum(tdpfast.vm.REQUESTS.values()) == lib.TDP_REQ_ALL
-    assert results.OUTCOME_NAMES[lib.TDP_OUT_BLOCKED] == "blocked" and len(results.OUTCOME_NAMES) == 4
+    assert results.OUTCOME_NAMES[lib.TDP_OUT_BLOCKED] == "blocked" and len(results.OUTCOME_NAMES) == 5
+    assert results.OUTCOME_NAMES[lib.TDP_OUT_GUEST_PF] == "guest_page_fault"
     assert results.ACCESS_NAMES[lib.TDP_ACC_EXEC_USER] == "xu"
     assert results.VIOLATION_KINDS[lib.TDP_V_LOST_DIRTY] == "lost_dirty"
     assert set(results.FRAME_STATES) == set(c_names(lib.tdp_frame_state_name))

@@ -70,7 +70,10 @@ STAT_NAMES = (
     "walk_refs ad_updates flush_current flush_all flush_guest invept_single invept_global "
     "invvpid tlb_control_flush_asid tlb_control_flush_all asid_new asid_generation_bumps "
     "range_flushes ipis vm_exits vm_entries vcpu_migrations accesses violations "
-    "rcu_grace_periods cycles").split()
+    "rcu_grace_periods cycles "
+    # guest paging (csrc/guest_paging.c): not in the reference model, so always 0 here
+    "guest_accesses combined_hits combined_misses combined_fills guest_walk_refs "
+    "guest_ad_updates guest_page_faults guest_stale_hits guest_flushes").split()
 _GAUGES = ("pages_4k", "pages_2m", "pages_1g", "mmu_pages", "nx_lpage_splits")
 
 #: Cycle costs.  [MODEL CHOICE] The flush costs are Dave Hansen's flush_tlb_mm_range()
