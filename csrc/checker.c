@@ -32,7 +32,7 @@ static void append(struct tdp_vm *vm, const struct tdp_violation *v)
 void vm_report(struct tdp_vm *vm, int kind, struct vcpu *v, u64 gpa, u64 tag, u64 stale_pfn,
 	       u64 expected_pfn, int access, int level, int frame_state, u64 batch_index)
 {
-	TDP_WARN_ON(vm, kind < TDP_V_USE_AFTER_FREE || kind > TDP_V_LIVELOCK);
+	TDP_WARN_ON(vm, (kind < TDP_V_USE_AFTER_FREE || kind > TDP_V_LIVELOCK) && kind != TDP_V_TLB_TAG_ALIAS);
 	append(vm, &(struct tdp_violation){
 		.kind = kind, .vcpu = v ? v->id : -1, .pcpu = v ? v->pcpu : -1, .gpa = gpa, .tag = tag,
 		.stale_pfn = stale_pfn, .expected_pfn = expected_pfn, .event = vm->cur_event,
@@ -132,6 +132,37 @@ void checker_report_walk_livelock(struct tdp_vm *vm, const struct tdp_root *root
 void checker_report_livelock(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, u64 batch_index)
 {
 	vm_report(vm, TDP_V_LIVELOCK, v, gpa, 0, NO_PFN, NO_PFN, access, 0, 0, batch_index);
+}
+
+/* SVM: VMRUN of v's current VMCB on its pCPU. ASIDs are handed out per pCPU and
+ * generation (new_asid(), svm/svm.c), so no two VMCBs that may run on a pCPU without
+ * a new ASID hold the same one: two address spaces would share TLB entries (AMD APM
+ * Vol. 2 15.16). A VMCB may run without a new ASID when it last ran on this pCPU in
+ * its current generation; with per-vCPU tracking (B22) an inactive VMCB takes the
+ * vCPU's generation and last pCPU. ASID 0 is the host's (a VMRUN with it is
+ * VMEXIT_INVALID). */
+void checker_check_asid_alias(struct tdp_vm *vm, struct vcpu *v)
+{
+	const struct pcpu *pc = &vm->pcpus[v->pcpu];
+	if (v->asid == 0) {
+		vm_report(vm, TDP_V_TLB_TAG_ALIAS, v, 0, 0, NO_PFN, NO_PFN, TDP_ACC_READ, 0, 0, 0);
+		return;
+	}
+	for (int i = 0; i < vm->cfg.nvcpus; i++) {
+		const struct vcpu *u = &vm->vcpus[i];
+		for (int k = u == v; k < 2; k++) {
+			bool other = k == 1;
+			if (other && !u->nested_used)
+				continue;
+			u32 asid = other ? u->other.asid : u->asid;
+			u64 gen = other && vm->pol.per_vmcb_asid ? u->other.asid_generation : u->asid_generation;
+			int cpu = other && vm->pol.per_vmcb_asid ? u->other.vmcs_cpu : u->vmcs_cpu;
+			if (asid == v->asid && gen == pc->asid_generation && cpu == v->pcpu) {
+				vm_report(vm, TDP_V_TLB_TAG_ALIAS, v, 0, v->asid, NO_PFN, NO_PFN, TDP_ACC_READ, 0, 0, 0);
+				return;
+			}
+		}
+	}
 }
 
 size_t tdp_violation_count(tdp_vm *vm) { return vm->nviol; }
@@ -378,9 +409,12 @@ static void check_roots(struct tdp_vm *vm)
 	int n = vm->nroots < CHECKER_ROOTS_AT_ONCE ? vm->nroots : CHECKER_ROOTS_AT_ONCE, j;
 	memset(counted, 0, sizeof(counted));
 	memset(sched, 0, sizeof(sched));
-	for (int v = 0; v < vm->cfg.nvcpus; v++)
+	for (int v = 0; v < vm->cfg.nvcpus; v++) {
 		if ((j = root_index(vm, vm->vcpus[v].root_id, n)) >= 0)
 			counted[j]++;
+		if ((j = root_index(vm, vm->vcpus[v].other.root_id, n)) >= 0)
+			counted[j]++; /* the other level's MMU (root_mmu / guest_mmu) */
+	}
 	for (int k = 0; k < vm->nops; k++)
 		if ((j = root_index(vm, vm->ops[k]->op.cur, n)) >= 0) {
 			counted[j]++;
@@ -395,7 +429,7 @@ static void check_roots(struct tdp_vm *vm)
 			sched_walk = sched[i];
 		} else {
 			for (int v = 0; v < vm->cfg.nvcpus; v++)
-				holders += vm->vcpus[v].root_id == r->id;
+				holders += (vm->vcpus[v].root_id == r->id) + (vm->vcpus[v].other.root_id == r->id);
 			for (int k = 0; k < vm->nops; k++) {
 				holders += walker_holds(vm->ops[k], r->id, false);
 				sched_walk |= walker_holds(vm->ops[k], r->id, true);
@@ -410,11 +444,12 @@ static void check_roots(struct tdp_vm *vm)
 		}
 	}
 	for (int v = 0; v < vm->cfg.nvcpus; v++) {
-		u32 id = vm->vcpus[v].root_id;
-		if (id && !tdp_mmu_find_root(vm, id)) {
-			report_state(vm, TDP_V_ROOT_REFCOUNT, id, 0, 0, 0, NO_PFN);
-			return;
-		}
+		u32 ids[2] = {vm->vcpus[v].root_id, vm->vcpus[v].other.root_id};
+		for (int k = 0; k < 2; k++)
+			if (ids[k] && !tdp_mmu_find_root(vm, ids[k])) {
+				report_state(vm, TDP_V_ROOT_REFCOUNT, ids[k], 0, 0, 0, NO_PFN);
+				return;
+			}
 	}
 }
 

@@ -44,6 +44,8 @@ struct checker_state {
 	u64 *kids;     /* 8 words per frame */
 };
 
+/* SVM: the ASID v's VMCB runs with is held by no other VMCB that may run on the pCPU. */
+void checker_check_asid_alias(struct tdp_vm *vm, struct vcpu *v);
 void vm_report(struct tdp_vm *vm, int kind, struct vcpu *v, u64 gpa, u64 tag, u64 stale_pfn,
 	       u64 expected_pfn, int access, int level, int frame_state, u64 batch_index);
 /* A translation to pfn (page size `level`) was used for this access: 1 if it was

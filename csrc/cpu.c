@@ -187,6 +187,7 @@ static void svm_pre_run(struct tdp_vm *vm, struct vcpu *v)
 	}
 	if (v->asid_generation != pc->asid_generation)
 		svm_new_asid(vm, pc, v);
+	checker_check_asid_alias(vm, v);
 	/* TLB_CONTROL acts at VMRUN, then goes back to DO_NOTHING. */
 	struct tlb *t = &pc->tlb;
 	if (v->tlb_control == 1) {
@@ -222,6 +223,13 @@ static int vcpu_enter(struct tdp_vm *vm, struct vcpu *v)
 			tdp_mmu_put_root_internal(vm, v->root_id, true);
 			v->root_id = 0;
 		}
+		/* kvm_mmu_free_obsolete_roots(): the other level's MMU too (root_mmu,
+		 * guest_mmu). */
+		r = tdp_mmu_find_root(vm, v->other.root_id);
+		if (v->other.root_id && (!r || r->invalid)) {
+			tdp_mmu_put_root_internal(vm, v->other.root_id, true);
+			v->other.root_id = 0;
+		}
 	}
 	v->requests &= ~TDP_REQ_LOAD_MMU_PGD;
 	if (v->requests & TDP_REQ_TLB_FLUSH) {
@@ -248,7 +256,7 @@ static int vcpu_enter(struct tdp_vm *vm, struct vcpu *v)
 	if (!v->root_id) {
 		/* kvm_mmu_reload() -> kvm_mmu_load(): alloc or reuse, load, flush. */
 		u32 id;
-		int r = tdp_mmu_get_vcpu_root(vm, 0, 0, &id);
+		int r = tdp_mmu_get_vcpu_root(vm, 0, v->in_l2, &id); /* role.guest_mode for L2 */
 		if (r)
 			return vm_err(vm, r, "no frame left for vcpu %d's root (frame_limit reached)", v->id);
 		v->root_id = id;
@@ -279,10 +287,25 @@ void cpu_vcpu_exit(struct tdp_vm *vm, struct vcpu *v)
 	v->mode = TDP_OUTSIDE_GUEST;
 }
 
+int cpu_enter(struct tdp_vm *vm, struct vcpu *v) { return vcpu_enter(vm, v); }
+
 int cpu_enter_if_kicked(struct tdp_vm *vm, struct vcpu *v)
 {
 	/* Kicked by a request: re-enter on the same pCPU, servicing it. */
 	return v->mode == TDP_EXITING_GUEST ? vcpu_enter(vm, v) : 0;
+}
+
+void cpu_vmx_load_vmcs(struct tdp_vm *vm, struct vcpu *v)
+{
+	if (vm->cfg.arch == TDP_VMX && v->vmcs_cpu != v->pcpu) {
+		/* vmx_vcpu_load_vmcs(): a VMCS not loaded here flushes every
+		 * EPTP/VPID context (the pCPU may hold stale entries). */
+		if (vm->pol.flush_on_migrate && FLUSH_SITE(vm, MIGRATE_VMX))
+			v->requests |= TDP_REQ_TLB_FLUSH;
+		if (v->vmcs_cpu >= 0)
+			vm->stats[ST_vcpu_migrations]++;
+		v->vmcs_cpu = v->pcpu;
+	}
 }
 
 int cpu_vcpu_run(struct tdp_vm *vm, int vcpu, int pcpu)
@@ -301,15 +324,7 @@ int cpu_vcpu_run(struct tdp_vm *vm, int vcpu, int pcpu)
 	if (pc->vcpu >= 0 && pc->vcpu != vcpu)
 		cpu_vcpu_exit(vm, &vm->vcpus[pc->vcpu]); /* preempted by the scheduler */
 	v->pcpu = pcpu;
-	if (vm->cfg.arch == TDP_VMX && v->vmcs_cpu != pcpu) {
-		/* vmx_vcpu_load_vmcs(): a VMCS not loaded here flushes every
-		 * EPTP/VPID context (the pCPU may hold stale entries). */
-		if (vm->pol.flush_on_migrate && FLUSH_SITE(vm, MIGRATE_VMX))
-			v->requests |= TDP_REQ_TLB_FLUSH;
-		if (v->vmcs_cpu >= 0)
-			vm->stats[ST_vcpu_migrations]++;
-		v->vmcs_cpu = pcpu;
-	}
+	cpu_vmx_load_vmcs(vm, v);
 	return vcpu_enter(vm, v);
 }
 

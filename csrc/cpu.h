@@ -23,6 +23,18 @@ struct vcpu {
 	u32 vpid;             /* VMX */
 	int tlb_control;      /* SVM: VMCB TLB_CONTROL for the next VMRUN */
 	struct guest_cpu g;   /* the guest's paging state (guest_paging.h) */
+	/* Nested (nested.c): while in_l2, the fields above describe L2's context (its
+	 * root, VPID02 / vmcb02, L2's paging) and `other` keeps L1's; otherwise the
+	 * reverse. */
+	u8 in_l2;
+	u8 nested_used;       /* ever entered L2 (the digest then covers `other`) */
+	u32 last_vpid12;      /* VMX: vmx->nested.last_vpid */
+	struct nested_ctx {
+		u32 root_id, vpid, asid;
+		u64 asid_generation;
+		int vmcs_cpu, tlb_control;
+		struct guest_cpu g;
+	} other;
 };
 
 struct pcpu {
@@ -52,6 +64,14 @@ int cpu_access_batch(struct tdp_vm *vm, struct vcpu *v, const u64 *gpas, const u
 		     size_t n, struct tdp_access_result *per, u64 *counts, size_t *done);
 u64 cpu_eptp(struct tdp_vm *vm, u32 root_frame);
 int cpu_context_of(struct tdp_vm *vm, struct vcpu *v);
+/* VMX: the current VMCS loaded on the vCPU's pCPU (a VMCS last loaded elsewhere
+ * requests KVM_REQ_TLB_FLUSH). */
+void cpu_vmx_load_vmcs(struct tdp_vm *vm, struct vcpu *v);
+/* VM entry of a loaded vCPU: requests serviced, root loaded (0 or error). */
+int cpu_enter(struct tdp_vm *vm, struct vcpu *v);
+/* Nested VM-entry to L2 / VM-exit to L1 of a vCPU in guest mode (nested.c). */
+int nested_enter(struct tdp_vm *vm, struct vcpu *v);
+int nested_exit(struct tdp_vm *vm, struct vcpu *v);
 /* A vCPU kicked out of guest mode by a request re-enters, servicing it (0 or error). */
 int cpu_enter_if_kicked(struct tdp_vm *vm, struct vcpu *v);
 /* Fill pCPU p's TLB with `count` junk entries below max_gfn (tlb.junk). */

@@ -67,8 +67,10 @@ enum tdp_violation_kind {
 	TDP_V_LEAF_COUNT = 11,           /* the leaf counters (pages_4k/2m/1g) differ from the tables */
 	TDP_V_ROOT_REFCOUNT = 12,        /* I7: a root's refcount is not the number of its holders */
 	TDP_V_LEAKED_TABLE = 13,         /* I7: a table page no root reaches and nobody freed */
-	TDP_V_UNLOGGED_WRITABLE = 14     /* I6: after dirty logging was enabled or harvested, a writable
+	TDP_V_UNLOGGED_WRITABLE = 14,    /* I6: after dirty logging was enabled or harvested, a writable
 	                                  * SPTE in a valid root maps a gfn the dirty log does not hold */
+	TDP_V_TLB_TAG_ALIAS = 15         /* SVM: a VMRUN with an ASID another VMCB on the pCPU holds in the
+	                                  * current generation (two address spaces share TLB entries) */
 };
 /* The state invariants a VM checks (struct tdp_config.invariants, a mask): after
  * every top-level operation, which includes every stop of a stepped operation at a
@@ -196,6 +198,7 @@ struct tdp_policy {
 	int ept_soft_ad;               /* EPT without A/D: SPTEs still carry A and D (v6.13, 3835819fb1b3) */
 	int fault_spurious_if_allowed; /* a fault on a present leaf that allows it is RET_PF_SPURIOUS (386d69f9f29b) */
 	int age_valid_roots_only;      /* aging walks only valid roots (v6.13, 526e609f0567) */
+	int per_vmcb_asid;             /* SVM: ASID generation and last pCPU per VMCB (0: per vCPU, B22) */
 };
 
 struct tdp_costs {
@@ -259,6 +262,8 @@ struct tdp_vcpu_info {
 	uint64_t asid_generation;
 	uint32_t vpid;
 	int tlb_control;      /* SVM VMCB TLB_CONTROL pending for the next VMRUN */
+	int in_l2;            /* running L2 (nested) */
+	uint32_t l2_root_id;  /* the other level's root: L2's while in L1, L1's while in L2 (0 none) */
 };
 
 struct tdp_pcpu_info {
@@ -453,6 +458,12 @@ int tdp_guest_access(tdp_vm *vm, int vcpu, uint64_t gva, int access, struct tdp_
 int tdp_guest_invlpg(tdp_vm *vm, int vcpu, uint64_t gva);
 int tdp_guest_invpcid(tdp_vm *vm, int vcpu, int type, uint32_t pcid, uint64_t gva);
 int tdp_combined_dump(tdp_vm *vm, int pcpu, struct tdp_combined_entry *out, size_t max, size_t *n);
+
+/* Nested (nested.c): L1 runs L2 without nested EPT/NPT, so L2 shares L1's
+ * guest-physical space through its own TDP root (role.guest_mode) and its own TLB
+ * tag (VPID02; vmcb02's ASID). */
+int tdp_nested_enter(tdp_vm *vm, int vcpu);
+int tdp_nested_exit(tdp_vm *vm, int vcpu);
 
 /* long operations stepped from yield point to yield point (KVM drops mmu_lock there) */
 enum tdp_op_kind {

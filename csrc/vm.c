@@ -149,7 +149,7 @@ void tdp_default_policy(struct tdp_policy *p)
 		.nx_recovery_ratio = 60, .yield_every = 0, .rcu_gp_at_yield = 1,
 		.rcu_gp_at_op_end = 1, .memslot_delete_zap_all = 1, .eager_split = 1,
 		.huge_recovery = 0, .ept_soft_ad = 1, .fault_spurious_if_allowed = 1,
-		.age_valid_roots_only = 1};
+		.age_valid_roots_only = 1, .per_vmcb_asid = 1};
 }
 
 void tdp_default_costs(struct tdp_costs *c)
@@ -348,7 +348,9 @@ int tdp_vm_create(const struct tdp_config *cfg, const struct tdp_tlb_config *tlb
 		goto nomem;
 	for (int i = 0; i < cfg->nvcpus; i++)
 		vm->vcpus[i] = (struct vcpu){.id = i, .mode = TDP_OUTSIDE_GUEST, .pcpu = -1, .vmcs_cpu = -1,
-					     .vpid = (u32)i + 1};
+					     .vpid = (u32)i + 1,
+					     /* vmcs02 / vmcb02: VPID02 from the same allocator */
+					     .other = {.vpid = (u32)(cfg->nvcpus + i) + 1, .vmcs_cpu = -1}};
 	for (int p = 0; p < cfg->npcpus; p++) {
 		struct pcpu *pc = &vm->pcpus[p];
 		if (tlb_init(&pc->tlb, tlb, cfg->seed * 0x100000001b3ull + (u64)p + 1)) {
@@ -490,6 +492,14 @@ uint64_t tdp_digest(tdp_vm *vm)
 	for (int i = 0; i < vm->cfg.nvcpus; i++)
 		if (vm->vcpus[i].g.levels || vm->vcpus[i].g.cr3)
 			h = mix(mix(h, vm->vcpus[i].g.cr3), ((u64)vm->vcpus[i].g.levels << 8) | vm->vcpus[i].g.pcide);
+	for (int i = 0; i < vm->cfg.nvcpus; i++) {
+		const struct vcpu *v = &vm->vcpus[i];
+		if (!v->nested_used)
+			continue;
+		h = mix(mix(h, ((u64)v->in_l2 << 40) | ((u64)v->last_vpid12 << 8) | v->other.root_id), v->other.vpid);
+		h = mix(mix(h, ((u64)v->other.asid << 32) | (u32)v->other.vmcs_cpu), v->other.asid_generation);
+		h = mix(mix(h, v->other.g.cr3), ((u64)v->other.g.levels << 8) | v->other.g.pcide);
+	}
 	for (int i = 0; i < ST_COUNT; i++)
 		if (i < ST_guest_accesses || vm->stats[i])
 			h = mix(h, vm->stats[i]);

@@ -65,6 +65,11 @@ class Root:
         return bool(self._info().valid)
 
     @property
+    def guest_mode(self) -> bool:
+        """role.guest_mode: the root of a vCPU running L2 (:meth:`tdpfast.VM.nested_enter`)."""
+        return bool(self._info().guest_mode)
+
+    @property
     def refcount(self) -> int:
         return self._info().refcount
 

@@ -89,6 +89,10 @@ class Policy:
     rewriting it (v6.13, 386d69f9f29b); False: the SPTE is rebuilt (spurious only if identical)."""
     age_valid_roots_only: bool = True
     """Aging walks only valid roots (v6.13, 526e609f0567); False: every root (<= v6.12)."""
+    per_vmcb_asid: bool = True
+    """SVM: each VMCB (vmcb01, vmcb02) keeps its ASID generation and last pCPU (v5.13, "KVM: SVM:
+    Track the ASID generation of the vmcb vmrun through the vmcb"); False: one per vCPU, so a
+    nested transition can run a VMCB with an ASID of a past generation (B22)."""
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -252,9 +256,12 @@ _NAMED: Dict[str, Tuple[str, dict]] = {
     "B14-dirty-log-enable-if-changed": ("B14 b64d740ea7dd: enabling dirty logging flushes only if an SPTE changed "
                                         "(needs EPT A/D off: VM(ad=False))",
                                         {"dirty_log_enable_flush": "if_changed"}),
-    "B16-remote-flush-current-only": ("B16 (~v5.7): KVM_REQ_TLB_FLUSH flushes only the current EPTP/VPID context; "
-                                      "latent in this model, where every root load flushes its context",
+    "B16-remote-flush-current-only": ("B16 (~v5.7): KVM_REQ_TLB_FLUSH flushes only the current EPTP/VPID context, "
+                                      "so a remote flush while a vCPU runs L1 leaves L2's entries (nested VMX)",
                                       {"remote_flush_all_contexts": False}),
+    "B22-asid-generation-per-vcpu": ("B22 (before v5.13): the ASID generation and last pCPU are kept per vCPU, not "
+                                     "per VMCB, so vmcb02 can run with an ASID handed out again (nested SVM)",
+                                     {"per_vmcb_asid": False}),
     "B18-memslot-precise-zap": ("B18 4e103134b862 (reverted): memslot deletion zaps only the slot, with a flush",
                                 {"memslot_delete_zap_all": False}),
     "no-flush-before-yield": ("the iterator drops the lock with a flush still pending",

@@ -356,6 +356,18 @@ class VM:
         check(self._h, lib.tdp_vcpu_request(self._h, _int("vcpu", vcpu, 0, 1 << 20), bits))
 
     @locked
+    def nested_enter(self, vcpu: int) -> None:
+        """Nested VM-entry: the vCPU (in guest mode) runs L2, with L2's own TDP root
+        (role.guest_mode) and TLB tag (VPID02 / vmcb02's ASID), after KVM's nested TLB-flush
+        rule (L1 runs L2 without nested EPT/NPT)."""
+        check(self._h, lib.tdp_nested_enter(self._h, _int("vcpu", vcpu, 0, 1 << 20)))
+
+    @locked
+    def nested_exit(self, vcpu: int) -> None:
+        """Nested VM-exit: the vCPU goes back to L1's root and tag."""
+        check(self._h, lib.tdp_nested_exit(self._h, _int("vcpu", vcpu, 0, 1 << 20)))
+
+    @locked
     def vcpu_info(self, vcpu: int) -> dict:
         """Mode, placement, root, pending requests and (SVM) ASID of a vCPU."""
         i = ffi.new("struct tdp_vcpu_info *")
@@ -363,7 +375,8 @@ class VM:
         return {"mode": _MODES[i.mode], "pcpu": None if i.pcpu < 0 else i.pcpu,
                 "last_pcpu": None if i.last_pcpu < 0 else i.last_pcpu, "root": i.root_id or None,
                 "requests": [k for k, b in REQUESTS.items() if i.requests & b], "asid": i.asid,
-                "asid_generation": i.asid_generation, "vpid": i.vpid, "tlb_control": i.tlb_control}
+                "asid_generation": i.asid_generation, "vpid": i.vpid, "tlb_control": i.tlb_control,
+                "in_l2": bool(i.in_l2), "other_root": i.l2_root_id or None}
 
     @locked
     def pcpu_info(self, pcpu: int) -> dict:

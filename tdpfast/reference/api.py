@@ -464,7 +464,8 @@ class VcpuApi:
         return {"mode": _MODES[v.mode], "pcpu": None if v.pcpu < 0 else v.pcpu,
                 "last_pcpu": None if v.vmcs_cpu < 0 else v.vmcs_cpu, "root": v.root_id or None,
                 "requests": [n for n, b in cpu.REQUESTS.items() if v.requests & b], "asid": v.asid,
-                "asid_generation": v.asid_generation, "vpid": v.vpid, "tlb_control": v.tlb_control}
+                "asid_generation": v.asid_generation, "vpid": v.vpid, "tlb_control": v.tlb_control,
+                "in_l2": False, "other_root": None}   # nested L2 is not in the reference model
 
     def pcpu_info(self, pcpu: int) -> dict:
         k = self._k

@@ -73,7 +73,7 @@ STAT_NAMES = (
     "rcu_grace_periods cycles "
     # guest paging (csrc/guest_paging.c): not in the reference model, so always 0 here
     "guest_accesses combined_hits combined_misses combined_fills guest_walk_refs "
-    "guest_ad_updates guest_page_faults guest_stale_hits guest_flushes").split()
+    "guest_ad_updates guest_page_faults guest_stale_hits guest_flushes nested_entries nested_exits").split()
 _GAUGES = ("pages_4k", "pages_2m", "pages_1g", "mmu_pages", "nx_lpage_splits")
 
 #: Cycle costs.  [MODEL CHOICE] The flush costs are Dave Hansen's flush_tlb_mm_range()

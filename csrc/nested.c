@@ -1,0 +1,112 @@
+/* nested.c — a vCPU running L2 (vmx/nested.c, svm/nested.c), for an L1 that runs
+ * L2 without nested EPT/NPT: L2 shares L1's guest-physical space, and KVM gives it
+ * its own TDP root (kvm_mmu_page_role.guest_mode = 1, so a separate root of the
+ * same TDP MMU that MMU-notifier zaps reach like any other) and its own TLB tag:
+ * on VMX the root's EPTP and VPID02 (vmcs02), on SVM vmcb02 with its own ASID.
+ * [MODEL CHOICE] Nested EPT/NPT (L1's EPT12 shadowed by KVM's shadow MMU) is not
+ * modelled; L1's vmcs12 uses one VPID.
+ *
+ * Each transition swaps the vCPU's current context (root, VPID or the VMCB's ASID
+ * state, the guest's paging registers) with the saved one, applies KVM's nested
+ * TLB-flush rule and enters the new level:
+ * - VMX, nested_vmx_transition_tlb_flush(): vmcs12 uses a VPID, so VM-entry
+ *   requests KVM_REQ_TLB_FLUSH_GUEST only when vpid12 changed (the first entry),
+ *   and nothing else: L2 has its own tag (EPT on). VM-exit flushes nothing. A VMCS
+ *   last loaded on another pCPU requests KVM_REQ_TLB_FLUSH (vmx_vcpu_load_vmcs()).
+ * - SVM, nested_svm_transition_tlb_flush(): KVM_REQ_TLB_FLUSH_CURRENT on every
+ *   VMRUN and #VMEXIT. Each VMCB keeps its ASID generation and last pCPU
+ *   (svm->current_vmcb->asid_generation / ->cpu, "KVM: SVM: Track the ASID
+ *   generation of the vmcb vmrun through the vmcb"); Policy(per_vmcb_asid=False)
+ *   keeps them per vCPU, as before that change (B22). */
+#include "vm.h"
+
+#define SWAP(a, b)                      \
+	do {                            \
+		__typeof__(a) swap_t_ = (a); \
+		(a) = (b);              \
+		(b) = swap_t_;          \
+	} while (0)
+
+static void swap_level(struct tdp_vm *vm, struct vcpu *v)
+{
+	struct nested_ctx *o = &v->other;
+	SWAP(v->root_id, o->root_id);
+	SWAP(v->g, o->g);
+	if (vm->cfg.arch == TDP_VMX) {
+		SWAP(v->vpid, o->vpid);
+		SWAP(v->vmcs_cpu, o->vmcs_cpu); /* loaded_vmcs->cpu is per VMCS */
+		return;
+	}
+	SWAP(v->asid, o->asid);               /* vmcb->control.asid */
+	SWAP(v->tlb_control, o->tlb_control); /* vmcb->control.tlb_ctl */
+	if (vm->pol.per_vmcb_asid) {
+		SWAP(v->asid_generation, o->asid_generation);
+		SWAP(v->vmcs_cpu, o->vmcs_cpu);
+	}
+}
+
+static int transition(struct tdp_vm *vm, struct vcpu *v, bool enter)
+{
+	int r = cpu_enter_if_kicked(vm, v);
+	if (r)
+		return r;
+	swap_level(vm, v);
+	v->in_l2 = enter;
+	v->nested_used = 1;
+	vm->stats[enter ? ST_nested_entries : ST_nested_exits]++;
+	if (vm->cfg.arch == TDP_VMX) {
+		cpu_vmx_load_vmcs(vm, v);
+		if (enter && v->last_vpid12 != 1) {
+			v->last_vpid12 = 1;
+			if (FLUSH_SITE(vm, NESTED_VMX_VPID))
+				v->requests |= TDP_REQ_TLB_FLUSH_GUEST;
+		}
+	} else if (FLUSH_SITE(vm, NESTED_SVM)) {
+		v->requests |= TDP_REQ_TLB_FLUSH_CURRENT;
+	}
+	vm_cost(vm, vm->costs.vm_exit + vm->costs.vm_entry); /* the exit to L0 and the entry */
+	return cpu_enter(vm, v);
+}
+
+int nested_enter(struct tdp_vm *vm, struct vcpu *v) { return transition(vm, v, true); }
+int nested_exit(struct tdp_vm *vm, struct vcpu *v) { return transition(vm, v, false); }
+
+int tdp_nested_enter(tdp_vm *vm, int vcpu)
+{
+	int r;
+	VM_OP_BEGIN(vm);
+	if ((r = vm_check_vcpu(vm, vcpu)))
+		return r;
+	struct vcpu *v = &vm->vcpus[vcpu];
+	if (v->mode == TDP_OUTSIDE_GUEST)
+		return vm_err(vm, TDP_ESTATE, "vcpu %d is not in guest mode: call vcpu_run(%d, pcpu) first", vcpu, vcpu);
+	if (v->in_l2)
+		return vm_err(vm, TDP_ESTATE, "vcpu %d already runs L2", vcpu);
+	if (hostmem_available(&vm->mem) < 1)
+		return vm_err(vm, TDP_ENOMEM, "frame pool exhausted: L2's root needs a frame");
+	if ((r = nested_enter(vm, v)))
+		return r;
+	vm_log(vm, EV_NESTED_ENTER, (u64)vcpu, 0, 0, 0, 0);
+	vm_op_end(vm);
+	return 0;
+}
+
+int tdp_nested_exit(tdp_vm *vm, int vcpu)
+{
+	int r;
+	VM_OP_BEGIN(vm);
+	if ((r = vm_check_vcpu(vm, vcpu)))
+		return r;
+	struct vcpu *v = &vm->vcpus[vcpu];
+	if (v->mode == TDP_OUTSIDE_GUEST)
+		return vm_err(vm, TDP_ESTATE, "vcpu %d is not in guest mode: call vcpu_run(%d, pcpu) first", vcpu, vcpu);
+	if (!v->in_l2)
+		return vm_err(vm, TDP_ESTATE, "vcpu %d does not run L2", vcpu);
+	if (hostmem_available(&vm->mem) < 1)
+		return vm_err(vm, TDP_ENOMEM, "frame pool exhausted: L1's root may need a frame");
+	if ((r = nested_exit(vm, v)))
+		return r;
+	vm_log(vm, EV_NESTED_EXIT, (u64)vcpu, 0, 0, 0, 0);
+	vm_op_end(vm);
+	return 0;
+}
