@@ -44,6 +44,7 @@ enum cov_op_code {
 	COV_OP_RACE_FAULT,
 	COV_OP_CHASE,
 	COV_OP_CHASE_WEAK,
+	COV_OP_NESTED,
 	COV_OP_END
 };
 _Static_assert(COV_OP_END <= COV_OPS, "every explorer operation has its own coverage code");
@@ -67,6 +68,7 @@ struct fuzz {
 	int op_weight[TDP_OP_LAST + 1]; /* per VM: which long operations are stepped */
 	int op_total;
 	u64 dirty_bitmap[FUZZ_BITMAP_WORDS]; /* where a harvest of the dirty log goes */
+	u64 guest_cr3; /* nested VMs: the guest's top page table (0: none yet) */
 };
 
 static u64 rnd(struct fuzz *f)
@@ -448,6 +450,101 @@ static void one_op(struct fuzz *f)
 	}
 }
 
+/* Nested VMs (every 4th, seeds 2, 6, 10, ...): about once in NESTED_EVERY operations a
+ * vCPU in guest mode enters L2 or goes back to L1 (nested.c), or the guest's own paging
+ * acts (guest_paging.c): a vCPU turns paging on, the guest maps or unmaps a page of its
+ * tables, a guest-linear access, INVLPG, INVPCID or MOV to CR3. These picks come from
+ * their own stream, so every other pick is the one the VM makes without them, and they
+ * count as operations (a VM still runs its number of operations). */
+#define NESTED_EVERY 8
+#define GUEST_POOL 896u   /* the guest's page tables: gfns 896..1023 of slot 0 */
+#define GUEST_GVA 0x7f0000000000ull
+static bool nested_vm(u64 seed) { return seed % 4 == 2; }
+
+static u64 nrnd(u64 *nrng)
+{
+	u64 x = *nrng;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *nrng = x;
+}
+
+static void guest_op(struct fuzz *f, u64 *nrng, int v)
+{
+	tdp_vm *vm = f->vm;
+	struct vcpu *vc = &vm->vcpus[v];
+	u64 r = nrnd(nrng);
+	u64 gva = GUEST_GVA + ((r >> 20) % 16) * 4096;
+	if (!f->guest_cr3) {
+		if (tdp_guest_set_pt_pool(vm, GUEST_POOL, FUZZ_SLOT0_PAGES - GUEST_POOL) == 0)
+			tdp_guest_new_table(vm, &f->guest_cr3);
+		return;
+	}
+	if (!vc->g.levels) {
+		int pcide = (int)((r >> 9) & 1);
+		if (tdp_guest_set_paging(vm, v, 4, pcide) == 0)
+			tdp_guest_load_cr3(vm, v, f->guest_cr3 << 12 | (pcide ? (r >> 12) % 4 : 0));
+		return;
+	}
+	switch ((r >> 8) % 10) {
+	case 0: case 1: case 2: { /* the guest's kernel maps a page (a 4K page, or the 2M one in slot 1) */
+		if ((r >> 40) % 8 == 0) {
+			tdp_guest_map(vm, f->guest_cr3, 4, GUEST_GVA + (1ull << 30), FUZZ_SLOT1_BASE << 12, 2, 1);
+			break;
+		}
+		u64 g = hot_region[(r >> 30) % 4] + (r >> 32) % 512;
+		tdp_guest_unmap(vm, f->guest_cr3, 4, gva, &(int){0});
+		tdp_guest_map(vm, f->guest_cr3, 4, gva, g << 12, 1, (u32)((r >> 44) & 7)); /* W, NX, G */
+		break;
+	}
+	case 3:
+		if ((r >> 16) & 1)
+			tdp_guest_unmap(vm, f->guest_cr3, 4, gva, &(int){0});
+		else
+			tdp_guest_invlpg(vm, v, gva);
+		break;
+	case 4: { /* MOV to CR3: another PCID, with or without bit 63 */
+		u64 pcid = vc->g.pcide ? (r >> 12) % 4 : 0;
+		u64 noflush = vc->g.pcide && ((r >> 14) & 1) ? 1ull << 63 : 0;
+		tdp_guest_load_cr3(vm, v, f->guest_cr3 << 12 | pcid | noflush);
+		break;
+	}
+	case 5:
+		tdp_guest_invpcid(vm, v, (int)((r >> 16) % 4), vc->g.pcide ? (u32)((r >> 12) % 4) : 0, gva);
+		break;
+	default: { /* a burst of guest-linear accesses to one page (the TLB's entry gets used) */
+		struct tdp_guest_access_result out;
+		if ((r >> 40) % 8 == 0)
+			gva = GUEST_GVA + (1ull << 30) + ((r >> 20) % 512) * 4096;
+		for (u64 k = 0, n = 1 + (r >> 60); k < n && vc->mode != TDP_OUTSIDE_GUEST; k++) {
+			int acc = (r >> (44 + k)) % 8 < 3 ? TDP_ACC_WRITE : (r >> (44 + k)) % 8 == 3 ? TDP_ACC_EXEC
+													  : TDP_ACC_READ;
+			if (tdp_guest_access(vm, v, gva | ((r >> 53) & 0xff8), acc, &out))
+				break;
+		}
+		break;
+	}
+	}
+}
+
+static void nested_op(struct fuzz *f, u64 *nrng)
+{
+	tdp_vm *vm = f->vm;
+	u64 x = nrnd(nrng);
+	int v = (int)((x >> 8) % (u64)vm->cfg.nvcpus);
+	if (vm->vcpus[v].mode == TDP_OUTSIDE_GUEST)
+		return;
+	vm->cov.op = COV_OP_NESTED;
+	if ((x >> 24) % 4) {
+		guest_op(f, nrng, v);
+	} else if (vm->vcpus[v].in_l2) {
+		tdp_nested_exit(vm, v);
+	} else {
+		tdp_nested_enter(vm, v);
+	}
+}
+
 /* splitmix64: neighbouring seeds must not share swarm settings or streams. */
 static u64 splitmix(u64 z)
 {
@@ -494,7 +591,15 @@ int tdp_fuzz_stream(tdp_vm *vm, uint64_t seed, uint64_t stream, uint64_t max_ops
 	add_slot(&f, 1);
 	vm->cov.on = true;
 	vm->hazard_probe = true;
+	bool nested = nested_vm(seed);
+	u64 nrng = splitmix(seed ^ 0x6e65737465644c32ull ^ splitmix(stream)) | 1;
 	for (n = 0; n < max_ops && !vm->nviol; n++) {
+		if (nested && ((nrng >> 8) & (NESTED_EVERY - 1)) == 0) {
+			nested_op(&f, &nrng);
+			continue;
+		}
+		if (nested)
+			nrng = splitmix(nrng) | 1;
 		one_op(&f);
 		if (vm->hazard)
 			chase_hazard(&f);

@@ -68,6 +68,10 @@ class Violation:
             return (f"{self.kind}: the TDP MMU's walk of root {self.root} at gfn {self.gpa >> 12:#x} went on in "
                     f"table frame {self.stale_pfn:#x} of level {self.level} entries, freed under it "
                     f"({self.frame_state} now) [event {self.event}]")
+        if self.kind == "tlb_tag_alias":
+            held = "the host's ASID 0" if self.tag == 0 else "an ASID another VMCB on that pCPU holds in this generation"
+            return (f"{self.kind}: vcpu {self.vcpu} runs (VMRUN) on pcpu {self.pcpu} with ASID {self.tag}, {held}: "
+                    f"two address spaces share its TLB entries [event {self.event}]")
         exp = "none" if self.expected_pfn is None else hex(self.expected_pfn)
         stale = "-" if self.stale_pfn is None else hex(self.stale_pfn)
         return (f"{self.kind}: vcpu {self.vcpu} on pcpu {self.pcpu} {self.access} gpa {self.gpa:#x} "

@@ -45,8 +45,10 @@ def test_load_bearing_and_not_shown_verdicts():
     vm = fuzz.record(cfg, b5["vm_seed"], 4000)
     assert vm.violations and fuzz.replay(fuzz.kvm_twin(cfg), b5["vm_seed"], vm.events[:vm.violations[0].event + 1]) \
         .violations == []
-    # B16 is latent in this model: every root load flushes its context.
-    assert (b16["verdict"], b16["kind"], b16["ops_explored"], b16["ops_to_find"]) == ("not_shown", None, 20_000, None)
+    # B16 shows in the nested VMs (seeds 2, 6, ...): a remote flush serviced while the vCPU
+    # runs L1 leaves L2's entries.
+    assert (b16["verdict"], b16["kind"], b16["ops_to_find"]) == ("load_bearing", "use_after_free", 9167)
+    assert b16["witness"]["verdict"] == "policy"
 
 
 @pytest.mark.slow
@@ -62,7 +64,9 @@ def test_audit_json_matches_its_schema_and_the_table_prints():
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     schema_check.check(doc, "audit.schema.json")
-    assert doc["summary"] == {"runs": 4, "load_bearing": 2, "not_shown": 2, "engine_or_caller": 0,
+    # remote_flush_all_contexts: load-bearing on VMX (L2 keeps its own EPTP context); on SVM
+    # svm_flush_tlb_all() is the current ASID either way, so removing it changes nothing.
+    assert doc["summary"] == {"runs": 4, "load_bearing": 3, "not_shown": 1, "engine_or_caller": 0,
                               "mutation_score": None}
     assert [(r["site"], r["arch"]) for r in doc["results"]] == [
         ("flush_on_root_load", "vmx"), ("flush_on_root_load", "svm"),
