@@ -368,6 +368,29 @@ int tdp_guest_invpcid(tdp_vm *vm, int vcpu, int type, uint32_t pcid, uint64_t gv
 	return 0;
 }
 
+/* The guest's paravirtual TLB flush of a preempted vCPU (KVM_FEATURE_PV_TLB_FLUSH): the
+ * guest sets KVM_VCPU_FLUSH_TLB in that vCPU's steal-time record instead of sending it an
+ * IPI, and KVM's record_steal_time() turns it into KVM_REQ_TLB_FLUSH_GUEST at the vCPU's
+ * next entry (x86.c). A running vCPU flushes itself (INVLPG, MOV to CR3). */
+int tdp_guest_pv_flush(tdp_vm *vm, int vcpu)
+{
+	int r;
+	VM_OP_BEGIN(vm);
+	if ((r = vm_check_vcpu(vm, vcpu)))
+		return r;
+	struct vcpu *v = &vm->vcpus[vcpu];
+	if (v->mode != TDP_OUTSIDE_GUEST)
+		return vm_err(vm, TDP_ESTATE, "vcpu %d is running: the guest flushes a running vCPU by IPI (its own "
+			      "INVLPG or MOV to CR3); the paravirtual flush is for a preempted one", vcpu);
+	if (!v->g.levels)
+		return vm_err(vm, TDP_ESTATE, "vcpu %d has guest paging off", vcpu);
+	v->g.flush_req++;
+	v->requests |= TDP_REQ_TLB_FLUSH_GUEST;
+	vm_log(vm, EV_GUEST_PV_FLUSH, (u64)vcpu, 0, 0, 0, 0);
+	vm_op_end(vm);
+	return 0;
+}
+
 int tdp_combined_dump(tdp_vm *vm, int pcpu, struct tdp_combined_entry *out, size_t max, size_t *n)
 {
 	int r;

@@ -32,7 +32,7 @@ static void append(struct tdp_vm *vm, const struct tdp_violation *v)
 void vm_report(struct tdp_vm *vm, int kind, struct vcpu *v, u64 gpa, u64 tag, u64 stale_pfn,
 	       u64 expected_pfn, int access, int level, int frame_state, u64 batch_index)
 {
-	TDP_WARN_ON(vm, (kind < TDP_V_USE_AFTER_FREE || kind > TDP_V_LIVELOCK) && kind != TDP_V_TLB_TAG_ALIAS);
+	TDP_WARN_ON(vm, (kind < TDP_V_USE_AFTER_FREE || kind > TDP_V_LIVELOCK) && kind < TDP_V_TLB_TAG_ALIAS);
 	append(vm, &(struct tdp_violation){
 		.kind = kind, .vcpu = v ? v->id : -1, .pcpu = v ? v->pcpu : -1, .gpa = gpa, .tag = tag,
 		.stale_pfn = stale_pfn, .expected_pfn = expected_pfn, .event = vm->cur_event,
@@ -132,6 +132,22 @@ void checker_report_walk_livelock(struct tdp_vm *vm, const struct tdp_root *root
 void checker_report_livelock(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, u64 batch_index)
 {
 	vm_report(vm, TDP_V_LIVELOCK, v, gpa, 0, NO_PFN, NO_PFN, access, 0, 0, batch_index);
+}
+
+/* A combined-TLB hit the guest's tables no longer give. The guest may change its
+ * tables and keep using the old translation until it flushes it (Intel SDM Vol. 3A
+ * 4.10.4.4 "Delayed Invalidation"): then the guest owes the flush, and it is no
+ * violation (counted as guest_stale_hits). But if the guest asked KVM for a flush
+ * since the entry was filled (its paravirtual flush, KVM_REQ_TLB_FLUSH_GUEST) and KVM
+ * has serviced it, the entry must be gone: KVM owes it. Returns 1 if reported. */
+int checker_guest_stale(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, u64 pfn, u32 gseq, u64 tag)
+{
+	if ((int32_t)(v->g.flush_done - gseq) > 0) {
+		vm_report(vm, TDP_V_STALE_GUEST_TRANSLATION, v, gpa, tag, pfn, NO_PFN, access, 1, 0, 0);
+		return 1;
+	}
+	vm->stats[ST_guest_stale_hits]++;
+	return 0;
 }
 
 /* SVM: VMRUN of v's current VMCB on its pCPU. ASIDs are handed out per pCPU and

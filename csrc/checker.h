@@ -44,6 +44,9 @@ struct checker_state {
 	u64 *kids;     /* 8 words per frame */
 };
 
+/* A combined-TLB hit the guest's tables no longer give: the guest's flush to owe, or
+ * KVM's (reported) if a flush the guest asked for was serviced since the fill. */
+int checker_guest_stale(struct tdp_vm *vm, struct vcpu *v, u64 gpa, int access, u64 pfn, u32 gseq, u64 tag);
 /* SVM: the ASID v's VMCB runs with is held by no other VMCB that may run on the pCPU. */
 void checker_check_asid_alias(struct tdp_vm *vm, struct vcpu *v);
 void vm_report(struct tdp_vm *vm, int kind, struct vcpu *v, u64 gpa, u64 tag, u64 stale_pfn,

@@ -252,6 +252,9 @@ static int vcpu_enter(struct tdp_vm *vm, struct vcpu *v)
 		v->requests &= ~TDP_REQ_TLB_FLUSH_GUEST;
 		if (FLUSH_SITE(vm, REQ_TLB_FLUSH_GUEST))
 			vendor_flush_tlb_guest(vm, v);
+		/* The guest's paravirtual flushes so far are done, as far as it can tell
+		 * (on SVM the TLB_CONTROL acts at this entry's VMRUN). */
+		v->g.flush_done = v->g.flush_req;
 	}
 	if (!v->root_id) {
 		/* kvm_mmu_reload() -> kvm_mmu_load(): alloc or reuse, load, flush. */

@@ -470,6 +470,30 @@ static u64 nrnd(u64 *nrng)
 	return *nrng = x;
 }
 
+/* A burst of guest-linear accesses to one page (so the TLB's entry gets used). When
+ * one hits an entry the guest's tables no longer give (allowed: the guest has not
+ * flushed it), the guest does: it flushes the vCPU the paravirtual way while it is
+ * preempted, and the vCPU touches the page again, so a flush KVM owes and drops shows
+ * up at once (a guest-side hazard chase). */
+static void guest_touch(struct fuzz *f, int v, u64 gva, u64 r)
+{
+	tdp_vm *vm = f->vm;
+	struct vcpu *vc = &vm->vcpus[v];
+	struct tdp_guest_access_result out;
+	for (u64 k = 0, n = 1 + (r >> 60); k < n && vc->mode != TDP_OUTSIDE_GUEST && vc->g.levels; k++) {
+		int acc = (r >> (44 + k)) % 8 < 3 ? TDP_ACC_WRITE : (r >> (44 + k)) % 8 == 3 ? TDP_ACC_EXEC : TDP_ACC_READ;
+		if (tdp_guest_access(vm, v, gva | ((r >> 53) & 0xff8), acc, &out))
+			break;
+		if (out.stale_guest) {
+			int p = vc->pcpu;
+			vm->cov.op = COV_OP_CHASE;
+			if (tdp_vcpu_exit(vm, v) == 0 && tdp_guest_pv_flush(vm, v) == 0 && tdp_vcpu_run(vm, v, p) == 0)
+				tdp_guest_access(vm, v, gva, acc, &out);
+			break;
+		}
+	}
+}
+
 static void guest_op(struct fuzz *f, u64 *nrng, int v)
 {
 	tdp_vm *vm = f->vm;
@@ -496,6 +520,8 @@ static void guest_op(struct fuzz *f, u64 *nrng, int v)
 		u64 g = hot_region[(r >> 30) % 4] + (r >> 32) % 512;
 		tdp_guest_unmap(vm, f->guest_cr3, 4, gva, &(int){0});
 		tdp_guest_map(vm, f->guest_cr3, 4, gva, g << 12, 1, (u32)((r >> 44) & 7)); /* W, NX, G */
+		if ((r >> 47) & 1)
+			guest_touch(f, v, gva, r); /* the old translation may still be cached */
 		break;
 	}
 	case 3:
@@ -513,18 +539,11 @@ static void guest_op(struct fuzz *f, u64 *nrng, int v)
 	case 5:
 		tdp_guest_invpcid(vm, v, (int)((r >> 16) % 4), vc->g.pcide ? (u32)((r >> 12) % 4) : 0, gva);
 		break;
-	default: { /* a burst of guest-linear accesses to one page (the TLB's entry gets used) */
-		struct tdp_guest_access_result out;
+	default:
 		if ((r >> 40) % 8 == 0)
 			gva = GUEST_GVA + (1ull << 30) + ((r >> 20) % 512) * 4096;
-		for (u64 k = 0, n = 1 + (r >> 60); k < n && vc->mode != TDP_OUTSIDE_GUEST; k++) {
-			int acc = (r >> (44 + k)) % 8 < 3 ? TDP_ACC_WRITE : (r >> (44 + k)) % 8 == 3 ? TDP_ACC_EXEC
-													  : TDP_ACC_READ;
-			if (tdp_guest_access(vm, v, gva | ((r >> 53) & 0xff8), acc, &out))
-				break;
-		}
+		guest_touch(f, v, gva, r);
 		break;
-	}
 	}
 }
 
@@ -533,9 +552,13 @@ static void nested_op(struct fuzz *f, u64 *nrng)
 	tdp_vm *vm = f->vm;
 	u64 x = nrnd(nrng);
 	int v = (int)((x >> 8) % (u64)vm->cfg.nvcpus);
-	if (vm->vcpus[v].mode == TDP_OUTSIDE_GUEST)
-		return;
 	vm->cov.op = COV_OP_NESTED;
+	if (vm->vcpus[v].mode == TDP_OUTSIDE_GUEST) {
+		/* The guest flushes a preempted vCPU the paravirtual way. */
+		if (vm->vcpus[v].g.levels && (x >> 32) % 2)
+			tdp_guest_pv_flush(vm, v);
+		return;
+	}
 	if ((x >> 24) % 4) {
 		guest_op(f, nrng, v);
 	} else if (vm->vcpus[v].in_l2) {

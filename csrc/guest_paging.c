@@ -236,16 +236,18 @@ int guest_access(struct tdp_vm *vm, struct vcpu *v, u64 gva, int access, struct 
 		checker_check_translation(vm, v, out->gpa, access, e->pfn, 1, tag, 0);
 		if (vm->nviol > before)
 			out->violation = (int)vm->nviol;
-		/* The guest side: do the guest's tables still give it? A translation the
-		 * guest changed and has not flushed may be used (SDM Vol. 3A 4.10.4.4,
-		 * "Delayed Invalidation"): the guest owes the flush. */
+		/* The guest side: do the guest's tables still give it? If not, the
+		 * checker says who owes the flush. */
 		u64 now_gpa;
 		int lv;
 		unsigned perms;
 		if (guest_translate(vm, g->cr3 >> 12 & ((1ull << 40) - 1), g->levels, gva, &now_gpa, &lv, &perms) ||
 		    now_gpa >> 12 != e->gfn || (perms & e->perms) != e->perms) {
-			out->stale_guest = 1;
-			vm->stats[ST_guest_stale_hits]++;
+			before = vm->nviol;
+			if (checker_guest_stale(vm, v, out->gpa, access, e->pfn, e->gseq, tag))
+				out->violation = (int)vm->nviol;
+			else
+				out->stale_guest = 1;
 		}
 		return 0;
 	}
@@ -314,7 +316,8 @@ int guest_access(struct tdp_vm *vm, struct vcpu *v, u64 gva, int access, struct 
 	if ((sp = guest_space(vm, v)) < 0)
 		return vm_err(vm, TDP_ENOMEM, "out of host memory for the combined TLB");
 	unsigned proven = PERM_R | (write ? PERM_W : 0) | (need == PERM_X ? PERM_X : 0);
-	ctlb_fill(&pc->ctlb, sp, pcid, vpn, hpa >> 12, gpa >> 12, perms & proven, global, dirty, glevel);
+	ctlb_fill(&pc->ctlb, sp, pcid, vpn, hpa >> 12, gpa >> 12, perms & proven, global, dirty, glevel,
+		  v->g.flush_req);
 	vm->stats[ST_combined_fills]++;
 	return 0;
 }

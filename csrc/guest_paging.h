@@ -32,6 +32,10 @@ struct guest_cpu {
 	u64 cr3;       /* bits 51:12 the top table, 11:0 the PCID when pcide */
 	u8 levels;     /* 0: paging off (accesses are guest-physical), 4 or 5 */
 	u8 pcide;
+	/* The guest's paravirtual flushes (KVM_VCPU_FLUSH_TLB, tdp_guest_pv_flush()): how
+	 * many it asked for, and the number of the last one KVM serviced. A combined
+	 * entry filled before a serviced one must be gone (checker_guest_stale()). */
+	u32 flush_req, flush_done;
 };
 
 struct tdp_vm;

@@ -46,8 +46,8 @@ static const char *const violation_names[] = {
 	[TDP_V_STALE_FAULT_INSTALL] = "stale_fault_install", [TDP_V_MALFORMED_TABLE] = "malformed_table",
 	[TDP_V_FROZEN_SPTE] = "frozen_spte", [TDP_V_LEAF_COUNT] = "leaf_count", [TDP_V_ROOT_REFCOUNT] = "root_refcount",
 	[TDP_V_LEAKED_TABLE] = "leaked_table", [TDP_V_UNLOGGED_WRITABLE] = "unlogged_writable",
-	[TDP_V_TLB_TAG_ALIAS] = "tlb_tag_alias"};
-_Static_assert(NAMES_LEN(violation_names) == TDP_V_TLB_TAG_ALIAS + 1, "a name for every violation kind");
+	[TDP_V_TLB_TAG_ALIAS] = "tlb_tag_alias", [TDP_V_STALE_GUEST_TRANSLATION] = "stale_guest_translation"};
+_Static_assert(NAMES_LEN(violation_names) == TDP_V_STALE_GUEST_TRANSLATION + 1, "a name for every violation kind");
 const char *tdp_violation_kind_name(int kind) { return kind < 1 ? NULL : name_at(violation_names, NAMES_LEN(violation_names), kind); }
 
 /* Indexed by bit number. */

@@ -69,8 +69,10 @@ enum tdp_violation_kind {
 	TDP_V_LEAKED_TABLE = 13,         /* I7: a table page no root reaches and nobody freed */
 	TDP_V_UNLOGGED_WRITABLE = 14,    /* I6: after dirty logging was enabled or harvested, a writable
 	                                  * SPTE in a valid root maps a gfn the dirty log does not hold */
-	TDP_V_TLB_TAG_ALIAS = 15         /* SVM: a VMRUN with an ASID another VMCB on the pCPU holds in the
+	TDP_V_TLB_TAG_ALIAS = 15,        /* SVM: a VMRUN with an ASID another VMCB on the pCPU holds in the
 	                                  * current generation (two address spaces share TLB entries) */
+	TDP_V_STALE_GUEST_TRANSLATION = 16 /* a combined entry the guest changed and asked KVM to flush
+	                                  * (a serviced KVM_REQ_TLB_FLUSH_GUEST): KVM owes the flush */
 };
 /* The state invariants a VM checks (struct tdp_config.invariants, a mask): after
  * every top-level operation, which includes every stop of a stepped operation at a
@@ -457,6 +459,7 @@ int tdp_guest_load_cr3(tdp_vm *vm, int vcpu, uint64_t value);
 int tdp_guest_access(tdp_vm *vm, int vcpu, uint64_t gva, int access, struct tdp_guest_access_result *out);
 int tdp_guest_invlpg(tdp_vm *vm, int vcpu, uint64_t gva);
 int tdp_guest_invpcid(tdp_vm *vm, int vcpu, int type, uint32_t pcid, uint64_t gva);
+int tdp_guest_pv_flush(tdp_vm *vm, int vcpu);
 int tdp_combined_dump(tdp_vm *vm, int pcpu, struct tdp_combined_entry *out, size_t max, size_t *n);
 
 /* Nested (nested.c): L1 runs L2 without nested EPT/NPT, so L2 shares L1's

@@ -84,7 +84,7 @@ struct ctlb_ent *ctlb_lookup(struct ctlb *t, int space, u16 pcid, u64 vpn)
 void ctlb_kill(struct ctlb_ent *e) { e->valid = 0; }
 
 void ctlb_fill(struct ctlb *t, int space, u16 pcid, u64 vpn, u64 pfn, u64 gfn, unsigned perms, bool global,
-	       bool dirty, int glevel)
+	       bool dirty, int glevel, u32 gseq)
 {
 	struct ctlb_ent *set = &t->e[(size_t)set_of(t, vpn) * t->ways], *victim = NULL, *dead = NULL, *lru = NULL;
 	for (u32 w = 0; w < t->ways && !victim; w++) {
@@ -105,7 +105,7 @@ void ctlb_fill(struct ctlb *t, int space, u16 pcid, u64 vpn, u64 pfn, u64 gfn, u
 				    .ep_ng = s->ep_ng, .ep_pcid = s->pcid_ep[pcid & (NPCID - 1)],
 				    .ep_frag = s->ep_frag, .stamp = ++t->stamp, .pcid = (u16)(pcid & (NPCID - 1)),
 				    .valid = 1, .perms = (u8)perms, .global = global, .dirty = dirty,
-				    .glevel = (u8)glevel};
+				    .glevel = (u8)glevel, .gseq = gseq};
 	t->fills++;
 }
 

@@ -31,6 +31,7 @@ struct ctlb_ent {
 	u32 space;    /* index into ctlb.sp */
 	u32 ep_all, ep_ng, ep_pcid, ep_frag;
 	u32 stamp;    /* LRU */
+	u32 gseq;     /* the guest's paravirtual flush requests when it was filled (guest_cpu) */
 	u16 pcid;
 	u8 valid;
 	u8 perms;     /* PERM_R/W/X: the rights of both dimensions that a walk proved */
@@ -71,7 +72,7 @@ struct ctlb_ent *ctlb_lookup(struct ctlb *t, int space, u16 pcid, u64 vpn);
 /* Replaces the entry for the same tag and page if there is one, else the set's
  * least recently used or dead way. */
 void ctlb_fill(struct ctlb *t, int space, u16 pcid, u64 vpn, u64 pfn, u64 gfn, unsigned perms, bool global,
-	      bool dirty, int glevel);
+	      bool dirty, int glevel, u32 gseq);
 void ctlb_kill(struct ctlb_ent *e);
 
 /* Which spaces an invalidation reaches (the SDM's "current VPID, all EP4TAs",

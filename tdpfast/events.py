@@ -254,6 +254,7 @@ def _api_table(requests: Dict[str, int]):
         "guest_access": ("guest", lambda a, e: ((a[0], a[1], acc[a[2]]), {})),
         "guest_invlpg": ("guest", lambda a, e: ((a[0], a[1]), {})),
         "guest_invpcid": ("guest", lambda a, e: ((a[0], INVPCID_KINDS[a[1]], a[2], a[3]), {})),
+        "guest_pv_flush": ("guest", lambda a, e: ((a[0],), {})),
     }
 
 

@@ -185,6 +185,15 @@ class GuestPaging:
                                              _int("pcid", pcid, 0, 0xffffffff), _int("gva", gva)))
 
     @locked
+    def pv_flush(self, vcpu: int) -> None:
+        """The guest's paravirtual TLB flush of a preempted vCPU (not in guest mode): it sets
+        KVM_VCPU_FLUSH_TLB in the vCPU's steal-time record and KVM turns that into
+        ``KVM_REQ_TLB_FLUSH_GUEST`` at the vCPU's next entry. Once serviced, a combined entry
+        filled before it that the guest's tables no longer give is KVM's to have flushed: the
+        checker reports its use as ``stale_guest_translation``."""
+        check(self._h, lib.tdp_guest_pv_flush(self._h, _int("vcpu", vcpu, 0, 1 << 20)))
+
+    @locked
     def combined_entries(self, pcpu: int) -> List[dict]:
         """The live combined TLB entries of a pCPU: tag (``id`` = VPID or ASID, ``ep4ta``,
         ``pcid``), ``gva``, ``gpa``, ``hpa``, rights, ``global``, ``dirty``, ``guest_level``."""

@@ -68,6 +68,11 @@ class Violation:
             return (f"{self.kind}: the TDP MMU's walk of root {self.root} at gfn {self.gpa >> 12:#x} went on in "
                     f"table frame {self.stale_pfn:#x} of level {self.level} entries, freed under it "
                     f"({self.frame_state} now) [event {self.event}]")
+        if self.kind == "stale_guest_translation":
+            return (f"{self.kind}: vcpu {self.vcpu} on pcpu {self.pcpu} {self.access} through a combined TLB entry "
+                    f"(gpa {self.gpa:#x}, frame {self.stale_pfn:#x}, tag {self.tag:#x}) its guest tables no longer give, "
+                    f"after KVM serviced the flush the guest asked for (KVM_REQ_TLB_FLUSH_GUEST): KVM owes that "
+                    f"flush [event {self.event}]")
         if self.kind == "tlb_tag_alias":
             held = "the host's ASID 0" if self.tag == 0 else "an ASID another VMCB on that pCPU holds in this generation"
             return (f"{self.kind}: vcpu {self.vcpu} runs (VMRUN) on pcpu {self.pcpu} with ASID {self.tag}, {held}: "

@@ -511,3 +511,56 @@ def test_a_vm_without_guest_paging_keeps_its_digest_and_counters():
     a.access(0, 0x1000)
     assert all(a.stats[k] == 0 for k in ("guest_accesses", "combined_hits", "combined_fills"))
     assert a.guest.combined_entries(0) == []
+
+
+# ---------------------------------------------------------------- who owes a flush
+
+def pv_scenario(**kw):
+    """vCPU 0 caches GVA, the guest unmaps it, preempts the vCPU and flushes it the
+    paravirtual way; KVM services the flush at the next entry; the vCPU touches GVA."""
+    vm = tdpfast.VM(vcpus=2, pcpus=2, record=True, **kw)
+    vm.add_memslot(0, 1 << 18, max_level=1)
+    vm.vcpu_run(0, 0)
+    g = vm.guest
+    g.set_table_pool(POOL, 64)
+    cr3 = g.new_table()
+    g.map(cr3, GVA, 0x5000)
+    g.set_paging(0, 4)
+    g.load_cr3(0, cr3)
+    fill(g)
+    g.unmap(cr3, GVA)
+    vm.vcpu_exit(0)
+    return vm, g
+
+
+def test_after_a_serviced_guest_flush_the_guest_owes_nothing():
+    vm, g = pv_scenario()
+    g.pv_flush(0)
+    vm.vcpu_run(0, 0)                                 # KVM_REQ_TLB_FLUSH_GUEST: INVVPID single-context
+    r = g.access(0, GVA)
+    assert r.outcome == "guest_page_fault" and not r.stale_guest and vm.violations == []
+
+
+def test_a_guest_flush_kvm_drops_is_kvms_violation():
+    vm, g = pv_scenario(mutant="req_tlb_flush_guest")
+    g.pv_flush(0)
+    vm.vcpu_run(0, 0)
+    r = g.access(0, GVA)
+    assert r.tlb == "combined" and r.violation is not None
+    assert r.violation.kind == "stale_guest_translation" and r.violation.gpa == 0x5000
+    assert "KVM owes" in str(r.violation)
+
+
+def test_without_a_guest_flush_the_guest_owes_it_even_under_the_mutant():
+    vm, g = pv_scenario(mutant="req_tlb_flush_guest")
+    vm.vcpu_run(0, 0)
+    r = g.access(0, GVA)
+    assert r.tlb == "combined" and r.stale_guest and r.violation is None
+
+
+def test_a_paravirtual_flush_is_for_a_preempted_vcpu():
+    vm, g, _ = setup()
+    with pytest.raises(InvalidStateError):
+        g.pv_flush(0)                                 # running: the guest IPIs it instead
+    with pytest.raises(InvalidStateError):
+        g.pv_flush(1)                                 # guest paging off on vCPU 1
