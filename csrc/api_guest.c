@@ -313,6 +313,52 @@ int tdp_guest_access(tdp_vm *vm, int vcpu, uint64_t gva, int access, struct tdp_
 	return 0;
 }
 
+int tdp_guest_access_batch(tdp_vm *vm, int vcpu, const uint64_t *gvas, const uint8_t *accesses, int default_access,
+			   size_t n, uint64_t *counts, size_t *done)
+{
+	int r;
+	*done = 0;
+	memset(counts, 0, TDP_GBATCH_NCOUNTS * sizeof(*counts));
+	VM_OP_BEGIN(vm);
+	if ((r = check_running(vm, vcpu)) || (r = check_paging(vm, vcpu)))
+		return r;
+	struct vcpu *v = &vm->vcpus[vcpu];
+	/* Every argument first: a batch that cannot run changes nothing. */
+	for (size_t i = 0; i < n; i++) {
+		int acc = accesses ? accesses[i] : default_access;
+		if (acc < 0 || acc > 3)
+			return vm_err(vm, TDP_EINVAL, "access[%zu] must be 0..3 (r, w, x, xu), got %d", i, acc);
+		if (!guest_canonical(gvas[i], v->g.levels))
+			return vm_err(vm, TDP_EINVAL, "gvas[%zu] = 0x%llx is not canonical for %d-level paging", i,
+				      (unsigned long long)gvas[i], v->g.levels);
+	}
+	u64 frames = (u64)(2 * v->g.levels + 1) * (u64)tdp_fault_frames(vm->cfg.levels);
+	size_t i;
+	for (i = 0; i < n; i++) {
+		if (hostmem_available(&vm->mem) < frames) {
+			/* Stopped, not failed: the accesses that ran stay (done < n says so). */
+			vm_err(vm, TDP_ENOMEM, "frame pool exhausted after %zu of %zu accesses", i, n);
+			break;
+		}
+		struct tdp_guest_access_result out;
+		int acc = accesses ? accesses[i] : default_access;
+		if ((r = guest_access(vm, v, gvas[i], acc, &out)))
+			break;
+		/* Each access is its own event in the log (when the VM records). */
+		vm_log(vm, EV_GUEST_ACCESS, (u64)vcpu, gvas[i], (u64)acc, 0, 0);
+		counts[out.outcome == TDP_OUT_OK ? TDP_GBATCH_OK
+			: out.outcome == TDP_OUT_GUEST_PF ? TDP_GBATCH_GUEST_PF : TDP_GBATCH_OTHER]++;
+		counts[out.tlb_hit ? TDP_GBATCH_COMBINED_HITS : TDP_GBATCH_WALKED]++;
+		counts[TDP_GBATCH_REFS] += (u64)out.refs;
+		counts[TDP_GBATCH_FAULTS] += (u64)out.faults;
+		counts[TDP_GBATCH_STALE_GUEST] += (u64)out.stale_guest;
+		counts[TDP_GBATCH_VIOLATIONS] += out.violation != 0;
+	}
+	*done = i;
+	vm_op_end(vm);
+	return r;
+}
+
 int tdp_guest_invlpg(tdp_vm *vm, int vcpu, uint64_t gva)
 {
 	int r;
@@ -385,7 +431,10 @@ int tdp_guest_pv_flush(tdp_vm *vm, int vcpu)
 	if (!v->g.levels)
 		return vm_err(vm, TDP_ESTATE, "vcpu %d has guest paging off", vcpu);
 	v->g.flush_req++;
-	v->requests |= TDP_REQ_TLB_FLUSH_GUEST;
+	/* record_steal_time() at the next entry; made now, which is the same: the vCPU
+	 * does not run before then. */
+	if (FLUSH_SITE(vm, PV_FLUSH))
+		v->requests |= TDP_REQ_TLB_FLUSH_GUEST;
 	vm_log(vm, EV_GUEST_PV_FLUSH, (u64)vcpu, 0, 0, 0, 0);
 	vm_op_end(vm);
 	return 0;

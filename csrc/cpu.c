@@ -252,9 +252,6 @@ static int vcpu_enter(struct tdp_vm *vm, struct vcpu *v)
 		v->requests &= ~TDP_REQ_TLB_FLUSH_GUEST;
 		if (FLUSH_SITE(vm, REQ_TLB_FLUSH_GUEST))
 			vendor_flush_tlb_guest(vm, v);
-		/* The guest's paravirtual flushes so far are done, as far as it can tell
-		 * (on SVM the TLB_CONTROL acts at this entry's VMRUN). */
-		v->g.flush_done = v->g.flush_req;
 	}
 	if (!v->root_id) {
 		/* kvm_mmu_reload() -> kvm_mmu_load(): alloc or reuse, load, flush. */
@@ -273,6 +270,9 @@ static int vcpu_enter(struct tdp_vm *vm, struct vcpu *v)
 		return vm_err(vm, TDP_ENOMEM, "out of host memory for a TLB context");
 	pc->cur_ctx = c;
 	pc->vcpu = v->id;
+	/* The guest's paravirtual flushes asked for so far are done when the vCPU runs
+	 * again, as far as the guest can tell (on SVM the TLB_CONTROL acted at this VMRUN). */
+	v->g.flush_done = v->g.flush_req;
 	v->mode = TDP_IN_GUEST;
 	vm->stats[ST_vm_entries]++;
 	vm_cost(vm, vm->costs.vm_entry);

@@ -480,7 +480,7 @@ static void guest_touch(struct fuzz *f, int v, u64 gva, u64 r)
 	tdp_vm *vm = f->vm;
 	struct vcpu *vc = &vm->vcpus[v];
 	struct tdp_guest_access_result out;
-	for (u64 k = 0, n = 1 + (r >> 60); k < n && vc->mode != TDP_OUTSIDE_GUEST && vc->g.levels; k++) {
+	for (u64 k = 0, n = 1 + (r >> 62); k < n && vc->mode != TDP_OUTSIDE_GUEST && vc->g.levels; k++) {
 		int acc = (r >> (44 + k)) % 8 < 3 ? TDP_ACC_WRITE : (r >> (44 + k)) % 8 == 3 ? TDP_ACC_EXEC : TDP_ACC_READ;
 		if (tdp_guest_access(vm, v, gva | ((r >> 53) & 0xff8), acc, &out))
 			break;

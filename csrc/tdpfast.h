@@ -460,6 +460,15 @@ int tdp_guest_access(tdp_vm *vm, int vcpu, uint64_t gva, int access, struct tdp_
 int tdp_guest_invlpg(tdp_vm *vm, int vcpu, uint64_t gva);
 int tdp_guest_invpcid(tdp_vm *vm, int vcpu, int type, uint32_t pcid, uint64_t gva);
 int tdp_guest_pv_flush(tdp_vm *vm, int vcpu);
+/* Many guest-linear accesses in one call (accesses: NULL for default_access for all).
+ * counts[TDP_GBATCH_NCOUNTS]; *done: how many ran (all, unless an error stopped it). */
+enum tdp_guest_batch_count {
+	TDP_GBATCH_OK = 0, TDP_GBATCH_GUEST_PF = 1, TDP_GBATCH_OTHER = 2, TDP_GBATCH_COMBINED_HITS = 3,
+	TDP_GBATCH_WALKED = 4, TDP_GBATCH_REFS = 5, TDP_GBATCH_FAULTS = 6, TDP_GBATCH_STALE_GUEST = 7,
+	TDP_GBATCH_VIOLATIONS = 8, TDP_GBATCH_NCOUNTS = 9
+};
+int tdp_guest_access_batch(tdp_vm *vm, int vcpu, const uint64_t *gvas, const uint8_t *accesses, int default_access,
+			   size_t n, uint64_t *counts, size_t *done);
 int tdp_combined_dump(tdp_vm *vm, int pcpu, struct tdp_combined_entry *out, size_t max, size_t *n);
 
 /* Nested (nested.c): L1 runs L2 without nested EPT/NPT, so L2 shares L1's

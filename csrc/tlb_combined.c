@@ -27,6 +27,15 @@ int ctlb_space(struct ctlb *t, u64 key, u32 id, u64 ep4ta)
 	for (u32 i = 0; i < t->nsp; i++)
 		if (t->sp[i].key == key)
 			return (int)i;
+	if (t->nsp == CTLB_MAX_SPACES) {
+		/* Tags come and go with roots and ASIDs: rather than keep every one, drop
+		 * every entry and start the tag table again (a processor may invalidate
+		 * any cached entry at any time, Intel SDM Vol. 3C 29.4.3.2). */
+		memset(t->e, 0, (size_t)t->sets * t->ways * sizeof(*t->e));
+		for (u32 i = 0; i < t->nsp; i++)
+			free(t->sp[i].pcid_ep);
+		t->nsp = 0;
+	}
 	if (!t->e) {
 		t->e = calloc((size_t)t->sets * t->ways, sizeof(*t->e));
 		if (!t->e)
@@ -40,13 +49,10 @@ int ctlb_space(struct ctlb *t, u64 key, u32 id, u64 ep4ta)
 		t->sp = n;
 		t->sp_cap = cap;
 	}
-	u32 *pe = calloc(NPCID, sizeof(u32));
+	u32 *pe = calloc(NPCID, sizeof(u32)); /* epochs start at 0; the pages are touched as PCIDs are used */
 	if (!pe)
 		return -1;
-	for (u32 i = 0; i < NPCID; i++)
-		pe[i] = 1;
-	t->sp[t->nsp] = (struct ctlb_space){.key = key, .id = id, .ep4ta = ep4ta, .ep_all = 1, .ep_ng = 1,
-					    .ep_frag = 1, .pcid_ep = pe};
+	t->sp[t->nsp] = (struct ctlb_space){.key = key, .id = id, .ep4ta = ep4ta, .pcid_ep = pe};
 	return (int)t->nsp++;
 }
 
@@ -123,11 +129,8 @@ static bool matches(const struct ctlb_space *s, int match, u64 v)
  * the array instead (after 2^32 flushes of one space). */
 static void bump(struct ctlb *t, u32 *ep)
 {
-	if (++*ep == 0) {
-		if (t->e)
-			memset(t->e, 0, (size_t)t->sets * t->ways * sizeof(*t->e));
-		*ep = 1;
-	}
+	if (++*ep == 0 && t->e)
+		memset(t->e, 0, (size_t)t->sets * t->ways * sizeof(*t->e));
 }
 
 void ctlb_flush_addr(struct ctlb *t, int match, u64 key_value, int pcid, bool globals, u64 vpn)

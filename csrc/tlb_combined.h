@@ -50,6 +50,8 @@ struct ctlb_space {
 	u32 *pcid_ep; /* 4096 per-PCID epochs of non-global entries (NULL until needed) */
 };
 
+#define CTLB_MAX_SPACES 256 /* tags kept at once; the 257th starts the table (and the TLB) again */
+
 struct ctlb {
 	u32 sets, ways;
 	struct ctlb_ent *e;   /* NULL until the first fill */

@@ -361,10 +361,10 @@ int tdp_vm_create(const struct tdp_config *cfg, const struct tdp_tlb_config *tlb
 			goto nomem;
 		}
 		/* [MODEL CHOICE] combined entries get an array of the L2 STLB's geometry
-		 * (the first-level DTLB's without one; a large one in adversarial mode). */
+		 * (the first-level DTLB's without one; 8,192 entries in adversarial mode). */
 		const struct tdp_tlb_array_config *cg = tlb->l2.sets ? &tlb->l2 : &tlb->l1[0];
 		if (tlb->mode == TDP_TLB_ADVERSARIAL)
-			ctlb_init(&pc->ctlb, 4096, 16);
+			ctlb_init(&pc->ctlb, 512, 16);
 		else
 			ctlb_init(&pc->ctlb, (u32)cg->sets, (u32)cg->ways);
 		pc->vcpu = -1;

@@ -23,12 +23,13 @@ A minimal session::
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, List, NamedTuple, Optional, Sequence, Union
 
 from ._args import _access_code, _bool, _choice, _int
 from ._lock import locked
 from ._native import check, ffi, lib
-from .results import OUTCOME_NAMES, GuestAccessResult
+from .errors import InvalidArgumentError
+from .results import OUTCOME_NAMES, GuestAccessResult, GuestBatchResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from .vm import VM
@@ -169,6 +170,44 @@ class GuestPaging:
             nested_refs=o.nested_refs, faults=o.faults, pf_error=o.pf_error if pf else None,
             stale_guest=bool(o.stale_guest),
             violation=self._vm._violation_at(o.violation - 1) if o.violation else None)
+
+    @locked
+    def access_batch(self, vcpu: int, gvas, access: Union[str, Sequence, object] = "r") -> GuestBatchResult:
+        """Many guest-linear accesses in one C call: ``gvas`` any uint64 buffer (numpy array,
+        array('Q')) or sequence, ``access`` one kind for all or a uint8 buffer / sequence of
+        kinds (0 r, 1 w, 2 x, 3 xu). Every argument is checked before any access runs; a batch
+        the frame pool cannot finish stops early (``stopped`` says why)."""
+        from .vm import _u8_buffer, _u64_buffer
+
+        g = _u64_buffer("gvas", gvas)
+        n = len(g)
+        accs, default, keep = ffi.NULL, 0, None
+        if isinstance(access, str):
+            default = _access_code(access)
+        else:
+            keep = _u8_buffer("access", access)
+            if len(keep) != n:
+                raise InvalidArgumentError(f"access has {len(keep)} kinds for {n} gvas")
+            accs = ffi.from_buffer("uint8_t[]", keep)
+        counts = ffi.new("uint64_t[]", lib.TDP_GBATCH_NCOUNTS)
+        done = ffi.new("size_t *")
+        gbuf = ffi.from_buffer("uint64_t[]", g) if n else ffi.new("uint64_t[1]")
+        try:
+            check(self._h, lib.tdp_guest_access_batch(self._h, _int("vcpu", vcpu, 0, 1 << 20), gbuf, accs, default,
+                                                      n, counts, done))
+        finally:
+            if n:
+                ffi.release(gbuf)
+            if accs != ffi.NULL:
+                ffi.release(accs)
+        got = done[0]
+        stopped = (ffi.string(lib.tdp_errmsg(self._h)).decode(errors="replace") or "stopped early") if got < n else None
+        return GuestBatchResult(
+            accesses=got, ok=counts[lib.TDP_GBATCH_OK], guest_page_faults=counts[lib.TDP_GBATCH_GUEST_PF],
+            other=counts[lib.TDP_GBATCH_OTHER], combined_hits=counts[lib.TDP_GBATCH_COMBINED_HITS],
+            walked=counts[lib.TDP_GBATCH_WALKED], refs=counts[lib.TDP_GBATCH_REFS], faults=counts[lib.TDP_GBATCH_FAULTS],
+            stale_guest=counts[lib.TDP_GBATCH_STALE_GUEST], violations=counts[lib.TDP_GBATCH_VIOLATIONS],
+            requested=n, stopped=stopped)
 
     @locked
     def invlpg(self, vcpu: int, gva: int) -> None:

@@ -115,6 +115,29 @@ class GuestAccessResult:
 
 
 @dataclass(frozen=True)
+class GuestBatchResult:
+    """Counts over a batch of guest-linear accesses (:meth:`tdpfast.guest.GuestPaging.access_batch`)."""
+
+    accesses: int          # how many ran (all unless ``stopped``)
+    ok: int
+    guest_page_faults: int
+    other: int             # mmio, livelock or blocked (guest-physical outcomes on the way)
+    combined_hits: int
+    walked: int            # 2D walks
+    refs: int              # memory references of those walks
+    faults: int            # EPT violations / #NPFs KVM took
+    stale_guest: int       # hits the guest's tables no longer give (the guest owes a flush)
+    violations: int
+    requested: int
+    stopped: Optional[str] = None
+
+    @property
+    def hit_rate(self) -> float:
+        """Combined-TLB hits per access."""
+        return self.combined_hits / self.accesses if self.accesses else 0.0
+
+
+@dataclass(frozen=True)
 class BatchResult:
     """Counts over an access batch; ``per_access`` holds numpy-friendly columns when asked."""
 
@@ -165,4 +188,4 @@ class Event:
 
 
 __all__ = ["WalkResult", "Violation", "AccessResult", "BatchResult", "Memslot", "Event",
-           "ACCESS_NAMES", "GuestAccessResult", "VIOLATION_KINDS", "OUTCOME_NAMES", "FRAME_STATES"]
+           "ACCESS_NAMES", "GuestAccessResult", "GuestBatchResult", "VIOLATION_KINDS", "OUTCOME_NAMES", "FRAME_STATES"]

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMING_ROWS = ["zap.4k", "zap.2m", "access.hit100", "access.hit99", "access.hit90", "access.hit50",
                "populate.fault", "populate.map_range", "walk.cold"]
 EXPLORER_ROWS = ["explorer.vmx", "explorer.svm"]
+GUEST_ROWS = ["guest.walk2d", "guest.hit100", "guest.hit_mixed"]
 MEMORY_ROWS = ["memory.8m", "memory.16m"]
 FLUSH_ROWS = [f"flush.{k}.{e}" for e in (64, 256) for k in ("single", "global")]
 WORKLOADS = ["boot", "notifier", "memslot", "dirty_log", "migration", "root_churn"]
@@ -136,7 +137,7 @@ def test_every_expected_row_is_written_in_the_documented_schema(tiny_run):
     check_schema(doc)
     ids = [r["id"] for r in doc["rows"]]
     assert len(ids) == len(set(ids)), "duplicate row ids"
-    expected = (TIMING_ROWS + EXPLORER_ROWS + FLUSH_ROWS + MEMORY_ROWS + PUBLISHED_ROWS
+    expected = (TIMING_ROWS + EXPLORER_ROWS + GUEST_ROWS + FLUSH_ROWS + MEMORY_ROWS + PUBLISHED_ROWS
                 + [f"cost.{w}.{p}" for w in WORKLOADS for p in Policy.names()])
     missing = sorted(set(expected) - set(ids))
     assert not missing, f"rows missing from the JSON: {missing}"
@@ -149,6 +150,14 @@ def test_rows_carry_their_measurements(tiny_run):
     _, doc = tiny_run
     rows = {r["id"]: r for r in doc["rows"]}
     check_timing_rows_measured(rows, TIMING_ROWS)
+    for rid in GUEST_ROWS:      # guest paging: no limit, no reference; a cold 2D walk is 24 references
+        r = rows[rid]
+        assert r["value"] > 0 and r["limit"] is None and r["reference"] is None, rid
+        assert r["extra"]["accesses"] > 0 and 0.0 <= r["extra"]["hit_rate"] <= 1.0, rid
+    # (the one combined entry a TLB-less geometry keeps hits only a repeated page)
+    assert rows["guest.walk2d"]["extra"]["refs_per_walk"] == 24.0 and rows["guest.walk2d"]["extra"]["hit_rate"] < 0.01
+    assert rows["guest.hit100"]["extra"]["hit_rate"] == 1.0
+    assert 0 < rows["guest.hit_mixed"]["extra"]["hit_rate"] < 1
     for rid in EXPLORER_ROWS:   # the explorer: operations of VM seeds 0, 1, ... per second; no limit, no reference
         r = rows[rid]
         assert r["value"] > 0 and r["limit"] is None and r["reference"] is None, rid

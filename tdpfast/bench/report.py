@@ -46,6 +46,10 @@ def title(r: dict) -> str:
         return f"map_range, {ex['pages']:,} 4K pages"
     if rid == "walk.cold":
         return f"walks, no TLB/PSC, {ex['pages']:,} mapped 4K pages"
+    if rid == "guest.walk2d":
+        return f"2D walks (guest 4 x EPT 4), no TLB/PSC, {ex['pages']:,} guest pages"
+    if rid.startswith("guest."):
+        return f"guest.access_batch, {ex['pages']:,}-page guest working set, Skylake TLB"
     if rid.startswith("explorer."):
         return f"fuzz explorer, {ex['arch'].upper()}, KVM's policy, every invariant on"
     if rid.startswith("memory."):
@@ -93,6 +97,9 @@ def ref_cell(ref: Optional[dict]) -> str:
 
 def _timing_note(r: dict) -> str:
     ex = r["extra"]
+    if r.get("id", "").startswith("guest."):
+        return (f"combined hits {ex['hit_rate']:.1%}, {ex['refs_per_walk']:.1f} refs/walk, "
+                f"{ex['cycles_per_access']:,.0f} modelled cycles/access")
     if "hit_rate" in ex:
         note = f"hit {ex['hit_rate']:.1%} (limit {ex['limit_hit_rate']:.1%})"
         peer = ex.get("peer")

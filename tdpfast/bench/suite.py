@@ -16,6 +16,7 @@ from typing import Callable, List, NamedTuple, Optional, Sequence
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .explorer import explorer_ids, measure_explorer  # noqa: E402
+from .guest import guest_ids, measure_guest  # noqa: E402
 from .limits import BUILD_HINT, have_limits  # noqa: E402
 from .measure import (access_ids, flush_ids, measure_access, measure_flush, measure_populate,  # noqa: E402
                       measure_zap, populate_ids, zap_ids)
@@ -50,6 +51,8 @@ STEPS = (
          published_ids),
     Step("explorer", "the fuzz explorer's operations per second, every invariant on", measure_explorer,
          explorer_ids),
+    Step("guest", "guest paging: cold 2D walks (24 references) and combined-TLB hits per second", measure_guest,
+         guest_ids),
 )
 STEP_KEYS = tuple(s.key for s in STEPS)
 
