@@ -458,7 +458,8 @@ int tdp_vcpu_info(tdp_vm *vm, int vcpu, struct tdp_vcpu_info *out)
 		return r;
 	struct vcpu *v = &vm->vcpus[vcpu];
 	*out = (struct tdp_vcpu_info){v->mode, v->pcpu, v->vmcs_cpu, v->root_id, v->requests, v->asid,
-				      v->asid_generation, v->vpid, v->tlb_control, v->in_l2, v->other.root_id};
+				      v->asid_generation, v->vpid, v->tlb_control, v->in_l2, v->other.root_id,
+				      v->g.levels, v->g.cr3};
 	return 0;
 }
 

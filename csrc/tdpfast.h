@@ -266,6 +266,8 @@ struct tdp_vcpu_info {
 	int tlb_control;      /* SVM VMCB TLB_CONTROL pending for the next VMRUN */
 	int in_l2;            /* running L2 (nested) */
 	uint32_t l2_root_id;  /* the other level's root: L2's while in L1, L1's while in L2 (0 none) */
+	int guest_levels;     /* the guest's paging at this level: 0 off, 4 or 5 */
+	uint64_t guest_cr3;   /* its CR3 (top table address | PCID) */
 };
 
 struct tdp_pcpu_info {

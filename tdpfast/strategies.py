@@ -43,9 +43,37 @@ def _range(max_gfn: int = GFNS):
     return st.tuples(_gfns(max_gfn), length).map(lambda t: (t[0], min(t[0] + t[1], max_gfn)))
 
 
-def operations(vcpus: int = 2, pcpus: int = 2, max_gfn: int = GFNS) -> st.SearchStrategy:
+GUEST_GVA = 0x7F0000000000   # guest-linear pages GUEST_GVA + i * 4096, i < GUEST_PAGES
+GUEST_PAGES = 16
+GUEST_POOL = 1792            # the guest's page tables: gfns 1792-2047 (the second memslot)
+
+
+def guest_operations(vcpus: int = 2, max_gfn: int = GFNS) -> st.SearchStrategy:
+    """One operation of the guest's own paging or of a nested transition: the guest maps or
+    unmaps one of ``GUEST_PAGES`` pages in its tables, a guest-linear access, INVLPG, INVPCID,
+    MOV to CR3, a paravirtual flush of a preempted vCPU, nested VM-entry or VM-exit."""
+    v = st.integers(0, vcpus - 1)
+    page = st.integers(0, GUEST_PAGES - 1)
+    weighted = [
+        (3, st.tuples(st.just("guest_map"), page, st.integers(0, GUEST_POOL - 1), st.booleans(), st.booleans())),
+        (1, st.tuples(st.just("guest_unmap"), page)),
+        (6, st.tuples(st.just("guest_access"), v, page, st.sampled_from(["r", "r", "w", "x"]))),
+        (1, st.tuples(st.just("guest_invlpg"), v, page)),
+        (1, st.tuples(st.just("guest_load_cr3"), v, st.integers(0, 3), st.booleans())),
+        (1, st.tuples(st.just("guest_invpcid"), v, st.sampled_from(["address", "single", "all", "all_except_globals"]),
+                      st.integers(0, 3), page)),
+        (1, st.tuples(st.just("guest_pv_flush"), v)),
+        (1, st.tuples(st.just("nested_enter"), v)),
+        (1, st.tuples(st.just("nested_exit"), v)),
+    ]
+    names = [i for i, (w, _) in enumerate(weighted) for _ in range(w)]
+    return st.sampled_from(names).flatmap(lambda i: weighted[i][1])
+
+
+def operations(vcpus: int = 2, pcpus: int = 2, max_gfn: int = GFNS, *, guest: bool = False) -> st.SearchStrategy:
     """One operation: guest access, vCPU scheduling, host event, MMU operation, flush,
-    or a step of a long operation stopped at a yield point."""
+    or a step of a long operation stopped at a yield point; with ``guest=True`` also the
+    guest's own paging and nested transitions (:func:`guest_operations`)."""
     v = st.integers(0, vcpus - 1)
     p = st.integers(0, pcpus - 1)
     acc = st.sampled_from(["r", "r", "w", "x"])
@@ -73,15 +101,19 @@ def operations(vcpus: int = 2, pcpus: int = 2, max_gfn: int = GFNS) -> st.Search
         (1, st.tuples(st.just("flush_remote_tlbs"))),
         (1, st.tuples(st.just("synchronize_rcu"))),
     ]
+    if guest:
+        weighted.append((10, guest_operations(vcpus, max_gfn)))
     # Pick the kind of operation by weight, then its arguments.
     names = [i for i, (w, _) in enumerate(weighted) for _ in range(w)]
     return st.sampled_from(names).flatmap(lambda i: weighted[i][1])
 
 
-def scenarios(vcpus: int = 2, pcpus: int = 2, min_ops: int = 20, max_ops: int = 80) -> st.SearchStrategy:
+def scenarios(vcpus: int = 2, pcpus: int = 2, min_ops: int = 20, max_ops: int = 80, *,
+              guest: bool = False) -> st.SearchStrategy:
     """A list of operations, starting from two fresh memslots (long enough for interleavings
-    to meet; hypothesis shrinks failures down to the few operations that matter)."""
-    return st.lists(operations(vcpus, pcpus), min_size=min_ops, max_size=max_ops)
+    to meet; hypothesis shrinks failures down to the few operations that matter). With
+    ``guest=True`` the guest's own paging and nested transitions are in the mix."""
+    return st.lists(operations(vcpus, pcpus, guest=guest), min_size=min_ops, max_size=max_ops)
 
 
 def policies(base: Policy = None) -> st.SearchStrategy:
@@ -120,10 +152,49 @@ def apply(vm, ops: Sequence[Op], *, slots: bool = True) -> List[Op]:
         slot_ids = [vm.add_memslot(0, SLOT_PAGES).id, vm.add_memslot(SLOT_PAGES, SLOT_PAGES, max_level=2).id]
     ops_in_flight = []
     done = []
+    cr3 = []        # the guest's top page table, made on the first guest operation
+
+    def guest_cr3() -> int:
+        if not cr3:
+            vm.guest.set_table_pool(GUEST_POOL, GFNS - GUEST_POOL)
+            cr3.append(vm.guest.new_table())
+        return cr3[0]
+
+    def guest_vcpu(vcpu: int) -> None:
+        # The vCPU runs (on pCPU 0 if it was not loaded) with paging on this level.
+        if vm.vcpu_info(vcpu)["mode"] == "outside_guest":
+            vm.vcpu_run(vcpu, vm.vcpu_info(vcpu)["pcpu"] or 0)
+        if not vm.vcpu_info(vcpu)["guest_levels"]:
+            vm.guest.set_paging(vcpu, 4, pcide=True)
+            vm.guest.load_cr3(vcpu, guest_cr3())
+
     for op in ops:
         name, args = op[0], op[1:]
         try:
-            if name == "access":
+            if name == "guest_map":
+                i, gfn, write, glob = args
+                vm.guest.unmap(guest_cr3(), GUEST_GVA + (i << 12))
+                vm.guest.map(guest_cr3(), GUEST_GVA + (i << 12), gfn << 12, write=write, global_page=glob)
+            elif name == "guest_unmap":
+                vm.guest.unmap(guest_cr3(), GUEST_GVA + (args[0] << 12))
+            elif name == "guest_access":
+                vcpu, i, kind = args
+                guest_vcpu(vcpu)
+                vm.guest.access(vcpu, GUEST_GVA + (i << 12), kind)
+            elif name == "guest_invlpg":
+                guest_vcpu(args[0])
+                vm.guest.invlpg(args[0], GUEST_GVA + (args[1] << 12))
+            elif name == "guest_load_cr3":
+                vcpu, pcid, noflush = args
+                guest_vcpu(vcpu)
+                vm.guest.load_cr3(vcpu, guest_cr3(), pcid=pcid, noflush=noflush)
+            elif name == "guest_invpcid":
+                vcpu, kind, pcid, i = args
+                guest_vcpu(vcpu)
+                vm.guest.invpcid(vcpu, kind, pcid, GUEST_GVA + (i << 12))
+            elif name == "guest_pv_flush":
+                vm.guest.pv_flush(args[0])
+            elif name == "access":
                 vcpu, gfn, kind = args
                 if vm.vcpu_info(vcpu)["mode"] == "outside_guest":
                     vm.vcpu_run(vcpu, 0)

@@ -376,7 +376,8 @@ class VM:
                 "last_pcpu": None if i.last_pcpu < 0 else i.last_pcpu, "root": i.root_id or None,
                 "requests": [k for k, b in REQUESTS.items() if i.requests & b], "asid": i.asid,
                 "asid_generation": i.asid_generation, "vpid": i.vpid, "tlb_control": i.tlb_control,
-                "in_l2": bool(i.in_l2), "other_root": i.l2_root_id or None}
+                "in_l2": bool(i.in_l2), "other_root": i.l2_root_id or None, "guest_levels": i.guest_levels,
+                "guest_cr3": i.guest_cr3}
 
     @locked
     def pcpu_info(self, pcpu: int) -> dict:

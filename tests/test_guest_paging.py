@@ -596,3 +596,46 @@ def test_a_batch_with_a_bad_address_changes_nothing():
     with pytest.raises(InvalidArgumentError):
         g.access_batch(0, [GVA], [7])
     assert vm.digest() == d
+
+
+# ---------------------------------------------------------------- property: KVM's policy with guest paging
+
+def test_kvms_policy_stays_clean_with_guest_paging_and_nested_transitions():
+    from hypothesis import HealthCheck, given, settings
+    from tdpfast import strategies as tst
+
+    guest_ops = []
+
+    @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(tst.scenarios(guest=True), st_arch())
+    def run(ops, arch):
+        vm = tdpfast.VM(arch=arch, vcpus=2, pcpus=2, record=True)
+        applied = tst.apply(vm, ops)
+        assert not vm.violations, vm.violations[0]
+        assert vm.health()["warnings"] == 0
+        copy = tdpfast.VM(arch=arch, vcpus=2, pcpus=2, record=True)
+        copy.replay(vm.events)                        # the guest's operations replay too
+        assert copy.digest() == vm.digest()
+        guest_ops.append(vm.stats["guest_accesses"])
+
+    run()
+    assert sum(guest_ops) > 0                         # the mix really had guest-linear accesses
+
+
+def st_arch():
+    from hypothesis import strategies as st
+    return st.sampled_from(["vmx", "svm"])
+
+
+def test_guest_strategies_produce_guest_operations_the_model_accepts():
+    from hypothesis import strategies as st
+    from hypothesis import find
+    from tdpfast import strategies as tst
+
+    def accepted_guest_ops(ops):
+        vm = tdpfast.VM(vcpus=2, pcpus=2)
+        applied = tst.apply(vm, ops)
+        return sum(op[0].startswith(("guest_", "nested_")) for op in applied) >= 5 and \
+            vm.stats["combined_hits"] > 0 and vm.stats["nested_entries"] > 0
+
+    find(st.lists(tst.guest_operations(), min_size=10, max_size=60), accepted_guest_ops)

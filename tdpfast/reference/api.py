@@ -465,7 +465,8 @@ class VcpuApi:
                 "last_pcpu": None if v.vmcs_cpu < 0 else v.vmcs_cpu, "root": v.root_id or None,
                 "requests": [n for n, b in cpu.REQUESTS.items() if v.requests & b], "asid": v.asid,
                 "asid_generation": v.asid_generation, "vpid": v.vpid, "tlb_control": v.tlb_control,
-                "in_l2": False, "other_root": None}   # nested L2 is not in the reference model
+                "in_l2": False, "other_root": None,   # nested L2 and guest paging are not in the
+                "guest_levels": 0, "guest_cr3": 0}    # reference model
 
     def pcpu_info(self, pcpu: int) -> dict:
         k = self._k
