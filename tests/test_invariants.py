@@ -151,8 +151,10 @@ from tdpfast.reference import model as ref  # noqa: E402
 
 @pytest.mark.slow
 @pytest.mark.parametrize("policy,arch,seed,nops", [
-    ("B9-iter-skip-after-yield", "vmx", 2, 982),            # I1, found by the explorer
-    ("B9-iter-skip-after-yield", "svm", 2, 982),
+    # I1, found by the explorer in VM seed 3 (not a nested VM: the reference model has no
+    # guest paging or L2, so nested VM seeds 2, 6, ... are not compared)
+    ("B9-iter-skip-after-yield", "vmx", 3, 312),
+    ("B9-iter-skip-after-yield", "svm", 3, 312),
     ("kvm", "vmx", 3, 4000), ("kvm", "svm", 4, 4000),        # clean on both sides
     ("B18-memslot-precise-zap", "vmx", 5, 4000),
 ])
