@@ -27,7 +27,7 @@ _Static_assert(EV_COUNT <= 256 && sizeof(((struct tdp_event *)0)->a) == 5 * size
 	       "an event code fits the log's one byte; an event has five words");
 /* The codes are a public format (event_log()): they never move. */
 _Static_assert(EV_MEMSLOT_ADD == 1 && EV_ZAP_RANGE == 16 && EV_ACCESS_BATCH == 29 && EV_OP_STEP == 38 &&
-	       EV_GUEST_INVPCID == 48 && EV_NESTED_EXIT == 50 && EV_GUEST_PV_FLUSH == 51 && EV_COUNT == 52, "event codes are the public event_log() format and never change");
+	       EV_GUEST_INVPCID == 48 && EV_NESTED_EXIT == 50 && EV_GUEST_PV_FLUSH == 51 && EV_NESTED_INVVPID == 52 && EV_COUNT == 53, "event codes are the public event_log() format and never change");
 
 int tdp_event_kinds(void) { return EV_COUNT; }
 const char *tdp_event_name(int code) { return code > 0 && code < EV_COUNT ? event_names[code] : NULL; }
@@ -219,6 +219,7 @@ REPLAY(GUEST_INVPCID) { return tdp_guest_invpcid(vm, (int)a[0], (int)a[1], (u32)
 REPLAY(NESTED_ENTER) { return tdp_nested_enter(vm, (int)a[0]); }
 REPLAY(NESTED_EXIT) { return tdp_nested_exit(vm, (int)a[0]); }
 REPLAY(GUEST_PV_FLUSH) { return tdp_guest_pv_flush(vm, (int)a[0]); }
+REPLAY(NESTED_INVVPID) { return tdp_nested_invvpid(vm, (int)a[0], (int)a[1], (u32)a[2], a[3]); }
 REPLAY(OP_START)
 {
 	u32 orig = (u32)(a[4] >> 32), nid;

@@ -487,8 +487,16 @@ static void guest_touch(struct fuzz *f, int v, u64 gva, u64 r)
 		if (out.stale_guest) {
 			int p = vc->pcpu;
 			vm->cov.op = COV_OP_CHASE;
-			if (tdp_vcpu_exit(vm, v) == 0 && tdp_guest_pv_flush(vm, v) == 0 && tdp_vcpu_run(vm, v, p) == 0)
+			if (vc->in_l2 && vm->cfg.arch == TDP_VMX) {
+				/* L2's translation: L1 flushes it with INVVPID on L2's VPID. */
+				if (tdp_nested_exit(vm, v) == 0 &&
+				    tdp_nested_invvpid(vm, v, TDP_INVVPID_SINGLE_CONTEXT, 1, 0) == 0 &&
+				    tdp_nested_enter(vm, v) == 0)
+					tdp_guest_access(vm, v, gva, acc, &out);
+			} else if (tdp_vcpu_exit(vm, v) == 0 && tdp_guest_pv_flush(vm, v) == 0 &&
+				   tdp_vcpu_run(vm, v, p) == 0) {
 				tdp_guest_access(vm, v, gva, acc, &out);
+			}
 			break;
 		}
 	}
@@ -537,7 +545,10 @@ static void guest_op(struct fuzz *f, u64 *nrng, int v)
 		break;
 	}
 	case 5:
-		tdp_guest_invpcid(vm, v, (int)((r >> 16) % 4), vc->g.pcide ? (u32)((r >> 12) % 4) : 0, gva);
+		if (vc->nested_used && !vc->in_l2 && vm->cfg.arch == TDP_VMX && (r >> 18) % 2)
+			tdp_nested_invvpid(vm, v, (int)((r >> 16) % 4), 1, gva); /* L1 flushes L2's VPID */
+		else
+			tdp_guest_invpcid(vm, v, (int)((r >> 16) % 4), vc->g.pcide ? (u32)((r >> 12) % 4) : 0, gva);
 		break;
 	default:
 		if ((r >> 40) % 8 == 0)

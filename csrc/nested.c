@@ -110,3 +110,48 @@ int tdp_nested_exit(tdp_vm *vm, int vcpu)
 	vm_op_end(vm);
 	return 0;
 }
+
+/* L1's INVVPID, which exits to KVM (handle_invvpid(), vmx/nested.c): whatever vpid12
+ * names, KVM flushes the effective VPID02 on this pCPU, by address for the
+ * individual-address type and the whole context otherwise. [MODEL CHOICE] vmcs12 uses
+ * one VPID, so every nonzero vpid12 is L2's. The operand checks are KVM's
+ * (VMfailValid, error 28). A context-wide flush L1 asked for (single-context,
+ * all-context) is the guest's flush of L2's translations, for the checker. */
+int tdp_nested_invvpid(tdp_vm *vm, int vcpu, int type, uint32_t vpid12, uint64_t gla)
+{
+	int r;
+	VM_OP_BEGIN(vm);
+	if (vm->cfg.arch != TDP_VMX)
+		return vm_err(vm, TDP_ESTATE, "INVVPID exists on VMX only (this VM is svm)");
+	if ((r = vm_check_vcpu(vm, vcpu)))
+		return r;
+	struct vcpu *v = &vm->vcpus[vcpu];
+	if (v->mode == TDP_OUTSIDE_GUEST || v->in_l2)
+		return vm_err(vm, TDP_ESTATE, "vcpu %d does not run L1 (INVVPID is L1's instruction)", vcpu);
+	if (type < TDP_INVVPID_INDIVIDUAL_ADDRESS || type > TDP_INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS)
+		return vm_err(vm, TDP_EINVAL, "INVVPID type must be 0..3, got %d (VMfailValid: error 28)", type);
+	if (vpid12 >> 16)
+		return vm_err(vm, TDP_EINVAL, "INVVPID: vpid 0x%x does not fit in 16 bits (VMfailValid: error 28)", vpid12);
+	if (!vpid12 && type != TDP_INVVPID_ALL_CONTEXT)
+		return vm_err(vm, TDP_EINVAL, "INVVPID type %d with vpid 0 (VMfailValid: error 28)", type);
+	if (type == TDP_INVVPID_INDIVIDUAL_ADDRESS && !guest_canonical(gla, 5))
+		return vm_err(vm, TDP_EINVAL, "INVVPID individual-address: gla 0x%llx is not canonical (VMfailValid)",
+			      (unsigned long long)gla);
+	if ((r = cpu_enter_if_kicked(vm, v)))
+		return r;
+	u32 vpid02 = v->other.vpid; /* in L1, the saved level is L2's */
+	struct ctlb *ct = &vm->pcpus[v->pcpu].ctlb;
+	if (FLUSH_SITE(vm, NESTED_INVVPID)) {
+		if (type == TDP_INVVPID_INDIVIDUAL_ADDRESS)
+			ctlb_flush_addr(ct, CTLB_ID, vpid02, -1, true, gla >> 12);
+		else
+			ctlb_flush_spaces(ct, CTLB_ID, vpid02, true); /* vpid_sync_context(vpid02) */
+	}
+	if (type == TDP_INVVPID_SINGLE_CONTEXT || type == TDP_INVVPID_ALL_CONTEXT)
+		v->other.g.flush_done = ++v->other.g.flush_req;
+	vm->stats[ST_invvpid]++;
+	vm_cost(vm, vm->costs.vm_exit + vm->costs.flush_current + vm->costs.vm_entry);
+	vm_log(vm, EV_NESTED_INVVPID, (u64)vcpu, (u64)type, vpid12, gla, 0);
+	vm_op_end(vm);
+	return 0;
+}

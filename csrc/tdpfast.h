@@ -478,6 +478,9 @@ int tdp_combined_dump(tdp_vm *vm, int pcpu, struct tdp_combined_entry *out, size
  * tag (VPID02; vmcb02's ASID). */
 int tdp_nested_enter(tdp_vm *vm, int vcpu);
 int tdp_nested_exit(tdp_vm *vm, int vcpu);
+/* L1 executes INVVPID for L2 (type enum tdp_invvpid_type, vpid12 its operand): KVM
+ * emulates it on VPID02 (handle_invvpid()). */
+int tdp_nested_invvpid(tdp_vm *vm, int vcpu, int type, uint32_t vpid12, uint64_t gla);
 
 /* long operations stepped from yield point to yield point (KVM drops mmu_lock there) */
 enum tdp_op_kind {

@@ -243,6 +243,7 @@ def _api_table(requests: Dict[str, int]):
         "start_op": ("vm", lambda a, e: ((OP_NAMES[a[0]], a[1], a[2], a[3]), dict(yield_every=a[4]))),
         "nested_enter": ("vm", lambda a, e: ((a[0],), {})),
         "nested_exit": ("vm", lambda a, e: ((a[0],), {})),
+        "nested_invvpid": ("vm", lambda a, e: ((a[0], INVVPID_KINDS[a[1]], a[2], a[3]), {})),
         "guest_set_table_pool": ("guest", lambda a, e: ((a[0], a[1]), {})),
         "guest_new_table": ("guest", lambda a, e: ((), {})),
         "guest_map": ("guest", lambda a, e: ((a[0], a[2], a[3]), _guest_map_kwargs(a[1], a[4]))),

@@ -363,6 +363,16 @@ class VM:
         check(self._h, lib.tdp_nested_enter(self._h, _int("vcpu", vcpu, 0, 1 << 20)))
 
     @locked
+    def nested_invvpid(self, vcpu: int, kind: str, vpid: int, gla: int = 0) -> None:
+        """L1 (the vCPU runs L1) executes INVVPID for its L2 (``kind`` as :meth:`invvpid`, ``vpid``
+        the vmcs12 VPID it names): KVM emulates it on VPID02, on the vCPU's pCPU
+        (``handle_invvpid()``)."""
+        kinds = _events.INVVPID_KINDS
+        _choice("INVVPID kind", kind, kinds)
+        check(self._h, lib.tdp_nested_invvpid(self._h, _int("vcpu", vcpu, 0, 1 << 20), kinds.index(kind),
+                                              _int("vpid", vpid, 0, 0xffffffff), _int("gla", gla)))
+
+    @locked
     def nested_exit(self, vcpu: int) -> None:
         """Nested VM-exit: the vCPU goes back to L1's root and tag."""
         check(self._h, lib.tdp_nested_exit(self._h, _int("vcpu", vcpu, 0, 1 << 20)))

@@ -103,3 +103,77 @@ def test_b22_twin_kvm_tracks_the_generation_per_vmcb():
     assert vm.violations == []
     a, b = vm.vcpu_info(0), vm.vcpu_info(1)
     assert (a["asid"], a["asid_generation"]) != (b["asid"], b["asid_generation"]) and a["asid"] != 0
+
+
+# ---------------------------------------------------------------- L1's INVVPID for L2
+
+def l2_with_guest_paging():
+    vm = tdpfast.VM(vcpus=2, pcpus=2, record=True)
+    vm.add_memslot(0, 1 << 12, max_level=1)
+    vm.vcpu_run(0, 0)
+    g = vm.guest
+    g.set_table_pool(0x800, 64)
+    cr3 = g.new_table()
+    g.map(cr3, 0x7F0000000000, 0x5000, global_page=True)
+    g.map(cr3, 0x7F0000001000, 0x6000)
+    vm.nested_enter(0)
+    g.set_paging(0, 4)
+    g.load_cr3(0, cr3)
+    g.access(0, 0x7F0000000000)
+    g.access(0, 0x7F0000001000)
+    vm.nested_exit(0)
+    return vm, g, cr3
+
+
+def l2_cached(vm, g, gva):
+    vm.nested_enter(0)
+    hit = g.access(0, gva).tlb == "combined"
+    vm.nested_exit(0)
+    return hit
+
+
+@pytest.mark.parametrize("kind", ["single", "all", "single_retaining_globals"])
+def test_l1_invvpid_flushes_vpid02(kind):
+    vm, g, _ = l2_with_guest_paging()
+    vm.nested_invvpid(0, kind, 1)
+    assert not l2_cached(vm, g, 0x7F0000001000)      # KVM flushes the whole context on VPID02
+    assert not l2_cached(vm, g, 0x7F0000000000)      # globals too (vpid_sync_context())
+
+
+def test_l1_invvpid_individual_address_twin_other_pages_stay():
+    vm, g, _ = l2_with_guest_paging()
+    vm.nested_invvpid(0, "individual", 1, 0x7F0000001000)
+    assert not l2_cached(vm, g, 0x7F0000001000) and l2_cached(vm, g, 0x7F0000000000)
+
+
+def test_l1_invvpid_twin_l1s_own_entries_stay():
+    vm, g, cr3 = l2_with_guest_paging()
+    g.set_paging(0, 4)                                # L1's own paging, same tables
+    g.load_cr3(0, cr3)
+    g.access(0, 0x7F0000001000)
+    vm.nested_invvpid(0, "single", 1)
+    assert g.access(0, 0x7F0000001000).tlb == "combined"   # VPID01 untouched
+
+
+def test_l1_invvpid_kvm_drops_is_kvms_violation_and_the_operand_is_checked():
+    vm, g, cr3 = l2_with_guest_paging()
+    bad = tdpfast.VM(vcpus=2, pcpus=2, mutant="nested_invvpid")
+    bad.replay(vm.events)
+    bad.guest.unmap(cr3, 0x7F0000001000)              # L1 changes L2's tables ...
+    bad.nested_invvpid(0, "single", 1)                # ... and flushes them; KVM drops it
+    bad.nested_enter(0)
+    r = bad.guest.access(0, 0x7F0000001000)
+    assert r.violation is not None and r.violation.kind == "stale_guest_translation"
+    vm.guest.unmap(cr3, 0x7F0000001000)               # the twin: KVM's engine flushes VPID02
+    vm.nested_invvpid(0, "single", 1)
+    vm.nested_enter(0)
+    r = vm.guest.access(0, 0x7F0000001000)
+    assert r.outcome == "guest_page_fault" and r.violation is None
+    vm.nested_exit(0)
+    with pytest.raises(tdpfast.InvalidArgumentError):
+        vm.nested_invvpid(0, "single", 0)             # VPID 0: VMfailValid
+    with pytest.raises(tdpfast.InvalidArgumentError):
+        vm.nested_invvpid(0, "single", 1 << 16)
+    vm.nested_enter(0)
+    with pytest.raises(InvalidStateError):
+        vm.nested_invvpid(0, "single", 1)             # L2 does not execute L1's INVVPID
