@@ -1,6 +1,7 @@
 """The VM: the thin Python face of the C model (one C handle, hot loops in C). ``vm.mmu``
-lives in :mod:`tdpfast.mmu`, stepped operations in :mod:`tdpfast.ops`, the event
-vocabulary and replay in :mod:`tdpfast.events`."""
+lives in :mod:`tdpfast.mmu`, ``vm.guest`` (the guest's own paging) in :mod:`tdpfast.guest`,
+stepped operations in :mod:`tdpfast.ops`, the event vocabulary and replay in
+:mod:`tdpfast.events`."""
 from __future__ import annotations
 
 import array

@@ -177,3 +177,11 @@ def test_l1_invvpid_kvm_drops_is_kvms_violation_and_the_operand_is_checked():
     vm.nested_enter(0)
     with pytest.raises(InvalidStateError):
         vm.nested_invvpid(0, "single", 1)             # L2 does not execute L1's INVVPID
+
+
+def test_the_reference_model_says_it_has_no_guest_paging_or_l2():
+    import tdpfast.reference.model as ref
+    vm, _, _ = l2_with_guest_paging()
+    for replay in (ref.VM(vcpus=2, pcpus=2).replay, ref.VM(vcpus=2, pcpus=2).replay_fast):
+        with pytest.raises(tdpfast.InvalidArgumentError, match="no guest paging or nested L2"):
+            replay(vm.events)

@@ -13,6 +13,15 @@ from ..results import Event
 from . import cpu, mmu
 
 
+def _c_only(events) -> None:
+    """Guest paging and nested L2 are in the C engine only: say so instead of failing later."""
+    for i, e in enumerate(events):
+        op = getattr(e, "op", None)
+        if isinstance(op, str) and op.startswith(("guest_", "nested_")):
+            raise InvalidArgumentError(f"events[{i}] {op}: the reference model has no guest paging or nested L2 "
+                                       f"(they are in the C engine only)")
+
+
 class KvmEventLog:
     """The recording side, mixed into :class:`tdpfast.reference.vm.Kvm` (which holds
     ``events``, ``nblob``, ``nlogged`` and ``cfg.record``)."""
@@ -40,6 +49,8 @@ class EventLogApi:
 
     def replay(self, events: Iterable[Event]) -> None:
         """As tdpfast.VM.replay: checked first, and the first failing event raises ReplayError."""
+        events = list(events) if not isinstance(events, (list, tuple)) else events
+        _c_only(events)
         vocabulary.replay(self, events, requests=cpu.REQUESTS, op_cls=mmu.Op)
 
     def replay_fast(self, events: Sequence[Event], *, stop_at_violation: bool = True,
@@ -54,6 +65,7 @@ class EventLogApi:
             raise EventLogError(f"events must be a sequence of tdpfast.Event, got {type(events).__name__}") from None
         if any(e.op == "access_batch" for e in evs):
             raise InvalidArgumentError("replay_fast cannot replay access batches; use replay()")
+        _c_only(evs)
         op_ids: Dict[int, int] = {}
         applied = 0
         for i, e in enumerate(evs):
