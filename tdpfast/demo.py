@@ -22,7 +22,7 @@ GPA = GFN << 12
 
 @dataclass
 class ScenarioResult:
-    id: str                 # "root_reuse" or "migration"
+    id: str                 # "root_reuse", "migration" or "nested"
     name: str
     arch: str
     policy: str
@@ -81,6 +81,26 @@ def migration(arch: str, policy: Policy, policy_name: str) -> ScenarioResult:
                           list(vm.violations), _events_up_to_violation(vm), _pick(vm.stats))
 
 
+def nested(arch: str, policy: Policy, policy_name: str) -> ScenarioResult:
+    """The same argument one level down (VMX, bug B16): L2 runs on its own root, so its TLB
+    entries carry L2's EPTP. The vCPU goes back to L1; the host unmaps the page (KVM zaps
+    every root, L2's too, and requests a remote flush, serviced while the vCPU runs L1); L2
+    runs again. Only a remote flush of every EPTP/VPID context, not just the current one,
+    stands between L2 and the page the host took back."""
+    vm = VM(arch=arch, vcpus=1, pcpus=1, tlb=TLBConfig.adversarial(), policy=policy, record=True)
+    vm.add_memslot(0, 512, max_level=1)
+    vm.vcpu_run(0, 0)
+    vm.nested_enter(0)
+    vm.access(0, GPA, "w")                  # L2's context: gfn 5 -> frame X
+    vm.nested_exit(0)
+    vm.host_unmap(GFN, GFN + 1)             # notifier: zap every root, remote flush, X gone
+    vm.vcpu_run(0, 0)                       # the flush is serviced in L1's context
+    vm.nested_enter(0)
+    vm.access(0, GPA, "r")
+    return ScenarioResult("nested", "a remote flush while L1 runs", arch, policy_name,
+                          list(vm.violations), _events_up_to_violation(vm), _pick(vm.stats))
+
+
 # The two ways of putting a root compared by root_churn_costs(), keyed by identifier,
 # with the label the text output shows.
 COST_POLICIES = {"deferred": ("kvm", "deferred (kvm)"), "flush_on_put": ("flush-on-put-root", "flush on put")}
@@ -116,7 +136,7 @@ def root_churn_costs(arch: str, policy: Policy, *, vcpus: int = 4, rounds: int =
 def run_all() -> dict:
     """Every scenario of ``tdpfast demo``."""
     kvm = Policy.kvm()
-    out = {"reuse": [], "migration": [], "costs": {}}
+    out = {"reuse": [], "migration": [], "nested": [], "costs": {}}
     for arch in ("vmx", "svm"):
         out["reuse"].append(root_reuse(arch, kvm, "kvm"))
         out["reuse"].append(root_reuse(arch, Policy.named("no-flush-on-root-load"), "no-flush-on-root-load"))
@@ -124,12 +144,16 @@ def run_all() -> dict:
         out["migration"].append(migration(arch, Policy.named("no-flush-on-migrate"), "no-flush-on-migrate"))
         out["costs"][arch] = {key: root_churn_costs(arch, Policy.named(pol))
                               for key, (pol, _label) in COST_POLICIES.items()}
+    # B16 is VMX's (SVM's remote flush is the current ASID either way, and every nested
+    # transition flushes it).
+    out["nested"].append(nested("vmx", kvm, "kvm"))
+    out["nested"].append(nested("vmx", Policy.named("B16-remote-flush-current-only"), "B16-remote-flush-current-only"))
     return out
 
 
 def verdict(res: dict) -> dict:
     """Whether KVM's policy stayed clean and whether removing each flush broke its scenario."""
-    scen = res["reuse"] + res["migration"]
+    scen = res["reuse"] + res["migration"] + res["nested"]
     removals = [s for s in scen if s.policy != "kvm"]
     return {"kvm_clean": all(not s.violations for s in scen if s.policy == "kvm"),
             "removals": len(removals), "removals_broken": sum(1 for s in removals if s.violations)}
@@ -139,6 +163,7 @@ def document(res: dict) -> dict:
     """The ``tdpfast demo --json`` document (docs/json/demo.md)."""
     doc = jsondoc.header("demo")
     doc.update(reuse=[s.as_dict() for s in res["reuse"]], migration=[s.as_dict() for s in res["migration"]],
+               nested=[s.as_dict() for s in res["nested"]],
                costs={arch: {k: dict(c) for k, c in by.items()} for arch, by in res["costs"].items()},
                verdict=verdict(res))
     return doc

@@ -387,7 +387,7 @@ def test_livelock_when_a_root_is_invalidated_without_the_free_obsolete_request()
 
 def test_demo_scenarios_through_tdpfast_demo():
     res = demo.run_all()
-    got = {(s.name, s.arch, s.policy): len(s.violations) for s in res["reuse"] + res["migration"]}
+    got = {(s.name, s.arch, s.policy): len(s.violations) for s in res["reuse"] + res["migration"] + res["nested"]}
     assert got == {
         ("root teardown, then a new root", "vmx", "kvm"): 0,
         ("root teardown, then a new root", "vmx", "no-flush-on-root-load"): 1,
@@ -397,7 +397,10 @@ def test_demo_scenarios_through_tdpfast_demo():
         ("migration away and back", "vmx", "no-flush-on-migrate"): 1,
         ("migration away and back", "svm", "kvm"): 0,
         ("migration away and back", "svm", "no-flush-on-migrate"): 1,
+        ("a remote flush while L1 runs", "vmx", "kvm"): 0,
+        ("a remote flush while L1 runs", "vmx", "B16-remote-flush-current-only"): 1,
     }
+    assert demo.verdict(res) == {"kvm_clean": True, "removals": 5, "removals_broken": 5}
     for arch in ("vmx", "svm"):
         costs = res["costs"][arch]
         assert costs["deferred"]["violations"] == 0 and costs["flush_on_put"]["violations"] == 0
@@ -411,8 +414,8 @@ def test_cli_demo_json():
     assert p.returncode == 0, p.stderr[-500:]
     out = json.loads(p.stdout)
     assert out["schema_version"] == 1 and out["command"] == "demo"
-    assert len(out["reuse"]) == 4 and len(out["migration"]) == 4
-    for s in out["reuse"] + out["migration"]:
+    assert len(out["reuse"]) == 4 and len(out["migration"]) == 4 and len(out["nested"]) == 2
+    for s in out["reuse"] + out["migration"] + out["nested"]:
         assert set(s) >= {"name", "arch", "policy", "violations", "events", "stats"}
         if s["policy"] == "kvm":
             assert s["violations"] == [] and s["stats"]["violations"] == 0

@@ -71,7 +71,7 @@ def test_demo_json_matches_its_schema():
     assert code == 0
     schema_check.check(doc, "demo.schema.json")
     assert_plain_data(doc, free_text=("name", "frame_state"))
-    assert doc["verdict"] == {"kvm_clean": True, "removals": 4, "removals_broken": 4}
+    assert doc["verdict"] == {"kvm_clean": True, "removals": 5, "removals_broken": 5}
     for s in doc["reuse"] + doc["migration"]:
         assert all(isinstance(a, int) for e in s["events"] for a in e["args"])
 
