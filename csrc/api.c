@@ -481,8 +481,8 @@ static int check_access_args(tdp_vm *vm, int vcpu, int access)
 		return r;
 	if (access < 0 || access > 3)
 		return vm_err(vm, TDP_EINVAL, "access must be 'r', 'w', 'x' or 'xu'");
-	if (vm->vcpus[vcpu].mode == TDP_OUTSIDE_GUEST)
-		return vm_err(vm, TDP_ESTATE, "vcpu %d is not in guest mode: call vcpu_run(%d, pcpu) first", vcpu, vcpu);
+	if ((r = vm_check_in_guest(vm, vcpu)))
+		return r;
 	if (hostmem_available(&vm->mem) < (u64)tdp_fault_frames(vm->cfg.levels))
 		return vm_err(vm, TDP_ENOMEM, "frame pool exhausted: a fault could need %d frames, %llu available",
 			      tdp_fault_frames(vm->cfg.levels), (unsigned long long)hostmem_available(&vm->mem));

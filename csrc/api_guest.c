@@ -25,15 +25,18 @@ static int check_table(tdp_vm *vm, u64 gfn)
 	return vm_check_gfn(vm, "table gfn", gfn);
 }
 
-/* The vCPU runs guest code: it is loaded on a pCPU, in guest mode. */
-static int check_running(tdp_vm *vm, int vcpu)
+static int check_index(tdp_vm *vm, int index)
 {
-	int r;
-	if ((r = vm_check_vcpu(vm, vcpu)))
-		return r;
-	if (vm->vcpus[vcpu].mode == TDP_OUTSIDE_GUEST)
-		return vm_err(vm, TDP_ESTATE, "vcpu %d is not in guest mode: call vcpu_run(%d, pcpu) first", vcpu, vcpu);
+	if (index < 0 || index > 511)
+		return vm_err(vm, TDP_EINVAL, "a page-table index is 0..511, got %d", index);
 	return 0;
+}
+
+/* Frames a 2D walk may need: each guest level's read and A/D write, and the final
+ * address, may each fault. */
+static u64 walk_frames(tdp_vm *vm, const struct vcpu *v)
+{
+	return (u64)(2 * v->g.levels + 1) * (u64)tdp_fault_frames(vm->cfg.levels);
 }
 
 static int check_paging(tdp_vm *vm, int vcpu)
@@ -192,10 +195,8 @@ int tdp_guest_write_pte(tdp_vm *vm, uint64_t table_gfn, int index, uint64_t valu
 {
 	int r;
 	VM_OP_BEGIN(vm);
-	if ((r = check_table(vm, table_gfn)))
+	if ((r = check_table(vm, table_gfn)) || (r = check_index(vm, index)))
 		return r;
-	if (index < 0 || index > 511)
-		return vm_err(vm, TDP_EINVAL, "a page-table index is 0..511, got %d", index);
 	u64 *page = guest_page(&vm->gmem, table_gfn);
 	if (!page)
 		return vm_err(vm, TDP_ENOMEM, "out of host memory for guest memory");
@@ -208,10 +209,8 @@ int tdp_guest_write_pte(tdp_vm *vm, uint64_t table_gfn, int index, uint64_t valu
 int tdp_guest_read_pte(tdp_vm *vm, uint64_t table_gfn, int index, uint64_t *value)
 {
 	int r;
-	if ((r = check_table(vm, table_gfn)))
+	if ((r = check_table(vm, table_gfn)) || (r = check_index(vm, index)))
 		return r;
-	if (index < 0 || index > 511)
-		return vm_err(vm, TDP_EINVAL, "a page-table index is 0..511, got %d", index);
 	*value = guest_pte(&vm->gmem, table_gfn, index);
 	return 0;
 }
@@ -236,7 +235,7 @@ int tdp_guest_set_paging(tdp_vm *vm, int vcpu, int levels, int pcide)
 {
 	int r;
 	VM_OP_BEGIN(vm);
-	if ((r = check_running(vm, vcpu)))
+	if ((r = vm_check_in_guest(vm, vcpu)))
 		return r;
 	if (levels != 0 && (r = check_levels(vm, levels)))
 		return r;
@@ -263,7 +262,7 @@ int tdp_guest_load_cr3(tdp_vm *vm, int vcpu, uint64_t value)
 {
 	int r;
 	VM_OP_BEGIN(vm);
-	if ((r = check_running(vm, vcpu)))
+	if ((r = vm_check_in_guest(vm, vcpu)))
 		return r;
 	struct vcpu *v = &vm->vcpus[vcpu];
 	bool noflush = (value >> 63) & 1;
@@ -294,15 +293,14 @@ int tdp_guest_access(tdp_vm *vm, int vcpu, uint64_t gva, int access, struct tdp_
 {
 	int r;
 	VM_OP_BEGIN(vm);
-	if ((r = check_running(vm, vcpu)) || (r = check_paging(vm, vcpu)))
+	if ((r = vm_check_in_guest(vm, vcpu)) || (r = check_paging(vm, vcpu)))
 		return r;
 	if (access < 0 || access > 3)
 		return vm_err(vm, TDP_EINVAL, "access must be 'r', 'w', 'x' or 'xu'");
 	struct vcpu *v = &vm->vcpus[vcpu];
 	if ((r = check_gva(vm, gva, v->g.levels)))
 		return r;
-	/* Each guest level, its A/D write and the final address may fault. */
-	u64 frames = (u64)(2 * v->g.levels + 1) * (u64)tdp_fault_frames(vm->cfg.levels);
+	u64 frames = walk_frames(vm, v);
 	if (hostmem_available(&vm->mem) < frames)
 		return vm_err(vm, TDP_ENOMEM, "frame pool exhausted: a 2D walk could need %llu frames, %llu available",
 			      (unsigned long long)frames, (unsigned long long)hostmem_available(&vm->mem));
@@ -320,7 +318,7 @@ int tdp_guest_access_batch(tdp_vm *vm, int vcpu, const uint64_t *gvas, const uin
 	*done = 0;
 	memset(counts, 0, TDP_GBATCH_NCOUNTS * sizeof(*counts));
 	VM_OP_BEGIN(vm);
-	if ((r = check_running(vm, vcpu)) || (r = check_paging(vm, vcpu)))
+	if ((r = vm_check_in_guest(vm, vcpu)) || (r = check_paging(vm, vcpu)))
 		return r;
 	struct vcpu *v = &vm->vcpus[vcpu];
 	/* Every argument first: a batch that cannot run changes nothing. */
@@ -332,7 +330,7 @@ int tdp_guest_access_batch(tdp_vm *vm, int vcpu, const uint64_t *gvas, const uin
 			return vm_err(vm, TDP_EINVAL, "gvas[%zu] = 0x%llx is not canonical for %d-level paging", i,
 				      (unsigned long long)gvas[i], v->g.levels);
 	}
-	u64 frames = (u64)(2 * v->g.levels + 1) * (u64)tdp_fault_frames(vm->cfg.levels);
+	u64 frames = walk_frames(vm, v);
 	size_t i;
 	for (i = 0; i < n; i++) {
 		if (hostmem_available(&vm->mem) < frames) {
@@ -363,7 +361,7 @@ int tdp_guest_invlpg(tdp_vm *vm, int vcpu, uint64_t gva)
 {
 	int r;
 	VM_OP_BEGIN(vm);
-	if ((r = check_running(vm, vcpu)))
+	if ((r = vm_check_in_guest(vm, vcpu)))
 		return r;
 	struct vcpu *v = &vm->vcpus[vcpu];
 	if ((r = cpu_enter_if_kicked(vm, v)))
@@ -383,7 +381,7 @@ int tdp_guest_invpcid(tdp_vm *vm, int vcpu, int type, uint32_t pcid, uint64_t gv
 {
 	int r;
 	VM_OP_BEGIN(vm);
-	if ((r = check_running(vm, vcpu)))
+	if ((r = vm_check_in_guest(vm, vcpu)))
 		return r;
 	struct vcpu *v = &vm->vcpus[vcpu];
 	if (type < TDP_INVPCID_ADDRESS || type > TDP_INVPCID_ALL_EXCEPT_GLOBALS)

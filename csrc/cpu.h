@@ -69,9 +69,6 @@ int cpu_context_of(struct tdp_vm *vm, struct vcpu *v);
 void cpu_vmx_load_vmcs(struct tdp_vm *vm, struct vcpu *v);
 /* VM entry of a loaded vCPU: requests serviced, root loaded (0 or error). */
 int cpu_enter(struct tdp_vm *vm, struct vcpu *v);
-/* Nested VM-entry to L2 / VM-exit to L1 of a vCPU in guest mode (nested.c). */
-int nested_enter(struct tdp_vm *vm, struct vcpu *v);
-int nested_exit(struct tdp_vm *vm, struct vcpu *v);
 /* A vCPU kicked out of guest mode by a request re-enters, servicing it (0 or error). */
 int cpu_enter_if_kicked(struct tdp_vm *vm, struct vcpu *v);
 /* Fill pCPU p's TLB with `count` junk entries below max_gfn (tlb.junk). */

@@ -71,14 +71,17 @@ struct fuzz {
 	u64 guest_cr3; /* nested VMs: the guest's top page table (0: none yet) */
 };
 
-static u64 rnd(struct fuzz *f)
+/* xorshift64: the explorer's random streams. */
+static u64 xorshift(u64 *s)
 {
-	u64 x = f->rng;
+	u64 x = *s;
 	x ^= x << 13;
 	x ^= x >> 7;
 	x ^= x << 17;
-	return f->rng = x;
+	return *s = x;
 }
+
+static u64 rnd(struct fuzz *f) { return xorshift(&f->rng); }
 
 static u64 below(struct fuzz *f, u64 n) { return n ? rnd(f) % n : 0; }
 
@@ -461,15 +464,6 @@ static void one_op(struct fuzz *f)
 #define GUEST_GVA 0x7f0000000000ull
 static bool nested_vm(u64 seed) { return seed % 4 == 2; }
 
-static u64 nrnd(u64 *nrng)
-{
-	u64 x = *nrng;
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return *nrng = x;
-}
-
 /* A burst of guest-linear accesses to one page (so the TLB's entry gets used). When
  * one hits an entry the guest's tables no longer give (allowed: the guest has not
  * flushed it), the guest does: it flushes the vCPU the paravirtual way while it is
@@ -506,7 +500,7 @@ static void guest_op(struct fuzz *f, u64 *nrng, int v)
 {
 	tdp_vm *vm = f->vm;
 	struct vcpu *vc = &vm->vcpus[v];
-	u64 r = nrnd(nrng);
+	u64 r = xorshift(nrng);
 	u64 gva = GUEST_GVA + ((r >> 20) % 16) * 4096;
 	if (!f->guest_cr3) {
 		if (tdp_guest_set_pt_pool(vm, GUEST_POOL, FUZZ_SLOT0_PAGES - GUEST_POOL) == 0)
@@ -561,7 +555,7 @@ static void guest_op(struct fuzz *f, u64 *nrng, int v)
 static void nested_op(struct fuzz *f, u64 *nrng)
 {
 	tdp_vm *vm = f->vm;
-	u64 x = nrnd(nrng);
+	u64 x = xorshift(nrng);
 	int v = (int)((x >> 8) % (u64)vm->cfg.nvcpus);
 	vm->cov.op = COV_OP_NESTED;
 	if (vm->vcpus[v].mode == TDP_OUTSIDE_GUEST) {

@@ -68,48 +68,28 @@ static int transition(struct tdp_vm *vm, struct vcpu *v, bool enter)
 	return cpu_enter(vm, v);
 }
 
-int nested_enter(struct tdp_vm *vm, struct vcpu *v) { return transition(vm, v, true); }
-int nested_exit(struct tdp_vm *vm, struct vcpu *v) { return transition(vm, v, false); }
-
-int tdp_nested_enter(tdp_vm *vm, int vcpu)
+/* The public nested VM-entry (enter) and VM-exit: the vCPU runs guest code at the
+ * other level; the level it lands on may need a root (a frame). */
+static int nested_entry_point(tdp_vm *vm, int vcpu, bool enter)
 {
 	int r;
 	VM_OP_BEGIN(vm);
-	if ((r = vm_check_vcpu(vm, vcpu)))
+	if ((r = vm_check_in_guest(vm, vcpu)))
 		return r;
 	struct vcpu *v = &vm->vcpus[vcpu];
-	if (v->mode == TDP_OUTSIDE_GUEST)
-		return vm_err(vm, TDP_ESTATE, "vcpu %d is not in guest mode: call vcpu_run(%d, pcpu) first", vcpu, vcpu);
-	if (v->in_l2)
-		return vm_err(vm, TDP_ESTATE, "vcpu %d already runs L2", vcpu);
+	if (v->in_l2 == enter)
+		return vm_err(vm, TDP_ESTATE, enter ? "vcpu %d already runs L2" : "vcpu %d does not run L2", vcpu);
 	if (hostmem_available(&vm->mem) < 1)
-		return vm_err(vm, TDP_ENOMEM, "frame pool exhausted: L2's root needs a frame");
-	if ((r = nested_enter(vm, v)))
+		return vm_err(vm, TDP_ENOMEM, "frame pool exhausted: the %s root may need a frame", enter ? "L2" : "L1");
+	if ((r = transition(vm, v, enter)))
 		return r;
-	vm_log(vm, EV_NESTED_ENTER, (u64)vcpu, 0, 0, 0, 0);
+	vm_log(vm, enter ? EV_NESTED_ENTER : EV_NESTED_EXIT, (u64)vcpu, 0, 0, 0, 0);
 	vm_op_end(vm);
 	return 0;
 }
 
-int tdp_nested_exit(tdp_vm *vm, int vcpu)
-{
-	int r;
-	VM_OP_BEGIN(vm);
-	if ((r = vm_check_vcpu(vm, vcpu)))
-		return r;
-	struct vcpu *v = &vm->vcpus[vcpu];
-	if (v->mode == TDP_OUTSIDE_GUEST)
-		return vm_err(vm, TDP_ESTATE, "vcpu %d is not in guest mode: call vcpu_run(%d, pcpu) first", vcpu, vcpu);
-	if (!v->in_l2)
-		return vm_err(vm, TDP_ESTATE, "vcpu %d does not run L2", vcpu);
-	if (hostmem_available(&vm->mem) < 1)
-		return vm_err(vm, TDP_ENOMEM, "frame pool exhausted: L1's root may need a frame");
-	if ((r = nested_exit(vm, v)))
-		return r;
-	vm_log(vm, EV_NESTED_EXIT, (u64)vcpu, 0, 0, 0, 0);
-	vm_op_end(vm);
-	return 0;
-}
+int tdp_nested_enter(tdp_vm *vm, int vcpu) { return nested_entry_point(vm, vcpu, true); }
+int tdp_nested_exit(tdp_vm *vm, int vcpu) { return nested_entry_point(vm, vcpu, false); }
 
 /* L1's INVVPID, which exits to KVM (handle_invvpid(), vmx/nested.c): whatever vpid12
  * names, KVM flushes the effective VPID02 on this pCPU, by address for the
@@ -123,10 +103,10 @@ int tdp_nested_invvpid(tdp_vm *vm, int vcpu, int type, uint32_t vpid12, uint64_t
 	VM_OP_BEGIN(vm);
 	if (vm->cfg.arch != TDP_VMX)
 		return vm_err(vm, TDP_ESTATE, "INVVPID exists on VMX only (this VM is svm)");
-	if ((r = vm_check_vcpu(vm, vcpu)))
+	if ((r = vm_check_in_guest(vm, vcpu)))
 		return r;
 	struct vcpu *v = &vm->vcpus[vcpu];
-	if (v->mode == TDP_OUTSIDE_GUEST || v->in_l2)
+	if (v->in_l2)
 		return vm_err(vm, TDP_ESTATE, "vcpu %d does not run L1 (INVVPID is L1's instruction)", vcpu);
 	if (type < TDP_INVVPID_INDIVIDUAL_ADDRESS || type > TDP_INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS)
 		return vm_err(vm, TDP_EINVAL, "INVVPID type must be 0..3, got %d (VMfailValid: error 28)", type);

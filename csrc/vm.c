@@ -97,6 +97,16 @@ int vm_check_vcpu(struct tdp_vm *vm, int vcpu)
 	return 0;
 }
 
+int vm_check_in_guest(struct tdp_vm *vm, int vcpu)
+{
+	int r;
+	if ((r = vm_check_vcpu(vm, vcpu)))
+		return r;
+	if (vm->vcpus[vcpu].mode == TDP_OUTSIDE_GUEST)
+		return vm_err(vm, TDP_ESTATE, "vcpu %d is not in guest mode: call vcpu_run(%d, pcpu) first", vcpu, vcpu);
+	return 0;
+}
+
 int vm_check_pcpu(struct tdp_vm *vm, int pcpu)
 {
 	if (pcpu < 0 || pcpu >= vm->cfg.npcpus)

@@ -153,6 +153,8 @@ int vm_check_gfn(struct tdp_vm *vm, const char *what, u64 gfn);
 int vm_check_range(struct tdp_vm *vm, u64 start, u64 end);
 int vm_check_vcpu(struct tdp_vm *vm, int vcpu);
 int vm_check_pcpu(struct tdp_vm *vm, int pcpu);
+/* A vCPU that runs guest code: valid and in guest mode (TDP_ESTATE otherwise). */
+int vm_check_in_guest(struct tdp_vm *vm, int vcpu);
 
 /* Grace periods: frees queued with call_rcu() happen here. */
 void vm_rcu_quiescent(struct tdp_vm *vm, bool at_yield);

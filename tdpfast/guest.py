@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, List, NamedTuple, Optional, Sequence, Union
 from ._args import _access_code, _bool, _choice, _int
 from ._lock import locked
 from ._native import check, ffi, lib
-from .errors import InvalidArgumentError
 from .results import OUTCOME_NAMES, GuestAccessResult, GuestBatchResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -177,29 +176,13 @@ class GuestPaging:
         array('Q')) or sequence, ``access`` one kind for all or a uint8 buffer / sequence of
         kinds (0 r, 1 w, 2 x, 3 xu). Every argument is checked before any access runs; a batch
         the frame pool cannot finish stops early (``stopped`` says why)."""
-        from .vm import _u8_buffer, _u64_buffer
+        from .vm import _batch_views
 
-        g = _u64_buffer("gvas", gvas)
-        n = len(g)
-        accs, default, keep = ffi.NULL, 0, None
-        if isinstance(access, str):
-            default = _access_code(access)
-        else:
-            keep = _u8_buffer("access", access)
-            if len(keep) != n:
-                raise InvalidArgumentError(f"access has {len(keep)} kinds for {n} gvas")
-            accs = ffi.from_buffer("uint8_t[]", keep)
         counts = ffi.new("uint64_t[]", lib.TDP_GBATCH_NCOUNTS)
         done = ffi.new("size_t *")
-        gbuf = ffi.from_buffer("uint64_t[]", g) if n else ffi.new("uint64_t[1]")
-        try:
+        with _batch_views("gvas", gvas, access) as (n, gbuf, accs, default):
             check(self._h, lib.tdp_guest_access_batch(self._h, _int("vcpu", vcpu, 0, 1 << 20), gbuf, accs, default,
                                                       n, counts, done))
-        finally:
-            if n:
-                ffi.release(gbuf)
-            if accs != ffi.NULL:
-                ffi.release(accs)
         got = done[0]
         stopped = (ffi.string(lib.tdp_errmsg(self._h)).decode(errors="replace") or "stopped early") if got < n else None
         return GuestBatchResult(

@@ -5,6 +5,7 @@ stepped operations in :mod:`tdpfast.ops`, the event vocabulary and replay in
 from __future__ import annotations
 
 import array
+import contextlib
 import threading
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
@@ -420,31 +421,12 @@ class VM:
         a sequence; ``access``: one kind for all, or a uint8 buffer / sequence of kinds (0 r, 1 w,
         2 x, 3 xu). With ``per_access=True`` the result carries per-access columns."""
         _bool("per_access", per_access)
-        g = _u64_buffer("gpas", gpas)
-        n = len(g)
-        accs = ffi.NULL
-        default = 0
-        keep = None
-        if isinstance(access, str):
-            default = _access_code(access)
-        else:
-            keep = _u8_buffer("access", access)
-            if len(keep) != n:
-                raise InvalidArgumentError(f"access has {len(keep)} kinds for {n} gpas")
-            accs = ffi.from_buffer("uint8_t[]", keep)
-        per = ffi.new("struct tdp_access_result[]", n) if per_access and n else ffi.NULL
         counts = ffi.new("uint64_t[]", lib.TDP_BATCH_NCOUNTS)
         done = ffi.new("size_t *")
-        gbuf = ffi.from_buffer("uint64_t[]", g) if n else ffi.new("uint64_t[1]")
-        try:
+        with _batch_views("gpas", gpas, access) as (n, gbuf, accs, default):
+            per = ffi.new("struct tdp_access_result[]", n) if per_access and n else ffi.NULL
             check(self._h, lib.tdp_access_batch(self._h, _int("vcpu", vcpu, 0, 1 << 20), gbuf, accs, default, n,
                                                 per, counts, done))
-        finally:
-            # Release the views now: a traceback cycle must not keep the caller's buffer exported.
-            if n:
-                ffi.release(gbuf)
-            if accs != ffi.NULL:
-                ffi.release(accs)
         got = done[0]
         stopped = None
         if got < n:
@@ -748,6 +730,31 @@ def _stat_names() -> List[str]:
     if not _STAT_NAMES:
         _STAT_NAMES.extend(_native.stat_names())
     return _STAT_NAMES
+
+
+@contextlib.contextmanager
+def _batch_views(what: str, addrs, access):
+    """The C views of an access batch: (count, the uint64 addresses, the uint8 kinds or NULL,
+    the kind for all when ``access`` is one string). The views are released on the way out,
+    so that a traceback cycle cannot keep the caller's buffers exported."""
+    g = _u64_buffer(what, addrs)
+    n = len(g)
+    accs, default, keep = ffi.NULL, 0, None
+    if isinstance(access, str):
+        default = _access_code(access)
+    else:
+        keep = _u8_buffer("access", access)
+        if len(keep) != n:
+            raise InvalidArgumentError(f"access has {len(keep)} kinds for {n} {what}")
+        accs = ffi.from_buffer("uint8_t[]", keep)
+    gbuf = ffi.from_buffer("uint64_t[]", g) if n else ffi.new("uint64_t[1]")
+    try:
+        yield n, gbuf, accs, default
+    finally:
+        if n:
+            ffi.release(gbuf)
+        if accs != ffi.NULL:
+            ffi.release(accs)
 
 
 def _u64_buffer(name: str, obj):
